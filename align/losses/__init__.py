@@ -1,0 +1,23 @@
+"""Pure tensor functions: advantages, policy-gradient and preference losses, KL estimators.
+
+No I/O, no state, no Ray / vLLM / DeepSpeed imports (a test checks it).
+"""
+
+from align.losses.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
+from align.losses.aggregation import AGG_MODES, aggregate
+from align.losses.policy import kl_penalty, policy_loss, token_logprobs
+from align.losses.preference import DPO_KINDS, dpo_loss, simpo_loss
+
+__all__ = [
+    "AGG_MODES",
+    "DPO_KINDS",
+    "aggregate",
+    "dpo_loss",
+    "group_advantages",
+    "kl_penalty",
+    "policy_loss",
+    "reinforce_pp_advantages",
+    "rloo_advantages",
+    "simpo_loss",
+    "token_logprobs",
+]

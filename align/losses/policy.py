@@ -1,0 +1,70 @@
+"""Clipped policy-gradient surrogate and per-token KL estimators (ALGORITHMS.md section 0)."""
+
+from __future__ import annotations
+
+import torch
+
+from align.losses.aggregation import aggregate
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each ``token_ids`` ``(b, t)`` under ``logits`` ``(b, t, vocab)``.
+
+    Computed as ``logit[id] - logsumexp(logits)`` in float32 so that it does not materialise a
+    ``(b, t, vocab)`` log-softmax in the logits' dtype (matches TRL's ``selective_log_softmax``).
+    """
+    logits = logits.float()
+    picked = torch.gather(logits, -1, token_ids.unsqueeze(-1)).squeeze(-1)  # (b, t)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimator with ``d = logps - ref_logps`` (Schulman, 2020).
+
+    ``k1 = d`` (unbiased, can be negative), ``k2 = d^2 / 2``, ``k3 = exp(-d) - 1 + d`` (unbiased,
+    non-negative; the GRPO paper's form). Shapes ``(b, t)`` in, ``(b, t)`` out.
+    """
+    d = logps - ref_logps
+    if kind == "k1":
+        return d
+    if kind == "k2":
+        return 0.5 * d.pow(2)
+    if kind == "k3":
+        return torch.exp(-d) - 1 + d
+    raise ValueError(f"kind must be 'k1', 'k2' or 'k3', got {kind!r}")
+
+
+def policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    agg: str = "token_mean",
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO/GRPO clipped surrogate, ``-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)``.
+
+    Shapes: ``logps``, ``old_logps``, ``mask`` ``(b, t)``; ``advantages`` ``(b,)`` (one per
+    sequence) or ``(b, t)``. ``clip_high > clip_low`` is DAPO's clip-higher. ``agg`` and
+    ``agg_kwargs`` (global ``num_tokens``/``num_seqs``/``max_len``) go to :func:`aggregate`.
+    Returns the scalar loss and detached stats: ``clip_frac`` (share of masked tokens whose
+    clipped term was the active one), ``ratio_mean`` and ``ratio_max`` over masked tokens.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)  # (b, 1), broadcast over tokens
+    ratio = torch.exp(logps - old_logps)  # (b, t)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
+    per_token = -torch.minimum(unclipped, clipped)  # (b, t)
+    loss = aggregate(per_token, mask, agg, **agg_kwargs)
+    m = mask.bool()
+    with torch.no_grad():
+        n = m.sum().clamp(min=1)
+        stats = {
+            "clip_frac": ((clipped < unclipped) & m).sum() / n,
+            "ratio_mean": (ratio * m).sum() / n,
+            "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
+        }
+    return loss, stats

@@ -1,0 +1,127 @@
+"""The ``align`` command line: ``align train | eval | sweep | model``.
+
+Errors in what the user gave (config, data, rewards) print as one clear message without a
+traceback; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from launch.config import ConfigError, config_help, load_config, save_resolved
+
+log = logging.getLogger("align")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config file (omit for all defaults).")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a config key, e.g. --set trainer.max_steps=5 (repeatable; values are YAML).")
+    p.add_argument("--dry-run", action="store_true", help="Validate the config, print it resolved, and exit.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="RL alignment and preference optimization on Ray, vLLM, DeepSpeed and LoRA.")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train", help="Train a policy (GRPO family) from a config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or with --set):\n  " + "\n  ".join(config_help()),
+    )
+    _config_args(train)
+    train.add_argument("--address", help="Join an existing Ray cluster at this address instead of starting one.")
+    train.add_argument("--resume", action="store_true", help="Continue from the last complete checkpoint in trainer.output_dir.")
+
+    ev = sub.add_parser("eval", help="Evaluate a model or checkpoint on the config's eval split.")
+    _config_args(ev)
+    ev.add_argument("--checkpoint", help="Checkpoint directory (adapter) to evaluate; default: the base model.")
+
+    sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune.")
+    _config_args(sweep)
+
+    model = sub.add_parser("model", help="Build and inspect the built-in models.")
+    msub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    build = msub.add_parser("build", help="Build (or find in the cache) a built-in model; print its directory.")
+    build.add_argument("size", choices=["tiny", "small"])
+    build.add_argument("--init", action="store_true", help="The random initialisation, not the warm-start.")
+    report = msub.add_parser("report", help="Accuracy by level and thinking mode of a model (HF generate, greedy).")
+    report.add_argument("path", help="builtin:tiny, builtin:small, or a model directory using the built-in tokenizer.")
+    report.add_argument("--split", choices=["train", "eval"], default="eval")
+    report.add_argument("-n", type=int, default=500, help="Questions to evaluate.")
+    report.add_argument("--json", dest="json_out", help="Also write the report as JSON to this file.")
+    return parser
+
+
+def _cmd_config_only(args, what: str) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    path = save_resolved(config, config.trainer.output_dir)
+    raise NotImplementedError(f"align {what} is not available in this version yet; the validated config is saved at {path}")
+
+
+def _cmd_model(args) -> int:
+    from align.models.builtin import ensure_builtin, resolve_model_path
+
+    if args.model_command == "build":
+        print(ensure_builtin(args.size, warm=not args.init))
+        return 0
+    if args.model_command == "report":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from align.data.tasks import arithmetic_dataset
+        from align.evaluation import accuracy_by_level
+
+        path = resolve_model_path(args.path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        rows = arithmetic_dataset(args.n, 1, args.split)
+        rep = accuracy_by_level(model, tok, rows)
+        levels = sorted(rep["free"])
+        print(f"model {path} | {args.split} split, {len(rows)} questions | greedy")
+        print("level      " + "".join(f"{lv:>8}" for lv in levels))
+        for key, label in [("think", "Thinking"), ("nothink", "NoThinking"), ("free", "free"), ("nothink_rate", "NoThink%")]:
+            print(f"{label:<11}" + "".join(f"{rep[key][lv]:>8.2f}" for lv in levels))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rep, indent=2))
+        return 0
+    print("usage: align model {build,report} ...", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "model":
+            return _cmd_model(args)
+        return _cmd_config_only(args, args.command)
+    except Exception as exc:
+        if args.debug:
+            raise
+        from align.data.loading import DataError
+        from rewards import RewardError, RewardLoadError
+
+        known = (ConfigError, DataError, RewardError, RewardLoadError, NotImplementedError, FileNotFoundError, ValueError)
+        if isinstance(exc, known):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The run configuration: one typed, nested pydantic model tree, grouped by concern.
+
+Every field has a type, a default and help text; unknown keys are errors. Batch knobs state their
+unit. Values that depend on others (DAPO's clip-higher, each algorithm's loss aggregation) are
+filled in when the config is validated, so the saved resolved config shows what actually ran.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Algorithm name -> (advantage estimator, default loss aggregation, default clip_high).
+GRPO_FAMILY = {
+    "grpo": ("group_std", "seq_mean_token_mean", 0.2),
+    "dr_grpo": ("group_none", "seq_mean_token_sum_norm", 0.2),
+    "dapo": ("group_std", "token_mean", 0.28),
+    "rloo": ("rloo", "token_mean", 0.2),
+    "reinforce_pp": ("reinforce_pp", "token_mean", 0.2),
+}
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head."
+    )
+
+
+class ModelSection(Section):
+    path: str = Field(
+        "builtin:tiny",
+        description="A local HF causal-LM directory, or builtin:tiny / builtin:small (warm-started) "
+        "or builtin:tiny-init / builtin:small-init (random init). Nothing is downloaded.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (float32 on CPU).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model directory.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="The trained LoRA adapter.")
+
+
+class KLSection(Section):
+    coef: float = Field(0.0, ge=0, description="KL coefficient to the reference (the base model, adapter off); 0 disables.")
+    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
+    where: Literal["loss", "reward"] = Field("loss", description="Add KL to the loss, or subtract it from the reward.")
+
+
+class AlgorithmSection(Section):
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"] = Field("grpo", description="Training algorithm.")
+    group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
+    clip_low: float = Field(0.2, gt=0, lt=1, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
+    clip_high: Optional[float] = Field(None, gt=0, description="PPO clip range above 1; default 0.28 for dapo, else 0.2.")
+    loss_agg: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = Field(
+        None, description="Loss aggregation; default per algorithm (grpo: seq_mean_token_mean, "
+        "dr_grpo: seq_mean_token_sum_norm, others: token_mean)."
+    )
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's samples.")
+    kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self):
+        _, agg, clip_high = GRPO_FAMILY[self.name]
+        if self.clip_high is None:
+            self.clip_high = clip_high
+        if self.loss_agg is None:
+            self.loss_agg = agg
+        return self
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_of_two(cls, value: int, info):
+        name = info.data.get("name", "grpo")
+        if value < 2:
+            raise ValueError(f"{name} compares samples within a group: set it to 2 or more (got {value})")
+        return value
+
+
+class TrainerSection(Section):
+    max_steps: int = Field(20, ge=1, description="Optimizer steps (each: rollouts, rewards, update, sync).")
+    output_dir: str = Field("runs/default", description="Run directory: resolved config, metrics, checkpoints, plots.")
+    seed: int = Field(0, description="Seed of prompt order, sampling and initialisation.")
+    save_every: int = Field(10, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every N steps (0: only before and after).")
+    log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+
+
+class DataSection(Section):
+    train: str = Field("builtin:arithmetic", description="Training prompts: a .jsonl file, a local HF dataset folder, or builtin:NAME.")
+    eval: Optional[str] = Field("builtin:arithmetic-eval", description="Evaluation prompts (same forms), or null.")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times).")
+    max_prompt_tokens: int = Field(64, ge=1, description="Prompts longer than this (in tokens) are an error.")
+
+
+class RolloutSection(Section):
+    num_workers: int = Field(1, ge=1, description="vLLM rollout workers (Ray actors); they share the prompts.")
+    max_new_tokens: int = Field(48, ge=1, description="Maximum completion length in tokens.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (> 0 for groups).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    gpu_memory_utilization: float = Field(
+        0.15, gt=0, le=1, description="vLLM KV-cache share (of RAM on CPU: keep it near 0.15)."
+    )
+
+
+class LearnerSection(Section):
+    num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel ranks (Ray actors).")
+    lr: float = Field(1e-4, gt=0, description="Adapter learning rate.")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions).")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables).")
+    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
+
+
+class RewardEntry(Section):
+    fn: str = Field(description="A built-in name, 'package.module:function' or 'path/to/file.py:function'.")
+    name: Optional[str] = Field(None, description="Objective name in metrics; default: the function's name.")
+    weight: float = Field(1.0, description="Static weight in the total reward.")
+    kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments for the function.")
+    nan_policy: Literal["error", "skip"] = Field("error", description="NaN/inf from this reward: stop the run, or drop the sample.")
+
+    @model_validator(mode="after")
+    def _default_name(self):
+        if self.name is None:
+            self.name = self.fn.rpartition(":")[2] or self.fn
+        return self
+
+
+class Config(Section):
+    """A whole run."""
+
+    model: ModelSection = Field(default_factory=ModelSection, description="The policy model.")
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection, description="Algorithm and loss.")
+    trainer: TrainerSection = Field(default_factory=TrainerSection, description="Loop, output and seed.")
+    data: DataSection = Field(default_factory=DataSection, description="Datasets.")
+    rollout: RolloutSection = Field(default_factory=RolloutSection, description="Generation.")
+    learner: LearnerSection = Field(default_factory=LearnerSection, description="Training ranks.")
+    rewards: list[RewardEntry] = Field(
+        default_factory=lambda: [RewardEntry(fn="correctness")], description="Reward functions (objectives)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_reward_names(self):
+        names = [r.name for r in self.rewards]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"two rewards share the name {dup[0]!r}: give each a distinct 'name'")
+        if not self.rewards:
+            raise ValueError("rewards is empty: name at least one reward function")
+        return self

@@ -1,0 +1,28 @@
+"""The reward API.
+
+A reward is a plain function with TRL's signature ``f(prompts, completions, **columns)`` returning
+``list[float | None]`` (or ``dict[name, list[float | None]]`` for several objectives), so an
+existing TRL reward function plugs in unchanged. Name it in config as ``"package.module:function"``
+or ``"path/to/file.py:function"``; :func:`load` returns the callable.
+"""
+
+from rewards.builtin import BUILTIN_REWARDS, completion_text, correctness, final_answer, length, no_thinking, think_format
+from rewards.loading import RewardLoadError, load
+from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, score_batch
+
+__all__ = [
+    "BUILTIN_REWARDS",
+    "NAN_POLICIES",
+    "Reward",
+    "RewardError",
+    "RewardLoadError",
+    "RewardScores",
+    "completion_text",
+    "correctness",
+    "final_answer",
+    "length",
+    "load",
+    "no_thinking",
+    "score_batch",
+    "think_format",
+]
