@@ -1,0 +1,14 @@
+"""Pure packages stay import-light: no ray, vllm or deepspeed (STYLE.md point 3)."""
+
+import subprocess
+import sys
+
+
+def test_pure_packages_do_not_import_heavy_runtime():
+    code = (
+        "import sys, align.losses, align.data.tasks, align.data.loading, rewards, launch.config, launch.schema;"
+        "heavy = [m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
