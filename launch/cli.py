@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="Evaluate a model or checkpoint on the config's eval split.")
     _config_args(ev)
-    ev.add_argument("--checkpoint", help="Checkpoint directory (adapter) to evaluate; default: the base model.")
+    ev.add_argument("--checkpoint", help="Checkpoint directory (step_N) or adapter folder to evaluate beside the base model.")
+    ev.add_argument("--address", help="Join an existing Ray cluster at this address.")
 
     sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune.")
     _config_args(sweep)
@@ -65,8 +66,30 @@ def _cmd_config_only(args, what: str) -> int:
 
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    config_dir = str(Path(args.config).resolve().parent) if args.config else None
+    if what == "train":
+        from align.trainer import StopRequested, Trainer
+
+        try:
+            Trainer(config, config_dir, address=args.address, resume=args.resume).run()
+        except StopRequested as stop:
+            print(f"stopped: {stop}", file=sys.stderr)
+            return 130
+        return 0
+    if what == "eval":
+        from align.eval_run import run_eval
+
+        run_eval(config, config_dir, args.checkpoint, address=getattr(args, "address", None))
+        return 0
     path = save_resolved(config, config.trainer.output_dir)
     raise NotImplementedError(f"align {what} is not available in this version yet; the validated config is saved at {path}")
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user's error inside a Ray task error (a reward that raised in the reward worker, ...)."""
+    while getattr(exc, "cause", None) is not None and type(exc).__name__.startswith("RayTaskError"):
+        exc = exc.cause
+    return exc
 
 
 def _cmd_model(args) -> int:
@@ -112,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        exc = _unwrap(exc)
+        from align.checkpoint import CheckpointError
         from align.data.loading import DataError
         from rewards import RewardError, RewardLoadError
 
-        known = (ConfigError, DataError, RewardError, RewardLoadError, NotImplementedError, FileNotFoundError, ValueError)
+        known = (ConfigError, DataError, RewardError, RewardLoadError, CheckpointError, NotImplementedError,
+                 FileNotFoundError, ValueError)
         if isinstance(exc, known):
             print(f"error: {exc}", file=sys.stderr)
             return 2

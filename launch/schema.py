@@ -64,6 +64,15 @@ class AlgorithmSection(Section):
         "dr_grpo: seq_mean_token_sum_norm, others: token_mean)."
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's samples.")
+    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass (each step's samples split into this many).")
+    dynamic_sampling: Optional[bool] = Field(
+        None, description="DAPO: drop groups whose rewards are all equal and sample more prompts to refill "
+        "the batch (default: on for dapo, off otherwise)."
+    )
+    max_sampling_rounds: int = Field(3, ge=1, description="Dynamic sampling: at most this many rollout rounds per step.")
+    overlong_filter: Optional[bool] = Field(
+        None, description="DAPO: mask truncated completions out of the loss (default: on for dapo, off otherwise)."
+    )
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
 
     @model_validator(mode="after")
@@ -73,6 +82,10 @@ class AlgorithmSection(Section):
             self.clip_high = clip_high
         if self.loss_agg is None:
             self.loss_agg = agg
+        if self.dynamic_sampling is None:
+            self.dynamic_sampling = self.name == "dapo"
+        if self.overlong_filter is None:
+            self.overlong_filter = self.name == "dapo"
         return self
 
     @field_validator("group_size")
@@ -91,6 +104,7 @@ class TrainerSection(Section):
     save_every: int = Field(10, ge=0, description="Checkpoint every N steps (0: only at the end).")
     eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every N steps (0: only before and after).")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
 
 
 class DataSection(Section):
@@ -98,6 +112,7 @@ class DataSection(Section):
     eval: Optional[str] = Field("builtin:arithmetic-eval", description="Evaluation prompts (same forms), or null.")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times).")
     max_prompt_tokens: int = Field(64, ge=1, description="Prompts longer than this (in tokens) are an error.")
+    eval_size: int = Field(200, ge=1, description="Evaluate on at most this many eval prompts (greedy).")
 
 
 class RolloutSection(Section):
@@ -108,6 +123,7 @@ class RolloutSection(Section):
     gpu_memory_utilization: float = Field(
         0.15, gt=0, le=1, description="vLLM KV-cache share (of RAM on CPU: keep it near 0.15)."
     )
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout worker.")
 
 
 class LearnerSection(Section):
@@ -116,6 +132,7 @@ class LearnerSection(Section):
     micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions).")
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables).")
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (CPU threads = max(1, this)).")
 
 
 class RewardEntry(Section):
@@ -132,6 +149,10 @@ class RewardEntry(Section):
         return self
 
 
+class ObjectiveSection(Section):
+    name: Literal["static"] = Field("static", description="How objectives combine into one reward: static weights.")
+
+
 class Config(Section):
     """A whole run."""
 
@@ -141,6 +162,7 @@ class Config(Section):
     data: DataSection = Field(default_factory=DataSection, description="Datasets.")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="Generation.")
     learner: LearnerSection = Field(default_factory=LearnerSection, description="Training ranks.")
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection, description="Reward shaping.")
     rewards: list[RewardEntry] = Field(
         default_factory=lambda: [RewardEntry(fn="correctness")], description="Reward functions (objectives)."
     )

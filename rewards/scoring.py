@@ -57,6 +57,7 @@ class RewardScores:
     scores: np.ndarray
     dropped: np.ndarray  # bool (N,): samples removed by nan_policy="skip"
     skipped_by: dict[str, int] = field(default_factory=dict)
+    owners: list[str] = field(default_factory=list)  # the reward that produced each objective
 
     def column(self, name: str) -> np.ndarray:
         return self.scores[:, self.names.index(name)]
@@ -94,11 +95,16 @@ def score_batch(
     prompts: list,
     completions: list,
     columns: dict[str, list] | None = None,
-    nan_policy: str = "error",
+    nan_policy: str | dict[str, str] = "error",
 ) -> RewardScores:
-    """Score every completion with every reward; see the module docstring for the policies."""
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    """Score every completion with every reward; see the module docstring for the policies.
+
+    ``nan_policy`` is one policy for all rewards, or ``{reward_name: policy}`` (missing: "error").
+    """
+    policies = nan_policy if isinstance(nan_policy, dict) else {r.name: nan_policy for r in rewards}
+    for policy in policies.values():
+        if policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
     columns = columns or {}
     n = len(completions)
     names: list[str] = []
@@ -139,7 +145,7 @@ def score_batch(
         rows = np.flatnonzero(bad[:, k])
         if not rows.size:
             continue
-        if nan_policy == "error":
+        if policies.get(owners[k], "error") == "error":
             raise RewardError(
                 f"reward {owners[k]!r}{_obj(owners[k], objective)} returned {scores[rows[0], k]} at sample "
                 f"{rows[0]} ({rows.size} non-finite value(s) in the batch); fix the reward or set "
@@ -147,4 +153,4 @@ def score_batch(
             )
         skipped_by[objective] = int(rows.size)
         dropped[rows] = True
-    return RewardScores(names, scores, dropped, skipped_by)
+    return RewardScores(names, scores, dropped, skipped_by, owners)

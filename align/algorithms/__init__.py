@@ -1,0 +1,1 @@
+"""What a step does, per algorithm: advantage estimators and sample filters."""

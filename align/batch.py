@@ -1,0 +1,49 @@
+"""Turn rollout samples into padded learner tensors, and slice them for ranks and micro-batches.
+
+Layout (right padding): ``input_ids[i] = prompt_ids + completion_ids + pad``. Per-token tensors have
+``L - 1`` columns: column ``t`` holds the log-prob of token ``t + 1`` given tokens ``<= t``, so
+completion token ``j`` of a sample with prompt length ``p`` sits in column ``p + j - 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad samples (``prompt_ids``, ``completion_ids``, optional ``logprobs``) into a batch.
+
+    Returns ``input_ids``/``attention_mask`` ``(b, L)``, and ``completion_mask``/``rollout_logps``
+    ``(b, L - 1)`` aligned with the shifted targets.
+    """
+    width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
+    b = len(samples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    att = torch.zeros((b, width), dtype=torch.long)
+    cmask = torch.zeros((b, width - 1), dtype=torch.float32)
+    rlogps = torch.zeros((b, width - 1), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        p, c = list(s["prompt_ids"]), list(s["completion_ids"])
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+        att[i, : len(p) + len(c)] = 1
+        cmask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1
+        if s.get("logprobs") is not None:
+            rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(s["logprobs"], dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps}
+
+
+def select(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every tensor, trimmed to the longest remaining sequence."""
+    part = {k: v[index] for k, v in batch.items()}
+    width = int(part["attention_mask"].sum(dim=1).max().item()) if part["attention_mask"].numel() else 1
+    width = max(width, 2)
+    for k, v in part.items():
+        if v.dim() == 2:
+            part[k] = v[:, : width if v.shape[1] == batch["attention_mask"].shape[1] else width - 1]
+    return part
+
+
+def shard_indices(n: int, world_size: int) -> list[list[int]]:
+    """Split ``range(n)`` into ``world_size`` contiguous, near-equal shares (rank order)."""
+    bounds = [round(r * n / world_size) for r in range(world_size + 1)]
+    return [list(range(bounds[r], bounds[r + 1])) for r in range(world_size)]

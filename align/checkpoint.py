@@ -1,0 +1,154 @@
+"""Atomic checkpoints: safetensors for tensors, JSON for the rest, nothing pickled.
+
+``runs/<name>/checkpoints/step_N/`` holds
+- ``adapter/``: ``adapter_model.safetensors`` + ``adapter_config.json`` (loads with peft's
+  ``PeftModel.from_pretrained`` and as a vLLM ``LoRARequest``);
+- ``optimizer_rank{r}.safetensors``: each learner rank's optimizer tensors;
+- ``state.json``: step, adapter version, objective state, RNG and data position;
+- ``manifest.json``: a SHA-256 of every other file, written last.
+Everything is written into a temporary sibling folder and renamed into place, so a kill during a
+save never leaves a ``step_N`` that resume would pick; the manifest is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def flatten_state(state, prefix: str = "") -> dict[str, np.ndarray]:
+    """Tensor leaves of a nested dict/list as ``{"a.b[0].c": array}``; other leaves are skipped."""
+    out: dict[str, np.ndarray] = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            out.update(flatten_state(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            out.update(flatten_state(v, f"{prefix}[{i}]"))
+    elif torch.is_tensor(state):
+        out[prefix] = state.detach().cpu().numpy().copy()
+    return out
+
+
+def unflatten_state(template, arrays: dict[str, np.ndarray], prefix: str = ""):
+    """``template`` with each tensor leaf replaced by ``arrays[path]`` (dtype and shape checked)."""
+    if isinstance(template, dict):
+        return {k: unflatten_state(v, arrays, f"{prefix}.{k}" if prefix else str(k)) for k, v in template.items()}
+    if isinstance(template, (list, tuple)):
+        items = [unflatten_state(v, arrays, f"{prefix}[{i}]") for i, v in enumerate(template)]
+        return type(template)(items) if isinstance(template, tuple) else items
+    if torch.is_tensor(template):
+        if prefix not in arrays:
+            raise CheckpointError(f"optimizer state has no tensor {prefix!r}")
+        value = torch.from_numpy(arrays[prefix].copy())
+        if tuple(value.shape) != tuple(template.shape):
+            raise CheckpointError(f"optimizer tensor {prefix!r} has shape {tuple(value.shape)}, expected {tuple(template.shape)}")
+        return value.to(template.dtype)
+    return template
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    ckpt_root: str | Path,
+    step: int,
+    adapter: dict[str, np.ndarray],
+    adapter_config: dict,
+    optimizer_states: list[dict[str, np.ndarray]],
+    state: dict,
+    keep: int = 2,
+) -> Path:
+    """Write ``ckpt_root/step_{step}`` atomically and keep the newest ``keep`` checkpoints."""
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}."))
+    try:
+        (tmp / "adapter").mkdir()
+        save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
+        (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        for rank, opt in enumerate(optimizer_states):
+            save_file({k: np.ascontiguousarray(v) for k, v in opt.items()}, str(tmp / f"optimizer_rank{rank}.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for p in [*files, tmp / "manifest.json"]:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        final = root / f"step_{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Complete checkpoints (with a manifest) in step order; temporary folders are ignored."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "manifest.json").exists()]
+    return [p for _, p in sorted(found)]
+
+
+def verify(ckpt: str | Path) -> None:
+    """Check every file against the manifest; raise CheckpointError naming the first bad file."""
+    ckpt = Path(ckpt)
+    manifest_path = ckpt / "manifest.json"
+    if not manifest_path.exists():
+        raise CheckpointError(f"{ckpt}: no manifest.json (an incomplete checkpoint)")
+    manifest = json.loads(manifest_path.read_text())
+    for name, digest in manifest.items():
+        path = ckpt / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: listed in the manifest but missing")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path}: checksum mismatch (the file is corrupted)")
+
+
+def load_checkpoint(ckpt: str | Path) -> dict:
+    """Verify and read a checkpoint: adapter, adapter_config, optimizer_states, state."""
+    ckpt = Path(ckpt)
+    verify(ckpt)
+    ranks = sorted(ckpt.glob("optimizer_rank*.safetensors"), key=lambda p: int(p.stem.removeprefix("optimizer_rank")))
+    return {
+        "adapter": load_file(str(ckpt / "adapter" / "adapter_model.safetensors")),
+        "adapter_config": json.loads((ckpt / "adapter" / "adapter_config.json").read_text()),
+        "optimizer_states": [load_file(str(p)) for p in ranks],
+        "state": json.loads((ckpt / "state.json").read_text()),
+        "path": ckpt,
+    }
+
+
+def write_adapter_dir(directory: str | Path, adapter: dict[str, np.ndarray], adapter_config: dict) -> Path:
+    """A peft adapter folder (safetensors + config) for vLLM's LoRARequest or PeftModel."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(d / "adapter_model.safetensors"))
+    (d / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    return d

@@ -1,0 +1,49 @@
+"""Evaluation through the rollout workers (vLLM, greedy): every reward objective, mean length and
+NoThinking rate, overall and per ``level`` when the eval data has that column."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from align.models.tokenizer import END_THINK
+
+
+def evaluate(rollouts, reward_worker, rows: list[dict], tokenizer, cfg, use_adapter: bool = True) -> dict[str, float]:
+    prompts = [r["prompt"] for r in rows]
+    groups = rollouts.generate(prompts, [0] * len(prompts), n=1, max_tokens=cfg.rollout.max_new_tokens,
+                               temperature=0.0, top_p=1.0, use_adapter=use_adapter)
+    samples = [g[0] for g in groups]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt" and not k.startswith("_")}
+    scores = ray.get(reward_worker.score.remote(prompts, [s["text"] for s in samples],
+                                                {**columns, "completion_ids": [s["completion_ids"] for s in samples]}))
+    end_id = tokenizer.convert_tokens_to_ids(END_THINK) if END_THINK in tokenizer.get_vocab() else None
+    lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
+    nothink = np.array([bool(s["completion_ids"]) and s["completion_ids"][0] == end_id for s in samples], dtype=np.float64)
+    levels = np.array([r.get("level") for r in rows], dtype=object)
+    out: dict[str, float] = {}
+
+    def add(suffix: str, sel: np.ndarray) -> None:
+        for k, name in enumerate(scores.names):
+            col = scores.scores[sel, k]
+            if np.isfinite(col).any():
+                out[f"{name}{suffix}"] = float(np.nanmean(col))
+        out[f"length{suffix}"] = float(lengths[sel].mean())
+        if end_id is not None:
+            out[f"nothink_rate{suffix}"] = float(nothink[sel].mean())
+
+    add("", np.ones(len(rows), dtype=bool))
+    if all(lv is not None for lv in levels):
+        for lv in sorted(set(levels)):
+            add(f"/level_{lv}", levels == lv)
+    return out
+
+
+def format_eval(before: dict | None, after: dict) -> str:
+    """A small before/after table of the overall (not per-level) eval metrics."""
+    keys = [k for k in after if "/level_" not in k]
+    lines = [f"{'eval':<24}{'before':>10}{'after':>10}"]
+    for k in keys:
+        b = f"{before[k]:>10.3f}" if before and k in before else f"{'-':>10}"
+        lines.append(f"{k:<24}{b}{after[k]:>10.3f}")
+    return "\n".join(lines)

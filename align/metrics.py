@@ -1,0 +1,71 @@
+"""Metrics: one JSON object per step in ``metrics.jsonl``, the same scalars in TensorBoard, and a
+reward-curve PNG. Keys are namespaced (``reward/...``, ``loss/...``, ``timing/...``,
+``rollout/...``, ``eval/...``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "metrics.jsonl"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = self.read(self.path) if self.path.exists() else []
+        if resume_step is not None:
+            # Steps after the checkpoint are recomputed by the resumed run: drop them.
+            rows = [r for r in rows if r.get("step", -1) <= resume_step]
+        elif rows:
+            rows = []  # a fresh run in an old directory starts a fresh log
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=(resume_step + 1) if resume_step is not None else None)
+
+    @staticmethod
+    def read(path: str | Path) -> list[dict]:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path, prefixes=("reward/", "eval/")) -> Path | None:
+    """Plot every ``reward/*`` and ``eval/*`` series against step; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = MetricsLog.read(metrics_path)
+    keys = sorted({k for r in rows for k in r if k.startswith(prefixes) and isinstance(r[k], (int, float))})
+    if not keys:
+        return None
+    groups = [p for p in prefixes if any(k.startswith(p) for k in keys)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    for ax, prefix in zip(axes[0], groups):
+        for key in (k for k in keys if k.startswith(prefix)):
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, label=key)
+        ax.set_xlabel("step")
+        ax.set_title(prefix.rstrip("/"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

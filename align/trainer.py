@@ -1,0 +1,313 @@
+"""The controller loop of the GRPO family: sample, score, shape, advantage, update, sync, log,
+checkpoint. It drives Ray actors (vLLM rollout workers, DeepSpeed learner ranks, a reward worker)
+and is the only place that waits on their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from align.algorithms.grpo import compute_advantages, informative_groups
+from align.batch import pack
+from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from align.evaluation_loop import evaluate, format_eval
+from align.metrics import MetricsLog, plot_curves
+from align.objectives import build_objective
+from align.sampling import PromptSampler, sample_seed
+from launch.config import save_resolved
+from launch.schema import GRPO_FAMILY, Config
+
+log = logging.getLogger("align.train")
+
+
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived; the run stopped after writing a checkpoint."""
+
+
+class Trainer:
+    def __init__(self, config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False):
+        self.cfg, self.config_dir, self.address, self.resume = config, config_dir, address, resume
+        self.run_dir = Path(config.trainer.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        from align.data.loading import load_prompts
+        from align.models.builtin import resolve_model_path
+        from align.workers.groups import LearnerGroup, RolloutGroup
+        from align.workers.reward import RewardScorer
+
+        cfg = self.cfg
+        self.model_path = resolve_model_path(cfg.model.path)
+        if not Path(self.model_path, "config.json").exists():
+            raise FileNotFoundError(f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.train_rows = self._checked(load_prompts(cfg.data.train, self.tokenizer, self.config_dir), cfg.data.train)
+        self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
+                          if cfg.data.eval else [])
+        save_resolved(cfg, self.run_dir)
+        if self.address:
+            ray.init(address=self.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
+        self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
+            [r.model_dump() for r in cfg.rewards], self.config_dir)
+        self.learners = LearnerGroup(self._learner_spec(), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
+        self.rollouts = RolloutGroup(self._rollout_spec(), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
+        self.objective = None  # built from the first scores: a reward may return several named objectives
+        self._objective_state: dict | None = None
+        self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
+
+    def _objective_for(self, scores) -> None:
+        """Build the objective once the objective names are known (from the first scored batch)."""
+        if self.objective is None:
+            weights = {r.name: r.weight for r in self.cfg.rewards}
+            self.objective = build_objective(self.cfg.objective.name, scores.names,
+                                             {n: weights[o] for n, o in zip(scores.names, scores.owners)})
+            if self._objective_state is not None:
+                self.objective.load_state_dict(self._objective_state)
+
+    def _checked(self, rows: list[dict], source: str) -> list[dict]:
+        limit = self.cfg.data.max_prompt_tokens
+        for i, row in enumerate(rows):
+            n = len(self.tokenizer(row["prompt"])["input_ids"])
+            if n > limit:
+                raise ValueError(f"{source}: row {i} prompt has {n} tokens > data.max_prompt_tokens={limit}")
+        return rows
+
+    def _learner_spec(self) -> dict:
+        c = self.cfg
+        return {"model_path": self.model_path, "device": c.model.device, "dtype": c.model.dtype,
+                "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
+                "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
+                "lr": c.learner.lr, "grad_clip": c.learner.grad_clip}
+
+    def _rollout_spec(self) -> dict:
+        c = self.cfg
+        return {"model_path": self.model_path, "device": c.model.device, "dtype": c.model.dtype,
+                "max_model_len": c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
+                "gpu_memory_utilization": c.rollout.gpu_memory_utilization, "lora_rank": c.model.lora.r,
+                "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
+
+    @staticmethod
+    def _columns(rows: list[dict]) -> dict[str, list]:
+        keys = [k for k in rows[0] if k != "prompt" and not k.startswith("_")]
+        return {k: [r.get(k) for r in rows] for k in keys}
+
+    # ------------------------------------------------------------------ one step
+    def _rollout(self, step: int) -> tuple[list[dict], list[dict], dict]:
+        """Sample prompts and G completions each; with dynamic sampling keep only informative groups."""
+        cfg, G = self.cfg, self.cfg.algorithm.group_size
+        want = cfg.data.prompts_per_step
+        kept_rows, kept_samples, kept_scores, stats = [], [], [], {"rollout/rounds": 0, "rollout/groups_dropped": 0}
+        t_roll = t_rew = 0.0
+        for rnd in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
+            need = want - len(kept_rows)
+            idx = self.sampler.take(need)
+            rows = [self.train_rows[i] for i in idx]
+            t0 = time.time()
+            groups = self.rollouts.generate([r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
+                                            n=G, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                            top_p=cfg.rollout.top_p)
+            t_roll += time.time() - t0
+            samples = [s for g in groups for s in g]
+            flat_rows = [r for r in rows for _ in range(G)]
+            t0 = time.time()
+            scores = ray.get(self.reward_worker.score.remote(
+                [r["prompt"] for r in flat_rows], [s["text"] for s in samples],
+                {**self._columns(flat_rows), "completion_ids": [s["completion_ids"] for s in samples]}))
+            t_rew += time.time() - t0
+            self._objective_for(scores)
+            stats["rollout/rounds"] += 1
+            for k, n in scores.skipped_by.items():
+                stats[f"reward/skipped/{k}"] = stats.get(f"reward/skipped/{k}", 0) + n
+            keep = np.ones(len(rows), dtype=bool)
+            if cfg.algorithm.dynamic_sampling:
+                shaped = self.objective.shape(scores.scores, {"group_size": G})
+                keep = informative_groups(shaped.rewards, G)
+                stats["rollout/groups_dropped"] += int((~keep).sum())
+            for j in np.flatnonzero(keep):
+                kept_rows.append(rows[j])
+                kept_samples.extend(samples[j * G : (j + 1) * G])
+                kept_scores.append((scores.scores[j * G : (j + 1) * G], scores.dropped[j * G : (j + 1) * G]))
+            if len(kept_rows) >= want:
+                break
+        if not kept_rows:  # every group was uninformative in every round: train on nothing, say so
+            stats["rollout/empty"] = 1
+        stats.update({"timing/rollout": t_roll, "timing/reward": t_rew, "rollout/prompts": len(kept_rows)})
+        self._step_scores = (np.concatenate([s for s, _ in kept_scores]) if kept_scores else np.zeros((0, len(self.objective.names))),
+                             np.concatenate([d for _, d in kept_scores]) if kept_scores else np.zeros(0, dtype=bool))
+        return kept_rows, kept_samples, stats
+
+    def _step(self, step: int) -> dict:
+        cfg, G = self.cfg, self.cfg.algorithm.group_size
+        t_step = time.time()
+        rows, samples, metrics = self._rollout(step)
+        if not samples:
+            return metrics
+        scores, dropped = self._step_scores
+        batch = pack(samples, self.tokenizer.pad_token_id)
+        # -- learner log-probs: current policy (old) and reference (adapter off)
+        t0 = time.time()
+        need_ref = cfg.algorithm.kl.coef > 0
+        batch.update(self.learners.compute_logprobs(batch, cfg.rollout.temperature, reference=need_ref))
+        metrics["timing/logprobs"] = time.time() - t0
+        mask = batch["completion_mask"]
+        metrics["rollout/logprob_abs_diff"] = float(((batch["old_logps"] - batch["rollout_logps"]).abs() * mask).sum() / mask.sum().clamp(min=1))
+        # -- shape: objectives -> one reward per sample (+ KL in reward), then advantages
+        lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
+        shaped = self.objective.shape(scores, {"group_size": G, "lengths": lengths, "step": step})
+        rewards = shaped.rewards.copy()
+        if need_ref:
+            kl_tok = (batch["old_logps"] - batch["ref_logps"]) * mask  # k1 per token
+            metrics["kl/mean"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
+            if cfg.algorithm.kl.where == "reward":
+                rewards -= cfg.algorithm.kl.coef * kl_tok.sum(dim=1).double().numpy()
+        if dropped.any():  # nan_policy=skip: out of the loss, and neutral in its group's baseline
+            g = rewards.reshape(-1, G).copy()
+            d = dropped.reshape(-1, G)
+            valid_mean = np.array([row[~dm].mean() if (~dm).any() else 0.0 for row, dm in zip(g, d)])
+            g[d] = np.repeat(valid_mean[:, None], G, axis=1)[d]
+            rewards = g.reshape(-1)
+            mask[torch.from_numpy(dropped)] = 0
+        estimator = GRPO_FAMILY[cfg.algorithm.name][0]
+        adv = compute_advantages(estimator, rewards, G)
+        truncated = torch.tensor([s["truncated"] for s in samples])
+        if cfg.algorithm.overlong_filter:
+            mask[truncated] = 0
+        batch["advantages"] = torch.from_numpy(adv).float()
+        if shaped.kl_weight is not None:
+            batch["kl_weight"] = torch.from_numpy(shaped.kl_weight).float()
+        # -- update: ppo_epochs x num_minibatches optimizer steps
+        t0 = time.time()
+        loss_cfg = {"temperature": cfg.rollout.temperature, "clip_low": cfg.algorithm.clip_low,
+                    "clip_high": cfg.algorithm.clip_high, "agg": cfg.algorithm.loss_agg, "kl_coef": cfg.algorithm.kl.coef,
+                    "kl_in_loss": cfg.algorithm.kl.where == "loss", "kl_estimator": cfg.algorithm.kl.estimator,
+                    "max_len": cfg.rollout.max_new_tokens}
+        n = len(samples)
+        order = np.random.default_rng([cfg.trainer.seed, step]).permutation(n) if cfg.algorithm.num_minibatches > 1 else np.arange(n)
+        learn_stats: list[dict] = []
+        for _ in range(cfg.algorithm.ppo_epochs):
+            for mb in np.array_split(order, cfg.algorithm.num_minibatches):
+                part = {k: v[torch.from_numpy(np.sort(mb))] for k, v in batch.items()}
+                learn_stats.append(self.learners.train_step(part, loss_cfg))
+        metrics["timing/learner"] = time.time() - t0
+        metrics.update({k: float(np.mean([s[k] for s in learn_stats])) for k in learn_stats[0]})
+        # -- sync: only the LoRA tensors go to the rollout workers, as a new adapter version
+        t0 = time.time()
+        tensors, adapter_cfg = self.learners.adapter()
+        metrics["timing/sync_load"] = self.rollouts.load_adapter(step + 1, ray.put(tensors), adapter_cfg)
+        metrics["timing/sync"] = time.time() - t0
+        # -- metrics
+        for k, name in enumerate(self.objective.names):
+            col = scores[:, k]
+            if np.isfinite(col).any():
+                metrics[f"reward/{name}"] = float(np.nanmean(col))
+        metrics["reward/total"] = float(shaped.rewards.mean())
+        metrics.update(shaped.metrics)
+        metrics["rollout/length"] = float(lengths.mean())
+        metrics["rollout/truncated"] = float(truncated.float().mean())
+        metrics["timing/step"] = time.time() - t_step
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        log.warning("received %s: finishing this step, writing a checkpoint, then stopping", signal.Signals(signum).name)
+
+    def _checkpoint(self, step: int) -> Path:
+        tensors, adapter_cfg = self.learners.adapter()
+        objective_state = self.objective.state_dict() if self.objective is not None else (self._objective_state or {})
+        state = {"version": step, "data_position": self.sampler.position, "objective": objective_state,
+                 "seed": self.cfg.trainer.seed, "learner_ranks": self.cfg.learner.num_ranks}
+        return save_checkpoint(self.ckpt_dir, step, tensors, adapter_cfg, self.learners.optimizer_states(), state,
+                               keep=self.cfg.trainer.keep_checkpoints)
+
+    def _restore(self) -> int:
+        found = list_checkpoints(self.ckpt_dir)
+        if not found:
+            log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
+            return 0
+        ckpt = load_checkpoint(found[-1])
+        self.learners.load_state(ckpt["adapter"], ckpt["optimizer_states"])
+        self._objective_state = ckpt["state"]["objective"]
+        self.sampler.position = ckpt["state"]["data_position"]
+        step = ckpt["state"]["step"]
+        self.rollouts.load_adapter(step, ray.put(ckpt["adapter"]), ckpt["adapter_config"])
+        log.info("resumed from %s (step %d)", ckpt["path"], step)
+        return step
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._setup()
+            start = self._restore() if self.resume else 0
+            if start == 0:
+                tensors, adapter_cfg = self.learners.adapter()
+                self.rollouts.load_adapter(0, ray.put(tensors), adapter_cfg)
+            self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
+            before = None
+            if start == 0 and self.eval_rows:
+                before = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
+                self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
+            t_loop, done = time.time(), 0
+            for step in range(start, cfg.trainer.max_steps):
+                m = self._step(step)
+                done += 1
+                if cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0 and step + 1 < cfg.trainer.max_steps and self.eval_rows:
+                    m.update({f"eval/{k}": v for k, v in evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg).items()})
+                self.metrics.log(step + 1, m)
+                eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
+                if (step + 1) % cfg.trainer.log_every == 0:
+                    log.info("step %d/%d | reward %.3f | %s | kl %.4f | len %.1f | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps,
+                             m.get("reward/total", float("nan")),
+                             " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total"),
+                             m.get("kl/mean", 0.0), m.get("rollout/length", 0.0), m.get("timing/step", 0.0), _hms(eta))
+                last = step + 1 == cfg.trainer.max_steps
+                if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal:
+                    self._checkpoint(step + 1)
+                if self._stop_signal and not last:
+                    raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
+                                        f"checkpoint written to {self.ckpt_dir}; continue with --resume")
+            after = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg) if self.eval_rows else {}
+            if after:
+                self.metrics.log(cfg.trainer.max_steps, {f"eval/{k}": v for k, v in after.items()})
+            plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png")
+            return self._summary(before, after, plot)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if getattr(self, "metrics", None):
+                self.metrics.close()
+            if ray.is_initialized():
+                ray.shutdown()
+
+    def _summary(self, before, after, plot) -> dict:
+        last = list_checkpoints(self.ckpt_dir)[-1]
+        lines = ["", f"run directory: {self.run_dir}", f"adapter: {last / 'adapter'}"]
+        if plot:
+            lines.append(f"plots: {plot}")
+        if after:
+            lines.append(format_eval(before, after))
+        log.info("\n".join(lines))
+        return {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None}
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,114 @@
+"""Ray actor groups. Data is sliced before it is sent (each actor gets only its share); the
+controller is the only place that waits on results."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+
+import numpy as np
+import ray
+import torch
+
+from align.batch import shard_indices
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RolloutGroup:
+    """``num_workers`` vLLM engines sharing the prompts of each call."""
+
+    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0):
+        from align.workers.rollout import RolloutEngine
+
+        actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
+        self.workers = [actor.remote({**spec, "seed": spec.get("seed", 0) + i}) for i in range(num_workers)]
+        ray.get([w.info.remote() for w in self.workers])  # wait for the engines
+
+    def load_adapter(self, version: int, tensors_ref, adapter_config: dict) -> float:
+        """Every worker serves the new adapter; returns the slowest worker's seconds."""
+        return max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
+
+    def generate(self, prompts: list[str], seeds: list[int], **sampling) -> list[list[dict]]:
+        shares = shard_indices(len(prompts), len(self.workers))
+        futures = [w.generate.remote([prompts[i] for i in idx], seeds=[seeds[i] for i in idx], **sampling)
+                   for w, idx in zip(self.workers, shares) if idx]
+        return [group for part in ray.get(futures) for group in part]
+
+
+class LearnerGroup:
+    """``num_ranks`` DeepSpeed ranks training in lockstep (data parallel)."""
+
+    def __init__(self, spec: dict, num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0):
+        from align.workers.learner import Learner
+
+        port = free_port()
+        actor = ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        spec = {**spec, "threads": max(1, int(num_cpus))}
+        self.ranks = [actor.remote(spec, r, num_ranks, port, seed) for r in range(num_ranks)]
+        ray.get([r.ping.remote() for r in self.ranks])
+        self.micro_batch_size = spec["micro_batch_size"]
+
+    def _shares(self, batch: dict) -> list[tuple[list[int], dict]]:
+        n = batch["input_ids"].shape[0]
+        return [(idx, {k: v[idx] for k, v in batch.items()}) for idx in shard_indices(n, len(self.ranks))]
+
+    def compute_logprobs(self, batch: dict, temperature: float, reference: bool) -> dict[str, torch.Tensor]:
+        shares = self._shares(batch)
+        outs = ray.get([r.compute_logprobs.remote(share, temperature, reference) for r, (_, share) in zip(self.ranks, shares)])
+        width = batch["input_ids"].shape[1] - 1
+        merged = {}
+        for key in outs[0]:
+            full = torch.zeros(batch["input_ids"].shape[0], width)
+            for (idx, _), out in zip(shares, outs):
+                full[idx, : out[key].shape[1]] = out[key]
+            merged[key] = full
+        return merged
+
+    def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
+        """One optimizer step over ``batch`` with global normalisers; returns merged stats."""
+        n = batch["input_ids"].shape[0]
+        normalizers = {"num_tokens": float(batch["completion_mask"].sum().item()), "num_seqs": float(n),
+                       "max_len": loss_cfg["max_len"]}
+        shares = self._shares(batch)
+        num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))
+        cfg = {k: v for k, v in loss_cfg.items() if k != "max_len"}
+        if loss_cfg["agg"] != "seq_mean_token_sum_norm":
+            normalizers.pop("max_len")
+        stats = ray.get([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
+        tokens = sum(s["tokens"] for s in stats)
+        return {
+            "loss/policy": sum(s["loss/policy"] for s in stats),
+            "loss/kl": sum(s["loss/kl"] for s in stats),
+            "loss/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
+            "loss/ratio_mean": sum(s["ratio_sum"] for s in stats) / max(tokens, 1.0),
+            "loss/grad_norm": stats[0]["grad_norm"],
+            "timing/learner_compute": max(s["seconds"] for s in stats),
+        }
+
+    def adapter(self) -> tuple[dict[str, np.ndarray], dict]:
+        return ray.get([self.ranks[0].adapter_state.remote(), self.ranks[0].peft_config_dict.remote()])
+
+    def all_adapters(self) -> list[dict[str, np.ndarray]]:
+        return ray.get([r.adapter_state.remote() for r in self.ranks])
+
+    def optimizer_states(self) -> list[dict[str, np.ndarray]]:
+        return ray.get([r.optimizer_state.remote() for r in self.ranks])
+
+    def load_state(self, adapter: dict, optimizer_states: list[dict] | None) -> None:
+        if optimizer_states is not None and len(optimizer_states) != len(self.ranks):
+            raise ValueError(f"the checkpoint has optimizer state for {len(optimizer_states)} learner ranks; "
+                             f"this run has learner.num_ranks={len(self.ranks)}")
+        ray.get([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None)
+                 for i, r in enumerate(self.ranks)])
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.time()
+    out = fn(*args, **kwargs)
+    return out, time.time() - t0

@@ -1,0 +1,181 @@
+"""Learner: one DeepSpeed data-parallel rank holding the base model with a peft LoRA adapter.
+
+The reference policy is the same model with the adapter disabled (no second copy). Loss terms are
+normalised by global counts computed by the controller (see ``align.losses.aggregation``), so the
+gradient of one optimizer step is exactly the gradient of the whole batch's loss, whatever the
+split across ranks and micro-batches: each backward is scaled by the world size to undo
+DeepSpeed's data-parallel mean, and accumulation scaling is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from align.batch import select
+from align.losses import aggregate, kl_penalty, policy_loss, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class Learner:
+    """One rank. ``spec`` holds plain values: model path/dtype/device, LoRA, learner and loss settings."""
+
+    def __init__(self, spec: dict, rank: int, world_size: int, master_port: int, seed: int = 0):
+        import deepspeed
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.device = _device(spec["device"])
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.update(RANK=str(rank), LOCAL_RANK="0" if self.device == "cpu" else str(rank), WORLD_SIZE=str(world_size),
+                          MASTER_ADDR=spec.get("master_addr", "127.0.0.1"), MASTER_PORT=str(master_port))
+        deepspeed.init_distributed(dist_backend="gloo" if self.device == "cpu" else "nccl", auto_mpi_discovery=False)
+        dtype = getattr(torch, spec["dtype"])
+        torch.manual_seed(seed)  # identical LoRA initialisation on every rank
+        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype,
+                                                     trust_remote_code=spec.get("trust_remote_code", False))
+        lora = spec["lora"]
+        self.peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, self.peft_config)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": spec["micro_batch_size"],
+            "gradient_accumulation_steps": 1,  # we mark accumulation boundaries ourselves
+            "zero_optimization": {"stage": spec["zero_stage"]},
+            "optimizer": {"type": "AdamW", "params": {"lr": spec["lr"], "betas": [0.9, 0.999], "eps": 1e-8,
+                                                      "weight_decay": 0.0, "torch_adam": True}},
+            "gradient_clipping": spec["grad_clip"],
+            "bf16": {"enabled": spec["dtype"] == "bfloat16"},
+            "fp16": {"enabled": spec["dtype"] == "float16"},
+            "steps_per_print": 2**31 - 1,
+        }
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+        self.model = self.engine.module
+
+    # ----------------------------------------------------------------- forward passes
+    def _logps(self, part: dict, temperature: float, grad: bool) -> torch.Tensor:
+        ids = part["input_ids"].to(self.device)
+        with torch.enable_grad() if grad else torch.no_grad():
+            logits = self.engine(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
+            return token_logprobs(logits[:, :-1] / temperature, ids[:, 1:])  # (b, L-1)
+
+    def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True) -> dict[str, torch.Tensor]:
+        """Current-policy (``old_logps``) and, if asked, reference (adapter off) log-probs, ``(b, L-1)``."""
+        self.engine.eval()
+        mbs = self.spec["micro_batch_size"]
+        olds, refs = [], []
+        n = batch["input_ids"].shape[0]
+        for start in range(0, n, mbs):
+            part = {k: v[start : start + mbs] for k, v in batch.items()}
+            olds.append(self._logps(part, temperature, grad=False).cpu())
+            if reference:
+                with self.model.disable_adapter():
+                    refs.append(self._logps(part, temperature, grad=False).cpu())
+        out = {"old_logps": torch.cat(olds)}
+        if reference:
+            out["ref_logps"] = torch.cat(refs)
+        return out
+
+    # ----------------------------------------------------------------- one optimizer step
+    def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
+        """Accumulate gradients over this rank's share in ``num_micro`` micro-batches (the same count on
+        every rank: ranks with fewer rows run empty, zero-loss micro-batches) and take one step.
+
+        ``batch`` holds input_ids, attention_mask, completion_mask, old_logps, advantages (b,),
+        optional ref_logps and kl_weight (b,). ``normalizers`` are the global num_tokens / num_seqs.
+        """
+        self.engine.train()
+        n = batch["input_ids"].shape[0]
+        size = max(1, math.ceil(n / num_micro))
+        totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0}
+        clip_tokens = ratio_sum = 0.0
+        t0 = time.time()
+        for m in range(num_micro):
+            idx = list(range(m * size, min(n, (m + 1) * size)))
+            last = m == num_micro - 1
+            self.engine.set_gradient_accumulation_boundary(last)
+            if idx:
+                part = select(batch, idx)
+                logps = self._logps(part, loss_cfg["temperature"], grad=True)
+                mask = part["completion_mask"].to(logps.device)
+                loss, stats = policy_loss(
+                    logps, part["old_logps"].to(logps.device), part["advantages"].to(logps.device), mask,
+                    clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
+                )
+                totals["loss/policy"] += loss.item()
+                tokens = mask.sum().item()
+                clip_tokens += stats["clip_frac"].item() * tokens
+                ratio_sum += stats["ratio_mean"].item() * tokens
+                if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
+                    per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
+                    if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
+                        per_tok = per_tok * part["kl_weight"].to(logps.device).unsqueeze(1)
+                    kl = aggregate(per_tok, mask, loss_cfg["agg"], **normalizers)
+                    totals["loss/kl"] += kl.item()
+                    loss = loss + loss_cfg["kl_coef"] * kl
+            else:  # an empty share still joins the gradient reduction
+                loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        tokens = float(batch["completion_mask"].sum().item())
+        return {**totals, "tokens": tokens, "clip_tokens": clip_tokens, "ratio_sum": ratio_sum,
+                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "seconds": time.time() - t0}
+
+    # ----------------------------------------------------------------- adapter and state
+    def adapter_state(self) -> dict[str, np.ndarray]:
+        """The LoRA tensors only (peft's saved names), as numpy arrays: what moves to rollout workers."""
+        from peft import get_peft_model_state_dict
+
+        # copy=True: for float32 CPU tensors .float().cpu() is the live parameter, and a numpy view
+        # of it would change under the caller's feet at the next optimizer step.
+        state = get_peft_model_state_dict(self.model)
+        return {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
+
+    def peft_config_dict(self) -> dict:
+        cfg = self.peft_config.to_dict()
+        cfg["base_model_name_or_path"] = self.spec["model_path"]
+        cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], (set, list)) else cfg["target_modules"]
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """This rank's optimizer state as flat named arrays (for safetensors checkpoints)."""
+        from align.checkpoint import flatten_state
+
+        return flatten_state(self.optimizer.state_dict())
+
+    def load_state(self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None) -> None:
+        """Restore adapter weights and (if given) this rank's optimizer state."""
+        from peft import set_peft_model_state_dict
+
+        from align.checkpoint import unflatten_state
+
+        set_peft_model_state_dict(self.model, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
+        if optimizer is not None:
+            state = unflatten_state(self.optimizer.state_dict(), optimizer)
+            if self.spec["zero_stage"] > 0:
+                # ZeRO reads entry [dp_rank] of a per-rank list; the fp32 master partition is restored
+                # from the saved one (not re-derived from the weights) so the resume is bit-exact.
+                self.optimizer.load_state_dict([state] * self.world_size, load_from_fp32_weights=True)
+            else:
+                self.optimizer.load_state_dict(state)
+
+    def ping(self) -> int:
+        return self.rank

@@ -1,0 +1,101 @@
+"""RolloutWorker: one vLLM engine with LoRA enabled, started once, serving adapter versions.
+
+The learners send only LoRA tensors; the worker writes them as a peft adapter folder in its own
+temporary directory (so workers need no shared filesystem) and serves them under a new
+``LoRARequest`` id per version (vLLM caches adapters by id).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from align.checkpoint import write_adapter_dir
+
+log = logging.getLogger(__name__)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # ranks vLLM accepts for max_lora_rank
+
+
+class RolloutEngine:
+    """In-process vLLM engine; ``RolloutWorker`` is its Ray actor form."""
+
+    def __init__(self, spec: dict):
+        if spec.get("device", "cpu") == "cpu":
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
+        from vllm import LLM
+
+        t0 = time.time()
+        self.spec = spec
+        self.llm = LLM(
+            model=spec["model_path"],
+            dtype=spec["dtype"],
+            max_model_len=spec["max_model_len"],
+            gpu_memory_utilization=spec["gpu_memory_utilization"],
+            enable_lora=True,
+            max_lora_rank=next(r for r in LORA_RANKS if r >= spec["lora_rank"]),
+            max_loras=1,
+            enforce_eager=spec.get("device", "cpu") == "cpu",
+            seed=spec.get("seed", 0),
+            trust_remote_code=spec.get("trust_remote_code", False),
+            logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.workdir = tempfile.mkdtemp(prefix="align-rollout-")
+        self.lora_request = None
+        self.version = 0
+        self.start_seconds = time.time() - t0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        from vllm import SamplingParams
+
+        self.llm.generate(["0"], SamplingParams(max_tokens=2), use_tqdm=False)
+
+    def load_adapter(self, version: int, tensors: dict[str, np.ndarray], adapter_config: dict) -> float:
+        """Serve a new adapter version; returns the seconds it took."""
+        from vllm.lora.request import LoRARequest
+
+        t0 = time.time()
+        directory = write_adapter_dir(os.path.join(self.workdir, f"v{version}"), tensors, adapter_config)
+        old = self.lora_request
+        self.lora_request = LoRARequest(f"adapter-v{version}", version + 1, str(directory))
+        self.version = version
+        if old is not None:
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        return time.time() - t0
+
+    def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float, top_p: float,
+                 seeds: list[int] | None, use_adapter: bool = True) -> list[list[dict]]:
+        """For each prompt, ``n`` samples: prompt_ids, completion_ids, logprobs, text, truncated."""
+        from vllm import SamplingParams
+
+        seeds = seeds or [None] * len(prompts)
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
+                                 seed=s, skip_special_tokens=False) for s in seeds]
+        lora = self.lora_request if use_adapter else None
+        outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+        result = []
+        for out in outs:
+            group = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                group.append({
+                    "prompt_ids": list(out.prompt_token_ids),
+                    "completion_ids": ids,
+                    "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, ids)],
+                    "text": self.tokenizer.decode([t for t in ids if t != self.tokenizer.eos_token_id]),
+                    "truncated": c.finish_reason == "length",
+                })
+            result.append(group)
+        return result
+
+    def info(self) -> dict:
+        return {"start_seconds": self.start_seconds, "version": self.version}
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
