@@ -31,12 +31,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
 def flatten_state(state, prefix: str = "") -> dict[str, np.ndarray]:
-    """Tensor leaves of a nested dict/list as ``{"a.b[0].c": array}``; other leaves are skipped."""
+    """Tensor leaves of a nested dict/list as ``{"a.#0.b[1]": array}``; other leaves are skipped.
+
+    Integer dict keys (torch optimizers key their state by parameter index) are written ``#n``
+    so that :func:`unflatten_state` can restore them as integers.
+    """
     out: dict[str, np.ndarray] = {}
     if isinstance(state, dict):
         for k, v in state.items():
-            out.update(flatten_state(v, f"{prefix}.{k}" if prefix else str(k)))
+            part = f"#{k}" if isinstance(k, int) else str(k)
+            out.update(flatten_state(v, f"{prefix}.{part}" if prefix else part))
     elif isinstance(state, (list, tuple)):
         for i, v in enumerate(state):
             out.update(flatten_state(v, f"{prefix}[{i}]"))
@@ -45,21 +53,46 @@ def flatten_state(state, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def unflatten_state(template, arrays: dict[str, np.ndarray], prefix: str = ""):
-    """``template`` with each tensor leaf replaced by ``arrays[path]`` (dtype and shape checked)."""
-    if isinstance(template, dict):
-        return {k: unflatten_state(v, arrays, f"{prefix}.{k}" if prefix else str(k)) for k, v in template.items()}
-    if isinstance(template, (list, tuple)):
-        items = [unflatten_state(v, arrays, f"{prefix}[{i}]") for i, v in enumerate(template)]
-        return type(template)(items) if isinstance(template, tuple) else items
-    if torch.is_tensor(template):
-        if prefix not in arrays:
-            raise CheckpointError(f"optimizer state has no tensor {prefix!r}")
-        value = torch.from_numpy(arrays[prefix].copy())
-        if tuple(value.shape) != tuple(template.shape):
-            raise CheckpointError(f"optimizer tensor {prefix!r} has shape {tuple(value.shape)}, expected {tuple(template.shape)}")
-        return value.to(template.dtype)
-    return template
+def _copy_structure(x):
+    if isinstance(x, dict):
+        return {k: _copy_structure(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_copy_structure(v) for v in x]
+    return x
+
+
+def unflatten_state(template, arrays: dict[str, np.ndarray]):
+    """``template`` (the live optimizer's state dict) with every saved tensor put at its path.
+
+    Paths absent from the template are created: a fresh optimizer has no per-parameter state
+    (Adam moments) until its first step, and those must come from the checkpoint, not be dropped.
+    """
+    root = _copy_structure(template)
+    for path, array in arrays.items():
+        tokens = [(name, idx) for name, idx in _TOKEN.findall(path)]
+        node = root
+        for i, (name, idx) in enumerate(tokens):
+            key = int(idx) if idx else (int(name[1:]) if name.startswith("#") else name)
+            last = i == len(tokens) - 1
+            if isinstance(node, list):
+                if key >= len(node):
+                    raise CheckpointError(f"optimizer state path {path!r} does not fit this optimizer (index {key})")
+            elif not last and key not in node:
+                node[key] = {}
+            if last:
+                old = node[key] if (isinstance(node, list) or key in node) else None
+                value = torch.from_numpy(array.copy())
+                if torch.is_tensor(old):
+                    if tuple(value.shape) != tuple(old.shape):
+                        raise CheckpointError(f"optimizer tensor {path!r} has shape {tuple(value.shape)}, expected {tuple(old.shape)}")
+                    value = value.to(old.dtype)
+                node[key] = value
+            else:
+                node = node[key]
+    missing = set(flatten_state(template)) - set(arrays)
+    if missing:
+        raise CheckpointError(f"checkpoint optimizer state lacks {sorted(missing)[:3]}")
+    return root
 
 
 def _sha256(path: Path) -> str:

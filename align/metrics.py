@@ -42,25 +42,33 @@ class MetricsLog:
         self.tb.close()
 
 
-def plot_curves(metrics_path: str | Path, out_png: str | Path, prefixes=("reward/", "eval/")) -> Path | None:
-    """Plot every ``reward/*`` and ``eval/*`` series against step; returns the PNG path."""
+PANELS = (
+    ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k),
+    ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length")),
+    ("length (tokens)", lambda k: k in ("rollout/length", "eval/length")),
+)
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
+    """Reward curves as a PNG: train rewards, eval objectives (overall), and lengths, against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = MetricsLog.read(metrics_path)
-    keys = sorted({k for r in rows for k in r if k.startswith(prefixes) and isinstance(r[k], (int, float))})
-    if not keys:
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "step"})
+    panels = [(title, [k for k in keys if pick(k)]) for title, pick in PANELS]
+    panels = [(t, ks) for t, ks in panels if ks]
+    if not panels:
         return None
-    groups = [p for p in prefixes if any(k.startswith(p) for k in keys)]
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
-    for ax, prefix in zip(axes[0], groups):
-        for key in (k for k in keys if k.startswith(prefix)):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, ks) in zip(axes[0], panels):
+        for key in ks:
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, label=key)
         ax.set_xlabel("step")
-        ax.set_title(prefix.rstrip("/"))
+        ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -253,9 +253,12 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old_handlers: dict = {}
         try:
             self._setup()
+            # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
+            # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
+            old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             start = self._restore() if self.resume else 0
             if start == 0:
                 tensors, adapter_cfg = self.learners.adapter()
@@ -265,12 +268,16 @@ class Trainer:
             if start == 0 and self.eval_rows:
                 before = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
                 self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
-            t_loop, done = time.time(), 0
+            t_loop, done, after = time.time(), 0, {}
             for step in range(start, cfg.trainer.max_steps):
                 m = self._step(step)
                 done += 1
-                if cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0 and step + 1 < cfg.trainer.max_steps and self.eval_rows:
-                    m.update({f"eval/{k}": v for k, v in evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg).items()})
+                last = step + 1 == cfg.trainer.max_steps
+                periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
+                if self.eval_rows and (last or periodic):
+                    result = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
+                    m.update({f"eval/{k}": v for k, v in result.items()})
+                    after = result if last else after
                 self.metrics.log(step + 1, m)
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
@@ -278,15 +285,13 @@ class Trainer:
                              m.get("reward/total", float("nan")),
                              " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total"),
                              m.get("kl/mean", 0.0), m.get("rollout/length", 0.0), m.get("timing/step", 0.0), _hms(eta))
-                last = step + 1 == cfg.trainer.max_steps
                 if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal:
                     self._checkpoint(step + 1)
                 if self._stop_signal and not last:
                     raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
                                         f"checkpoint written to {self.ckpt_dir}; continue with --resume")
-            after = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg) if self.eval_rows else {}
-            if after:
-                self.metrics.log(cfg.trainer.max_steps, {f"eval/{k}": v for k, v in after.items()})
+            adapters = self.learners.all_adapters()  # data-parallel ranks must hold identical adapters
+            self.rank_max_abs_diff = max((float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0)
             plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png")
             return self._summary(before, after, plot)
         finally:
@@ -299,13 +304,15 @@ class Trainer:
 
     def _summary(self, before, after, plot) -> dict:
         last = list_checkpoints(self.ckpt_dir)[-1]
-        lines = ["", f"run directory: {self.run_dir}", f"adapter: {last / 'adapter'}"]
+        lines = ["", f"run directory: {self.run_dir}", f"adapter: {last / 'adapter'}",
+                 f"learner ranks agree: max |adapter difference| = {self.rank_max_abs_diff:.3g}"]
         if plot:
             lines.append(f"plots: {plot}")
         if after:
             lines.append(format_eval(before, after))
         log.info("\n".join(lines))
-        return {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None}
+        return {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None,
+                "rank_max_abs_diff": self.rank_max_abs_diff}
 
 
 def _hms(seconds: float) -> str:

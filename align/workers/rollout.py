@@ -43,6 +43,9 @@ class RolloutEngine:
             seed=spec.get("seed", 0),
             trust_remote_code=spec.get("trust_remote_code", False),
             logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
+            # Reused KV blocks make results depend on what the engine ran before, so a resumed run
+            # would not repeat an uninterrupted one; prompts are short, the saving is small.
+            enable_prefix_caching=spec.get("prefix_caching", False),
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.workdir = tempfile.mkdtemp(prefix="align-rollout-")

@@ -1,0 +1,79 @@
+"""``align eval CONFIG [--checkpoint DIR]``: the config's eval split, generated with vLLM (greedy),
+for the base model (adapter off) and, if given, a checkpoint's adapter; a table per level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from align.checkpoint import load_checkpoint, verify
+from align.evaluation_loop import evaluate
+
+log = logging.getLogger("align.eval")
+
+
+def _adapter_from(path: str) -> tuple[dict, dict]:
+    """Adapter tensors and config from a ``step_N`` checkpoint (verified) or a peft adapter folder."""
+    from safetensors.numpy import load_file
+
+    p = Path(path)
+    if (p / "manifest.json").exists():
+        ckpt = load_checkpoint(p)
+        return ckpt["adapter"], ckpt["adapter_config"]
+    if not (p / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (manifest.json) nor an adapter folder (adapter_model.safetensors)")
+    if (p.parent / "manifest.json").exists():
+        verify(p.parent)  # the adapter folder of a checkpoint: check it too
+    return load_file(str(p / "adapter_model.safetensors")), json.loads((p / "adapter_config.json").read_text())
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """Rows: model x metric; columns: overall and each level."""
+    any_result = next(iter(results.values()))
+    levels = sorted({k.split("/level_")[1] for k in any_result if "/level_" in k}, key=lambda x: (len(x), x))
+    metrics = [k for k in any_result if "/level_" not in k]
+    header = f"{'model':<12}{'metric':<16}{'all':>8}" + "".join(f"{'L' + lv:>8}" for lv in levels)
+    lines = [header]
+    for name, res in results.items():
+        for m in metrics:
+            cells = "".join(f"{res.get(f'{m}/level_{lv}', float('nan')):>8.3f}" for lv in levels)
+            lines.append(f"{name:<12}{m:<16}{res[m]:>8.3f}{cells}")
+    return "\n".join(lines)
+
+
+def run_eval(cfg, config_dir: str | None, checkpoint: str | None, address: str | None = None) -> dict:
+    from transformers import AutoTokenizer
+
+    from align.data.loading import load_prompts
+    from align.models.builtin import resolve_model_path
+    from align.trainer import Trainer
+    from align.workers.groups import RolloutGroup
+    from align.workers.reward import RewardScorer
+
+    if not cfg.data.eval:
+        raise ValueError("data.eval is null: name an eval dataset to evaluate on")
+    adapter = _adapter_from(checkpoint) if checkpoint else None
+    helper = Trainer(cfg, config_dir)
+    helper.model_path = resolve_model_path(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(helper.model_path)
+    rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
+    ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    try:
+        rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], config_dir)
+        rollouts = RolloutGroup(helper._rollout_spec(), 1, cfg.rollout.num_cpus)
+        results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
+        if adapter:
+            rollouts.load_adapter(1, ray.put(adapter[0]), adapter[1])
+            results["checkpoint"] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
+    finally:
+        ray.shutdown()
+    print(f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)" + (f"; checkpoint {checkpoint}" if checkpoint else ""))
+    print(table(results))
+    out = Path(cfg.trainer.output_dir) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
