@@ -13,8 +13,9 @@ import torch
 def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad samples (``prompt_ids``, ``completion_ids``, optional ``logprobs``) into a batch.
 
-    Returns ``input_ids``/``attention_mask`` ``(b, L)``, and ``completion_mask``/``rollout_logps``
-    ``(b, L - 1)`` aligned with the shifted targets.
+    Returns ``input_ids``/``attention_mask`` ``(b, L)``, ``completion_mask``/``rollout_logps``
+    ``(b, L - 1)`` aligned with the shifted targets, and ``has_rollout_logps`` ``(b,)`` (1 where
+    the rollout returned sampling log-probs).
     """
     width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
     b = len(samples)
@@ -22,6 +23,7 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     att = torch.zeros((b, width), dtype=torch.long)
     cmask = torch.zeros((b, width - 1), dtype=torch.float32)
     rlogps = torch.zeros((b, width - 1), dtype=torch.float32)
+    has = torch.zeros(b, dtype=torch.float32)
     for i, s in enumerate(samples):
         p, c = list(s["prompt_ids"]), list(s["completion_ids"])
         ids[i, : len(p) + len(c)] = torch.tensor(p + c)
@@ -29,7 +31,9 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         cmask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1
         if s.get("logprobs") is not None:
             rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(s["logprobs"], dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps}
+            has[i] = 1.0
+    return {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps,
+            "has_rollout_logps": has}
 
 
 def select(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:

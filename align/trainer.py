@@ -120,7 +120,7 @@ class Trainer:
             t0 = time.time()
             groups = self.rollouts.generate([r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
                                             n=G, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                            top_p=cfg.rollout.top_p)
+                                            top_p=cfg.rollout.top_p, logprobs_for=cfg.rollout.logprob_check_prompts)
             t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
             flat_rows = [r for r in rows for _ in range(G)]
@@ -159,18 +159,26 @@ class Trainer:
             return metrics
         scores, dropped = self._step_scores
         batch = pack(samples, self.tokenizer.pad_token_id)
-        # -- learner log-probs: current policy (old) and reference (adapter off)
+        # -- learner log-probs: reference (adapter off) for KL; current policy (old) only when the
+        #    update is off-policy (several epochs/minibatches) or KL goes into the reward
         t0 = time.time()
         need_ref = cfg.algorithm.kl.coef > 0
-        batch.update(self.learners.compute_logprobs(batch, cfg.rollout.temperature, reference=need_ref))
-        metrics["timing/logprobs"] = time.time() - t0
+        need_old = cfg.algorithm.ppo_epochs * cfg.algorithm.num_minibatches > 1 or (need_ref and cfg.algorithm.kl.where == "reward")
+        if need_ref or need_old:
+            batch.update(self.learners.compute_logprobs(batch, cfg.rollout.temperature, reference=need_ref, policy=need_old))
         mask = batch["completion_mask"]
-        metrics["rollout/logprob_abs_diff"] = float(((batch["old_logps"] - batch["rollout_logps"]).abs() * mask).sum() / mask.sum().clamp(min=1))
+        rows = torch.nonzero(batch["has_rollout_logps"]).flatten()  # parity: vLLM vs learner on these rows
+        if len(rows):
+            sub = {k: v[rows] for k, v in batch.items()}
+            learner_lp = sub["old_logps"] if need_old else self.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
+            m = sub["completion_mask"]
+            metrics["rollout/logprob_abs_diff"] = float(((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1))
+        metrics["timing/logprobs"] = time.time() - t0
         # -- shape: objectives -> one reward per sample (+ KL in reward), then advantages
         lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
         shaped = self.objective.shape(scores, {"group_size": G, "lengths": lengths, "step": step})
         rewards = shaped.rewards.copy()
-        if need_ref:
+        if need_ref and need_old:
             kl_tok = (batch["old_logps"] - batch["ref_logps"]) * mask  # k1 per token
             metrics["kl/mean"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
             if cfg.algorithm.kl.where == "reward":
@@ -284,7 +292,7 @@ class Trainer:
                     log.info("step %d/%d | reward %.3f | %s | kl %.4f | len %.1f | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps,
                              m.get("reward/total", float("nan")),
                              " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total"),
-                             m.get("kl/mean", 0.0), m.get("rollout/length", 0.0), m.get("timing/step", 0.0), _hms(eta))
+                             m.get("kl/mean", m.get("loss/kl", 0.0)), m.get("rollout/length", 0.0), m.get("timing/step", 0.0), _hms(eta))
                 if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal:
                     self._checkpoint(step + 1)
                 if self._stop_signal and not last:

@@ -124,6 +124,10 @@ class RolloutSection(Section):
         0.15, gt=0, le=1, description="vLLM KV-cache share (of RAM on CPU: keep it near 0.15)."
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout worker.")
+    logprob_check_prompts: int = Field(
+        1, ge=0, description="Prompts per step whose vLLM sampling log-probs are compared with the learner's "
+        "(metric rollout/logprob_abs_diff); vLLM log-probs cost throughput, so only a few."
+    )
 
 
 class LearnerSection(Section):

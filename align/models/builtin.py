@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # head_dim must be 32 or 64: vLLM's CPU attention rejects 16 (STACK.md).
 SIZES = {
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4),
+    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                  max_position_embeddings=512),
 }
 
 
@@ -57,13 +58,12 @@ def model_config(size: str):
     tok = build_tokenizer()
     return Qwen2Config(
         vocab_size=len(tok),
-        max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         rope_theta=10000.0,
-        **SIZES[size],
+        **{"max_position_embeddings": 256, **SIZES[size]},
     )
 
 

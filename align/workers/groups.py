@@ -34,9 +34,12 @@ class RolloutGroup:
         """Every worker serves the new adapter; returns the slowest worker's seconds."""
         return max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
 
-    def generate(self, prompts: list[str], seeds: list[int], **sampling) -> list[list[dict]]:
+    def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, **sampling) -> list[list[dict]]:
+        """Groups of samples per prompt; sampling log-probs for the first ``logprobs_for`` prompts."""
         shares = shard_indices(len(prompts), len(self.workers))
-        futures = [w.generate.remote([prompts[i] for i in idx], seeds=[seeds[i] for i in idx], **sampling)
+        k = len(prompts) if logprobs_for is None else logprobs_for
+        futures = [w.generate.remote([prompts[i] for i in idx], seeds=[seeds[i] for i in idx],
+                                     logprobs_for=sum(i < k for i in idx), **sampling)
                    for w, idx in zip(self.workers, shares) if idx]
         return [group for part in ray.get(futures) for group in part]
 
@@ -58,9 +61,9 @@ class LearnerGroup:
         n = batch["input_ids"].shape[0]
         return [(idx, {k: v[idx] for k, v in batch.items()}) for idx in shard_indices(n, len(self.ranks))]
 
-    def compute_logprobs(self, batch: dict, temperature: float, reference: bool) -> dict[str, torch.Tensor]:
+    def compute_logprobs(self, batch: dict, temperature: float, reference: bool, policy: bool = True) -> dict[str, torch.Tensor]:
         shares = self._shares(batch)
-        outs = ray.get([r.compute_logprobs.remote(share, temperature, reference) for r, (_, share) in zip(self.ranks, shares)])
+        outs = ray.get([r.compute_logprobs.remote(share, temperature, reference, policy) for r, (_, share) in zip(self.ranks, shares)])
         width = batch["input_ids"].shape[1] - 1
         merged = {}
         for key in outs[0]:

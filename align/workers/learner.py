@@ -76,19 +76,23 @@ class Learner:
             logits = self.engine(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
             return token_logprobs(logits[:, :-1] / temperature, ids[:, 1:])  # (b, L-1)
 
-    def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True) -> dict[str, torch.Tensor]:
-        """Current-policy (``old_logps``) and, if asked, reference (adapter off) log-probs, ``(b, L-1)``."""
+    def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True) -> dict[str, torch.Tensor]:
+        """Current-policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
+        log-probs, each ``(b, L-1)``."""
         self.engine.eval()
         mbs = self.spec["micro_batch_size"]
         olds, refs = [], []
         n = batch["input_ids"].shape[0]
         for start in range(0, n, mbs):
             part = {k: v[start : start + mbs] for k, v in batch.items()}
-            olds.append(self._logps(part, temperature, grad=False).cpu())
+            if policy:
+                olds.append(self._logps(part, temperature, grad=False).cpu())
             if reference:
                 with self.model.disable_adapter():
                     refs.append(self._logps(part, temperature, grad=False).cpu())
-        out = {"old_logps": torch.cat(olds)}
+        out = {}
+        if policy:
+            out["old_logps"] = torch.cat(olds)
         if reference:
             out["ref_logps"] = torch.cat(refs)
         return out
@@ -115,8 +119,11 @@ class Learner:
                 part = select(batch, idx)
                 logps = self._logps(part, loss_cfg["temperature"], grad=True)
                 mask = part["completion_mask"].to(logps.device)
+                # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
+                # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
+                old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
                 loss, stats = policy_loss(
-                    logps, part["old_logps"].to(logps.device), part["advantages"].to(logps.device), mask,
+                    logps, old, part["advantages"].to(logps.device), mask,
                     clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
                 )
                 totals["loss/policy"] += loss.item()

@@ -73,13 +73,19 @@ class RolloutEngine:
         return time.time() - t0
 
     def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int] | None, use_adapter: bool = True) -> list[list[dict]]:
-        """For each prompt, ``n`` samples: prompt_ids, completion_ids, logprobs, text, truncated."""
+                 seeds: list[int] | None, use_adapter: bool = True, logprobs_for: int | None = None) -> list[list[dict]]:
+        """For each prompt, ``n`` samples: prompt_ids, completion_ids, logprobs, text, truncated.
+
+        Sampling log-probs are returned for the first ``logprobs_for`` prompts only (all if None):
+        the learner recomputes log-probs anyway, and asking vLLM for them costs up to half its
+        throughput on CPU, so the trainer asks for a few, for the rollout/learner parity metric.
+        """
         from vllm import SamplingParams
 
         seeds = seeds or [None] * len(prompts)
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                 seed=s, skip_special_tokens=False) for s in seeds]
+        k = len(prompts) if logprobs_for is None else logprobs_for
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0 if i < k else None,
+                                 seed=s, skip_special_tokens=False) for i, s in enumerate(seeds)]
         lora = self.lora_request if use_adapter else None
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         result = []
@@ -90,7 +96,7 @@ class RolloutEngine:
                 group.append({
                     "prompt_ids": list(out.prompt_token_ids),
                     "completion_ids": ids,
-                    "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, ids)],
+                    "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, ids)] if c.logprobs is not None else None,
                     "text": self.tokenizer.decode([t for t in ids if t != self.tokenizer.eos_token_id]),
                     "truncated": c.finish_reason == "length",
                 })
