@@ -30,6 +30,7 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/align model report builtin:tiny
+	$(VENV)/bin/align train configs/grpo_tiny.yaml
 
 clean:
 	rm -rf $(VENV) runs

@@ -92,7 +92,7 @@ class Trainer:
         return {"model_path": self.model_path, "device": c.model.device, "dtype": c.model.dtype,
                 "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
                 "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
-                "lr": c.learner.lr, "grad_clip": c.learner.grad_clip}
+                "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads}
 
     def _rollout_spec(self) -> dict:
         c = self.cfg

@@ -3,7 +3,7 @@ prompts and sampling settings (G samples per prompt, as GRPO rollouts are). Comp
 second, EOS and padding not counted. Each side runs in its own process (vLLM's CPU threads would
 otherwise slow the other side) and is timed after a warm-up call.
 
-    .venv/bin/python bench/rollout.py [--model builtin:small-init] [--prompts 32] [--group 4] [--new-tokens 192]
+    .venv/bin/python bench/rollout.py [--model builtin:small-init] [--prompts 64] [--group 4] [--new-tokens 192]
 
 Writes bench/results/rollout.md. ``builtin:small-init`` (23.7M parameters, random init) needs no
 warm-start build and generates long completions, which is what a throughput test wants.
@@ -62,7 +62,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:small-init")
-    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=192)
     ap.add_argument("--side", choices=["vllm", "hf"], help=argparse.SUPPRESS)

@@ -136,7 +136,8 @@ class LearnerSection(Section):
     micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions).")
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables).")
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
-    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (CPU threads = max(1, this)).")
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (scheduling only).")
+    threads: int = Field(0, ge=0, description="Torch threads per rank on CPU; 0: the machine's cores / num_ranks.")
 
 
 class RewardEntry(Section):

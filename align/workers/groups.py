@@ -52,7 +52,7 @@ class LearnerGroup:
 
         port = free_port()
         actor = ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus)
-        spec = {**spec, "threads": max(1, int(num_cpus))}
+        spec = {**spec, "threads": spec.get("threads", 0)}
         self.ranks = [actor.remote(spec, r, num_ranks, port, seed) for r in range(num_ranks)]
         ray.get([r.ping.remote() for r in self.ranks])
         self.micro_batch_size = spec["micro_batch_size"]

@@ -41,7 +41,8 @@ class Learner:
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.device = _device(spec["device"])
         if self.device == "cpu":
-            torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+            # Rollout and learning phases do not overlap, so each rank may use its share of all cores.
+            torch.set_num_threads(max(1, int(spec.get("threads") or (os.cpu_count() or 1) // world_size)))
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         os.environ.update(RANK=str(rank), LOCAL_RANK="0" if self.device == "cpu" else str(rank), WORLD_SIZE=str(world_size),
                           MASTER_ADDR=spec.get("master_addr", "127.0.0.1"), MASTER_PORT=str(master_port))
@@ -108,11 +109,14 @@ class Learner:
         self.engine.train()
         n = batch["input_ids"].shape[0]
         size = max(1, math.ceil(n / num_micro))
+        # Micro-batches of similar lengths pad less; the order does not change the (globally
+        # normalised) sum of their losses.
+        by_length = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True).tolist()
         totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0}
         clip_tokens = ratio_sum = 0.0
         t0 = time.time()
         for m in range(num_micro):
-            idx = list(range(m * size, min(n, (m + 1) * size)))
+            idx = by_length[m * size : (m + 1) * size]
             last = m == num_micro - 1
             self.engine.set_gradient_accumulation_boundary(last)
             if idx:

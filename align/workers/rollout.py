@@ -27,6 +27,13 @@ class RolloutEngine:
     def __init__(self, spec: dict):
         if spec.get("device", "cpu") == "cpu":
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
+            # Ray sets OMP_NUM_THREADS=1 in actors; rollout and learning phases do not overlap, so
+            # the engine may use every core while it generates.
+            threads = int(spec.get("threads") or os.cpu_count() or 1)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            import torch
+
+            torch.set_num_threads(threads)
         from vllm import LLM
 
         t0 = time.time()
