@@ -50,21 +50,20 @@ def run_eval(cfg, config_dir: str | None, checkpoint: str | None, address: str |
 
     from align.data.loading import load_prompts
     from align.models.builtin import resolve_model_path
-    from align.trainer import Trainer
+    from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardScorer
 
     if not cfg.data.eval:
         raise ValueError("data.eval is null: name an eval dataset to evaluate on")
     adapter = _adapter_from(checkpoint) if checkpoint else None
-    helper = Trainer(cfg, config_dir)
-    helper.model_path = resolve_model_path(cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(helper.model_path)
+    model_path = resolve_model_path(cfg.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
     ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], config_dir)
-        rollouts = RolloutGroup(helper._rollout_spec(), 1, cfg.rollout.num_cpus)
+        rollouts = RolloutGroup(rollout_spec(cfg, model_path), 1, cfg.rollout.num_cpus)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
         if adapter:
             rollouts.load_adapter(1, ray.put(adapter[0]), adapter[1])

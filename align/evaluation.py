@@ -11,6 +11,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from align.models.tokenizer import END_THINK
+from rewards import final_answer
 
 
 class _BanFirstToken(LogitsProcessor):
@@ -21,11 +22,6 @@ class _BanFirstToken(LogitsProcessor):
         if input_ids.shape[1] == self.prompt_len:
             scores[:, self.token_id] = -float("inf")
         return scores
-
-
-def answer_of(completion: str) -> str:
-    """The final answer of a response: the text after the last ``</think>``, stripped."""
-    return completion.rsplit(END_THINK, 1)[-1].strip()
 
 
 @torch.no_grad()
@@ -52,7 +48,7 @@ def accuracy_by_level(model, tok, rows: list[dict], modes=("free", "think", "not
     for mode in modes:
         comps = generate(model, tok, [r["prompt"] for r in rows], mode)
         report[mode] = {
-            lv: sum(answer_of(c) == r["answer"] for c, r in zip(comps, rows) if r["level"] == lv)
+            lv: sum(final_answer(c) == r["answer"] for c, r in zip(comps, rows) if r["level"] == lv)
             / max(1, sum(r["level"] == lv for r in rows))
             for lv in levels
         }

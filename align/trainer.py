@@ -28,6 +28,22 @@ from launch.schema import GRPO_FAMILY, Config
 log = logging.getLogger("align.train")
 
 
+def learner_spec(c: Config, model_path: str) -> dict:
+    """What a learner rank needs, as plain values (sent to the Ray actor)."""
+    return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
+            "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
+            "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
+            "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads}
+
+
+def rollout_spec(c: Config, model_path: str) -> dict:
+    """What a rollout worker needs, as plain values (sent to the Ray actor)."""
+    return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
+            "max_model_len": c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
+            "gpu_memory_utilization": c.rollout.gpu_memory_utilization, "lora_rank": c.model.lora.r,
+            "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
+
+
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; the run stopped after writing a checkpoint."""
 
@@ -64,8 +80,8 @@ class Trainer:
         gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
         self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
             [r.model_dump() for r in cfg.rewards], self.config_dir)
-        self.learners = LearnerGroup(self._learner_spec(), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
-        self.rollouts = RolloutGroup(self._rollout_spec(), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
+        self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
+        self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
@@ -87,27 +103,13 @@ class Trainer:
                 raise ValueError(f"{source}: row {i} prompt has {n} tokens > data.max_prompt_tokens={limit}")
         return rows
 
-    def _learner_spec(self) -> dict:
-        c = self.cfg
-        return {"model_path": self.model_path, "device": c.model.device, "dtype": c.model.dtype,
-                "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
-                "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
-                "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads}
-
-    def _rollout_spec(self) -> dict:
-        c = self.cfg
-        return {"model_path": self.model_path, "device": c.model.device, "dtype": c.model.dtype,
-                "max_model_len": c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
-                "gpu_memory_utilization": c.rollout.gpu_memory_utilization, "lora_rank": c.model.lora.r,
-                "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
-
     @staticmethod
     def _columns(rows: list[dict]) -> dict[str, list]:
         keys = [k for k in rows[0] if k != "prompt" and not k.startswith("_")]
         return {k: [r.get(k) for r in rows] for k in keys}
 
     # ------------------------------------------------------------------ one step
-    def _rollout(self, step: int) -> tuple[list[dict], list[dict], dict]:
+    def _rollout(self, step: int) -> tuple[list[dict], list[dict], np.ndarray, np.ndarray, dict]:
         """Sample prompts and G completions each; with dynamic sampling keep only informative groups."""
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.data.prompts_per_step
@@ -147,17 +149,16 @@ class Trainer:
         if not kept_rows:  # every group was uninformative in every round: train on nothing, say so
             stats["rollout/empty"] = 1
         stats.update({"timing/rollout": t_roll, "timing/reward": t_rew, "rollout/prompts": len(kept_rows)})
-        self._step_scores = (np.concatenate([s for s, _ in kept_scores]) if kept_scores else np.zeros((0, len(self.objective.names))),
-                             np.concatenate([d for _, d in kept_scores]) if kept_scores else np.zeros(0, dtype=bool))
-        return kept_rows, kept_samples, stats
+        scores = np.concatenate([s for s, _ in kept_scores]) if kept_scores else np.zeros((0, len(self.objective.names)))
+        dropped = np.concatenate([d for _, d in kept_scores]) if kept_scores else np.zeros(0, dtype=bool)
+        return kept_rows, kept_samples, scores, dropped, stats
 
     def _step(self, step: int) -> dict:
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         t_step = time.time()
-        rows, samples, metrics = self._rollout(step)
+        rows, samples, scores, dropped, metrics = self._rollout(step)
         if not samples:
             return metrics
-        scores, dropped = self._step_scores
         batch = pack(samples, self.tokenizer.pad_token_id)
         # -- learner log-probs: reference (adapter off) for KL; current policy (old) only when the
         #    update is off-policy (several epochs/minibatches) or KL goes into the reward

@@ -56,6 +56,13 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
     model = PeftModel.from_pretrained(base, str(out / "checkpoints" / "step_12" / "adapter"))
     lora_b = [v for k, v in load_file(str(out / "checkpoints" / "step_12" / "adapter" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert model is not None and max(abs(v).max() for v in lora_b) > 0  # the adapter trained (B starts at 0)
+    # `align eval` (base and checkpoint, greedy through vLLM) reproduces the run's own before/after eval
+    from align.eval_run import run_eval
+
+    cfg = load_config(CONFIG, [f"trainer.output_dir={out}", "data.eval_size=200"])
+    results = run_eval(cfg, str(CONFIG.parent), str(out / "checkpoints" / "step_12"))
+    assert results["base"]["correctness"] == before and results["checkpoint"]["correctness"] == after
+    assert {"length/level_5", "nothink_rate/level_1"} <= set(results["checkpoint"])
 
 
 def test_resume_is_exact(tmp_path):
