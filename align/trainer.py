@@ -44,6 +44,20 @@ def rollout_spec(c: Config, model_path: str) -> dict:
             "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
 
 
+def check_resources(c: Config, cluster: dict, gpu_per_actor: int) -> None:
+    """Refuse a run whose actors cannot all be placed (Ray would otherwise wait for ever)."""
+    need = {"CPU": c.rollout.num_workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
+            "GPU": (c.rollout.num_workers + c.learner.num_ranks) * gpu_per_actor}
+    for kind, wanted in need.items():
+        have = cluster.get(kind, 0.0)
+        if wanted > have + 1e-9:
+            raise ValueError(
+                f"the run needs {wanted:g} Ray {kind}s (rollout.num_workers x rollout.num_cpus + learner.num_ranks x "
+                f"learner.num_cpus{'' if kind == 'CPU' else ', one GPU per actor'}) but the cluster has {have:g}: "
+                f"lower learner.num_ranks / rollout.num_workers or their num_cpus, or use a bigger cluster"
+            )
+
+
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; the run stopped after writing a checkpoint."""
 
@@ -78,6 +92,7 @@ class Trainer:
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
+        check_resources(cfg, ray.cluster_resources(), gpu)
         self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
             [r.model_dump() for r in cfg.rewards], self.config_dir)
         self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)

@@ -103,3 +103,14 @@ def test_help_lists_every_key_with_help_text():
     assert any(r.startswith("trainer.max_steps  (int, default 20)") for r in rows)
     assert any(r.startswith("rewards[i].fn  (str, required)") for r in rows)
     assert all(not r.rstrip().endswith("None") for r in rows)  # every key has a description
+
+
+def test_runs_that_cannot_be_placed_are_refused():
+    from align.trainer import check_resources
+
+    cfg = load_config(None, ["learner.num_ranks=4"])  # 1 rollout CPU + 4 x 0.5 learner CPUs = 3
+    with pytest.raises(ValueError, match=r"needs 3 Ray CPUs .* but the cluster has 2: lower learner.num_ranks"):
+        check_resources(cfg, {"CPU": 2.0}, gpu_per_actor=0)
+    check_resources(load_config(None), {"CPU": 2.0}, gpu_per_actor=0)  # the default fits 2 cores
+    with pytest.raises(ValueError, match="needs 2 Ray GPUs"):
+        check_resources(load_config(None, ["learner.num_ranks=1"]), {"CPU": 16.0, "GPU": 1.0}, gpu_per_actor=1)
