@@ -223,9 +223,10 @@ class Trainer:
         n = len(samples)
         order = np.random.default_rng([cfg.trainer.seed, step]).permutation(n) if cfg.algorithm.num_minibatches > 1 else np.arange(n)
         learn_stats: list[dict] = []
+        learner_keys = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight")
         for _ in range(cfg.algorithm.ppo_epochs):
             for mb in np.array_split(order, cfg.algorithm.num_minibatches):
-                part = {k: v[torch.from_numpy(np.sort(mb))] for k, v in batch.items()}
+                part = {k: batch[k][torch.from_numpy(np.sort(mb))] for k in learner_keys if k in batch}
                 learn_stats.append(self.learners.train_step(part, loss_cfg))
         metrics["timing/learner"] = time.time() - t0
         metrics.update({k: float(np.mean([s[k] for s in learn_stats])) for k in learn_stats[0]})
@@ -241,6 +242,7 @@ class Trainer:
                 metrics[f"reward/{name}"] = float(np.nanmean(col))
         metrics["reward/total"] = float(shaped.rewards.mean())
         metrics.update(shaped.metrics)
+        metrics.update(self.objective.update(scores, {"group_size": G, "lengths": lengths, "step": step}))
         metrics["rollout/length"] = float(lengths.mean())
         metrics["rollout/truncated"] = float(truncated.float().mean())
         metrics["timing/step"] = time.time() - t_step

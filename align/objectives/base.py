@@ -2,8 +2,11 @@
 
 An objective receives ``scores[N, K]`` (NaN = not applicable) with the objective names and a
 context (group size, completion lengths, raw correctness, step...), and returns the scalar rewards
-plus optional per-sample weights for the learner loss (``kl_weight``) and metrics. It keeps its own
-state (weights, multipliers, thresholds) in ``state_dict()``, which checkpoints save. A new method
+plus optional per-sample weights for the learner loss (``kl_weight``) and metrics. ``shape`` must
+not change the objective's state (it may be called on extra rollout rounds, e.g. by DAPO's dynamic
+sampling); ``update`` is called exactly once per training step, after the batch is final, and is
+where weights, multipliers or thresholds move. The state lives in ``state_dict()``, which
+checkpoints save. A new method
 is a new file that registers itself here; the trainer looks objectives up by ``objective.name``.
 """
 
@@ -44,6 +47,10 @@ class Objective:
 
     def shape(self, scores: np.ndarray, context: dict) -> Shaped:
         raise NotImplementedError
+
+    def update(self, scores: np.ndarray, context: dict) -> dict[str, float]:
+        """Move the objective's state from this step's final batch; returns metrics. Default: none."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}
