@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -87,12 +88,18 @@ class Trainer:
         self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                           if cfg.data.eval else [])
         save_resolved(cfg, self.run_dir)
-        if self.address:
+        # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
+        # placement group, which Tune sized from the same config (see launch/sweep.py).
+        self._owns_ray = not ray.is_initialized()
+        if not self._owns_ray:
+            pass
+        elif self.address:
             ray.init(address=self.address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
-        check_resources(cfg, ray.cluster_resources(), gpu)
+        if self._owns_ray:
+            check_resources(cfg, ray.cluster_resources(), gpu)
         self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
             [r.model_dump() for r in cfg.rewards], self.config_dir)
         self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
@@ -106,9 +113,18 @@ class Trainer:
         if self.objective is None:
             weights = {r.name: r.weight for r in self.cfg.rewards}
             self.objective = build_objective(self.cfg.objective.name, scores.names,
-                                             {n: weights[o] for n, o in zip(scores.names, scores.owners)})
+                                             {n: weights[o] for n, o in zip(scores.names, scores.owners)}, self.cfg)
             if self._objective_state is not None:
                 self.objective.load_state_dict(self._objective_state)
+            elif getattr(self, "_before_eval", None) is not None:  # the initial model's validation (step 0)
+                self.objective.observe_eval(0, self._before_eval)
+
+    def _release_actors(self) -> None:
+        actors = [getattr(self, "reward_worker", None), *getattr(getattr(self, "learners", None), "ranks", []),
+                  *getattr(getattr(self, "rollouts", None), "workers", [])]
+        for actor in actors:
+            if actor is not None:
+                ray.kill(actor)
 
     def _checked(self, rows: list[dict], source: str) -> list[dict]:
         limit = self.cfg.data.max_prompt_tokens
@@ -190,40 +206,55 @@ class Trainer:
             m = sub["completion_mask"]
             metrics["rollout/logprob_abs_diff"] = float(((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1))
         metrics["timing/logprobs"] = time.time() - t0
-        # -- shape: objectives -> one reward per sample (+ KL in reward), then advantages
+        # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked
         lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
-        shaped = self.objective.shape(scores, {"group_size": G, "lengths": lengths, "step": step})
-        rewards = shaped.rewards.copy()
+        kl_reward = None
         if need_ref and need_old:
             kl_tok = (batch["old_logps"] - batch["ref_logps"]) * mask  # k1 per token
             metrics["kl/mean"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
             if cfg.algorithm.kl.where == "reward":
-                rewards -= cfg.algorithm.kl.coef * kl_tok.sum(dim=1).double().numpy()
-        if dropped.any():  # nan_policy=skip: out of the loss, and neutral in its group's baseline
-            g = rewards.reshape(-1, G).copy()
-            d = dropped.reshape(-1, G)
-            valid_mean = np.array([row[~dm].mean() if (~dm).any() else 0.0 for row, dm in zip(g, d)])
-            g[d] = np.repeat(valid_mean[:, None], G, axis=1)[d]
-            rewards = g.reshape(-1)
+                kl_reward = -cfg.algorithm.kl.coef * kl_tok.sum(dim=1).double().numpy()
+        if dropped.any():  # nan_policy=skip: out of the loss (and neutral in its group's baseline, below)
             mask[torch.from_numpy(dropped)] = 0
-        estimator = GRPO_FAMILY[cfg.algorithm.name][0]
-        adv = compute_advantages(estimator, rewards, G)
         truncated = torch.tensor([s["truncated"] for s in samples])
         if cfg.algorithm.overlong_filter:
             mask[truncated] = 0
+        estimator = GRPO_FAMILY[cfg.algorithm.name][0]
+        learner_keys = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight")
+        loss_cfg = {"temperature": cfg.rollout.temperature, "clip_low": cfg.algorithm.clip_low,
+                    "clip_high": cfg.algorithm.clip_high, "agg": cfg.algorithm.loss_agg, "kl_coef": cfg.algorithm.kl.coef,
+                    "kl_in_loss": cfg.algorithm.kl.where == "loss", "kl_estimator": cfg.algorithm.kl.estimator,
+                    "max_len": cfg.rollout.max_new_tokens}
+
+        def advantages(r: np.ndarray) -> np.ndarray:
+            """Group advantages of rewards (N,) or (N, K), column by column; a skipped or NaN sample
+            takes its group's mean (neutral in the baseline, advantage 0)."""
+            r = np.asarray(r, dtype=np.float64)
+            cols = r[:, None] if r.ndim == 1 else r
+            out = np.stack([compute_advantages(estimator, _fill_group_mean(c, dropped | np.isnan(c), G), G) for c in cols.T], axis=1)
+            return out[:, 0] if r.ndim == 1 else out
+
+        def gradient_gram(adv: np.ndarray, param_pattern: str | None, clip: float | None) -> np.ndarray:
+            part = {k: batch[k] for k in learner_keys if k in batch and k != "advantages"}
+            return self.learners.objective_gradients(part, adv, loss_cfg, param_pattern, clip)
+
+        ctx = {"group_size": G, "lengths": lengths, "step": step, "advantages": advantages, "kl_reward": kl_reward}
+        t0 = time.time()
+        metrics.update(self.objective.before_update(scores, {**ctx, "gradient_gram": gradient_gram}))
+        metrics["timing/objective"] = time.time() - t0
+        shaped = self.objective.shape(scores, ctx)
+        if shaped.advantages is not None:  # the objective mixed per-objective advantages itself
+            adv = np.asarray(shaped.advantages, dtype=np.float64)
+        else:
+            adv = advantages(shaped.rewards + (kl_reward if kl_reward is not None else 0.0))
         batch["advantages"] = torch.from_numpy(adv).float()
         if shaped.kl_weight is not None:
             batch["kl_weight"] = torch.from_numpy(shaped.kl_weight).float()
         # -- update: ppo_epochs x num_minibatches optimizer steps
         t0 = time.time()
-        loss_cfg = {"temperature": cfg.rollout.temperature, "clip_low": cfg.algorithm.clip_low,
-                    "clip_high": cfg.algorithm.clip_high, "agg": cfg.algorithm.loss_agg, "kl_coef": cfg.algorithm.kl.coef,
-                    "kl_in_loss": cfg.algorithm.kl.where == "loss", "kl_estimator": cfg.algorithm.kl.estimator,
-                    "max_len": cfg.rollout.max_new_tokens}
         n = len(samples)
         order = np.random.default_rng([cfg.trainer.seed, step]).permutation(n) if cfg.algorithm.num_minibatches > 1 else np.arange(n)
         learn_stats: list[dict] = []
-        learner_keys = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight")
         for _ in range(cfg.algorithm.ppo_epochs):
             for mb in np.array_split(order, cfg.algorithm.num_minibatches):
                 part = {k: batch[k][torch.from_numpy(np.sort(mb))] for k in learner_keys if k in batch}
@@ -242,7 +273,7 @@ class Trainer:
                 metrics[f"reward/{name}"] = float(np.nanmean(col))
         metrics["reward/total"] = float(shaped.rewards.mean())
         metrics.update(shaped.metrics)
-        metrics.update(self.objective.update(scores, {"group_size": G, "lengths": lengths, "step": step}))
+        metrics.update(self.objective.update(scores, ctx))
         metrics["rollout/length"] = float(lengths.mean())
         metrics["rollout/truncated"] = float(truncated.float().mean())
         metrics["timing/step"] = time.time() - t_step
@@ -284,7 +315,8 @@ class Trainer:
             self._setup()
             # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
             # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
-            old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
+                old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             start = self._restore() if self.resume else 0
             if start == 0:
                 tensors, adapter_cfg = self.learners.adapter()
@@ -293,6 +325,7 @@ class Trainer:
             before = None
             if start == 0 and self.eval_rows:
                 before = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
+                self._before_eval = before  # handed to the objective once it exists (first scored batch)
                 self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
             t_loop, done, after = time.time(), 0, {}
             for step in range(start, cfg.trainer.max_steps):
@@ -300,10 +333,12 @@ class Trainer:
                 done += 1
                 last = step + 1 == cfg.trainer.max_steps
                 periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                if self.eval_rows and (last or periodic):
+                if self.eval_rows and (last or periodic or self.objective.wants_eval(step + 1)):
                     result = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
                     m.update({f"eval/{k}": v for k, v in result.items()})
+                    m.update(self.objective.observe_eval(step + 1, result))
                     after = result if last else after
+                m.update(self.objective.state_metrics())
                 self.metrics.log(step + 1, m)
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
@@ -325,8 +360,10 @@ class Trainer:
                 signal.signal(s, h)
             if getattr(self, "metrics", None):
                 self.metrics.close()
-            if ray.is_initialized():
+            if ray.is_initialized() and getattr(self, "_owns_ray", True):
                 ray.shutdown()
+            elif ray.is_initialized():  # a trial in a shared cluster: free its actors
+                self._release_actors()
 
     def _summary(self, before, after, plot) -> dict:
         last = list_checkpoints(self.ckpt_dir)[-1]
@@ -339,6 +376,16 @@ class Trainer:
         log.info("\n".join(lines))
         return {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None,
                 "rank_max_abs_diff": self.rank_max_abs_diff}
+
+
+def _fill_group_mean(r: np.ndarray, invalid: np.ndarray, group_size: int) -> np.ndarray:
+    """``r`` with each invalid entry replaced by the mean of its group's valid ones (0 if none)."""
+    if not invalid.any():
+        return r
+    g, bad = r.reshape(-1, group_size).copy(), invalid.reshape(-1, group_size)
+    for row, b in zip(g, bad):
+        row[b] = row[~b].mean() if (~b).any() else 0.0
+    return g.reshape(-1)
 
 
 def _hms(seconds: float) -> str:

@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", help="Checkpoint directory (step_N) or adapter folder to evaluate beside the base model.")
     ev.add_argument("--address", help="Join an existing Ray cluster at this address.")
 
-    sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune.")
-    _config_args(sweep)
+    sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune (weights x methods x seeds).")
+    sweep.add_argument("config", help="Sweep YAML file (see configs/sweep_tiny.yaml).")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="Override a sweep key, e.g. --set steps=10 (repeatable; values are YAML).")
+    sweep.add_argument("--quick", action="store_true", help="The file's quick preset: few trials, few steps (CI).")
+    sweep.add_argument("--address", help="Run the trials on an existing Ray cluster at this address.")
+    sweep.add_argument("--dry-run", action="store_true", help="Validate the sweep and list its trials, then exit.")
 
     model = sub.add_parser("model", help="Build and inspect the built-in models.")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
@@ -83,6 +88,19 @@ def _cmd_config_only(args, what: str) -> int:
         return 0
     path = save_resolved(config, config.trainer.output_dir)
     raise NotImplementedError(f"align {what} is not available in this version yet; the validated config is saved at {path}")
+
+
+def _cmd_sweep(args) -> int:
+    from launch.sweep import SweepConfig, run_sweep, trial_specs
+
+    if args.dry_run:
+        sweep = load_config(args.config, args.overrides, model=SweepConfig)
+        base = load_config(Path(args.config).resolve().parent / sweep.base, sweep.overrides)
+        for t in trial_specs(sweep, args.quick, [r.name for r in base.rewards]):
+            print(t["name"], " ".join(t["overrides"]))
+        return 0
+    summary = run_sweep(args.config, args.overrides, quick=args.quick, address=args.address)
+    return 1 if summary.get("failed") else 0
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -131,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "model":
             return _cmd_model(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         return _cmd_config_only(args, args.command)
     except Exception as exc:
         if args.debug:

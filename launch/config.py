@@ -48,9 +48,9 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _model_at(loc: tuple, root: type[BaseModel] = Config) -> type[BaseModel] | None:
     """The pydantic model class that holds the key at ``loc`` (for close-match suggestions)."""
-    model: typing.Any = Config
+    model: typing.Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -81,12 +81,12 @@ def _where(loc: tuple, lines: dict[tuple, int], source: str, overrides: dict[tup
     return f" ({source})" if source else ""
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, root: type[BaseModel] = Config) -> str:
     loc = tuple(err["loc"])
     key = _dotted(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_at(loc)
+        model = _model_at(loc, root)
         close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
         hint = f"; did you mean '{_dotted(loc[:-1] + (close[0],))}'?" if close else ""
         if model and not close:
@@ -146,8 +146,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[tuple, str]:
     return origin
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (YAML; None for all defaults), apply ``overrides``, validate; raise ConfigError."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = Config):
+    """Read ``path`` (YAML; None for all defaults), apply ``overrides``, validate as ``model`` (a run
+    :class:`Config` by default; the sweep file uses its own model); raise ConfigError."""
     text, source = "", ""
     if path is not None:
         p = Path(path)
@@ -166,10 +167,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"{source}: the top level must be a mapping of sections (model:, algorithm:, ...)")
     origin = apply_overrides(data, overrides or [])
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = _line_map(text) if text else {}
-        problems = [_describe(e) + _where(tuple(e["loc"]), lines, source, origin) for e in exc.errors()]
+        problems = [_describe(e, model) + _where(tuple(e["loc"]), lines, source, origin) for e in exc.errors()]
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
 
 

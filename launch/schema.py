@@ -154,8 +154,87 @@ class RewardEntry(Section):
         return self
 
 
+class HypervolumeSection(Section):
+    variant: Literal["meta_reward", "weights"] = Field(
+        "meta_reward", description="meta_reward: the authors' code, weights stay fixed and the next step's reward is scaled by "
+        "base + scale * tanh(HVC) (a no-op under std-normalised advantages: grpo, dapo, reinforce_pp); weights: move "
+        "the weights toward objectives whose improvement grows the hypervolume (per-objective normalised).")
+    every: int = Field(1, ge=1, description="Validate (greedy, on data.eval) every N steps; the authors validate every step.")
+    metrics: Optional[dict[str, Literal["max", "min"]]] = Field(
+        None, description="Eval metrics forming the point, each maximised or minimised (e.g. {correctness: max, length: min}); "
+        "default: every reward objective, maximised. The weights variant needs reward objective names.")
+    meta_base: float = Field(0.5, description="meta_reward = meta_base + meta_scale * tanh(HVC).")
+    meta_scale: float = Field(1.5, description="See meta_base.")
+    weight_lr: float = Field(1.0, gt=0, description="weights variant: step of log w along the normalised hypervolume gradient.")
+    scale: Optional[dict[str, float]] = Field(
+        None, description="weights variant: unit of each metric (default |initial value|, at least 1e-3), so accuracy and "
+        "token counts are compared in relative terms.")
+
+
+class GradientSection(Section):
+    regularization: float = Field(1e-5, gt=0, description="mu: the weight step is (learner.lr / mu) * influence (authors: 1e-5).")
+    accumulation_steps: int = Field(1, ge=1, description="Average the influence over this many steps before each weight update.")
+    param_pattern: Optional[str] = Field(
+        None, description="Regex over trainable parameter names whose gradients count (authors: middle decoder layers, e.g. "
+        "'layers\\.(1[0-9]|2[0-5])\\.'); default: the whole adapter.")
+    normalize: Literal["none", "grad_norm"] = Field(
+        "none", description="none: raw influence (authors); grad_norm: divide by the mean squared gradient norm (scale-free).")
+
+
+class ConstraintEntry(Section):
+    name: str = Field(description="A reward objective name.")
+    threshold: float = Field(description="theta: the value this objective is held at (equal), above (at_least) or below (at_most).")
+    kind: Literal["equal", "at_least", "at_most"] = Field("equal", description="Constraint type (the authors' configs use equal).")
+    search_low: Optional[float] = Field(None, description="Nelder-Mead: low end of the initial simplex for this threshold.")
+    search_high: Optional[float] = Field(None, description="Nelder-Mead: high end of the initial simplex for this threshold.")
+
+
+class NelderMeadSection(Section):
+    true_score: str = Field(description="Eval metric to maximise (e.g. efficiency); f(theta) = -its value.")
+    steps_per_eval: int = Field(10, ge=1, description="Training steps per evaluation of f at most (authors: n_iters / 10).")
+    check_every: int = Field(5, ge=1, description="Evaluate every N steps within one f evaluation; stop it early when every "
+                             "constraint is within reached_tol of its threshold.")
+    reached_tol: float = Field(0.05, gt=0, description="A constraint is reached when |value - theta| <= tol * |theta|.")
+    tol: float = Field(0.01, ge=0, description="Stop when std(f over the simplex) < tol.")
+    max_evals: int = Field(12, ge=1, description="Evaluations of f at most; then the best thresholds are kept.")
+    cache_tol: float = Field(5e-3, ge=0, description="Memoisation: a point within this distance in every coordinate is a hit.")
+
+
+class LagrangianSection(Section):
+    task: Optional[str] = Field(None, description="The objective maximised (a reward name, or 'kl' for the KL reward "
+                                "-coef * KL with algorithm.kl.where: reward, as in the authors' code).")
+    constraints: list[ConstraintEntry] = Field(default_factory=list, description="Constrained objectives and thresholds.")
+    squash: Literal["auto", "tanh", "sigmoid", "none"] = Field(
+        "auto", description="s(lambda): auto = tanh for equality, sigmoid for inequality constraints; none = identity, clamped >= 0.")
+    lr: float = Field(0.1, gt=0, description="Multiplier SGD learning rate (authors: 0.1).")
+    momentum: float = Field(0.1, ge=0, lt=1, description="Multiplier SGD momentum (authors: 0.1).")
+    max_grad_norm: Optional[float] = Field(None, gt=0, description="Clip the multipliers' gradient norm.")
+    init_std: float = Field(0.01, ge=0, description="Squashed multipliers start at N(0, init_std^2).")
+    threshold_search: Optional[NelderMeadSection] = Field(
+        None, description="Search the thresholds within the run with Nelder-Mead (the authors' NM-PPO); null: fixed thresholds.")
+
+
 class ObjectiveSection(Section):
-    name: Literal["static"] = Field("static", description="How objectives combine into one reward: static weights.")
+    name: Literal["static", "hypervolume", "gradient", "lagrangian"] = Field(
+        "static", description="How objectives combine: static weights, hypervolume-guided or gradient-based dynamic "
+        "weights, or constrained (Lagrangian) RLHF.")
+    hypervolume: HypervolumeSection = Field(default_factory=HypervolumeSection, description="name: hypervolume.")
+    gradient: GradientSection = Field(default_factory=GradientSection, description="name: gradient.")
+    lagrangian: LagrangianSection = Field(default_factory=LagrangianSection, description="name: lagrangian.")
+
+    @model_validator(mode="after")
+    def _lagrangian_complete(self):
+        if self.name == "lagrangian":
+            if not self.lagrangian.task:
+                raise ValueError("objective.lagrangian.task: name the objective to maximise")
+            if not self.lagrangian.constraints:
+                raise ValueError("objective.lagrangian.constraints: give at least one constrained objective")
+            ts = self.lagrangian.threshold_search
+            if ts:
+                missing = [c.name for c in self.lagrangian.constraints if c.search_low is None or c.search_high is None]
+                if missing:
+                    raise ValueError(f"objective.lagrangian.threshold_search needs search_low and search_high on constraints {missing}")
+        return self
 
 
 class Config(Section):
@@ -180,4 +259,25 @@ class Config(Section):
             raise ValueError(f"two rewards share the name {dup[0]!r}: give each a distinct 'name'")
         if not self.rewards:
             raise ValueError("rewards is empty: name at least one reward function")
+        import difflib
+
+        def known(name: str, field: str, extra: tuple = ()) -> None:
+            if name not in names and name not in extra:
+                close = difflib.get_close_matches(name, names, n=1)
+                raise ValueError(f"{field}: {name!r} is not a reward name ({', '.join(names)})"
+                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+
+        obj = self.objective
+        if obj.name == "lagrangian":
+            known(obj.lagrangian.task, "objective.lagrangian.task", ("kl",))
+            if obj.lagrangian.task == "kl" and not (self.algorithm.kl.coef > 0 and self.algorithm.kl.where == "reward"):
+                raise ValueError("objective.lagrangian.task: 'kl' needs algorithm.kl.coef > 0 and algorithm.kl.where: reward")
+            for i, c in enumerate(obj.lagrangian.constraints):
+                known(c.name, f"objective.lagrangian.constraints.{i}.name")
+        if obj.name == "hypervolume" and obj.hypervolume.variant == "weights" and obj.hypervolume.metrics:
+            for m in obj.hypervolume.metrics:
+                known(m, "objective.hypervolume.metrics (the weights variant moves reward weights)")
+        if obj.name in ("hypervolume", "lagrangian") and not self.data.eval:
+            if obj.name == "hypervolume" or obj.lagrangian.threshold_search:
+                raise ValueError(f"objective.name {obj.name!r} validates on data.eval: set data.eval")
         return self

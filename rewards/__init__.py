@@ -6,12 +6,16 @@ existing TRL reward function plugs in unchanged. Name it in config as ``"package
 or ``"path/to/file.py:function"``; :func:`load` returns the callable.
 """
 
-from rewards.builtin import BUILTIN_REWARDS, completion_text, correctness, final_answer, length, no_thinking, think_format
+from rewards.builtin import (BUILTIN_REWARDS, brevity, completion_text, correctness, efficiency, final_answer, length,
+                             no_thinking, shows_work, think_format)
 from rewards.loading import RewardLoadError, load
 from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, score_batch
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "brevity",
+    "efficiency",
+    "shows_work",
     "NAN_POLICIES",
     "Reward",
     "RewardError",

@@ -6,6 +6,7 @@ message's ``content`` is scored).
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 THINK, END_THINK = "<think>", "</think>"
@@ -56,7 +57,54 @@ def no_thinking(prompts, completions, **kwargs) -> list[float]:
     return [float(completion_text(c).lstrip().startswith(END_THINK)) for c in completions]
 
 
+def brevity(prompts, completions, completion_ids=None, max_tokens: int = 48, **kwargs) -> list[float]:
+    """``1 - min(n, max_tokens) / max_tokens`` for a response of n tokens (characters without
+    ``completion_ids``): 1 for an empty answer, 0 at the length budget. A [0, 1] objective that can
+    sit on the simplex with the others (the weighting methods refuse negative weights)."""
+    if max_tokens <= 0:
+        raise ValueError(f"brevity: max_tokens must be positive, got {max_tokens}")
+    n = length(prompts, completions, completion_ids)
+    return [1.0 - min(x, max_tokens) / max_tokens for x in n]
+
+
+_STEP = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+
+
+def shows_work(prompts, completions, **kwargs) -> list[float]:
+    """Style: the share of the thinking trace's comma-separated steps that are well-formed, true
+    ``a op b = c`` equations, times 1 when there is at least one step. A NoThinking response (or a
+    response without ``</think>``) scores 0. Conflicts with brevity: showing work costs tokens."""
+    out = []
+    for c in completions:
+        text = completion_text(c)
+        if END_THINK not in text:
+            out.append(0.0)
+            continue
+        trace = text.split(END_THINK, 1)[0].replace(THINK, "").strip()
+        steps = [s for s in trace.split(",") if s.strip()]
+        good = 0
+        for s in steps:
+            m = _STEP.match(s)
+            if m:
+                a, op, b, r = int(m[1]), m[2], int(m[3]), int(m[4])
+                good += {"+": a + b, "-": a - b, "*": a * b}[op] == r
+        out.append(good / len(steps) if steps else 0.0)
+    return out
+
+
+def efficiency(prompts, completions, answer=None, think_cost: float = 0.1, **kwargs) -> list[float | None]:
+    """A true score for the constrained example: correctness minus ``think_cost`` when the response
+    thinks (does not start with ``</think>``). Brevity is a proxy of it: dropping needless thinking
+    on easy problems raises both, dropping it on hard ones lowers efficiency (answers go wrong)."""
+    right = correctness(prompts, completions, answer)
+    thinks = [1.0 - x for x in no_thinking(prompts, completions)]
+    return [None if r is None else r - think_cost * t for r, t in zip(right, thinks)]
+
+
 BUILTIN_REWARDS: dict[str, Callable] = {
+    "brevity": brevity,
+    "shows_work": shows_work,
+    "efficiency": efficiency,
     "correctness": correctness,
     "think_format": think_format,
     "length": length,

@@ -42,6 +42,6 @@ def hypervolume_contribution(buffer, point, ref, maximize: bool | Sequence[bool]
     return max(0.0, hvc)
 
 
-def meta_reward(hvc: float) -> float:
+def meta_reward(hvc: float, base: float = 0.5, scale: float = 1.5) -> float:
     """The authors' reward multiplier: ``0.5 + 1.5 * tanh(HVC)``, in [0.5, 2)."""
-    return 0.5 + 1.5 * math.tanh(max(0.0, hvc))
+    return base + scale * math.tanh(max(0.0, hvc))

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from align.objectives.base import Objective, Shaped, register_objective
+from align.objectives.base import Objective, Shaped, register_objective, weighted_sum
 
 
 @register_objective("static")
 class StaticWeights(Objective):
-    def shape(self, scores: np.ndarray, context: dict) -> Shaped:
-        w = np.array([self.weights[n] for n in self.names], dtype=np.float64)  # (K,)
-        rewards = np.nansum(scores * w[None, :], axis=1)  # (N,)
-        return Shaped(rewards=rewards, metrics={f"objective/weight/{n}": float(x) for n, x in zip(self.names, w)})
+    def shape(self, scores: np.ndarray, ctx: dict) -> Shaped:
+        return Shaped(rewards=weighted_sum(scores, self.weight_vector()))
+
+    def state_metrics(self) -> dict[str, float]:
+        return {f"objective/weight/{n}": float(self.weights[n]) for n in self.names}

@@ -75,14 +75,7 @@ class LearnerGroup:
 
     def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
         """One optimizer step over ``batch`` with global normalisers; returns merged stats."""
-        n = batch["input_ids"].shape[0]
-        normalizers = {"num_tokens": float(batch["completion_mask"].sum().item()), "num_seqs": float(n),
-                       "max_len": loss_cfg["max_len"]}
-        shares = self._shares(batch)
-        num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))
-        cfg = {k: v for k, v in loss_cfg.items() if k != "max_len"}
-        if loss_cfg["agg"] != "seq_mean_token_sum_norm":
-            normalizers.pop("max_len")
+        normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
         stats = ray.get([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
         tokens = sum(s["tokens"] for s in stats)
         return {
@@ -93,6 +86,26 @@ class LearnerGroup:
             "loss/grad_norm": stats[0]["grad_norm"],
             "timing/learner_compute": max(s["seconds"] for s in stats),
         }
+
+    def _normalizers(self, batch: dict, loss_cfg: dict) -> tuple[dict, dict, list, int]:
+        n = batch["input_ids"].shape[0]
+        normalizers = {"num_tokens": float(batch["completion_mask"].sum().item()), "num_seqs": float(n),
+                       "max_len": loss_cfg["max_len"]}
+        if loss_cfg["agg"] != "seq_mean_token_sum_norm":
+            normalizers.pop("max_len")
+        shares = self._shares(batch)
+        num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))
+        return normalizers, {k: v for k, v in loss_cfg.items() if k != "max_len"}, shares, num_micro
+
+    def objective_gradients(self, batch: dict, advantages: np.ndarray, loss_cfg: dict,
+                            param_pattern: str | None = None, clip: float | None = None) -> np.ndarray:
+        """Gram matrix ``(K, K)`` of the whole batch's per-objective loss gradients (one backward
+        pass per objective on every rank, summed across ranks)."""
+        normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
+        adv = torch.as_tensor(np.asarray(advantages), dtype=torch.float32)  # (K, N)
+        grams = ray.get([r.objective_gradients.remote(share, adv[:, idx], cfg, normalizers, num_micro, param_pattern, clip)
+                         for r, (idx, share) in zip(self.ranks, shares)])
+        return grams[0]
 
     def adapter(self) -> tuple[dict[str, np.ndarray], dict]:
         return ray.get([self.ranks[0].adapter_state.remote(), self.ranks[0].peft_config_dict.remote()])

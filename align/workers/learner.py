@@ -98,6 +98,29 @@ class Learner:
             out["ref_logps"] = torch.cat(refs)
         return out
 
+    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised."""
+        logps = self._logps(part, loss_cfg["temperature"], grad=True)
+        mask = part["completion_mask"].to(logps.device)
+        # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
+        # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
+        old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
+        loss, stats = policy_loss(
+            logps, old, part["advantages"].to(logps.device), mask,
+            clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
+        )
+        tokens = mask.sum().item()
+        terms = {"policy": loss.item(), "kl": 0.0, "clip_tokens": stats["clip_frac"].item() * tokens,
+                 "ratio_sum": stats["ratio_mean"].item() * tokens}
+        if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
+            per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
+            if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
+                per_tok = per_tok * part["kl_weight"].to(logps.device).unsqueeze(1)
+            kl = aggregate(per_tok, mask, loss_cfg["agg"], **normalizers)
+            terms["kl"] = kl.item()
+            loss = loss + loss_cfg["kl_coef"] * kl
+        return loss, terms
+
     # ----------------------------------------------------------------- one optimizer step
     def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
         """Accumulate gradients over this rank's share in ``num_micro`` micro-batches (the same count on
@@ -120,27 +143,11 @@ class Learner:
             last = m == num_micro - 1
             self.engine.set_gradient_accumulation_boundary(last)
             if idx:
-                part = select(batch, idx)
-                logps = self._logps(part, loss_cfg["temperature"], grad=True)
-                mask = part["completion_mask"].to(logps.device)
-                # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
-                # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
-                old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
-                loss, stats = policy_loss(
-                    logps, old, part["advantages"].to(logps.device), mask,
-                    clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
-                )
-                totals["loss/policy"] += loss.item()
-                tokens = mask.sum().item()
-                clip_tokens += stats["clip_frac"].item() * tokens
-                ratio_sum += stats["ratio_mean"].item() * tokens
-                if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
-                    per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
-                    if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
-                        per_tok = per_tok * part["kl_weight"].to(logps.device).unsqueeze(1)
-                    kl = aggregate(per_tok, mask, loss_cfg["agg"], **normalizers)
-                    totals["loss/kl"] += kl.item()
-                    loss = loss + loss_cfg["kl_coef"] * kl
+                loss, terms = self._micro_loss(select(batch, idx), loss_cfg, normalizers)
+                totals["loss/policy"] += terms["policy"]
+                totals["loss/kl"] += terms["kl"]
+                clip_tokens += terms["clip_tokens"]
+                ratio_sum += terms["ratio_sum"]
             else:  # an empty share still joins the gradient reduction
                 loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
@@ -149,6 +156,53 @@ class Learner:
         tokens = float(batch["completion_mask"].sum().item())
         return {**totals, "tokens": tokens, "clip_tokens": clip_tokens, "ratio_sum": ratio_sum,
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "seconds": time.time() - t0}
+
+    # ----------------------------------------------------------------- per-objective gradients
+    def objective_gradients(self, batch: dict, advantages: torch.Tensor, loss_cfg: dict, normalizers: dict,
+                            num_micro: int, param_pattern: str | None = None, clip: float | None = None) -> np.ndarray:
+        """Gram matrix ``S = G G^T`` ``(K, K)`` of the per-objective gradients of the full actor loss.
+
+        For each objective k the loss is built with ``advantages[k]`` (this rank's rows) and
+        differentiated with ``torch.autograd.grad`` over the trainable parameters whose name matches
+        ``param_pattern`` (all of the adapter by default); no optimizer step, and the engine's
+        gradient buffers are not touched. The gradients are summed over ranks (all-reduce, the
+        parameters are replicated: the LoRA adapter), so every rank returns the same matrix; each
+        g_k is clipped to ``clip`` in norm first, as the authors' code does before reading it.
+        """
+        import re
+
+        import torch.distributed as dist
+
+        self.engine.train()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if param_pattern:
+            named = [(n, p) for n, p in named if re.search(param_pattern, n)]
+            if not named:
+                raise ValueError(f"objective.param_pattern {param_pattern!r} matches no trainable parameter")
+        params = [p for _, p in named]
+        n = batch["input_ids"].shape[0]
+        size = max(1, math.ceil(n / num_micro))
+        rows = []
+        for k in range(advantages.shape[0]):
+            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32)
+            for m in range(num_micro):
+                idx = list(range(m * size, min(n, (m + 1) * size)))
+                if not idx:
+                    continue
+                part = select({**batch, "advantages": advantages[k]}, idx)
+                loss, _ = self._micro_loss(part, loss_cfg, normalizers)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                flat += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
+                                   for g, p in zip(grads, params)])
+            rows.append(flat)
+        g = torch.stack(rows)  # (K, P): this rank's share of each objective's gradient
+        if self.world_size > 1:
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        if clip:
+            norms = g.norm(dim=1, keepdim=True)
+            g = g * torch.clamp(clip / (norms + 1e-6), max=1.0)
+        g = g.double()
+        return (g @ g.T).numpy()
 
     # ----------------------------------------------------------------- adapter and state
     def adapter_state(self) -> dict[str, np.ndarray]:

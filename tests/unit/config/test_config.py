@@ -17,6 +17,15 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
+    if path.name.startswith("sweep"):
+        from launch.sweep import SweepConfig, trial_specs
+
+        sweep = load_config(path, model=SweepConfig)
+        base = load_config(path.parent / sweep.base, sweep.overrides)
+        for quick in (False, True):
+            for t in trial_specs(sweep, quick, [r.name for r in base.rewards]):
+                load_config(path.parent / sweep.base, t["overrides"])  # every trial's config is valid
+        return
     config = load_config(path)
     assert isinstance(config, Config)
 
@@ -114,3 +123,61 @@ def test_runs_that_cannot_be_placed_are_refused():
     check_resources(load_config(None), {"CPU": 2.0}, gpu_per_actor=0)  # the default fits 2 cores
     with pytest.raises(ValueError, match="needs 2 Ray GPUs"):
         check_resources(load_config(None, ["learner.num_ranks=1"]), {"CPU": 16.0, "GPU": 1.0}, gpu_per_actor=1)
+
+
+def _objective_config(tmp_path, body: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text("rewards:\n  - fn: correctness\n  - fn: brevity\n" + body)
+    return p
+
+
+def test_objective_names_are_checked_against_rewards(tmp_path):
+    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: corectness\n"
+                                    "    constraints: [{name: brevity, threshold: 0.5}]\n")
+    with pytest.raises(ConfigError, match="did you mean 'correctness'"):
+        load_config(p)
+    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
+                                    "    constraints: [{name: brevty, threshold: 0.5}]\n")
+    with pytest.raises(ConfigError, match=r"constraints.0.name.*did you mean 'brevity'"):
+        load_config(p)
+    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: kl\n"
+                                    "    constraints: [{name: brevity, threshold: 0.5}]\n")
+    with pytest.raises(ConfigError, match="'kl' needs algorithm.kl.coef > 0"):
+        load_config(p)
+    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
+                                    "    constraints: [{name: brevity, threshold: 0.5}]\n"
+                                    "    threshold_search: {true_score: correctness}\n")
+    with pytest.raises(ConfigError, match="needs search_low and search_high on constraints \\['brevity'\\]"):
+        load_config(p)
+    p = _objective_config(tmp_path, "objective:\n  name: hypervolume\n  hypervolume: {variant: wieghts}\n")
+    with pytest.raises(ConfigError, match="objective.hypervolume.variant"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="validates on data.eval"):
+        load_config(_objective_config(tmp_path, "objective: {name: hypervolume}\n"), ["data.eval=null"])
+
+
+def test_sweep_file_errors_name_the_key_and_line(tmp_path):
+    from launch.sweep import SweepConfig
+
+    p = tmp_path / "sweep.yaml"
+    p.write_text("base: run.yaml\nobjectives: {correctness: max, length: min}\nstepz: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, model=SweepConfig)
+    msg = str(err.value)
+    assert "unknown key 'stepz'; did you mean 'steps'?" in msg and "line 3" in msg
+    p.write_text("base: run.yaml\nobjectives: {correctness: max, length: min}\n")
+    with pytest.raises(ConfigError, match=r"minimised objectives \['length'\]"):
+        load_config(p, model=SweepConfig)
+
+
+def test_sweep_weight_vectors():
+    from launch.sweep import WeightsSection, simplex_grid, weight_vectors
+
+    assert simplex_grid(3, 2) == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5],
+                                  [0.0, 0.0, 1.0]]
+    vs = weight_vectors(WeightsSection(kind="grid", divisions=2, min_weight=0.1), 3)
+    assert vs[0] == [0.8, 0.1, 0.1] and all(abs(sum(v) - 1) < 1e-9 and min(v) >= 0.1 for v in vs)
+    rs = weight_vectors(WeightsSection(kind="random", num=4, seed=3, min_weight=0.0), 2)
+    assert len(rs) == 4 and all(abs(sum(v) - 1) < 1e-6 for v in rs)
+    with pytest.raises(ConfigError, match="min_weight"):
+        weight_vectors(WeightsSection(min_weight=0.4), 3)
