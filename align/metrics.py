@@ -49,8 +49,17 @@ PANELS = (
 )
 
 
-def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
-    """Reward curves as a PNG: train rewards, eval objectives (overall), and lengths, against step."""
+OBJECTIVE_PANELS = (
+    ("reward weights", lambda k: k.startswith("objective/weight/")),
+    ("Lagrange multipliers s(lambda)", lambda k: k.startswith("objective/multiplier/")),
+    ("constraint thresholds", lambda k: k.startswith("objective/threshold/")),
+    ("hypervolume", lambda k: k in ("objective/hypervolume", "objective/hvc", "objective/meta_reward")),
+)
+
+
+def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANELS) -> Path | None:
+    """Curves against step as a PNG, one panel per group of metrics that the run logged (default:
+    train rewards, eval objectives (overall), lengths; ``OBJECTIVE_PANELS``: the objective's state)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +67,7 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path) -> Path | None:
 
     rows = MetricsLog.read(metrics_path)
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k != "step"})
-    panels = [(title, [k for k in keys if pick(k)]) for title, pick in PANELS]
+    panels = [(title, [k for k in keys if pick(k)]) for title, pick in panels_spec]
     panels = [(t, ks) for t, ks in panels if ks]
     if not panels:
         return None

@@ -20,7 +20,7 @@ from align.algorithms.grpo import compute_advantages, informative_groups
 from align.batch import pack
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from align.evaluation_loop import evaluate, format_eval
-from align.metrics import MetricsLog, plot_curves
+from align.metrics import OBJECTIVE_PANELS, MetricsLog, plot_curves
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
 from launch.config import save_resolved
@@ -333,10 +333,12 @@ class Trainer:
                 done += 1
                 last = step + 1 == cfg.trainer.max_steps
                 periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                if self.eval_rows and (last or periodic or self.objective.wants_eval(step + 1)):
+                wanted = self.objective.wants_eval(step + 1)
+                if self.eval_rows and (last or periodic or wanted):
                     result = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
                     m.update({f"eval/{k}": v for k, v in result.items()})
-                    m.update(self.objective.observe_eval(step + 1, result))
+                    if wanted:  # only the evaluations it asked for move the objective (a run extended later
+                        m.update(self.objective.observe_eval(step + 1, result))  # continues exactly)
                     after = result if last else after
                 m.update(self.objective.state_metrics())
                 self.metrics.log(step + 1, m)
@@ -354,6 +356,8 @@ class Trainer:
             adapters = self.learners.all_adapters()  # data-parallel ranks must hold identical adapters
             self.rank_max_abs_diff = max((float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0)
             plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png")
+            # weights / multipliers / thresholds / hypervolume against step, when the objective has state
+            plot_curves(self.metrics.path, self.run_dir / "plots" / "objective.png", OBJECTIVE_PANELS)
             return self._summary(before, after, plot)
         finally:
             for s, h in old_handlers.items():

@@ -154,11 +154,18 @@ def trial_specs(sweep: SweepConfig, quick: bool, reward_names: list[str]) -> lis
 
 
 def trial_resources(config) -> list[dict]:
-    """Placement-group bundles of one trial: the trial driver, then every actor it starts."""
-    bundles = [{"CPU": 0.01}]
-    bundles += [{"CPU": config.rollout.num_cpus}] * config.rollout.num_workers
-    bundles += [{"CPU": config.learner.num_cpus}] * config.learner.num_ranks
-    return [b if b["CPU"] > 0 else {"CPU": 0.01} for b in bundles]
+    """Placement-group bundles of one trial: the trial driver, then one bundle for every actor it
+    starts (rollout workers, learner ranks; the reward worker needs none). One bundle, not one per
+    actor: Ray places a captured child in any bundle with room, so per-actor bundles of different
+    sizes can strand an actor (a 0.5-CPU learner taking the rollout worker's 1-CPU bundle)."""
+    import torch
+
+    gpu = 1 if config.model.device == "cuda" or (config.model.device == "auto" and torch.cuda.is_available()) else 0
+    cpus = config.rollout.num_cpus * config.rollout.num_workers + config.learner.num_cpus * config.learner.num_ranks
+    actors = {"CPU": max(cpus, 0.01)}
+    if gpu:
+        actors["GPU"] = float(config.rollout.num_workers + config.learner.num_ranks)
+    return [{"CPU": 0.01}, actors]
 
 
 def run_trial(params: dict) -> None:
@@ -207,7 +214,7 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
         mask = nondominated(pts[idx], maximize)
         per_method[method] = {"trials": len(idx), "hypervolume": hypervolume(pts[idx], ref, maximize),
                               "nondominated": [rows[i]["name"] for i, m in zip(idx, mask) if m]}
-    weight_keys = sorted({k for r in rows for k in r["weights"]})
+    weight_keys = list(dict.fromkeys(k for r in rows for k in r["weights"]))
     with open(out_dir / "trials.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "method", "seed", *[f"w/{k}" for k in weight_keys], *names, "nondominated", "run_dir"])
@@ -317,7 +324,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        resources = tune.PlacementGroupFactory(trial_resources(base_cfg))
+        resources = tune.PlacementGroupFactory(trial_resources(base_cfg), strategy="PACK")
         need = sum(b["CPU"] for b in trial_resources(base_cfg))
         have = ray.cluster_resources().get("CPU", 0.0)
         if need > have + 1e-9:

@@ -71,10 +71,13 @@ class Learner:
         self.model = self.engine.module
 
     # ----------------------------------------------------------------- forward passes
-    def _logps(self, part: dict, temperature: float, grad: bool) -> torch.Tensor:
+    def _logps(self, part: dict, temperature: float, grad: bool, plain: bool = False) -> torch.Tensor:
+        """Token log-probs ``(b, L-1)``. ``plain`` runs the module without the engine's wrapper: the
+        engine's forward hooks its outputs so that any backward through them runs ZeRO's gradient
+        reduction epilogue, which a bare ``torch.autograd.grad`` must not trigger."""
         ids = part["input_ids"].to(self.device)
         with torch.enable_grad() if grad else torch.no_grad():
-            logits = self.engine(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
+            logits = (self.model if plain else self.engine)(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
             return token_logprobs(logits[:, :-1] / temperature, ids[:, 1:])  # (b, L-1)
 
     def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True) -> dict[str, torch.Tensor]:
@@ -98,9 +101,9 @@ class Learner:
             out["ref_logps"] = torch.cat(refs)
         return out
 
-    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict, plain: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
         """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised."""
-        logps = self._logps(part, loss_cfg["temperature"], grad=True)
+        logps = self._logps(part, loss_cfg["temperature"], grad=True, plain=plain)
         mask = part["completion_mask"].to(logps.device)
         # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
         # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
@@ -190,7 +193,7 @@ class Learner:
                 if not idx:
                     continue
                 part = select({**batch, "advantages": advantages[k]}, idx)
-                loss, _ = self._micro_loss(part, loss_cfg, normalizers)
+                loss, _ = self._micro_loss(part, loss_cfg, normalizers, plain=True)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 flat += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
                                    for g, p in zip(grads, params)])

@@ -53,3 +53,24 @@ def test_one_rank_equals_two_ranks_for_every_aggregation(groups):
         assert worst < 1e-5, (agg, worst)
     ranks = two.all_adapters()
     assert all(np.array_equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+
+
+def test_objective_gradient_gram_is_the_same_on_one_and_two_ranks(groups):
+    """The per-objective gradients are all-reduced across ranks: the Gram matrix of the whole
+    batch does not depend on the split (and taking it moves no weight)."""
+    one, two, batch = groups
+    cfg = dict(temperature=1.0, clip_low=0.2, clip_high=0.2, agg="seq_mean_token_mean", kl_coef=0.0, kl_in_loss=True,
+               kl_estimator="k3", max_len=24)
+    adv = np.stack([np.linspace(-1.0, 1.0, 16), np.where(np.arange(16) % 2 == 0, 1.0, -1.0), np.ones(16) * 0.5])
+    before = two.adapter()[0]
+    grams = [g.objective_gradients(batch, adv, cfg, None, None) for g in (one, two)]
+    np.testing.assert_allclose(grams[0], grams[1], rtol=1e-4, atol=1e-10)
+    assert grams[0].shape == (3, 3) and np.all(np.diag(grams[0]) > 0)
+    np.testing.assert_allclose(grams[0], grams[0].T, rtol=1e-6)
+    after = two.adapter()[0]
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    # a parameter subset and clipping: each g_k clipped to norm 1e-4 gives diagonal (1e-4)^2
+    clipped = two.objective_gradients(batch, adv, cfg, r"lora_A", 1e-4)
+    np.testing.assert_allclose(np.diag(clipped), 1e-8, rtol=1e-3)
+    with pytest.raises(Exception, match="matches no trainable parameter"):
+        two.objective_gradients(batch, adv, cfg, r"no_such_param", None)
