@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results"
 
 
-def run(name: str, *sets: str) -> list[dict]:
+def run(name: str, *sets: str, reuse: bool = False) -> list[dict]:
     out = OUT / "runs" / name
+    if reuse and (out / "metrics.jsonl").exists() and list((out / "checkpoints").glob("step_*")):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     cmd = [sys.executable, "-m", "launch.cli", "train", str(ROOT / "configs" / "constrained_tiny.yaml"),
            "--set", f"trainer.output_dir={out}", *[a for s in sets for a in ("--set", s)]]
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -35,19 +37,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--nm-steps", type=int, default=60)
+    ap.add_argument("--reuse", nargs="*", default=[], help="Runs to read from an earlier invocation instead of rerunning.")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     runs = {
-        "lagrangian": run("lagrangian", f"trainer.max_steps={args.steps}"),
-        "unconstrained": run("unconstrained", f"trainer.max_steps={args.steps}", "objective.name=static"),
+        "lagrangian": run("lagrangian", f"trainer.max_steps={args.steps}", reuse="lagrangian" in args.reuse),
+        "unconstrained": run("unconstrained", f"trainer.max_steps={args.steps}", "objective.name=static",
+                             reuse="unconstrained" in args.reuse),
         "nelder_mead": run("nelder_mead", f"trainer.max_steps={args.nm_steps}",
                            "objective.lagrangian.threshold_search.true_score=efficiency",
                            "objective.lagrangian.threshold_search.steps_per_eval=10",
                            "objective.lagrangian.threshold_search.check_every=5",
-                           "objective.lagrangian.threshold_search.max_evals=5"),
+                           "objective.lagrangian.threshold_search.max_evals=5", reuse="nelder_mead" in args.reuse),
     }
     lines = ["# Constrained RLHF on the built-in task", "",
-             "Task correctness; proxy brevity (constraint: equal 0.7); true score efficiency = correctness - 0.1 x thinks "
+             "Task correctness; proxy brevity (constraint: equal, threshold from configs/constrained_tiny.yaml); true score efficiency = correctness - 0.1 x thinks "
              "(eval split, greedy, 100 prompts).", "",
              "| run | steps | eval brevity (start -> end) | eval correctness | eval efficiency (true) | NoThinking rate |",
              "|---|---:|---|---|---|---|"]
@@ -59,8 +63,9 @@ def main() -> None:
                      f"{b['eval/efficiency']:.3f} | {a['eval/nothink_rate']:.2f} -> {b['eval/nothink_rate']:.2f} |")
     lag = [r for r in runs["lagrangian"] if "objective/multiplier/brevity" in r]
     last5 = [r["reward/brevity"] for r in runs["lagrangian"][-5:] if "reward/brevity" in r]
-    lines += ["", f"Lagrangian: train brevity over the last 5 steps {sum(last5) / len(last5):.3f} (threshold 0.7, "
-              f"band 0.665-0.735); final multiplier s(lambda) {lag[-1]['objective/multiplier/brevity']:.3f}.", ""]
+    theta = lag[-1]["objective/threshold/brevity"]
+    lines += ["", f"Lagrangian: train brevity (batch mean) over the last 5 steps {sum(last5) / len(last5):.3f} (threshold {theta:.2f}, "
+              f"band {0.95 * theta:.3f}-{1.05 * theta:.3f}); final multiplier s(lambda) {lag[-1]['objective/multiplier/brevity']:.3f}.", ""]
     nm = [r for r in runs["nelder_mead"] if "objective/nm/f" in r]
     if nm:
         lines += ["Nelder-Mead evaluations (threshold -> true score at the end of its segment):", ""]
@@ -85,7 +90,7 @@ def main() -> None:
         st = [r for r in runs[name] if "objective/multiplier/brevity" in r]
         axes[1].plot([r["step"] for r in st], [r["objective/multiplier/brevity"] for r in st], label=f"{name}: s(lambda)")
         axes[1].plot([r["step"] for r in st], [r["objective/threshold/brevity"] for r in st], ls="--", label=f"{name}: threshold")
-    axes[0].axhline(0.7, color="k", ls=":", lw=1)
+    axes[0].axhline(theta, color="k", ls=":", lw=1)
     axes[0].set_title("brevity (proxy), train batches")
     axes[1].set_title("multiplier trajectory and threshold")
     axes[2].set_title("efficiency (true score), eval")

@@ -198,6 +198,8 @@ class NelderMeadSection(Section):
     tol: float = Field(0.01, ge=0, description="Stop when std(f over the simplex) < tol.")
     max_evals: int = Field(12, ge=1, description="Evaluations of f at most; then the best thresholds are kept.")
     cache_tol: float = Field(5e-3, ge=0, description="Memoisation: a point within this distance in every coordinate is a hit.")
+    reset_multipliers: bool = Field(True, description="Start every evaluation (new thresholds) with fresh multipliers and "
+                                    "momentum, so a multiplier wound up against the previous thresholds does not drive it.")
 
 
 class LagrangianSection(Section):

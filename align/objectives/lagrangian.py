@@ -49,6 +49,7 @@ class LagrangianConstraints(Objective):
         self.squash = squash
         rng = np.random.default_rng(config.trainer.seed)
         init = rng.normal(0.0, opts.init_std, len(self.cons)) if squash != "none" else np.full(len(self.cons), 0.5)
+        self.init_raw = init.copy()
         self.multipliers = Multipliers(len(self.cons), squash, opts.lr, opts.momentum, opts.max_grad_norm, init,
                                        clamp_nonnegative=squash == "none")
         self.thresholds = np.array([c.threshold for c in opts.constraints], dtype=np.float64)
@@ -61,7 +62,21 @@ class LagrangianConstraints(Objective):
             high = np.array([c.search_high for c in opts.constraints])
             simplex = low + (high - low) * np.random.default_rng([config.trainer.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
             self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol)
-            self.thresholds = self.nm.ask()
+            self.low, self.high = low, high
+            self.thresholds = self._in_range(self.nm.ask())
+
+    def _in_range(self, theta: np.ndarray) -> np.ndarray:
+        """Nelder-Mead may step outside [search_low, search_high]; the thresholds used are clipped."""
+        return np.clip(theta, self.low, self.high)
+
+    def _new_segment(self) -> None:
+        """New thresholds start a new constrained problem: with ``reset_multipliers`` the multipliers
+        and their momentum go back to their initial values, so one evaluation's wound-up multiplier
+        (lambda accumulated against the previous thresholds) does not drive the next one."""
+        self.segment_steps = 0
+        if self.search.reset_multipliers:
+            self.multipliers.raw = self.init_raw.copy()
+            self.multipliers.buffer = np.zeros_like(self.init_raw)
 
     # -- shaping
     def _columns(self, scores: np.ndarray, ctx: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -118,13 +133,13 @@ class LagrangianConstraints(Objective):
         self.nm.tell(value)
         out = {"objective/nm/f": value, "objective/nm/evals": float(len(self.nm.history)),
                "objective/nm/cache_hits": float(self.nm.cache_hits), "objective/nm/segment_steps": float(self.segment_steps)}
-        self.segment_steps = 0
+        self._new_segment()
         nxt = self.nm.ask()
         if nxt is None:  # finished: keep the best thresholds found
-            self.thresholds = self.nm.best()[0]
+            self.thresholds = self._in_range(self.nm.best()[0])
             out["objective/nm/done"] = 1.0
         else:
-            self.thresholds = nxt
+            self.thresholds = self._in_range(nxt)
         return out
 
     # -- state

@@ -216,3 +216,13 @@ def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
     other = build(obj.config)
     other.load_state_dict(obj.state_dict())
     assert other.nm.done and other.thresholds[0] == best[0]
+
+
+def test_skipped_or_not_applicable_samples_take_their_group_mean():
+    from align.trainer import _fill_group_mean
+
+    r = np.array([1.0, np.nan, 0.0, 0.5, np.nan, np.nan])
+    out = _fill_group_mean(r, np.isnan(r), 3)
+    np.testing.assert_allclose(out, [1.0, 0.5, 0.0, 0.5, 0.5, 0.5])
+    empty = np.array([np.nan, np.nan])
+    np.testing.assert_allclose(_fill_group_mean(empty, np.isnan(empty), 2), [0.0, 0.0])
