@@ -36,7 +36,7 @@ def evals(rows: list[dict]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--nm-steps", type=int, default=60)
+    ap.add_argument("--nm-steps", type=int, default=70)
     ap.add_argument("--reuse", nargs="*", default=[], help="Runs to read from an earlier invocation instead of rerunning.")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,8 @@ def main() -> None:
                            "objective.lagrangian.threshold_search.true_score=efficiency",
                            "objective.lagrangian.threshold_search.steps_per_eval=10",
                            "objective.lagrangian.threshold_search.check_every=5",
-                           "objective.lagrangian.threshold_search.max_evals=5", reuse="nelder_mead" in args.reuse),
+                           "objective.lagrangian.threshold_search.max_evals=6",
+                           "objective.lagrangian.threshold_search.tol=0.001", reuse="nelder_mead" in args.reuse),
     }
     lines = ["# Constrained RLHF on the built-in task", "",
              "Task correctness; proxy brevity (constraint: equal, threshold from configs/constrained_tiny.yaml); true score efficiency = correctness - 0.1 x thinks "

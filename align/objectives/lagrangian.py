@@ -61,12 +61,13 @@ class LagrangianConstraints(Objective):
             low = np.array([c.search_low for c in opts.constraints])
             high = np.array([c.search_high for c in opts.constraints])
             simplex = low + (high - low) * np.random.default_rng([config.trainer.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
-            self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol)
+            self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol,
+                                 bounds=(low, high))
             self.low, self.high = low, high
             self.thresholds = self._in_range(self.nm.ask())
 
     def _in_range(self, theta: np.ndarray) -> np.ndarray:
-        """Nelder-Mead may step outside [search_low, search_high]; the thresholds used are clipped."""
+        """Thresholds stay in [search_low, search_high] (Nelder-Mead projects its points there already)."""
         return np.clip(theta, self.low, self.high)
 
     def _new_segment(self) -> None:

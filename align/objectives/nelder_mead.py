@@ -5,7 +5,8 @@ continuing to train the same policy, so the optimiser must hand out one point at
 ``ask()`` returns the next point to evaluate (None when finished), ``tell(f)`` reports its value.
 scipy's ``minimize(method="Nelder-Mead")`` only calls f itself, so it cannot drive a training loop;
 this small version can. Reflect 1, expand 2, inside contraction 0.5 (toward the worst point),
-shrink 0.5; it stops when std(f over the simplex) < tol, after ``max_evals`` evaluations, or once the simplex
+shrink 0.5; with ``bounds`` every new point is projected into the box (so an out-of-range step is
+evaluated, and memoised, as the clipped point it really is). It stops when std(f over the simplex) < tol, after ``max_evals`` evaluations, or once the simplex
 is smaller than ``cache_tol`` (every further point would be a memo hit).
 
 Memoisation as in the authors' code: a point within ``cache_tol`` of an evaluated one in every
@@ -27,7 +28,8 @@ class _Budget(Exception):
 
 class NelderMead:
     def __init__(self, simplex, tol: float = 0.01, max_evals: int = 50, cache_tol: float = 5e-3,
-                 alpha: float = 1.0, gamma: float = 2.0, rho: float = 0.5, sigma: float = 0.5):
+                 alpha: float = 1.0, gamma: float = 2.0, rho: float = 0.5, sigma: float = 0.5, bounds=None):
+        self.bounds = None if bounds is None else (np.asarray(bounds[0], dtype=np.float64), np.asarray(bounds[1], dtype=np.float64))
         self.initial = np.atleast_2d(np.asarray(simplex, dtype=np.float64))
         n = self.initial.shape[1]
         if self.initial.shape[0] != n + 1:
@@ -87,6 +89,9 @@ class NelderMead:
                 return hf
         return None
 
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        return x if self.bounds is None else np.clip(x, *self.bounds)
+
     def _f(self, x: np.ndarray) -> Generator[np.ndarray, float, float]:
         hit = self._cached(x)
         if hit is not None:
@@ -101,7 +106,7 @@ class NelderMead:
 
     def _run(self) -> Generator[np.ndarray, float, None]:
         try:
-            pts = [x.copy() for x in self.initial]
+            pts = [self._project(x.copy()) for x in self.initial]
             vals = []
             for x in pts:
                 vals.append((yield from self._f(x)))
@@ -115,17 +120,17 @@ class NelderMead:
                 if self.cache_tol > 0 and np.max(np.abs(np.array(pts) - pts[0])) < self.cache_tol:
                     return
                 centroid = np.mean(pts[:-1], axis=0)
-                xr = centroid + self.alpha * (centroid - pts[-1])
+                xr = self._project(centroid + self.alpha * (centroid - pts[-1]))
                 fr = yield from self._f(xr)
                 if vals[0] <= fr < vals[-2]:
                     pts[-1], vals[-1] = xr, fr
                     continue
                 if fr < vals[0]:
-                    xe = centroid + self.gamma * (xr - centroid)
+                    xe = self._project(centroid + self.gamma * (xr - centroid))
                     fe = yield from self._f(xe)
                     pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
                     continue
-                xc = centroid + self.rho * (pts[-1] - centroid)
+                xc = self._project(centroid + self.rho * (pts[-1] - centroid))
                 fc = yield from self._f(xc)
                 if fc < vals[-1]:
                     pts[-1], vals[-1] = xc, fc

@@ -79,3 +79,15 @@ def test_state_replays_exactly():
     wrong = NelderMead([[0.0, 0.0], [0.7, 0.0], [0.0, 0.5]], tol=0.0, max_evals=25)
     with pytest.raises(ValueError, match="does not replay"):
         wrong.load_state_dict(nm.state_dict())
+
+
+def test_bounds_project_points_and_the_memo_sees_the_projected_point():
+    # the minimum (x = -1) is outside [0, 1]: the search ends at the bound, each point asked once
+    nm = NelderMead([[0.9], [0.6]], tol=0.0, max_evals=20, cache_tol=1e-3, bounds=([0.0], [1.0]))
+    asked = []
+    while (x := nm.ask()) is not None:
+        assert 0.0 <= x[0] <= 1.0
+        asked.append(round(float(x[0]), 6))
+        nm.tell(float((x[0] + 1.0) ** 2))
+    assert nm.best()[0][0] == 0.0
+    assert len(asked) == len(set(asked))  # the clipped point 0.0 was evaluated once, then memoised
