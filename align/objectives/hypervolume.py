@@ -8,7 +8,10 @@ validated, the hypervolume contribution of the new point against the buffer of e
 points is measured (``HVC = HV(B + p) - HV(B)``, reference ``p_0``), the point joins the buffer when
 ``HVC > 0``, and the next steps' reward is ``m * sum_k w_k r_k`` with ``m = 0.5 + 1.5 tanh(HVC)``.
 A positive scale of all rewards is invisible to std-normalised advantages (grpo, dapo, and
-reinforce_pp's batch normalisation): that combination is detected and warned about.
+reinforce_pp's batch normalisation): that combination is detected and warned about. Under Adam
+a scale that stays constant is largely cancelled as well (measured: with dr_grpo the meta_reward
+sweep matched the static one to 4 decimals, the multiplier sitting at 0.5 because no validation
+point improved every conflicting objective at once).
 
 ``weights`` (ours): the weights themselves move toward the objectives whose improvement grows the
 hypervolume most. Each metric is put in relative units, ``z_k = sign_k (p_k - p0_k) / scale_k``
@@ -76,6 +79,9 @@ class HypervolumeWeighting(Objective):
                             "number, which %s cancel exactly, so it changes nothing with algorithm %s. Use "
                             "variant: weights, or dr_grpo / rloo, whose advantages keep the scale.",
                             SCALE_INVARIANT[estimator], config.algorithm.name)
+            else:
+                log.info("objective hypervolume, variant meta_reward: Adam normalises the gradient scale too, so a meta "
+                         "reward that stays constant for many steps acts mostly through its changes between steps")
         self.p0: np.ndarray | None = None
         self.buffer: list[list[float]] = []
         self.meta, self.last_hvc = 1.0, 0.0
