@@ -101,9 +101,12 @@ class Learner:
             out["ref_logps"] = torch.cat(refs)
         return out
 
-    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict, plain: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-        """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised."""
-        logps = self._logps(part, loss_cfg["temperature"], grad=True, plain=plain)
+    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict,
+                    logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised;
+        ``logps`` (with grad) when the caller already ran the forward pass."""
+        if logps is None:
+            logps = self._logps(part, loss_cfg["temperature"], grad=True)
         mask = part["completion_mask"].to(logps.device)
         # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
         # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
@@ -185,20 +188,20 @@ class Learner:
         params = [p for _, p in named]
         n = batch["input_ids"].shape[0]
         size = max(1, math.ceil(n / num_micro))
-        rows = []
-        for k in range(advantages.shape[0]):
-            flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32)
-            for m in range(num_micro):
-                idx = list(range(m * size, min(n, (m + 1) * size)))
-                if not idx:
-                    continue
-                part = select({**batch, "advantages": advantages[k]}, idx)
-                loss, _ = self._micro_loss(part, loss_cfg, normalizers, plain=True)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                flat += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
-                                   for g, p in zip(grads, params)])
-            rows.append(flat)
-        g = torch.stack(rows)  # (K, P): this rank's share of each objective's gradient
+        num_obj = advantages.shape[0]
+        g = torch.zeros(num_obj, sum(p.numel() for p in params), dtype=torch.float32)  # (K, P): this rank's share
+        for m in range(num_micro):
+            idx = list(range(m * size, min(n, (m + 1) * size)))
+            if not idx:
+                continue
+            part = select(batch, idx)
+            # one forward pass per micro-batch; the K losses differ only in their advantages
+            logps = self._logps(part, loss_cfg["temperature"], grad=True, plain=True)
+            for k in range(num_obj):
+                loss, _ = self._micro_loss({**part, "advantages": advantages[k, idx]}, loss_cfg, normalizers, logps=logps)
+                grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=k < num_obj - 1)
+                g[k] += torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
+                                   for gr, p in zip(grads, params)])
         if self.world_size > 1:
             dist.all_reduce(g, op=dist.ReduceOp.SUM)
         if clip:
