@@ -91,14 +91,12 @@ class Trainer:
         # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
         # placement group, which Tune sized from the same config (see launch/sweep.py).
         self._owns_ray = not ray.is_initialized()
-        if not self._owns_ray:
-            pass
-        elif self.address:
-            ray.init(address=self.address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
         gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
         if self._owns_ray:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
             check_resources(cfg, ray.cluster_resources(), gpu)
         self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
             [r.model_dump() for r in cfg.rewards], self.config_dir)

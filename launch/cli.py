@@ -91,12 +91,10 @@ def _cmd_config_only(args, what: str) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from launch.sweep import SweepConfig, run_sweep, trial_specs
+    from launch.sweep import plan_sweep, run_sweep
 
     if args.dry_run:
-        sweep = load_config(args.config, args.overrides, model=SweepConfig)
-        base = load_config(Path(args.config).resolve().parent / sweep.base, sweep.overrides)
-        for t in trial_specs(sweep, args.quick, [r.name for r in base.rewards]):
+        for t in plan_sweep(args.config, args.overrides, args.quick)[3]:
             print(t["name"], " ".join(t["overrides"]))
         return 0
     summary = run_sweep(args.config, args.overrides, quick=args.quick, address=args.address)

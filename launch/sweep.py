@@ -292,24 +292,29 @@ def write_report(summary: dict, rows, pts, names, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False, address: str | None = None) -> dict:
-    """Validate the sweep and every trial's config, run the trials on Ray Tune, analyse."""
-    import ray
-    from ray import tune
-
+def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = False):
+    """The validated sweep, its base config (path and Config) and its trials; every trial's config
+    is validated here, before anything starts."""
     sweep = load_config(path, overrides or [], model=SweepConfig)
-    here = Path(path).resolve().parent
-    base = str((here / sweep.base).resolve())
+    base = str((Path(path).resolve().parent / sweep.base).resolve())
     base_cfg = load_config(base, sweep.overrides)
-    reward_names = [r.name for r in base_cfg.rewards]
-    trials = trial_specs(sweep, quick, reward_names)
-    for t in trials:  # every trial's config is valid before anything starts
+    trials = trial_specs(sweep, quick, [r.name for r in base_cfg.rewards])
+    for t in trials:
         try:
             load_config(base, t["overrides"])
         except ConfigError as exc:
             raise ConfigError(f"sweep {path}: trial {t['name']}: {exc}") from None
     if base_cfg.data.eval is None:
         raise ConfigError(f"sweep {path}: the base config {sweep.base} has no data.eval; trials are compared on it")
+    return sweep, base, base_cfg, trials
+
+
+def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False, address: str | None = None) -> dict:
+    """Validate the sweep and every trial's config, run the trials on Ray Tune, analyse."""
+    import ray
+    from ray import tune
+
+    sweep, base, base_cfg, trials = plan_sweep(path, overrides, quick)
     out_dir = Path(sweep.output_dir)
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
@@ -324,8 +329,9 @@ def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False
         else:
             ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        resources = tune.PlacementGroupFactory(trial_resources(base_cfg), strategy="PACK")
-        need = sum(b["CPU"] for b in trial_resources(base_cfg))
+        bundles = trial_resources(base_cfg)
+        resources = tune.PlacementGroupFactory(bundles, strategy="PACK")
+        need = sum(b["CPU"] for b in bundles)
         have = ray.cluster_resources().get("CPU", 0.0)
         if need > have + 1e-9:
             raise ValueError(f"one trial needs {need:g} Ray CPUs (rollout workers, learner ranks and the trial driver) but the "

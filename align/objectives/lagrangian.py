@@ -56,19 +56,14 @@ class LagrangianConstraints(Objective):
         self.search = opts.threshold_search
         self.nm: NelderMead | None = None
         self.segment_steps = 0  # training steps spent on the current f evaluation
-        self.last_eval: dict[str, float] = {}
         if self.search:
             low = np.array([c.search_low for c in opts.constraints])
             high = np.array([c.search_high for c in opts.constraints])
             simplex = low + (high - low) * np.random.default_rng([config.trainer.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
+            # bounds: every point Nelder-Mead hands out (and so every threshold) is in [search_low, search_high]
             self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol,
                                  bounds=(low, high))
-            self.low, self.high = low, high
-            self.thresholds = self._in_range(self.nm.ask())
-
-    def _in_range(self, theta: np.ndarray) -> np.ndarray:
-        """Thresholds stay in [search_low, search_high] (Nelder-Mead projects its points there already)."""
-        return np.clip(theta, self.low, self.high)
+            self.thresholds = self.nm.ask()
 
     def _new_segment(self) -> None:
         """New thresholds start a new constrained problem: with ``reset_multipliers`` the multipliers
@@ -118,11 +113,10 @@ class LagrangianConstraints(Objective):
         return self.segment_steps % self.search.check_every == 0 or self.segment_steps >= self.search.steps_per_eval
 
     def reached(self, result: dict[str, float]) -> bool:
-        tol = self.search.reached_tol if self.search else 0.05
+        tol = self.search.reached_tol
         return all(abs(result[n] - t) <= tol * abs(t) for n, t in zip(self.cons, self.thresholds))
 
     def observe_eval(self, step: int, result: dict[str, float]) -> dict[str, float]:
-        self.last_eval = {n: result[n] for n in self.cons if n in result}
         if self.nm is None or self.nm.done or step == 0:
             return {}
         if self.search.true_score not in result:
@@ -137,10 +131,10 @@ class LagrangianConstraints(Objective):
         self._new_segment()
         nxt = self.nm.ask()
         if nxt is None:  # finished: keep the best thresholds found
-            self.thresholds = self._in_range(self.nm.best()[0])
+            self.thresholds = self.nm.best()[0]
             out["objective/nm/done"] = 1.0
         else:
-            self.thresholds = self._in_range(nxt)
+            self.thresholds = nxt
         return out
 
     # -- state
