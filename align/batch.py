@@ -13,9 +13,10 @@ import torch
 def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad samples (``prompt_ids``, ``completion_ids``, optional ``logprobs``) into a batch.
 
-    Returns ``input_ids``/``attention_mask`` ``(b, L)``, ``completion_mask``/``rollout_logps``
-    ``(b, L - 1)`` aligned with the shifted targets, and ``has_rollout_logps`` ``(b,)`` (1 where
-    the rollout returned sampling log-probs).
+    Returns ``input_ids``/``attention_mask`` ``(b, L)``, ``completion_mask``/``rollout_logps``/
+    ``rollout_logp_mask`` ``(b, L - 1)`` aligned with the shifted targets, and ``has_rollout_logps``
+    ``(b,)`` (1 where the rollout returned sampling log-probs). Samples with a forced first token
+    (AdaptThink) add ``first_logp`` (its proposal log-prob) and ``forced_first`` (1), each ``(b,)``.
     """
     width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
     b = len(samples)
@@ -23,17 +24,28 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     att = torch.zeros((b, width), dtype=torch.long)
     cmask = torch.zeros((b, width - 1), dtype=torch.float32)
     rlogps = torch.zeros((b, width - 1), dtype=torch.float32)
+    rmask = torch.zeros((b, width - 1), dtype=torch.float32)
     has = torch.zeros(b, dtype=torch.float32)
+    first = torch.zeros(b, dtype=torch.float32)
+    forced = torch.zeros(b, dtype=torch.float32)
     for i, s in enumerate(samples):
         p, c = list(s["prompt_ids"]), list(s["completion_ids"])
         ids[i, : len(p) + len(c)] = torch.tensor(p + c)
         att[i, : len(p) + len(c)] = 1
         cmask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1
-        if s.get("logprobs") is not None:
-            rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(s["logprobs"], dtype=torch.float32)
+        if s.get("logprobs") is not None:  # None entries (a forced token) have no rollout log-prob
+            lp = s["logprobs"]
+            rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor([0.0 if x is None else x for x in lp], dtype=torch.float32)
+            rmask[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor([x is not None for x in lp], dtype=torch.float32)
             has[i] = 1.0
-    return {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps,
-            "has_rollout_logps": has}
+        if s.get("first_logp") is not None:  # AdaptThink: log pi_IS of the forced first token
+            first[i] = s["first_logp"]
+            forced[i] = 1.0
+    out = {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps,
+           "rollout_logp_mask": rmask, "has_rollout_logps": has}
+    if forced.any():
+        out["first_logp"], out["forced_first"] = first, forced
+    return out
 
 
 def select(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:

@@ -10,6 +10,11 @@ from align.models.tokenizer import END_THINK
 
 
 def evaluate(rollouts, reward_worker, rows: list[dict], tokenizer, cfg, use_adapter: bool = True) -> dict[str, float]:
+    """Greedy generation of every row; per objective its mean, ``length``, ``length_wrong`` (mean
+    length of the responses the accuracy reward ``algorithm.apo.accuracy`` calls wrong, when there
+    are any) and ``nothink_rate``; overall and with a ``/level_N`` suffix per level."""
+    from align.algorithms.apo import correct_from_raw
+
     prompts = [r["prompt"] for r in rows]
     groups = rollouts.generate(prompts, [0] * len(prompts), n=1, max_tokens=cfg.rollout.max_new_tokens,
                                temperature=0.0, top_p=1.0, use_adapter=use_adapter)
@@ -22,6 +27,7 @@ def evaluate(rollouts, reward_worker, rows: list[dict], tokenizer, cfg, use_adap
     nothink = np.array([bool(s["completion_ids"]) and s["completion_ids"][0] == end_id for s in samples], dtype=np.float64)
     levels = np.array([r.get("level") for r in rows], dtype=object)
     out: dict[str, float] = {}
+    accuracy = cfg.algorithm.apo.accuracy
 
     def add(suffix: str, sel: np.ndarray) -> None:
         for k, name in enumerate(scores.names):
@@ -29,6 +35,10 @@ def evaluate(rollouts, reward_worker, rows: list[dict], tokenizer, cfg, use_adap
             if np.isfinite(col).any():
                 out[f"{name}{suffix}"] = float(np.nanmean(col))
         out[f"length{suffix}"] = float(lengths[sel].mean())
+        if accuracy in scores.names:
+            wrong = sel & ~correct_from_raw(scores.scores[:, scores.names.index(accuracy)])
+            if wrong.any():
+                out[f"length_wrong{suffix}"] = float(lengths[wrong].mean())
         if end_id is not None:
             out[f"nothink_rate{suffix}"] = float(nothink[sel].mean())
 

@@ -45,7 +45,8 @@ class MetricsLog:
 PANELS = (
     ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k),
     ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length")),
-    ("length (tokens)", lambda k: k in ("rollout/length", "eval/length")),
+    ("length (tokens)", lambda k: k in ("rollout/length", "eval/length", "rollout/length_wrong", "eval/length_wrong")),
+    ("policy entropy (nats/token)", lambda k: k == "policy/entropy"),
 )
 
 
@@ -80,6 +81,45 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANEL
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+LEVEL_METRICS = ("correctness", "length", "nothink_rate")
+
+
+def plot_levels(results: dict[str, dict[str, float]], out_png: str | Path, metrics=LEVEL_METRICS, title: str = "") -> Path | None:
+    """Per-difficulty-level eval metrics of several models side by side (one panel per metric, one
+    line per model, the overall value in the legend): ``results`` maps a label to an eval result
+    with ``<metric>/level_<N>`` keys (``align.evaluation_loop.evaluate``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def levels_of(res: dict, m: str) -> list[tuple[int, float]]:
+        return sorted((int(k.rsplit("_", 1)[1]), v) for k, v in res.items() if k.startswith(f"{m}/level_"))
+
+    metrics = [m for m in metrics if any(levels_of(r, m) for r in results.values())]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for label, res in results.items():
+            pts = levels_of(res, m)
+            if pts:
+                overall = f" (all {res[m]:.3g})" if m in res else ""
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}{overall}")
+        ax.set_xlabel("difficulty level")
+        ax.set_title(m)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

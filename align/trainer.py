@@ -5,6 +5,7 @@ and is the only place that waits on their results.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -16,11 +17,13 @@ import numpy as np
 import ray
 import torch
 
+from align.algorithms.adaptthink import ReferenceAccuracy, adaptthink_advantages, model_fingerprint, nothink_count
+from align.algorithms.apo import correct_from_raw, dads_weights, stcr_scale
 from align.algorithms.grpo import compute_advantages, informative_groups
 from align.batch import pack
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from align.evaluation_loop import evaluate, format_eval
-from align.metrics import OBJECTIVE_PANELS, MetricsLog, plot_curves
+from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
 from launch.config import save_resolved
@@ -105,6 +108,57 @@ class Trainer:
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
+        self.ref_acc = self._reference_accuracy() if cfg.algorithm.name == "adaptthink" else None
+
+    # ------------------------------------------------------------------ AdaptThink
+    def _token_id(self, token: str, field: str) -> int:
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{field}: {token!r} is {len(ids)} tokens for this tokenizer ({ids}); it must be exactly one token")
+        return ids[0]
+
+    def _forced_sampling(self) -> dict:
+        """Keyword arguments of ``RolloutGroup.generate(forced=True)`` from the config."""
+        cfg, at = self.cfg, self.cfg.algorithm.adaptthink
+        return {"end_think_id": self._token_id(at.end_think_token, "algorithm.adaptthink.end_think_token"),
+                "think_id": self._token_id(at.think_token, "algorithm.adaptthink.think_token") if at.think_token else None,
+                "nothink_max_tokens": min(at.nothink_max_tokens or cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens),
+                "max_tokens": cfg.rollout.max_new_tokens, "top_p": cfg.rollout.top_p}
+
+    def _reference_accuracy(self) -> ReferenceAccuracy:
+        """R_ref(x): mean R of K Thinking samples of the reference policy (adapter off), cached by prompt."""
+        cfg, at = self.cfg, self.cfg.algorithm.adaptthink
+        K, temp = at.ref_samples, at.ref_temperature or cfg.rollout.temperature
+        forced = self._forced_sampling()
+        meta = {"model": model_fingerprint(self.model_path), "rewards": [r.model_dump() for r in cfg.rewards], "K": K,
+                "temperature": temp, "top_p": cfg.rollout.top_p, "max_tokens": cfg.rollout.max_new_tokens,
+                "think_token": at.think_token, "end_think_token": at.end_think_token, "seed": cfg.trainer.seed}
+
+        def compute(prompts: list[str]) -> list[float]:
+            seeds = [sample_seed(cfg.trainer.seed, 2**31, 0, int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)) for p in prompts]
+            groups = self.rollouts.generate(prompts, seeds, forced=True, n=K, n_nothink=0, temperature=temp, use_adapter=False,
+                                            logprobs_for=0, **forced)
+            by_prompt = {r["prompt"]: r for r in self.train_rows}
+            flat = [by_prompt[p] for p in prompts for _ in range(K)]
+            samples = [s for g in groups for s in g]
+            scores = ray.get(self.reward_worker.score.remote(
+                [r["prompt"] for r in flat], [s["text"] for s in samples],
+                {**self._columns(flat), "completion_ids": [s["completion_ids"] for s in samples]}))
+            self._objective_for(scores)
+            r = self.objective.shape(scores.scores, {"group_size": K}).rewards
+            return list(np.nanmean(r.reshape(-1, K), axis=1))
+
+        ref = ReferenceAccuracy(at.ref_cache or ReferenceAccuracy.default_path(meta), meta, compute)
+        if at.ref_prompts == "all":
+            wanted = [r["prompt"] for r in self.train_rows]
+        else:  # exactly the prompts this run will draw (the prompt order is deterministic)
+            probe = PromptSampler(len(self.train_rows), cfg.trainer.seed)
+            wanted = [self.train_rows[i]["prompt"] for i in probe.take(cfg.trainer.max_steps * cfg.data.prompts_per_step)]
+        t0 = time.time()
+        done = ref.ensure(wanted, chunk=256, progress=log.info)
+        log.info("AdaptThink reference accuracy: %d prompts (%d cached, %d computed in %.1fs; K=%d) in %s", len(set(wanted)),
+                 len(set(wanted)) - done, done, time.time() - t0, K, ref.path)
+        return ref
 
     def _objective_for(self, scores) -> None:
         """Build the objective once the objective names are known (from the first scored batch)."""
@@ -149,9 +203,14 @@ class Trainer:
             idx = self.sampler.take(need)
             rows = [self.train_rows[i] for i in idx]
             t0 = time.time()
-            groups = self.rollouts.generate([r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
-                                            n=G, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                            top_p=cfg.rollout.top_p, logprobs_for=cfg.rollout.logprob_check_prompts)
+            prompts, seeds = [r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)]
+            if cfg.algorithm.name == "adaptthink":  # importance-sampled: part of each group forced into each mode
+                groups = self.rollouts.generate(prompts, seeds, forced=True, n=G, temperature=cfg.rollout.temperature,
+                                                n_nothink=nothink_count(G, cfg.algorithm.adaptthink.nothink_ratio),
+                                                logprobs_for=cfg.rollout.logprob_check_prompts, **self._forced_sampling())
+            else:
+                groups = self.rollouts.generate(prompts, seeds, n=G, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                                top_p=cfg.rollout.top_p, logprobs_for=cfg.rollout.logprob_check_prompts)
             t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
             flat_rows = [r for r in rows for _ in range(G)]
@@ -197,11 +256,11 @@ class Trainer:
         if need_ref or need_old:
             batch.update(self.learners.compute_logprobs(batch, cfg.rollout.temperature, reference=need_ref, policy=need_old))
         mask = batch["completion_mask"]
-        rows = torch.nonzero(batch["has_rollout_logps"]).flatten()  # parity: vLLM vs learner on these rows
-        if len(rows):
-            sub = {k: v[rows] for k, v in batch.items()}
+        check = torch.nonzero(batch["has_rollout_logps"]).flatten()  # parity: vLLM vs learner on these rows
+        if len(check):
+            sub = {k: v[check] for k, v in batch.items()}
             learner_lp = sub["old_logps"] if need_old else self.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
-            m = sub["completion_mask"]
+            m = sub["rollout_logp_mask"]
             metrics["rollout/logprob_abs_diff"] = float(((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1))
         metrics["timing/logprobs"] = time.time() - t0
         # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked
@@ -218,8 +277,9 @@ class Trainer:
         if cfg.algorithm.overlong_filter:
             mask[truncated] = 0
         estimator = GRPO_FAMILY[cfg.algorithm.name][0]
-        learner_keys = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight")
-        loss_cfg = {"temperature": cfg.rollout.temperature, "clip_low": cfg.algorithm.clip_low,
+        learner_keys = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight",
+                        "first_logp", "forced_first")
+        loss_cfg = {"temperature": cfg.rollout.temperature, "clip_low": cfg.algorithm.clip_low, "ratio": cfg.algorithm.ratio,
                     "clip_high": cfg.algorithm.clip_high, "agg": cfg.algorithm.loss_agg, "kl_coef": cfg.algorithm.kl.coef,
                     "kl_in_loss": cfg.algorithm.kl.where == "loss", "kl_estimator": cfg.algorithm.kl.estimator,
                     "max_len": cfg.rollout.max_new_tokens}
@@ -241,13 +301,33 @@ class Trainer:
         metrics.update(self.objective.before_update(scores, {**ctx, "gradient_gram": gradient_gram}))
         metrics["timing/objective"] = time.time() - t0
         shaped = self.objective.shape(scores, ctx)
+        kl_in_reward = kl_reward if kl_reward is not None else 0.0
         if shaped.advantages is not None:  # the objective mixed per-objective advantages itself
             adv = np.asarray(shaped.advantages, dtype=np.float64)
+        elif cfg.algorithm.name == "adaptthink":  # R - R_ref(x) + delta * 1[NoThinking], no group normalisation
+            nothink = np.array([s["forced"] == "nothink" for s in samples])
+            ref = np.repeat(self.ref_acc.get([r["prompt"] for r in rows]), G)
+            adv = advantages(adaptthink_advantages(shaped.rewards, ref, nothink, cfg.algorithm.adaptthink.delta) + kl_in_reward)
+            metrics.update(_adaptthink_metrics(shaped.rewards, ref, nothink))
         else:
-            adv = advantages(shaped.rewards + (kl_reward if kl_reward is not None else 0.0))
+            adv = advantages(shaped.rewards + kl_in_reward)
+        kl_weight = shaped.kl_weight
+        apo = cfg.algorithm.apo
+        if apo.dads or apo.stcr:
+            correct = correct_from_raw(scores[:, self.objective.names.index(apo.accuracy)])
+            if apo.stcr:  # after the group normalisation, as in the authors' code
+                c = stcr_scale(correct, lengths, G, apo.stcr_base)
+                adv = adv * c
+                metrics["apo/stcr_scaled"] = float((c > 1).mean())
+                metrics["apo/stcr_c_max"] = float(c.max())
+            if apo.dads:
+                w = dads_weights(adv, correct, G, apo.dads_scale)
+                kl_weight = w if kl_weight is None else kl_weight * w
+                metrics["apo/dads_weight_mean"] = float(w.mean())
+                metrics["apo/dads_relaxed"] = float((w < 1).mean())
         batch["advantages"] = torch.from_numpy(adv).float()
-        if shaped.kl_weight is not None:
-            batch["kl_weight"] = torch.from_numpy(shaped.kl_weight).float()
+        if kl_weight is not None:
+            batch["kl_weight"] = torch.from_numpy(np.asarray(kl_weight)).float()
         # -- update: ppo_epochs x num_minibatches optimizer steps
         t0 = time.time()
         n = len(samples)
@@ -273,6 +353,10 @@ class Trainer:
         metrics.update(shaped.metrics)
         metrics.update(self.objective.update(scores, ctx))
         metrics["rollout/length"] = float(lengths.mean())
+        if apo.accuracy in self.objective.names:  # APO's target: how long the wrong answers are
+            wrong = ~correct_from_raw(scores[:, self.objective.names.index(apo.accuracy)])
+            if wrong.any():
+                metrics["rollout/length_wrong"] = float(lengths[wrong].mean())
         metrics["rollout/truncated"] = float(truncated.float().mean())
         metrics["timing/step"] = time.time() - t_step
         return metrics
@@ -356,6 +440,9 @@ class Trainer:
             plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png")
             # weights / multipliers / thresholds / hypervolume against step, when the objective has state
             plot_curves(self.metrics.path, self.run_dir / "plots" / "objective.png", OBJECTIVE_PANELS)
+            if before and after:  # accuracy, length, length of wrong answers, NoThinking rate per level
+                plot_levels({"before": before, "after": after}, self.run_dir / "plots" / "levels.png",
+                            LEVEL_METRICS + ("length_wrong",), title=f"{cfg.algorithm.name}: {self.run_dir.name}")
             return self._summary(before, after, plot)
         finally:
             for s, h in old_handlers.items():
@@ -378,6 +465,14 @@ class Trainer:
         log.info("\n".join(lines))
         return {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None,
                 "rank_max_abs_diff": self.rank_max_abs_diff}
+
+
+def _adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray) -> dict[str, float]:
+    out = {"adaptthink/ref": float(ref.mean()), "adaptthink/nothink_share": float(nothink.mean())}
+    for name, sel in (("nothink", nothink), ("think", ~nothink)):
+        if sel.any():
+            out[f"adaptthink/reward_{name}"] = float(np.nanmean(rewards[sel]))
+    return out
 
 
 def _fill_group_mean(r: np.ndarray, invalid: np.ndarray, group_size: int) -> np.ndarray:

@@ -18,6 +18,9 @@ GRPO_FAMILY = {
     "dapo": ("group_std", "token_mean", 0.28),
     "rloo": ("rloo", "token_mean", 0.2),
     "reinforce_pp": ("reinforce_pp", "token_mean", 0.2),
+    # AdaptThink: advantage = the shaped reward itself (the authors' ``naive`` estimator: the
+    # per-prompt reference accuracy is the baseline), sequence-level ratio by default.
+    "adaptthink": ("naive", "seq_mean_token_mean", 0.2),
 }
 
 
@@ -54,8 +57,42 @@ class KLSection(Section):
     where: Literal["loss", "reward"] = Field("loss", description="Add KL to the loss, or subtract it from the reward.")
 
 
+class AdaptThinkSection(Section):
+    """AdaptThink (Zhang et al., 2025; ALGORITHMS.md section 3): learn when to skip thinking."""
+
+    delta: float = Field(0.05, description="NoThinking bonus: advantage = R - R_ref(x) + delta * 1[NoThinking] (paper: 0-0.1).")
+    nothink_ratio: float = Field(0.5, ge=0, le=1, description="Share of each group forced to start with the end-of-thinking "
+                                 "token (round(G * ratio) samples); the rest are forced into Thinking.")
+    nothink_max_tokens: Optional[int] = Field(None, ge=1, description="Length budget of NoThinking responses, forced token "
+                                              "included (authors: 4K of 16K); default rollout.max_new_tokens.")
+    end_think_token: str = Field("</think>", description="The token that closes thinking; a response starting with it is NoThinking.")
+    think_token: Optional[str] = Field(
+        None, description="A token that opens Thinking (authors: 'Alright'), forced with proposal probability 0.5. null: "
+        "sample the first token from the policy with the end-of-thinking token banned (exact proposal probability).")
+    ref_samples: int = Field(16, ge=1, description="K: Thinking samples per prompt from the reference (adapter off) for R_ref(x).")
+    ref_temperature: Optional[float] = Field(None, gt=0, description="Temperature of the reference samples; default rollout.temperature.")
+    ref_prompts: Literal["run", "all"] = Field(
+        "run", description="Before training, compute R_ref for the prompts this run will draw (run) or for every training "
+        "prompt (all); prompts met later (dynamic sampling, a longer run) are computed when first met.")
+    ref_cache: Optional[str] = Field(None, description="JSON cache of R_ref keyed by prompt, reused across runs; default "
+                                     "$ALIGN_CACHE/ref_accuracy/<fingerprint of model, rewards and sampling>.json.")
+
+
+class APOSection(Section):
+    """APO (Hong et al., 2025; ALGORITHMS.md section 4): asymmetric treatment of positive and negative samples."""
+
+    dads: bool = Field(False, description="DADS: per-sample KL weight 1 - exp(-dads_scale * p) for positive-advantage samples "
+                       "of groups with accuracy p in (0, 1); 1 otherwise. Needs algorithm.kl.coef > 0 with where: loss.")
+    dads_scale: float = Field(2.718281828459045, gt=0, description="The e in 1 - exp(-e * p) (authors: Euler's number).")
+    stcr: bool = Field(False, description="STCR: a wrong response longer than its group's mean correct length gets its "
+                       "advantage scaled by 2 - base^(-dL).")
+    stcr_base: float = Field(1.00001, gt=1, description="STCR base (authors: 1.00001, which makes c <= 1.04 below 4K tokens).")
+    accuracy: str = Field("correctness", description="The reward whose raw value, truncated, says correct (>= 1) or not.")
+
+
 class AlgorithmSection(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp"] = Field("grpo", description="Training algorithm.")
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink"] = Field(
+        "grpo", description="Training algorithm.")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
     clip_high: Optional[float] = Field(None, gt=0, description="PPO clip range above 1; default 0.28 for dapo, else 0.2.")
@@ -73,11 +110,22 @@ class AlgorithmSection(Section):
     overlong_filter: Optional[bool] = Field(
         None, description="DAPO: mask truncated completions out of the loss (default: on for dapo, off otherwise)."
     )
+    ratio: Optional[Literal["token", "sequence_mean", "sequence_sum"]] = Field(
+        None, description="Importance ratio of the clipped surrogate: per token (PPO/GRPO), per sequence from token-mean "
+        "log-ratios (AdaptThink's code, GSPO) or the full-sequence ratio; default token (adaptthink: sequence_mean).")
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
+    adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="name: adaptthink.")
+    apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR (GRPO family).")
 
     @model_validator(mode="after")
     def _fill_defaults(self):
         _, agg, clip_high = GRPO_FAMILY[self.name]
+        if self.ratio is None:
+            self.ratio = "sequence_mean" if self.name == "adaptthink" else "token"
+        if self.apo.dads and not (self.kl.coef > 0 and self.kl.where == "loss"):
+            raise ValueError("algorithm.apo.dads weights the KL loss per sample: set algorithm.kl.coef > 0 and algorithm.kl.where: loss")
+        if self.name == "adaptthink" and (self.apo.dads or self.apo.stcr):
+            raise ValueError("algorithm.apo (dads, stcr) works on group advantages of the GRPO family, not adaptthink")
         if self.clip_high is None:
             self.clip_high = clip_high
         if self.loss_agg is None:
@@ -270,6 +318,21 @@ class Config(Section):
                                  + (f"; did you mean {close[0]!r}?" if close else ""))
 
         obj = self.objective
+        alg = self.algorithm
+        if alg.apo.dads or alg.apo.stcr:
+            known(alg.apo.accuracy, "algorithm.apo.accuracy")
+        if alg.name == "adaptthink":
+            if obj.name != "static":
+                raise ValueError("algorithm.name 'adaptthink' takes R from static reward weights: set objective.name: static")
+            n_no = round(alg.group_size * alg.adaptthink.nothink_ratio)
+            if self.rollout.temperature <= 0:
+                raise ValueError("algorithm.name 'adaptthink' samples groups: set rollout.temperature > 0")
+            if n_no == 0 or n_no == alg.group_size:
+                import logging
+
+                logging.getLogger("align.config").warning(
+                    "algorithm.adaptthink.nothink_ratio %.2f x group_size %d forces every sample into one mode", alg.adaptthink.nothink_ratio,
+                    alg.group_size)
         if obj.name == "lagrangian":
             known(obj.lagrangian.task, "objective.lagrangian.task", ("kl",))
             if obj.lagrangian.task == "kl" and not (self.algorithm.kl.coef > 0 and self.algorithm.kl.where == "reward"):

@@ -16,6 +16,7 @@ ESTIMATORS = {
     "group_none": lambda r, g: group_advantages(r, g, normalize="none"),
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
+    "naive": lambda r, g: r.clone(),  # AdaptThink: the shaped reward is the advantage (its baseline is inside)
 }
 
 

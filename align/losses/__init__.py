@@ -5,7 +5,7 @@ No I/O, no state, no Ray / vLLM / DeepSpeed imports (a test checks it).
 
 from align.losses.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
 from align.losses.aggregation import AGG_MODES, aggregate
-from align.losses.policy import kl_penalty, policy_loss, token_logprobs
+from align.losses.policy import kl_penalty, policy_loss, sequence_policy_loss, token_logprobs
 from align.losses.preference import DPO_KINDS, dpo_loss, simpo_loss
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "policy_loss",
     "reinforce_pp_advantages",
     "rloo_advantages",
+    "sequence_policy_loss",
     "simpo_loss",
     "token_logprobs",
 ]

@@ -68,3 +68,45 @@ def policy_loss(
             "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
         }
     return loss, stats
+
+
+def sequence_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    ratio: str = "mean",
+    num_seqs: float | None = None,
+    **_unused,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip at the *sequence* level: one ratio per response, ``-min(rho A, clip(rho) A)``,
+    averaged over sequences (``num_seqs``: the global count, default this batch's).
+
+    ``ratio="mean"`` (AdaptThink's code, also GSPO's): ``rho = exp(mean_t (log pi - log pi_old))``
+    over the masked tokens, the geometric mean of the per-token ratios. ``ratio="sum"``: the
+    full-sequence ratio ``pi(y) / pi_old(y) = exp(sum_t ...)`` (the paper's formula as written).
+    Shapes: ``logps``, ``old_logps``, ``mask`` ``(b, t)``; ``advantages`` ``(b,)``. A fully masked row
+    contributes 0. Stats: ``clip_frac`` (share of sequences whose clipped term was active),
+    ``ratio_mean``, ``ratio_max`` (over sequences with tokens).
+    """
+    if ratio not in ("mean", "sum"):
+        raise ValueError(f"ratio must be 'mean' or 'sum', got {ratio!r}")
+    mask = mask.to(logps.dtype)
+    n_tok = mask.sum(dim=1)
+    log_ratio = ((logps - old_logps) * mask).sum(dim=1)
+    if ratio == "mean":
+        log_ratio = log_ratio / n_tok.clamp(min=1.0)
+    rho = torch.exp(log_ratio)  # (b,)
+    adv = advantages.reshape(-1).to(rho.dtype)
+    unclipped = rho * adv
+    clipped = torch.clamp(rho, 1 - clip_low, 1 + clip_high) * adv
+    per_seq = -torch.minimum(unclipped, clipped) * (n_tok > 0)
+    loss = per_seq.sum() / max(float(logps.shape[0] if num_seqs is None else num_seqs), 1.0)
+    with torch.no_grad():
+        has = n_tok > 0
+        k = has.sum().clamp(min=1)
+        stats = {"clip_frac": ((clipped < unclipped) & has).sum() / k, "ratio_mean": (rho * has).sum() / k,
+                 "ratio_max": rho[has].max() if has.any() else torch.tensor(1.0)}
+    return loss, stats

@@ -34,12 +34,14 @@ class RolloutGroup:
         """Every worker serves the new adapter; returns the slowest worker's seconds."""
         return max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
 
-    def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, **sampling) -> list[list[dict]]:
-        """Groups of samples per prompt; sampling log-probs for the first ``logprobs_for`` prompts."""
+    def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, forced: bool = False,
+                 **sampling) -> list[list[dict]]:
+        """Groups of samples per prompt; sampling log-probs for the first ``logprobs_for`` prompts.
+        ``forced``: AdaptThink's forced-mode rollouts (``RolloutEngine.generate_forced``)."""
         shares = shard_indices(len(prompts), len(self.workers))
         k = len(prompts) if logprobs_for is None else logprobs_for
-        futures = [w.generate.remote([prompts[i] for i in idx], seeds=[seeds[i] for i in idx],
-                                     logprobs_for=sum(i < k for i in idx), **sampling)
+        futures = [(w.generate_forced if forced else w.generate).remote(
+                       [prompts[i] for i in idx], seeds=[seeds[i] for i in idx], logprobs_for=sum(i < k for i in idx), **sampling)
                    for w, idx in zip(self.workers, shares) if idx]
         return [group for part in ray.get(futures) for group in part]
 
@@ -83,6 +85,7 @@ class LearnerGroup:
             "loss/kl": sum(s["loss/kl"] for s in stats),
             "loss/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
             "loss/ratio_mean": sum(s["ratio_sum"] for s in stats) / max(tokens, 1.0),
+            "policy/entropy": sum(s["entropy_sum"] for s in stats) / max(tokens, 1.0),  # mean over completion tokens
             "loss/grad_norm": stats[0]["grad_norm"],
             "timing/learner_compute": max(s["seconds"] for s in stats),
         }

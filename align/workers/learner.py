@@ -9,6 +9,7 @@ DeepSpeed's data-parallel mean, and accumulation scaling is switched off.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from align.batch import select
-from align.losses import aggregate, kl_penalty, policy_loss, token_logprobs
+from align.losses import aggregate, kl_penalty, policy_loss, sequence_policy_loss, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,22 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis, in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def forced_first_old(old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+    """``old`` ``(b, t)`` with each forced row's first completion column set to ``first_logp`` (its
+    proposal log-probability, AdaptThink's importance sampling); other rows unchanged."""
+    col = mask.float().argmax(dim=1)  # first completion column of each row
+    rows = torch.nonzero(forced > 0).flatten()
+    out = old.clone()
+    out[rows, col[rows]] = first_logp[rows].to(out.dtype)
+    return out
 
 
 class Learner:
@@ -71,14 +88,21 @@ class Learner:
         self.model = self.engine.module
 
     # ----------------------------------------------------------------- forward passes
-    def _logps(self, part: dict, temperature: float, grad: bool, plain: bool = False) -> torch.Tensor:
-        """Token log-probs ``(b, L-1)``. ``plain`` runs the module without the engine's wrapper: the
-        engine's forward hooks its outputs so that any backward through them runs ZeRO's gradient
-        reduction epilogue, which a bare ``torch.autograd.grad`` must not trigger."""
+    def _logps(self, part: dict, temperature: float, grad: bool, plain: bool = False, entropy: bool = False):
+        """Token log-probs ``(b, L-1)`` (and, with ``entropy``, the detached per-token entropy of the
+        policy ``(b, L-1)``). ``plain`` runs the module without the engine's wrapper: the engine's
+        forward hooks its outputs so that any backward through them runs ZeRO's gradient reduction
+        epilogue, which a bare ``torch.autograd.grad`` must not trigger."""
         ids = part["input_ids"].to(self.device)
         with torch.enable_grad() if grad else torch.no_grad():
             logits = (self.model if plain else self.engine)(input_ids=ids, attention_mask=part["attention_mask"].to(self.device)).logits
-            return token_logprobs(logits[:, :-1] / temperature, ids[:, 1:])  # (b, L-1)
+            z = logits[:, :-1] / temperature
+            lp = token_logprobs(z, ids[:, 1:])  # (b, L-1)
+            if not entropy:
+                return lp
+            with torch.no_grad():  # row by row: a (b, t, vocab) float copy can be large for real vocabularies
+                ent = torch.stack([_entropy(row) for row in z.detach()]) if z.shape[0] else z.new_zeros(z.shape[:2])
+            return lp, ent
 
     def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True) -> dict[str, torch.Tensor]:
         """Current-policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
@@ -105,19 +129,25 @@ class Learner:
                     logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised;
         ``logps`` (with grad) when the caller already ran the forward pass."""
+        ent = None
         if logps is None:
-            logps = self._logps(part, loss_cfg["temperature"], grad=True)
+            logps, ent = self._logps(part, loss_cfg["temperature"], grad=True, entropy=True)
         mask = part["completion_mask"].to(logps.device)
         # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
         # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
         old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
-        loss, stats = policy_loss(
+        if "forced_first" in part:  # AdaptThink: the forced first token was drawn from pi_IS, not pi_old
+            old = forced_first_old(old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device))
+        ratio = loss_cfg.get("ratio", "token")
+        fn = policy_loss if ratio == "token" else functools.partial(sequence_policy_loss, ratio=ratio.removeprefix("sequence_"))
+        loss, stats = fn(
             logps, old, part["advantages"].to(logps.device), mask,
             clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
         )
         tokens = mask.sum().item()
         terms = {"policy": loss.item(), "kl": 0.0, "clip_tokens": stats["clip_frac"].item() * tokens,
-                 "ratio_sum": stats["ratio_mean"].item() * tokens}
+                 "ratio_sum": stats["ratio_mean"].item() * tokens,
+                 "entropy_sum": float((ent * mask).sum().item()) if ent is not None else 0.0}
         if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
             per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
             if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
@@ -142,7 +172,7 @@ class Learner:
         # normalised) sum of their losses.
         by_length = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True).tolist()
         totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0}
-        clip_tokens = ratio_sum = 0.0
+        clip_tokens = ratio_sum = entropy_sum = 0.0
         t0 = time.time()
         for m in range(num_micro):
             idx = by_length[m * size : (m + 1) * size]
@@ -154,13 +184,14 @@ class Learner:
                 totals["loss/kl"] += terms["kl"]
                 clip_tokens += terms["clip_tokens"]
                 ratio_sum += terms["ratio_sum"]
+                entropy_sum += terms["entropy_sum"]
             else:  # an empty share still joins the gradient reduction
                 loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         tokens = float(batch["completion_mask"].sum().item())
-        return {**totals, "tokens": tokens, "clip_tokens": clip_tokens, "ratio_sum": ratio_sum,
+        return {**totals, "tokens": tokens, "clip_tokens": clip_tokens, "ratio_sum": ratio_sum, "entropy_sum": entropy_sum,
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "seconds": time.time() - t0}
 
     # ----------------------------------------------------------------- per-objective gradients

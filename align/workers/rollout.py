@@ -8,6 +8,7 @@ temporary directory (so workers need no shared filesystem) and serves them under
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -109,6 +110,79 @@ class RolloutEngine:
                 })
             result.append(group)
         return result
+
+    def generate_forced(self, prompts: list[str], n: int, n_nothink: int, max_tokens: int, nothink_max_tokens: int,
+                        temperature: float, top_p: float, seeds: list[int], end_think_id: int, think_id: int | None = None,
+                        use_adapter: bool = True, logprobs_for: int | None = None) -> list[list[dict]]:
+        """AdaptThink's importance-sampled rollouts: per prompt, ``n_nothink`` samples forced to start
+        with ``end_think_id`` (NoThinking, at most ``nothink_max_tokens`` tokens) and ``n - n_nothink``
+        forced into Thinking. The forced token is appended to the prompt ids and then prepended to the
+        completion, so it is completion position 0, and each sample carries ``forced`` ("nothink" or
+        "think") and ``first_logp``: log pi_IS(y_0), the proposal's log-probability of that token.
+
+        Thinking starts with ``think_id`` when given (the authors force "Alright"; pi_IS = 0.5, so
+        ``first_logp = log 0.5``). With ``think_id=None`` the first token is sampled from the current
+        policy with ``end_think_id`` banned (a -100 logit bias: vLLM's processed log-prob is then the
+        renormalised pi(w) / (1 - pi(</think>))), so pi_IS(w) = 0.5 * that, exactly; this is for
+        tokenizers without a fixed thinking opener (the built-in task starts thinking with a digit).
+        Samples are laid out NoThinking first, then Thinking, ``n`` per prompt.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        half = math.log(0.5)
+        k = len(prompts) if logprobs_for is None else logprobs_for
+        lora = self.lora_request if use_adapter else None
+        ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+        n_think = n - n_nothink
+
+        def params(count: int, budget: int, seed: int, i: int, **extra) -> SamplingParams:
+            return SamplingParams(n=count, temperature=temperature, top_p=top_p, max_tokens=max(1, budget),
+                                  logprobs=0 if i < k else None, seed=seed, skip_special_tokens=False, **extra)
+
+        # stage 1 (think_id=None only): the Thinking groups' first tokens, </think> banned
+        first: list[list[tuple[int, float]]] = [[(think_id, half)] * n_think for _ in prompts]
+        if think_id is None and n_think:
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids],
+                                     [SamplingParams(n=n_think, temperature=temperature, top_p=top_p, max_tokens=1, logprobs=0,
+                                                     seed=s, logit_bias={end_think_id: -100.0}) for s in seeds],
+                                     lora_request=lora, use_tqdm=False)
+            first = [[(c.token_ids[0], half + c.logprobs[0][c.token_ids[0]].logprob) for c in o.outputs] for o in outs]
+        # stage 2: continue every forced prefix
+        requests, sps, owners = [], [], []
+        for i, (p, s) in enumerate(zip(ids, seeds)):
+            if n_nothink:
+                requests.append(p + [end_think_id])
+                sps.append(params(n_nothink, nothink_max_tokens - 1, (s + 1) & 0x7FFFFFFF, i))
+                owners.append((i, "nothink", end_think_id, half))
+            if think_id is not None and n_think:
+                requests.append(p + [think_id])
+                sps.append(params(n_think, max_tokens - 1, (s + 2) & 0x7FFFFFFF, i))
+                owners.append((i, "think", think_id, half))
+            elif n_think:
+                for j, (tok, lp) in enumerate(first[i]):
+                    requests.append(p + [tok])
+                    sps.append(params(1, max_tokens - 1, (s + 3 + j) & 0x7FFFFFFF, i))
+                    owners.append((i, "think", tok, lp))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in requests], sps, lora_request=lora, use_tqdm=False)
+        groups: list[list[dict]] = [[] for _ in prompts]
+        for (i, mode, tok, lp), out in zip(owners, outs):
+            budget_one = mode == "think" and max_tokens == 1 or mode == "nothink" and nothink_max_tokens == 1
+            for c in out.outputs:
+                gen = [] if budget_one else list(c.token_ids)  # a 1-token budget is the forced token alone
+                done = tok == self.tokenizer.eos_token_id
+                comp = [tok] + ([] if done else gen)
+                groups[i].append({
+                    "prompt_ids": ids[i],
+                    "completion_ids": comp,
+                    # the forced token has no rollout log-prob of the policy: None marks it
+                    "logprobs": ([None] + [lpp[t].logprob for lpp, t in zip(c.logprobs, gen)]) if c.logprobs is not None and not done else None,
+                    "text": self.tokenizer.decode([t for t in comp if t != self.tokenizer.eos_token_id]),
+                    "truncated": (not done) and (budget_one or c.finish_reason == "length"),
+                    "forced": mode,
+                    "first_logp": lp,
+                })
+        return groups
 
     def info(self) -> dict:
         return {"start_seconds": self.start_seconds, "version": self.version}
