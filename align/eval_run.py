@@ -12,6 +12,7 @@ import ray
 
 from align.checkpoint import load_checkpoint, verify
 from align.evaluation_loop import evaluate
+from align.metrics import LEVEL_METRICS, plot_levels
 
 log = logging.getLogger("align.eval")
 
@@ -21,6 +22,13 @@ def _adapter_from(path: str) -> tuple[dict, dict]:
     from safetensors.numpy import load_file
 
     p = Path(path)
+    if (p / "checkpoints").is_dir():  # a run directory: its newest checkpoint
+        from align.checkpoint import list_checkpoints
+
+        found = list_checkpoints(p / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"--checkpoint {path}: the run directory has no complete checkpoint")
+        p = found[-1]
     if (p / "manifest.json").exists():
         ckpt = load_checkpoint(p)
         return ckpt["adapter"], ckpt["adapter_config"]
@@ -45,7 +53,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(cfg, config_dir: str | None, checkpoint: str | None, address: str | None = None) -> dict:
+def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, address: str | None = None,
+             labels: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from align.data.loading import load_prompts
@@ -56,7 +65,14 @@ def run_eval(cfg, config_dir: str | None, checkpoint: str | None, address: str |
 
     if not cfg.data.eval:
         raise ValueError("data.eval is null: name an eval dataset to evaluate on")
-    adapter = _adapter_from(checkpoint) if checkpoint else None
+    checkpoints = [checkpoints] if isinstance(checkpoints, str) else list(checkpoints or [])
+    labels = list(labels or [])
+    if labels and len(labels) != len(checkpoints):
+        raise ValueError(f"--label given {len(labels)} times for {len(checkpoints)} --checkpoint")
+    labels = labels or (["checkpoint"] if len(checkpoints) == 1 else [Path(c).name for c in checkpoints])
+    if len(set(labels)) != len(labels) or "base" in labels:
+        raise ValueError(f"labels must be distinct and not 'base': {labels} (use --label)")
+    adapters = [_adapter_from(c) for c in checkpoints]  # all checked before anything starts
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
@@ -65,14 +81,19 @@ def run_eval(cfg, config_dir: str | None, checkpoint: str | None, address: str |
         rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], config_dir)
         rollouts = RolloutGroup(rollout_spec(cfg, model_path), 1, cfg.rollout.num_cpus)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
-        if adapter:
-            rollouts.load_adapter(1, ray.put(adapter[0]), adapter[1])
-            results["checkpoint"] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
+        for version, (label, adapter) in enumerate(zip(labels, adapters), start=1):
+            rollouts.load_adapter(version, ray.put(adapter[0]), adapter[1])
+            results[label] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
     finally:
         ray.shutdown()
-    print(f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)" + (f"; checkpoint {checkpoint}" if checkpoint else ""))
+    print(f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)"
+          + "".join(f"; {lb}: {c}" for lb, c in zip(labels, checkpoints)))
     print(table(results))
     out = Path(cfg.trainer.output_dir) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
+    plot = plot_levels(results, out.with_name("eval_levels.png"), LEVEL_METRICS + ("length_wrong",),
+                       title=f"{cfg.data.eval}, greedy, {len(rows)} prompts")
+    if plot:
+        print(f"plot: {plot}")
     return results

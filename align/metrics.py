@@ -126,3 +126,68 @@ def plot_levels(results: dict[str, dict[str, float]], out_png: str | Path, metri
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+COMPARE_METRICS = ("reward/correctness", "eval/correctness", "rollout/length", "rollout/length_wrong", "policy/entropy",
+                   "eval/nothink_rate")
+
+
+def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None = None, metrics=None) -> str:
+    """Plot ``metrics`` against step for several runs (one panel per metric, one line per run) and
+    write a JSON table beside the PNG: per run, each metric's last value, the mean of its last
+    quarter of steps (train metrics are noisy) and the final eval per level. Returns the table as text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(labels or [Path(r).name for r in runs])
+    if len(labels) != len(runs):
+        raise ValueError(f"--label given {len(labels)} times for {len(runs)} runs")
+    logs = {}
+    for label, run in zip(labels, runs):
+        path = Path(run) / "metrics.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{run}: no metrics.jsonl (not a run directory)")
+        logs[label] = MetricsLog.read(path)
+    metrics = list(metrics or COMPARE_METRICS)
+    metrics = [m for m in metrics if any(m in r for rows in logs.values() for r in rows)]
+    if not metrics:
+        raise ValueError("none of the metrics was logged by these runs")
+    table: dict[str, dict] = {}
+    for label, rows in logs.items():
+        entry = {}
+        for m in metrics:
+            pts = [r[m] for r in rows if isinstance(r.get(m), (int, float))]
+            if pts:
+                tail = pts[-max(1, len(pts) // 4):]
+                entry[m] = {"last": pts[-1], "last_quarter_mean": sum(tail) / len(tail)}
+        last_eval = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), {})
+        entry["final_eval"] = {k[5:]: v for k, v in last_eval.items() if k.startswith("eval/")}
+        table[label] = entry
+    cols = min(3, len(metrics))
+    nrows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for label, rows in logs.items():
+            pts = [(r["step"], r[m]) for r in rows if isinstance(r.get(m), (int, float))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 15 else None, ms=3, label=label)
+        ax.set_title(m)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    out.with_suffix(".json").write_text(json.dumps(table, indent=2))
+    width = max(len(m) for m in metrics) + 2
+    lines = [f"{'metric (last-quarter mean)':<{width}}" + "".join(f"{lb:>14}" for lb in labels)]
+    for m in metrics:
+        cells = "".join(f"{table[lb][m]['last_quarter_mean']:>14.4f}" if m in table[lb] else f"{'-':>14}" for lb in labels)
+        lines.append(f"{m:<{width}}{cells}")
+    lines.append(f"plot: {out}")
+    return "\n".join(lines)

@@ -308,7 +308,7 @@ class Trainer:
             nothink = np.array([s["forced"] == "nothink" for s in samples])
             ref = np.repeat(self.ref_acc.get([r["prompt"] for r in rows]), G)
             adv = advantages(adaptthink_advantages(shaped.rewards, ref, nothink, cfg.algorithm.adaptthink.delta) + kl_in_reward)
-            metrics.update(_adaptthink_metrics(shaped.rewards, ref, nothink))
+            metrics.update(_adaptthink_metrics(shaped.rewards, ref, nothink, np.repeat([r.get("level") for r in rows], G)))
         else:
             adv = advantages(shaped.rewards + kl_in_reward)
         kl_weight = shaped.kl_weight
@@ -467,11 +467,17 @@ class Trainer:
                 "rank_max_abs_diff": self.rank_max_abs_diff}
 
 
-def _adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray) -> dict[str, float]:
+def _adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+    """Mean R of the forced NoThinking and Thinking samples (overall and per level, when the data
+    has a level column) and the mean reference R: what the mode choice is weighing."""
     out = {"adaptthink/ref": float(ref.mean()), "adaptthink/nothink_share": float(nothink.mean())}
-    for name, sel in (("nothink", nothink), ("think", ~nothink)):
-        if sel.any():
-            out[f"adaptthink/reward_{name}"] = float(np.nanmean(rewards[sel]))
+    suffixes = [("", np.ones(len(rewards), dtype=bool))]
+    if all(lv is not None for lv in levels):
+        suffixes += [(f"/level_{lv}", levels == lv) for lv in sorted(set(levels))]
+    for suffix, at in suffixes:
+        for name, sel in (("nothink", nothink & at), ("think", ~nothink & at)):
+            if sel.any():
+                out[f"adaptthink/reward_{name}{suffix}"] = float(np.nanmean(rewards[sel]))
     return out
 
 

@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="Evaluate a model or checkpoint on the config's eval split.")
     _config_args(ev)
-    ev.add_argument("--checkpoint", help="Checkpoint directory (step_N) or adapter folder to evaluate beside the base model.")
+    ev.add_argument("--checkpoint", action="append", default=[],
+                    help="Checkpoint directory (step_N), run directory (its last checkpoint) or adapter folder to evaluate "
+                    "beside the base model; repeat to compare several (a per-level plot is written).")
+    ev.add_argument("--label", action="append", default=[], help="A name per --checkpoint in the table and plot.")
     ev.add_argument("--address", help="Join an existing Ray cluster at this address.")
 
     sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune (weights x methods x seeds).")
@@ -50,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--quick", action="store_true", help="The file's quick preset: few trials, few steps (CI).")
     sweep.add_argument("--address", help="Run the trials on an existing Ray cluster at this address.")
     sweep.add_argument("--dry-run", action="store_true", help="Validate the sweep and list its trials, then exit.")
+
+    cmp_ = sub.add_parser("compare", help="Curves of several runs side by side (PNG) and a table of their last values.")
+    cmp_.add_argument("runs", nargs="+", help="Run directories (each with metrics.jsonl).")
+    cmp_.add_argument("--label", action="append", default=[], help="A name per run (default: the directory name).")
+    cmp_.add_argument("--metric", action="append", default=[],
+                      help="A logged metric to plot (repeat); default: train correctness, eval correctness, rollout/length, "
+                      "rollout/length_wrong, policy/entropy, eval/nothink_rate.")
+    cmp_.add_argument("-o", "--out", default="compare.png", help="Output PNG (a .json with the table is written beside it).")
 
     model = sub.add_parser("model", help="Build and inspect the built-in models.")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
@@ -84,7 +95,7 @@ def _cmd_config_only(args, what: str) -> int:
     if what == "eval":
         from align.eval_run import run_eval
 
-        run_eval(config, config_dir, args.checkpoint, address=getattr(args, "address", None))
+        run_eval(config, config_dir, args.checkpoint, address=getattr(args, "address", None), labels=args.label)
         return 0
     path = save_resolved(config, config.trainer.output_dir)
     raise NotImplementedError(f"align {what} is not available in this version yet; the validated config is saved at {path}")
@@ -149,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_model(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "compare":
+            from align.metrics import compare_runs
+
+            print(compare_runs(args.runs, args.out, labels=args.label, metrics=args.metric or None))
+            return 0
         return _cmd_config_only(args, args.command)
     except Exception as exc:
         if args.debug:

@@ -19,9 +19,10 @@ CASES = {
     "dapo": ["algorithm.name=dapo", "rollout.max_new_tokens=12"],
     # Dr.GRPO with k1 KL in the reward (needs learner and reference log-probs before advantages)
     "dr_grpo": ["algorithm.name=dr_grpo", "algorithm.kl.coef=0.05", "algorithm.kl.where=reward"],
-    # RLOO off-policy: two epochs x two minibatches, so the ratio moves away from 1
+    # RLOO off-policy: two epochs x two minibatches, so the ratio moves away from 1; with APO's DADS
+    # (per-sample KL weights into the learner loss) and STCR (a base that matters at our lengths)
     "rloo": ["algorithm.name=rloo", "algorithm.ppo_epochs=2", "algorithm.num_minibatches=2", "learner.lr=0.005",
-             "algorithm.kl.coef=0.01"],
+             "algorithm.kl.coef=0.01", "algorithm.apo.dads=true", "algorithm.apo.stcr=true", "algorithm.apo.stcr_base=1.05"],
     # REINFORCE++ from a plain local model directory (any HF causal LM)
     "reinforce_pp": ["algorithm.name=reinforce_pp", "learner.num_ranks=1"],
 }
@@ -50,3 +51,5 @@ def test_algorithm_runs(name, tmp_path):
         assert all("kl/mean" in r for r in rows) and rows[1]["kl/mean"] != 0
     if name == "rloo":
         assert rows[1]["loss/ratio_mean"] != 1.0 and rows[1]["loss/kl"] > 0
+        assert all(0 < r["apo/dads_weight_mean"] <= 1 and r["apo/stcr_c_max"] >= 1 and r["policy/entropy"] > 0 for r in rows)
+        assert any(r["apo/dads_relaxed"] > 0 for r in rows)  # some positive samples of mixed groups got w < 1

@@ -178,3 +178,22 @@ def test_sweep_weight_vectors():
     assert len(rs) == 4 and all(abs(sum(v) - 1) < 1e-6 for v in rs)
     with pytest.raises(ConfigError, match="min_weight"):
         weight_vectors(WeightsSection(min_weight=0.4), 3)
+
+
+def test_adaptthink_and_apo_options_are_checked():
+    at = load_config(None, ["algorithm.name=adaptthink"])
+    assert at.algorithm.ratio == "sequence_mean" and at.algorithm.adaptthink.delta == 0.05
+    assert at.algorithm.adaptthink.nothink_ratio == 0.5 and at.algorithm.adaptthink.ref_samples == 16
+    assert load_config(None, []).algorithm.ratio == "token"
+    with pytest.raises(ConfigError, match="set algorithm.kl.coef > 0"):
+        load_config(None, ["algorithm.apo.dads=true"])
+    with pytest.raises(ConfigError, match=r"algorithm.apo.accuracy: 'corectness' is not a reward name.*did you mean 'correctness'"):
+        load_config(None, ["algorithm.apo.stcr=true", "algorithm.apo.accuracy=corectness"])
+    with pytest.raises(ConfigError, match="group advantages of the GRPO family, not adaptthink"):
+        load_config(None, ["algorithm.name=adaptthink", "algorithm.apo.stcr=true"])
+    with pytest.raises(ConfigError, match="objective.name: static"):
+        load_config(None, ["algorithm.name=adaptthink", "objective.name=gradient"])
+    with pytest.raises(ConfigError, match="algorithm.adaptthink.nothink_ratio"):
+        load_config(None, ["algorithm.name=adaptthink", "algorithm.adaptthink.nothink_ratio=1.5"])
+    with pytest.raises(ConfigError, match="algorithm.apo.stcr_base"):
+        load_config(None, ["algorithm.apo.stcr_base=0.9"])

@@ -1,0 +1,113 @@
+"""AdaptThink vs GRPO and APO vs GRPO on the built-in mixed-difficulty task (issue 6).
+
+    .venv/bin/python experiments/reasoning_efficiency.py [--reuse]
+
+Trains, with the warm-started tiny model and the same steps, seed and data:
+- GRPO and AdaptThink (delta 0.05, the paper's default, and larger deltas) from
+  configs/adaptthink_tiny.yaml at the authors' temperature 0.6;
+- GRPO with a k3 KL loss and APO (DADS + STCR, the authors' STCR base and a larger one) from
+  configs/apo_tiny.yaml;
+then compares them with the project's own commands: ``align eval --checkpoint ... --label ...``
+(greedy eval per level: accuracy, length, wrong-answer length, NoThinking rate; eval.json and
+eval_levels.png) and ``align compare`` (training curves, PNG and JSON). Writes
+experiments/results/reasoning_efficiency.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "results"
+RUNS = OUT / "runs"
+ALIGN = [sys.executable, "-m", "launch.cli"]
+
+ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
+    "grpo": ["algorithm.name=grpo"],
+    "adaptthink_d0.05": [],
+    "adaptthink_d0.2": ["algorithm.adaptthink.delta=0.2"],
+    "adaptthink_d0.5": ["algorithm.adaptthink.delta=0.5"],
+}
+APO = {  # label -> overrides of configs/apo_tiny.yaml
+    "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
+    "apo": [],
+    "apo_base1.05": ["algorithm.apo.stcr_base=1.05"],
+}
+COMMON = ["rollout.temperature=0.6"]
+
+
+def train(config: str, label: str, sets: list[str], reuse: bool) -> Path:
+    out = RUNS / label
+    if reuse and list((out / "checkpoints").glob("step_*")):
+        return out
+    cmd = [*ALIGN, "train", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}",
+           *[a for s in sets for a in ("--set", s)]]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+def compare_eval(config: str, runs: dict[str, Path], name: str, sets: list[str]) -> dict:
+    out = OUT / name
+    cmd = [*ALIGN, "eval", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}", *[a for s in sets for a in ("--set", s)]]
+    for label, run in runs.items():
+        cmd += ["--checkpoint", str(run), "--label", label]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads((out / "eval.json").read_text())
+
+
+def level_table(results: dict, metrics=("correctness", "length", "length_wrong", "nothink_rate")) -> list[str]:
+    lines = ["| model | metric | all | L1 | L2 | L3 | L4 | L5 |", "|---|---|---|---|---|---|---|---|"]
+    for label, res in results.items():
+        for m in metrics:
+            if m in res or any(f"{m}/level_{lv}" in res for lv in range(1, 6)):
+                cells = " | ".join(f"{res[f'{m}/level_{lv}']:.3f}" if f"{m}/level_{lv}" in res else "-" for lv in range(1, 6))
+                lines.append(f"| {label} | {m} | {res.get(m, float('nan')):.3f} | {cells} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reuse", action="store_true", help="Keep runs that already have a checkpoint.")
+    args = ap.parse_args()
+    at_runs = {lb: train("adaptthink_tiny.yaml", lb, COMMON + s, args.reuse) for lb, s in ADAPTTHINK.items()}
+    apo_runs = {lb: train("apo_tiny.yaml", lb, s, args.reuse) for lb, s in APO.items()}
+    at_eval = compare_eval("adaptthink_tiny.yaml", at_runs, "adaptthink_eval", COMMON)
+    apo_eval = compare_eval("apo_tiny.yaml", apo_runs, "apo_eval", [])
+    cmp_cmd = [*ALIGN, "compare", *map(str, apo_runs.values()), *[a for lb in apo_runs for a in ("--label", lb)],
+               "-o", str(OUT / "apo_curves.png")]
+    for m in ("reward/correctness", "rollout/length_wrong", "policy/entropy", "loss/kl", "apo/dads_weight_mean", "apo/stcr_c_max"):
+        cmp_cmd += ["--metric", m]
+    apo_text = subprocess.run(cmp_cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    at_cmd = [*ALIGN, "compare", *map(str, at_runs.values()), *[a for lb in at_runs for a in ("--label", lb)],
+              "-o", str(OUT / "adaptthink_curves.png")]
+    for m in ("reward/correctness", "rollout/length", "eval/nothink_rate", "adaptthink/reward_nothink", "adaptthink/reward_think"):
+        at_cmd += ["--metric", m]
+    at_text = subprocess.run(at_cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+
+    base, grpo = at_eval["base"], at_eval["grpo"]
+    lines = ["# Reasoning efficiency on the built-in task: AdaptThink and APO versus GRPO", "",
+             "Warm-started `builtin:tiny`, arithmetic levels 1-5 mixed, 16 prompts x 8 samples per step, LoRA r 8, "
+             "lr 5e-4, one seed; eval = greedy on 300 eval prompts. Reproduce: "
+             "`.venv/bin/python experiments/reasoning_efficiency.py`.", "",
+             "## AdaptThink vs GRPO (40 steps, temperature 0.6 as the authors)", "",
+             "| run | accuracy | mean length | length vs GRPO | NoThinking rate |", "|---|---|---|---|---|"]
+    for label, res in at_eval.items():
+        lines.append(f"| {label} | {res['correctness']:.3f} | {res['length']:.2f} | {res['length'] / grpo['length'] - 1:+.1%} | "
+                     f"{res['nothink_rate']:.3f} |")
+    lines += ["", f"`base` is the reference (the warm-start, adapter off): accuracy {base['correctness']:.3f}.", "",
+              *level_table(at_eval), "", "![per level](adaptthink_eval/eval_levels.png)", "", "![curves](adaptthink_curves.png)", "",
+              "```", at_text.strip(), "```", "",
+              "## APO vs GRPO (30 steps, temperature 1.0, k3 KL loss 0.05 in both)", "",
+              "Train-time numbers are the means over the last quarter of the steps (sampled rollouts, where wrong answers exist).", "",
+              "```", apo_text.strip(), "```", "", *level_table(apo_eval), "", "![curves](apo_curves.png)", "",
+              "![per level](apo_eval/eval_levels.png)", ""]
+    (OUT / "reasoning_efficiency.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
