@@ -81,6 +81,13 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANEL
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    return _save(fig, out_png)
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    """Lay out, write and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,12 +127,7 @@ def plot_levels(results: dict[str, dict[str, float]], out_png: str | Path, metri
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out_png)
 
 
 COMPARE_METRICS = ("reward/correctness", "eval/correctness", "rollout/length", "rollout/length_wrong", "policy/entropy",
@@ -178,11 +180,7 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    out = _save(fig, out_png)
     out.with_suffix(".json").write_text(json.dumps(table, indent=2))
     width = max(len(m) for m in metrics) + 2
     lines = [f"{'metric (last-quarter mean)':<{width}}" + "".join(f"{lb:>14}" for lb in labels)]

@@ -30,7 +30,11 @@ ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
     "grpo": ["algorithm.name=grpo"],
     "adaptthink_d0.05": [],
     "adaptthink_d0.2": ["algorithm.adaptthink.delta=0.2"],
+    "adaptthink_d0.3": ["algorithm.adaptthink.delta=0.3"],
     "adaptthink_d0.5": ["algorithm.adaptthink.delta=0.5"],
+    # GRPO has converged by step 20 (eval identical at 20, 30, 40): does a longer run let the
+    # level-1 NoThinking advantage win back the mode choice there?
+    "adaptthink_d0.2_120steps": ["algorithm.adaptthink.delta=0.2", "trainer.max_steps=120", "trainer.eval_every=20"],
 }
 APO = {  # label -> overrides of configs/apo_tiny.yaml
     "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
@@ -93,7 +97,7 @@ def main() -> None:
              "Warm-started `builtin:tiny`, arithmetic levels 1-5 mixed, 16 prompts x 8 samples per step, LoRA r 8, "
              "lr 5e-4, one seed; eval = greedy on 300 eval prompts. Reproduce: "
              "`.venv/bin/python experiments/reasoning_efficiency.py`.", "",
-             "## AdaptThink vs GRPO (40 steps, temperature 0.6 as the authors)", "",
+             "## AdaptThink vs GRPO (40 steps unless the label says otherwise, temperature 0.6 as the authors)", "",
              "| run | accuracy | mean length | length vs GRPO | NoThinking rate |", "|---|---|---|---|---|"]
     for label, res in at_eval.items():
         lines.append(f"| {label} | {res['correctness']:.3f} | {res['length']:.2f} | {res['length'] / grpo['length'] - 1:+.1%} | "
