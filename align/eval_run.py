@@ -41,15 +41,15 @@ def _adapter_from(path: str) -> tuple[dict, dict]:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     """Rows: model x metric; columns: overall and each level."""
-    any_result = next(iter(results.values()))
-    levels = sorted({k.split("/level_")[1] for k in any_result if "/level_" in k}, key=lambda x: (len(x), x))
-    metrics = [k for k in any_result if "/level_" not in k]
+    keys = list(dict.fromkeys(k for res in results.values() for k in res))  # a model may lack one (no wrong answers)
+    levels = sorted({k.split("/level_")[1] for k in keys if "/level_" in k}, key=lambda x: (len(x), x))
+    metrics = [k for k in keys if "/level_" not in k]
     header = f"{'model':<12}{'metric':<16}{'all':>8}" + "".join(f"{'L' + lv:>8}" for lv in levels)
     lines = [header]
     for name, res in results.items():
         for m in metrics:
             cells = "".join(f"{res.get(f'{m}/level_{lv}', float('nan')):>8.3f}" for lv in levels)
-            lines.append(f"{name:<12}{m:<16}{res[m]:>8.3f}{cells}")
+            lines.append(f"{name:<12}{m:<16}{res.get(m, float('nan')):>8.3f}{cells}")
     return "\n".join(lines)
 
 

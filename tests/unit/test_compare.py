@@ -33,3 +33,12 @@ def test_plot_levels_skips_metrics_without_levels(tmp_path):
     res = {"m1": {"correctness": 0.5, "correctness/level_1": 1.0, "correctness/level_2": 0.0}}
     assert plot_levels(res, tmp_path / "l.png").stat().st_size > 0
     assert plot_levels({"m": {"length": 3.0}}, tmp_path / "none.png") is None
+
+
+def test_eval_table_tolerates_a_model_without_a_metric():
+    from align.eval_run import table
+
+    text = table({"base": {"correctness": 0.5, "length_wrong": 3.0, "correctness/level_1": 0.5},
+                  "trained": {"correctness": 1.0, "correctness/level_1": 1.0}})  # no wrong answers: no length_wrong
+    row = next(line for line in text.splitlines() if line.startswith("trained") and "length_wrong" in line)
+    assert row.split()[-2:] == ["nan", "nan"]
