@@ -35,11 +35,15 @@ ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
     # GRPO has converged by step 20 (eval identical at 20, 30, 40): does a longer run let the
     # level-1 NoThinking advantage win back the mode choice there?
     "adaptthink_d0.2_120steps": ["algorithm.adaptthink.delta=0.2", "trainer.max_steps=120", "trainer.eval_every=20"],
+    "adaptthink_d0.3_120steps": ["algorithm.adaptthink.delta=0.3", "trainer.max_steps=120", "trainer.eval_every=20"],
 }
 APO = {  # label -> overrides of configs/apo_tiny.yaml
     "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
     "apo": [],
     "apo_base1.05": ["algorithm.apo.stcr_base=1.05"],
+    # a KL strong enough for DADS's per-sample relaxation to have something to relax
+    "grpo_kl0.5": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false", "algorithm.kl.coef=0.5"],
+    "apo_kl0.5_base1.05": ["algorithm.apo.stcr_base=1.05", "algorithm.kl.coef=0.5"],
 }
 COMMON = ["rollout.temperature=0.6"]
 
@@ -83,7 +87,8 @@ def main() -> None:
     apo_eval = compare_eval("apo_tiny.yaml", apo_runs, "apo_eval", [])
     cmp_cmd = [*ALIGN, "compare", *map(str, apo_runs.values()), *[a for lb in apo_runs for a in ("--label", lb)],
                "-o", str(OUT / "apo_curves.png")]
-    for m in ("reward/correctness", "rollout/length_wrong", "policy/entropy", "loss/kl", "apo/dads_weight_mean", "apo/stcr_c_max"):
+    for m in ("reward/correctness", "rollout/length_wrong", "policy/entropy", "loss/kl", "apo/dads_weight_mean", "apo/dads_relaxed",
+              "apo/stcr_c_max", "apo/stcr_scaled", "eval/correctness"):
         cmp_cmd += ["--metric", m]
     apo_text = subprocess.run(cmp_cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
     at_cmd = [*ALIGN, "compare", *map(str, at_runs.values()), *[a for lb in at_runs for a in ("--label", lb)],
@@ -105,7 +110,7 @@ def main() -> None:
     lines += ["", f"`base` is the reference (the warm-start, adapter off): accuracy {base['correctness']:.3f}.", "",
               *level_table(at_eval), "", "![per level](adaptthink_eval/eval_levels.png)", "", "![curves](adaptthink_curves.png)", "",
               "```", at_text.strip(), "```", "",
-              "## APO vs GRPO (30 steps, temperature 1.0, k3 KL loss 0.05 in both)", "",
+              "## APO vs GRPO (30 steps, temperature 1.0, the same k3 KL loss in each pair: 0.05, then 0.5)", "",
               "Train-time numbers are the means over the last quarter of the steps (sampled rollouts, where wrong answers exist).", "",
               "```", apo_text.strip(), "```", "", *level_table(apo_eval), "", "![curves](apo_curves.png)", "",
               "![per level](apo_eval/eval_levels.png)", ""]
