@@ -36,6 +36,7 @@ ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
     # level-1 NoThinking advantage win back the mode choice there?
     "adaptthink_d0.2_120steps": ["algorithm.adaptthink.delta=0.2", "trainer.max_steps=120", "trainer.eval_every=20"],
     "adaptthink_d0.3_120steps": ["algorithm.adaptthink.delta=0.3", "trainer.max_steps=120", "trainer.eval_every=20"],
+    "grpo_120steps": ["algorithm.name=grpo", "trainer.max_steps=120", "trainer.eval_every=20"],
 }
 APO = {  # label -> overrides of configs/apo_tiny.yaml
     "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
