@@ -183,9 +183,10 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
     out = _save(fig, out_png)
     out.with_suffix(".json").write_text(json.dumps(table, indent=2))
     width = max(len(m) for m in metrics) + 2
-    lines = [f"{'metric (last-quarter mean)':<{width}}" + "".join(f"{lb:>14}" for lb in labels)]
+    cw = max(10, *(len(lb) + 2 for lb in labels))
+    lines = [f"{'metric (last-quarter mean)':<{width}}" + "".join(f"{lb:>{cw}}" for lb in labels)]
     for m in metrics:
-        cells = "".join(f"{table[lb][m]['last_quarter_mean']:>14.4f}" if m in table[lb] else f"{'-':>14}" for lb in labels)
+        cells = "".join(f"{table[lb][m]['last_quarter_mean']:>{cw}.4f}" if m in table[lb] else f"{'-':>{cw}}" for lb in labels)
         lines.append(f"{m:<{width}}{cells}")
     lines.append(f"plot: {out}")
     return "\n".join(lines)
