@@ -4,7 +4,6 @@ commands."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,34 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "adaptthink_tiny.yaml
 PROMPTS = ["2+5-3+4=<think>", "1+1=<think>"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def engine():
+    """A rollout worker as the trainer runs it: a Ray actor (its process, and its KV cache, go at the
+    end; an in-process engine would keep its memory and starve the next engine of this pytest run).
+    Function-scoped: the Ray session must be gone before the next test's trainer starts its own."""
+    import ray
+
     from align.workers.rollout import RolloutEngine
 
     path = str(ensure_builtin("tiny"))
-    eng = RolloutEngine({"model_path": path, "dtype": "float32", "max_model_len": 128, "gpu_memory_utilization": 0.15,
-                         "lora_rank": 8, "threads": os.cpu_count()})
-    yield eng, path
-    eng.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = ray.remote(RolloutEngine).options(num_cpus=1).remote(
+            {"model_path": path, "dtype": "float32", "max_model_len": 128, "gpu_memory_utilization": 0.15, "lora_rank": 8})
+        yield actor, path
+    finally:
+        ray.shutdown()
 
 
 def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
+    import ray
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    eng, path = engine
+    actor, path = engine
     tok = AutoTokenizer.from_pretrained(path)
     eot = tok.convert_tokens_to_ids("</think>")
-    groups = eng.generate_forced(PROMPTS, n=16, n_nothink=8, max_tokens=30, nothink_max_tokens=4, temperature=1.0, top_p=1.0,
-                                 seeds=[1, 2], end_think_id=eot, think_id=None, use_adapter=False)
+    groups = ray.get(actor.generate_forced.remote(PROMPTS, n=16, n_nothink=8, max_tokens=30, nothink_max_tokens=4, temperature=1.0,
+                                                  top_p=1.0, seeds=[1, 2], end_think_id=eot, think_id=None, use_adapter=False))
     model = AutoModelForCausalLM.from_pretrained(path)
     for prompt, group in zip(PROMPTS, groups):
         assert len(group) == 16
@@ -56,8 +64,8 @@ def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
             assert s["first_logp"] == pytest.approx(want, abs=1e-4)
     # a fixed opener (the authors' "Alright"): every Thinking sample starts with it, pi_IS = 0.5
     opener = tok.convert_tokens_to_ids("7")
-    fixed = eng.generate_forced(PROMPTS[:1], n=4, n_nothink=1, max_tokens=20, nothink_max_tokens=20, temperature=1.0, top_p=1.0,
-                                seeds=[3], end_think_id=eot, think_id=opener)[0]
+    fixed = ray.get(actor.generate_forced.remote(PROMPTS[:1], n=4, n_nothink=1, max_tokens=20, nothink_max_tokens=20, temperature=1.0,
+                                                 top_p=1.0, seeds=[3], end_think_id=eot, think_id=opener))[0]
     assert [s["completion_ids"][0] for s in fixed] == [eot, opener, opener, opener]
     assert all(s["first_logp"] == pytest.approx(math.log(0.5)) for s in fixed)
 
