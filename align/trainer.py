@@ -108,7 +108,9 @@ class Trainer:
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
-        self.ref_acc = self._reference_accuracy() if cfg.algorithm.name == "adaptthink" else None
+        adaptthink = cfg.algorithm.name == "adaptthink"
+        self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once
+        self.ref_acc = self._reference_accuracy() if adaptthink else None
 
     # ------------------------------------------------------------------ AdaptThink
     def _token_id(self, token: str, field: str) -> int:
@@ -129,16 +131,16 @@ class Trainer:
         """R_ref(x): mean R of K Thinking samples of the reference policy (adapter off), cached by prompt."""
         cfg, at = self.cfg, self.cfg.algorithm.adaptthink
         K, temp = at.ref_samples, at.ref_temperature or cfg.rollout.temperature
-        forced = self._forced_sampling()
         meta = {"model": model_fingerprint(self.model_path), "rewards": [r.model_dump() for r in cfg.rewards], "K": K,
                 "temperature": temp, "top_p": cfg.rollout.top_p, "max_tokens": cfg.rollout.max_new_tokens,
                 "think_token": at.think_token, "end_think_token": at.end_think_token, "seed": cfg.trainer.seed}
 
+        by_prompt = {r["prompt"]: r for r in self.train_rows}
+
         def compute(prompts: list[str]) -> list[float]:
             seeds = [sample_seed(cfg.trainer.seed, 2**31, 0, int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)) for p in prompts]
             groups = self.rollouts.generate(prompts, seeds, forced=True, n=K, n_nothink=0, temperature=temp, use_adapter=False,
-                                            logprobs_for=0, **forced)
-            by_prompt = {r["prompt"]: r for r in self.train_rows}
+                                            logprobs_for=0, **self.forced_sampling)
             flat = [by_prompt[p] for p in prompts for _ in range(K)]
             samples = [s for g in groups for s in g]
             scores = ray.get(self.reward_worker.score.remote(
@@ -207,7 +209,7 @@ class Trainer:
             if cfg.algorithm.name == "adaptthink":  # importance-sampled: part of each group forced into each mode
                 groups = self.rollouts.generate(prompts, seeds, forced=True, n=G, temperature=cfg.rollout.temperature,
                                                 n_nothink=nothink_count(G, cfg.algorithm.adaptthink.nothink_ratio),
-                                                logprobs_for=cfg.rollout.logprob_check_prompts, **self._forced_sampling())
+                                                logprobs_for=cfg.rollout.logprob_check_prompts, **self.forced_sampling)
             else:
                 groups = self.rollouts.generate(prompts, seeds, n=G, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                                                 top_p=cfg.rollout.top_p, logprobs_for=cfg.rollout.logprob_check_prompts)
@@ -312,9 +314,11 @@ class Trainer:
         else:
             adv = advantages(shaped.rewards + kl_in_reward)
         kl_weight = shaped.kl_weight
-        apo = cfg.algorithm.apo
+        apo = cfg.algorithm.apo  # "correct" from the raw accuracy reward (validated to exist when dads/stcr is on)
+        correct = correct_from_raw(scores[:, self.objective.names.index(apo.accuracy)]) if apo.accuracy in self.objective.names else None
         if apo.dads or apo.stcr:
-            correct = correct_from_raw(scores[:, self.objective.names.index(apo.accuracy)])
+            if correct is None:
+                raise ValueError(f"algorithm.apo.accuracy: {apo.accuracy!r} is not among the objectives {self.objective.names}")
             if apo.stcr:  # after the group normalisation, as in the authors' code
                 c = stcr_scale(correct, lengths, G, apo.stcr_base)
                 adv = adv * c
@@ -353,8 +357,8 @@ class Trainer:
         metrics.update(shaped.metrics)
         metrics.update(self.objective.update(scores, ctx))
         metrics["rollout/length"] = float(lengths.mean())
-        if apo.accuracy in self.objective.names:  # APO's target: how long the wrong answers are
-            wrong = ~correct_from_raw(scores[:, self.objective.names.index(apo.accuracy)])
+        if correct is not None:  # APO's target: how long the wrong answers are
+            wrong = ~correct
             if wrong.any():
                 metrics["rollout/length_wrong"] = float(lengths[wrong].mean())
         metrics["rollout/truncated"] = float(truncated.float().mean())
