@@ -111,8 +111,12 @@ def save_checkpoint(
     optimizer_states: list[dict[str, np.ndarray]],
     state: dict,
     keep: int = 2,
+    extra_adapters: dict[str, tuple[dict[str, np.ndarray], dict]] | None = None,
 ) -> Path:
-    """Write ``ckpt_root/step_{step}`` atomically and keep the newest ``keep`` checkpoints."""
+    """Write ``ckpt_root/step_{step}`` atomically and keep the newest ``keep`` checkpoints.
+
+    ``adapter`` is the served adapter (``step_N/adapter``, a peft folder); ``extra_adapters`` (name ->
+    (tensors, config)) go to ``step_N/adapters/<name>`` (e.g. OFS-DPO's two modules)."""
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}."))
@@ -120,6 +124,8 @@ def save_checkpoint(
         (tmp / "adapter").mkdir()
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
         (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        for name, (tensors, config) in (extra_adapters or {}).items():
+            write_adapter_dir(tmp / "adapters" / name, tensors, config)
         for rank, opt in enumerate(optimizer_states):
             save_file({k: np.ascontiguousarray(v) for k, v in opt.items()}, str(tmp / f"optimizer_rank{rank}.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
@@ -174,6 +180,8 @@ def load_checkpoint(ckpt: str | Path) -> dict:
         "adapter_config": json.loads((ckpt / "adapter" / "adapter_config.json").read_text()),
         "optimizer_states": [load_file(str(p)) for p in ranks],
         "state": json.loads((ckpt / "state.json").read_text()),
+        "extra_adapters": {d.name: (load_file(str(d / "adapter_model.safetensors")), json.loads((d / "adapter_config.json").read_text()))
+                           for d in sorted((ckpt / "adapters").iterdir())} if (ckpt / "adapters").is_dir() else {},
         "path": ckpt,
     }
 

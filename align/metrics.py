@@ -130,6 +130,52 @@ def plot_levels(results: dict[str, dict[str, float]], out_png: str | Path, metri
     return _save(fig, out_png)
 
 
+def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) -> Path | None:
+    """Continual training over domains: for each run (label -> its ``domains.json``), the score on
+    every domain after training on each domain (one panel per run, grouped bars), and, where a
+    combination coefficient was chosen, the held-out score over the lambda grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not isinstance(runs, dict):
+        runs = {Path(runs).parent.name: runs}
+    data = {label: json.loads(Path(p).read_text()) for label, p in runs.items()}
+    data = {k: v for k, v in data.items() if v.get("results")}
+    if not data:
+        return None
+    grids = {k: v for k, v in data.items() if any(r["grid"] for r in v["results"])}
+    fig, axes = plt.subplots(1, len(data) + bool(grids), figsize=(4.8 * (len(data) + bool(grids)), 3.8), squeeze=False)
+    for ax, (label, d) in zip(axes[0], data.items()):
+        results = d["results"]
+        domains = list(results[0]["scores"])
+        width = 0.8 / len(domains)
+        for j, dom in enumerate(domains):
+            xs = [i + (j - (len(domains) - 1) / 2) * width for i in range(len(results))]
+            ys = [r["scores"][dom] for r in results]
+            bars = ax.bar(xs, ys, width, label=f"score on {dom}")
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(range(len(results)), [f"after {r['after']}" + (f"\nlambda={r['lambda']:.1f}" if r["lambda"] is not None else "")
+                                            for r in results])
+        ax.set_ylim(0, 1.1)
+        ax.set_title(f"{label} ({d['score']}, greedy)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    if grids:
+        ax = axes[0][-1]
+        for label, d in grids.items():
+            for r in d["results"]:
+                if r["grid"]:
+                    pts = sorted((float(k), v) for k, v in r["grid"].items())
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}: after {r['after']}")
+        ax.set_xlabel("lambda (weight of the earlier adapter)")
+        ax.set_title("held-out score, all domains so far")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out_png)
+
+
 COMPARE_METRICS = ("reward/correctness", "eval/correctness", "rollout/length", "rollout/length_wrong", "policy/entropy",
                    "eval/nothink_rate")
 

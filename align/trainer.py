@@ -23,11 +23,11 @@ from align.algorithms.grpo import compute_advantages, informative_groups
 from align.batch import pack
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from align.evaluation_loop import evaluate, format_eval
-from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, MetricsLog, plot_curves, plot_levels
+from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
 from launch.config import save_resolved
-from launch.schema import GRPO_FAMILY, Config
+from launch.schema import GRPO_FAMILY, PREFERENCE_FAMILY, Config
 
 log = logging.getLogger("align.train")
 
@@ -48,10 +48,11 @@ def rollout_spec(c: Config, model_path: str) -> dict:
             "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
 
 
-def check_resources(c: Config, cluster: dict, gpu_per_actor: int) -> None:
+def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None) -> None:
     """Refuse a run whose actors cannot all be placed (Ray would otherwise wait for ever)."""
-    need = {"CPU": c.rollout.num_workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
-            "GPU": (c.rollout.num_workers + c.learner.num_ranks) * gpu_per_actor}
+    workers = c.rollout.num_workers if rollout_workers is None else rollout_workers
+    need = {"CPU": workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
+            "GPU": (workers + c.learner.num_ranks) * gpu_per_actor}
     for kind, wanted in need.items():
         have = cluster.get(kind, 0.0)
         if wanted > have + 1e-9:
@@ -60,6 +61,15 @@ def check_resources(c: Config, cluster: dict, gpu_per_actor: int) -> None:
                 f"learner.num_cpus{'' if kind == 'CPU' else ', one GPU per actor'}) but the cluster has {have:g}: "
                 f"lower learner.num_ranks / rollout.num_workers or their num_cpus, or use a bigger cluster"
             )
+
+
+def make_trainer(config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False) -> "Trainer":
+    """The trainer of ``algorithm.name``: the GRPO family's, or the DPO family's (``align.preference``)."""
+    if config.algorithm.name in PREFERENCE_FAMILY:
+        from align.preference import PreferenceTrainer
+
+        return PreferenceTrainer(config, config_dir, address=address, resume=resume)
+    return Trainer(config, config_dir, address=address, resume=resume)
 
 
 class StopRequested(Exception):
@@ -91,16 +101,7 @@ class Trainer:
         self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                           if cfg.data.eval else [])
         save_resolved(cfg, self.run_dir)
-        # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
-        # placement group, which Tune sized from the same config (see launch/sweep.py).
-        self._owns_ray = not ray.is_initialized()
-        gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
-        if self._owns_ray:
-            if self.address:
-                ray.init(address=self.address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-            check_resources(cfg, ray.cluster_resources(), gpu)
+        gpu = self._init_ray()
         self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
             [r.model_dump() for r in cfg.rewards], self.config_dir)
         self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
@@ -111,6 +112,21 @@ class Trainer:
         adaptthink = cfg.algorithm.name == "adaptthink"
         self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once
         self.ref_acc = self._reference_accuracy() if adaptthink else None
+
+    def _init_ray(self, rollout_workers: int | None = None) -> int:
+        """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1)."""
+        cfg = self.cfg
+        # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
+        # placement group, which Tune sized from the same config (see launch/sweep.py).
+        self._owns_ray = not ray.is_initialized()
+        gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
+        if self._owns_ray:
+            if self.address:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+            check_resources(cfg, ray.cluster_resources(), gpu, rollout_workers)
+        return gpu
 
     # ------------------------------------------------------------------ AdaptThink
     def _token_id(self, token: str, field: str) -> int:
@@ -345,8 +361,7 @@ class Trainer:
         metrics.update({k: float(np.mean([s[k] for s in learn_stats])) for k in learn_stats[0]})
         # -- sync: only the LoRA tensors go to the rollout workers, as a new adapter version
         t0 = time.time()
-        tensors, adapter_cfg = self.learners.adapter()
-        metrics["timing/sync_load"] = self.rollouts.load_adapter(step + 1, ray.put(tensors), adapter_cfg)
+        metrics["timing/sync_load"] = self._sync(step + 1)
         metrics["timing/sync"] = time.time() - t0
         # -- metrics
         for k, name in enumerate(self.objective.names):
@@ -366,6 +381,26 @@ class Trainer:
         return metrics
 
     # ------------------------------------------------------------------ the loop
+    PANELS = PANELS
+
+    def _progress(self, m: dict) -> str:
+        """The middle of the per-step log line."""
+        rewards = " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total")
+        return (f"reward {m.get('reward/total', float('nan')):.3f} | {rewards} | kl {m.get('kl/mean', m.get('loss/kl', 0.0)):.4f} | "
+                f"len {m.get('rollout/length', 0.0):.1f}")
+
+    def _train_adapter(self) -> str:
+        """The learner adapter whose copies must agree across ranks (and that is served)."""
+        return "default"
+
+    def _sync(self, version: int) -> float:
+        """Serve the learners' adapter on the rollout workers as ``version``; returns seconds."""
+        tensors, adapter_cfg = self.learners.adapter(self._train_adapter())
+        return self.rollouts.load_adapter(version, ray.put(tensors), adapter_cfg)
+
+    def _evaluate(self) -> dict[str, float]:
+        return evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, self.cfg)
+
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
@@ -405,12 +440,11 @@ class Trainer:
                 old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
             start = self._restore() if self.resume else 0
             if start == 0:
-                tensors, adapter_cfg = self.learners.adapter()
-                self.rollouts.load_adapter(0, ray.put(tensors), adapter_cfg)
+                self._sync(0)
             self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
             before = None
             if start == 0 and self.eval_rows:
-                before = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
+                before = self._evaluate()
                 self._before_eval = before  # handed to the objective once it exists (first scored batch)
                 self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
             t_loop, done, after = time.time(), 0, {}
@@ -419,29 +453,28 @@ class Trainer:
                 done += 1
                 last = step + 1 == cfg.trainer.max_steps
                 periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                wanted = self.objective.wants_eval(step + 1)
+                wanted = self.objective.wants_eval(step + 1) if self.objective is not None else False
                 if self.eval_rows and (last or periodic or wanted):
-                    result = evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, cfg)
+                    result = self._evaluate()
                     m.update({f"eval/{k}": v for k, v in result.items()})
                     if wanted:  # only the evaluations it asked for move the objective (a run extended later
                         m.update(self.objective.observe_eval(step + 1, result))  # continues exactly)
                     after = result if last else after
-                m.update(self.objective.state_metrics())
+                if self.objective is not None:
+                    m.update(self.objective.state_metrics())
                 self.metrics.log(step + 1, m)
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
-                    log.info("step %d/%d | reward %.3f | %s | kl %.4f | len %.1f | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps,
-                             m.get("reward/total", float("nan")),
-                             " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total"),
-                             m.get("kl/mean", m.get("loss/kl", 0.0)), m.get("rollout/length", 0.0), m.get("timing/step", 0.0), _hms(eta))
+                    log.info("step %d/%d | %s | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps, self._progress(m),
+                             m.get("timing/step", 0.0), _hms(eta))
                 if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal:
                     self._checkpoint(step + 1)
                 if self._stop_signal and not last:
                     raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
                                         f"checkpoint written to {self.ckpt_dir}; continue with --resume")
-            adapters = self.learners.all_adapters()  # data-parallel ranks must hold identical adapters
+            adapters = self.learners.all_adapters(self._train_adapter())  # data-parallel ranks must hold identical adapters
             self.rank_max_abs_diff = max((float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0)
-            plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png")
+            plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png", self.PANELS)
             # weights / multipliers / thresholds / hypervolume against step, when the objective has state
             plot_curves(self.metrics.path, self.run_dir / "plots" / "objective.png", OBJECTIVE_PANELS)
             if before and after:  # accuracy, length, length of wrong answers, NoThinking rate per level

@@ -84,10 +84,10 @@ def _cmd_config_only(args, what: str) -> int:
         return 0
     config_dir = str(Path(args.config).resolve().parent) if args.config else None
     if what == "train":
-        from align.trainer import StopRequested, Trainer
+        from align.trainer import StopRequested, make_trainer
 
         try:
-            Trainer(config, config_dir, address=args.address, resume=args.resume).run()
+            make_trainer(config, config_dir, address=args.address, resume=args.resume).run()
         except StopRequested as stop:
             print(f"stopped: {stop}", file=sys.stderr)
             return 130

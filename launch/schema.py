@@ -90,9 +90,80 @@ class APOSection(Section):
     accuracy: str = Field("correctness", description="The reward whose raw value, truncated, says correct (>= 1) or not.")
 
 
+PREFERENCE_FAMILY = ("dpo", "simpo")
+
+
+class OFSSection(Section):
+    """OFS-DPO (Qi et al., 2024; ALGORITHMS.md section 5): two LoRA modules at different speeds chasing each other.
+
+    No author code is public; this is our reading of the paper (see ``align.algorithms.ofs``)."""
+
+    enabled: bool = Field(False, description="Train a fast and a slow LoRA module instead of one adapter.")
+    lr_ratio: float = Field(10.0, gt=1, description="Fast learning rate / slow learning rate; the fast module uses learner.lr.")
+    alpha: float = Field(0.5, ge=0, description="Weight of the fast-slow term (DPO of the fast module against the slow one).")
+    slow_term: Literal["neg_fs", "sf"] = Field(
+        "neg_fs", description="What the slow module minimises besides its DPO loss: neg_fs = -alpha * L_FS (the min-max "
+        "reading: it closes the fast module's lead), sf = alpha * DPO of the slow module against the fast one (bounded).")
+    swap_window: int = Field(10, ge=1, description="Steps over which the two modules' DPO losses are averaged; when the slow "
+                             "module's mean is lower, the roles (and learning rates) swap and the window restarts.")
+    serve: Literal["fast", "slow"] = Field("fast", description="The module served to rollout workers, evaluated and saved as 'adapter'.")
+
+
+class DomainEntry(Section):
+    name: str = Field(description="Domain name in metrics and the report.")
+    train: str = Field(description="Training data of this domain (preference rows offline, prompts online).")
+    eval: str = Field(description="Held-out prompts of this domain (greedy eval; the first cofs.heldout rows choose the coefficient).")
+    steps: int = Field(20, ge=1, description="Optimizer steps on this domain.")
+
+
+class COFSSection(Section):
+    """COFS-DPO: continual training over preference domains, combining per-domain fast adapters."""
+
+    combine: bool = Field(True, description="After each domain from the second on, serve lambda * (earlier combination) + "
+                          "(1 - lambda) * (this domain's adapter), combined on delta W = B A (exact, rank adds up); false: "
+                          "plain sequential training (each domain continues from the previous adapter).")
+    grid: list[float] = Field(default_factory=lambda: [i / 10 for i in range(11)], description="Candidate lambdas.")
+    heldout: int = Field(32, ge=1, description="Rows per domain (taken from its eval set, not used in the final eval) that choose "
+                         "lambda: the mean score over every domain seen so far.")
+    score: str = Field("correctness", description="The reward (greedy, mean) that scores a domain.")
+
+
+class PreferenceSection(Section):
+    """DPO family settings (ALGORITHMS.md sections 0 and 5)."""
+
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo: sigmoid (DPO), ipo, hinge (SLiC).")
+    beta: Optional[float] = Field(None, gt=0, description="Inverse temperature; default 0.1 (dpo) or 2.0 (simpo).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO (sigmoid only).")
+    gamma: float = Field(0.5, ge=0, description="SimPO target margin.")
+    reference: Literal["precompute", "on_the_fly"] = Field(
+        "precompute", description="Offline: reference log-probs (adapter off) computed once for the pairs the run draws, "
+        "or in every step. Online runs compute them on the fly (the pairs are new each step).")
+    pairs_per_step: int = Field(32, ge=1, description="Offline: preference pairs per optimizer step.")
+    eval_pairs: int = Field(200, ge=1, description="Held-out pairs (data.eval, offline) for loss / accuracy / margins.")
+    generate_eval: bool = Field(False, description="Offline: also evaluate greedy generations of data.eval's prompts with the "
+                                "rewards (starts a rollout worker). Online runs and domains always do.")
+    online: bool = Field(False, description="Online DPO: sample num_completions per prompt with the current adapter, rank them "
+                         "with the rewards, train on best vs worst (ties dropped), sync the adapter.")
+    num_completions: int = Field(4, ge=2, description="Online: completions per prompt (k).")
+    ofs: OFSSection = Field(default_factory=OFSSection, description="OFS-DPO.")
+    domains: list[DomainEntry] = Field(default_factory=list, description="A sequence of domains (COFS-DPO, or plain sequential "
+                                       "training with cofs.combine: false); empty: one run on data.train.")
+    cofs: COFSSection = Field(default_factory=COFSSection, description="With domains.")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("algorithm.preference.label_smoothing applies to loss_type: sigmoid only")
+        if self.domains and len(self.domains) < 2:
+            raise ValueError("algorithm.preference.domains: give two or more domains (or none)")
+        if any(not 0 <= g <= 1 for g in self.cofs.grid) or not self.cofs.grid:
+            raise ValueError("algorithm.preference.cofs.grid: lambdas must lie in [0, 1]")
+        return self
+
+
 class AlgorithmSection(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink"] = Field(
-        "grpo", description="Training algorithm.")
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink", "dpo", "simpo"] = Field(
+        "grpo", description="Training algorithm (GRPO family, or the DPO family: dpo, simpo).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
     clip_high: Optional[float] = Field(None, gt=0, description="PPO clip range above 1; default 0.28 for dapo, else 0.2.")
@@ -116,9 +187,21 @@ class AlgorithmSection(Section):
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
     adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="name: adaptthink.")
     apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR (GRPO family).")
+    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family (name: dpo, simpo).")
 
     @model_validator(mode="after")
     def _fill_defaults(self):
+        if self.name in PREFERENCE_FAMILY:
+            pref = self.preference
+            if pref.beta is None:
+                pref.beta = 2.0 if self.name == "simpo" else 0.1
+            if self.name == "simpo" and (pref.loss_type != "sigmoid" or pref.ofs.enabled):
+                raise ValueError("algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone")
+            if self.apo.dads or self.apo.stcr:
+                raise ValueError("algorithm.apo works on group advantages of the GRPO family, not on preference pairs")
+            self.ratio, self.clip_high, self.loss_agg = "token", self.clip_high or 0.2, self.loss_agg or "token_mean"
+            self.dynamic_sampling = self.overlong_filter = False
+            return self
         _, agg, clip_high = GRPO_FAMILY[self.name]
         if self.ratio is None:
             self.ratio = "sequence_mean" if self.name == "adaptthink" else "token"
@@ -161,6 +244,9 @@ class DataSection(Section):
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times).")
     max_prompt_tokens: int = Field(64, ge=1, description="Prompts longer than this (in tokens) are an error.")
     eval_size: int = Field(200, ge=1, description="Evaluate on at most this many eval prompts (greedy).")
+    bad_rows: Literal["error", "skip"] = Field(
+        "error", description="Preference rows with a missing or empty field, or chosen equal to rejected: stop with the file "
+        "and line (error), or drop them, counted per reason in the log and in metrics (data/skipped/<reason>).")
 
 
 class RolloutSection(Section):
@@ -319,6 +405,15 @@ class Config(Section):
 
         obj = self.objective
         alg = self.algorithm
+        if alg.name in PREFERENCE_FAMILY:
+            pref = alg.preference
+            if obj.name != "static":
+                raise ValueError(f"algorithm.name {alg.name!r} ranks completions by static reward weights: set objective.name: static")
+            if (pref.online or pref.domains) and self.rollout.temperature <= 0:
+                raise ValueError("algorithm.preference.online samples several completions per prompt: set rollout.temperature > 0")
+            if pref.domains:
+                known(pref.cofs.score, "algorithm.preference.cofs.score")
+                self.trainer.max_steps = sum(d.steps for d in pref.domains)  # the domains' steps, in order
         if alg.apo.dads or alg.apo.stcr:
             known(alg.apo.accuracy, "algorithm.apo.accuracy")
         if alg.name == "adaptthink":

@@ -172,13 +172,13 @@ def run_trial(params: dict) -> None:
     """The Tune trainable: one real training run; reports the final eval as the objective vector."""
     from ray import tune
 
-    from align.trainer import Trainer
+    from align.trainer import make_trainer
 
     spec, base, objectives = params["trial"], params["base"], params["objectives"]
     run_dir = Path(params["output_dir"]) / "trials" / spec["name"]
     cfg = load_config(base, [*spec["overrides"], f"trainer.output_dir={run_dir}"])
     resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*"))
-    summary = Trainer(cfg, str(Path(base).parent), resume=resume).run()
+    summary = make_trainer(cfg, str(Path(base).parent), resume=resume).run()
     final = summary["after"] or {}
     missing = [k for k in objectives if k not in final]
     if missing:

@@ -140,16 +140,48 @@ def load_prompts(source: str, tokenizer=None, base_dir=None) -> list[dict]:
     return rows
 
 
-def load_preferences(source: str, tokenizer=None, base_dir=None) -> list[dict]:
-    """Rows with rendered ``prompt``, ``chosen`` and ``rejected`` strings plus the other columns."""
+SKIP_REASONS = ("missing_field", "empty_field", "bad_format", "identical_pair")
+
+
+def _reason(message: str) -> str:
+    if "missing field" in message:
+        return "missing_field"
+    if "is empty" in message:
+        return "empty_field"
+    if "identical" in message:
+        return "identical_pair"
+    return "bad_format"
+
+
+def load_preferences(source: str, tokenizer=None, base_dir=None, on_bad: str = "error",
+                     skipped: dict[str, int] | None = None) -> list[dict]:
+    """Rows with rendered ``prompt``, ``chosen`` and ``rejected`` strings plus the other columns.
+
+    Policy for a bad row (a missing or empty field, a malformed message list, chosen equal to
+    rejected): ``on_bad="error"`` raises ``DataError`` naming the file and line; ``"skip"`` drops the
+    row and counts it in ``skipped`` by reason (``SKIP_REASONS``). Invalid JSON always raises: the
+    file itself is broken.
+    """
+    if on_bad not in ("error", "skip"):
+        raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
     rows = []
     for where, row in iter_raw_rows(source, base_dir):
-        prompt = _text(where, "prompt", row)
-        chosen = _render_completion(where, "chosen", prompt, _text(where, "chosen", row), tokenizer)
-        rejected = _render_completion(where, "rejected", prompt, _text(where, "rejected", row), tokenizer)
-        if chosen == rejected:
-            raise DataError(f"{where}: 'chosen' and 'rejected' are identical; a pair must differ")
+        try:
+            prompt = _text(where, "prompt", row)
+            chosen = _render_completion(where, "chosen", prompt, _text(where, "chosen", row), tokenizer)
+            rejected = _render_completion(where, "rejected", prompt, _text(where, "rejected", row), tokenizer)
+            if not chosen.strip() or not rejected.strip():
+                raise DataError(f"{where}: field {'chosen' if not chosen.strip() else 'rejected'!r} is empty")
+            if chosen == rejected:
+                raise DataError(f"{where}: 'chosen' and 'rejected' are identical; a pair must differ")
+        except DataError as exc:
+            if on_bad == "error":
+                raise
+            if skipped is not None:
+                reason = _reason(str(exc))
+                skipped[reason] = skipped.get(reason, 0) + 1
+            continue
         rows.append({**row, "prompt": _render_prompt(where, prompt, tokenizer), "chosen": chosen, "rejected": rejected})
     if not rows:
-        raise DataError(f"dataset {source!r} has no rows")
+        raise DataError(f"dataset {source!r} has no usable rows" + (f" (skipped: {skipped})" if skipped else ""))
     return rows

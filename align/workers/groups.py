@@ -110,20 +110,46 @@ class LearnerGroup:
                          for r, (idx, share) in zip(self.ranks, shares)])
         return grams[0]
 
-    def adapter(self) -> tuple[dict[str, np.ndarray], dict]:
-        return ray.get([self.ranks[0].adapter_state.remote(), self.ranks[0].peft_config_dict.remote()])
+    # ------------------------------------------------------------------ DPO family
+    def _pair_shares(self, batch: dict) -> list[dict]:
+        """Whole pairs (rows 2i, 2i+1) per rank."""
+        n_pairs = batch["input_ids"].shape[0] // 2
+        return [{k: v[[i for p in idx for i in (2 * p, 2 * p + 1)]] for k, v in batch.items()}
+                for idx in shard_indices(n_pairs, len(self.ranks))]
 
-    def all_adapters(self) -> list[dict[str, np.ndarray]]:
-        return ray.get([r.adapter_state.remote() for r in self.ranks])
+    def preference_step(self, batch: dict, cfg: dict) -> dict[str, float]:
+        """One optimizer step over a batch of pairs; returns summed statistics over ranks."""
+        shares = self._pair_shares(batch)
+        num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / 2 / self.micro_batch_size) for s in shares))
+        stats = ray.get([r.preference_step.remote(share, cfg, batch["input_ids"].shape[0] / 2, num_micro)
+                         for r, share in zip(self.ranks, shares)])
+        out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}
+        out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
+        return out
+
+    def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
+        """Per-row completion log-prob sums for each of ``which`` (``reference`` or an adapter name)."""
+        shares = self._shares(batch)
+        outs = ray.get([r.sequence_logps.remote(share, which) for r, (_, share) in zip(self.ranks, shares)])
+        return {w: torch.cat([o[w] for o in outs]) for w in which}
+
+    def set_fast(self, index: int) -> None:
+        ray.get([r.set_fast.remote(index) for r in self.ranks])
+
+    def adapter(self, name: str = "default") -> tuple[dict[str, np.ndarray], dict]:
+        return ray.get([self.ranks[0].adapter_state.remote(name), self.ranks[0].peft_config_dict.remote()])
+
+    def all_adapters(self, name: str = "default") -> list[dict[str, np.ndarray]]:
+        return ray.get([r.adapter_state.remote(name) for r in self.ranks])
 
     def optimizer_states(self) -> list[dict[str, np.ndarray]]:
         return ray.get([r.optimizer_state.remote() for r in self.ranks])
 
-    def load_state(self, adapter: dict, optimizer_states: list[dict] | None) -> None:
+    def load_state(self, adapter: dict, optimizer_states: list[dict] | None, name: str = "default") -> None:
         if optimizer_states is not None and len(optimizer_states) != len(self.ranks):
             raise ValueError(f"the checkpoint has optimizer state for {len(optimizer_states)} learner ranks; "
                              f"this run has learner.num_ranks={len(self.ranks)}")
-        ray.get([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None)
+        ray.get([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None, name)
                  for i, r in enumerate(self.ranks)])
 
 

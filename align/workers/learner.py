@@ -72,6 +72,17 @@ class Learner:
         self.peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                       target_modules=lora["target_modules"], task_type="CAUSAL_LM")
         model = get_peft_model(model, self.peft_config)
+        # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
+        # own optimizer parameter group so the fast and slow learning rates can swap.
+        self.ofs = spec.get("ofs")
+        self.adapter_names = ["default"]
+        if self.ofs:
+            torch.manual_seed(seed)
+            model.add_adapter("second", self.peft_config)
+            self.adapter_names.append("second")
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.requires_grad_(True)
         ds_config = {
             "train_micro_batch_size_per_gpu": spec["micro_batch_size"],
             "gradient_accumulation_steps": 1,  # we mark accumulation boundaries ourselves
@@ -83,9 +94,31 @@ class Learner:
             "fp16": {"enabled": spec["dtype"] == "float16"},
             "steps_per_print": 2**31 - 1,
         }
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self.ofs:
+            trainable = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": spec["lr"]}
+                         for a in self.adapter_names]
+        else:
+            trainable = [p for p in model.parameters() if p.requires_grad]
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
         self.model = self.engine.module
+        if self.ofs:
+            self.set_fast(0)
+
+    # ----------------------------------------------------------------- OFS-DPO modules
+    def set_fast(self, index: int) -> list[float]:
+        """Module ``index`` gets learner.lr, the other learner.lr / lr_ratio; returns the group lrs."""
+        for g, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = self.spec["lr"] if g == index else self.spec["lr"] / self.ofs["lr_ratio"]
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def _activate(self, name: str) -> None:
+        """Run forwards through adapter ``name``; peft's set_adapter freezes the other module, which
+        must keep training, so every LoRA parameter is made trainable again."""
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
+            for n, p in self.model.named_parameters():
+                if "lora_" in n:
+                    p.requires_grad_(True)
 
     # ----------------------------------------------------------------- forward passes
     def _logps(self, part: dict, temperature: float, grad: bool, plain: bool = False, entropy: bool = False):
@@ -124,6 +157,98 @@ class Learner:
         if reference:
             out["ref_logps"] = torch.cat(refs)
         return out
+
+    # ----------------------------------------------------------------- DPO family
+    def _seq_logps(self, part: dict, grad: bool, adapter: str | None = None) -> torch.Tensor:
+        """Sum of completion log-probs per row ``(b,)`` through ``adapter`` (None: the reference,
+        adapter off)."""
+        if adapter is None:
+            with self.model.disable_adapter():
+                lp = self._logps(part, 1.0, grad=False)
+        else:
+            self._activate(adapter)
+            lp = self._logps(part, 1.0, grad=grad)
+        return (lp * part["completion_mask"].to(lp.device)).sum(dim=1)
+
+    def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
+        """Per-row completion log-prob sums ``(b,)`` for each entry of ``which``: ``reference`` or an
+        adapter name (``default``, ``second``). No gradient."""
+        self.engine.eval()
+        mbs = self.spec["micro_batch_size"]
+        out: dict[str, list] = {w: [] for w in which}
+        n = batch["input_ids"].shape[0]
+        for start in range(0, n, mbs):
+            part = select(batch, list(range(start, min(n, start + mbs))))
+            for w in which:
+                out[w].append(self._seq_logps(part, False, None if w == "reference" else w).cpu())
+        return {w: torch.cat(v) if v else torch.zeros(0) for w, v in out.items()}
+
+    def _pair_loss(self, part: dict, cfg: dict, num_pairs: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one micro-batch of pairs (rows 2i chosen, 2i+1 rejected), normalised by the global
+        pair count, and its summed statistics."""
+        from align.algorithms.ofs import fast_slow_losses
+        from align.losses.preference import dpo_loss, simpo_loss
+
+        counts = part["completion_mask"].sum(dim=1).clamp(min=1)
+        avg = cfg["name"] == "simpo" or cfg["loss_type"] == "ipo"  # length-averaged log-probs (SimPO; IPO as TRL)
+
+        def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = x / counts.to(x.device) if avg else x
+            return x[0::2], x[1::2]
+
+        stats: dict[str, float] = {}
+        if cfg["name"] == "simpo":
+            c, r = split(self._seq_logps(part, True, "default"))
+            losses, cr, rr = simpo_loss(c, r, cfg["beta"], cfg["gamma"])
+        else:
+            ref = part["ref_seq_logps"] if "ref_seq_logps" in part else self._seq_logps(part, False, None)
+            rc, rrj = split(ref.to(self.device))
+            if self.ofs:
+                fast, slow = self.adapter_names[cfg["fast"]], self.adapter_names[1 - cfg["fast"]]
+                fc, fr = split(self._seq_logps(part, True, fast))
+                sc, sr = split(self._seq_logps(part, True, slow))
+                losses, parts = fast_slow_losses(fc, fr, sc, sr, rc, rrj, cfg["beta"], self.ofs["alpha"], self.ofs["slow_term"],
+                                                 cfg["loss_type"], cfg["label_smoothing"])
+                c, r, cr, rr = fc, fr, parts["chosen_rewards"], parts["rejected_rewards"]
+                stats = {"dpo_fast": parts["dpo_fast"].sum().item(), "dpo_slow": parts["dpo_slow"].sum().item(),
+                         "fs": parts["fs"].sum().item(),
+                         "slow_accuracy": float(((sc - rc) > (sr - rrj)).float().sum().item())}
+            else:
+                c, r = split(self._seq_logps(part, True, "default"))
+                losses, cr, rr = dpo_loss(c, r, rc, rrj, cfg["beta"], cfg["loss_type"], cfg["label_smoothing"])
+        loss = losses.sum() / num_pairs
+        stats.update({"loss": losses.detach().sum().item(), "chosen_rewards": cr.sum().item(), "rejected_rewards": rr.sum().item(),
+                      "accuracy": float((cr > rr).float().sum().item()), "margin": (cr - rr).sum().item(),
+                      "chosen_logps": c.detach().sum().item(), "rejected_logps": r.detach().sum().item(),
+                      "pairs": float(c.shape[0])})
+        return loss, stats
+
+    def preference_step(self, batch: dict, cfg: dict, num_pairs: float, num_micro: int) -> dict[str, float]:
+        """One optimizer step of the DPO family over this rank's pairs (rows 2i chosen, 2i+1 rejected),
+        in ``num_micro`` length-bucketed micro-batches of whole pairs; losses are normalised by the
+        global pair count ``num_pairs`` (so the step is that of the whole batch on any rank split)."""
+        self.engine.train()
+        n_pairs = batch["input_ids"].shape[0] // 2
+        size = max(1, math.ceil(n_pairs / num_micro))
+        lengths = batch["attention_mask"].sum(dim=1).view(-1, 2).max(dim=1).values
+        by_length = torch.argsort(lengths, stable=True).tolist()  # pairs of similar length share a micro-batch
+        totals: dict[str, float] = {}
+        t0 = time.time()
+        for m in range(num_micro):
+            pairs = by_length[m * size : (m + 1) * size]
+            self.engine.set_gradient_accumulation_boundary(m == num_micro - 1)
+            if pairs:
+                loss, stats = self._pair_loss(select(batch, [i for p in pairs for i in (2 * p, 2 * p + 1)]), cfg, num_pairs)
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+            else:  # an empty share still joins the gradient reduction
+                loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        totals["seconds"] = time.time() - t0
+        return totals
 
     def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict,
                     logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -242,13 +367,13 @@ class Learner:
         return (g @ g.T).numpy()
 
     # ----------------------------------------------------------------- adapter and state
-    def adapter_state(self) -> dict[str, np.ndarray]:
+    def adapter_state(self, name: str = "default") -> dict[str, np.ndarray]:
         """The LoRA tensors only (peft's saved names), as numpy arrays: what moves to rollout workers."""
         from peft import get_peft_model_state_dict
 
         # copy=True: for float32 CPU tensors .float().cpu() is the live parameter, and a numpy view
         # of it would change under the caller's feet at the next optimizer step.
-        state = get_peft_model_state_dict(self.model)
+        state = get_peft_model_state_dict(self.model, adapter_name=name)
         return {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in state.items()}
 
     def peft_config_dict(self) -> dict:
@@ -263,13 +388,15 @@ class Learner:
 
         return flatten_state(self.optimizer.state_dict())
 
-    def load_state(self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None) -> None:
-        """Restore adapter weights and (if given) this rank's optimizer state."""
+    def load_state(self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None, name: str = "default") -> None:
+        """Restore adapter ``name``'s weights and (if given) this rank's optimizer state."""
         from peft import set_peft_model_state_dict
 
         from align.checkpoint import unflatten_state
 
-        set_peft_model_state_dict(self.model, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()})
+        set_peft_model_state_dict(self.model, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}, adapter_name=name)
+        if optimizer is None and hasattr(self.optimizer, "_restore_from_bit16_weights"):
+            self.optimizer._restore_from_bit16_weights()  # ZeRO keeps an fp32 master copy: refresh it from the weights
         if optimizer is not None:
             state = unflatten_state(self.optimizer.state_dict(), optimizer)
             if self.spec["zero_stage"] > 0:
