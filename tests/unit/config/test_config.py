@@ -197,3 +197,29 @@ def test_adaptthink_and_apo_options_are_checked():
         load_config(None, ["algorithm.name=adaptthink", "algorithm.adaptthink.nothink_ratio=1.5"])
     with pytest.raises(ConfigError, match="algorithm.apo.stcr_base"):
         load_config(None, ["algorithm.apo.stcr_base=0.9"])
+
+
+def test_preference_options_are_checked():
+    dpo = load_config(None, ["algorithm.name=dpo"])
+    assert dpo.algorithm.preference.beta == 0.1 and dpo.algorithm.preference.loss_type == "sigmoid"
+    assert load_config(None, ["algorithm.name=simpo"]).algorithm.preference.beta == 2.0
+    cases = [
+        (["algorithm.name=simpo", "algorithm.preference.loss_type=ipo"], "simpo has its own loss"),
+        (["algorithm.name=dpo", "algorithm.preference.loss_type=hinge", "algorithm.preference.label_smoothing=0.1"],
+         "label_smoothing applies to loss_type: sigmoid"),
+        (["algorithm.name=dpo", "algorithm.preference.num_completions=1"], "num_completions"),
+        (["algorithm.name=dpo", "algorithm.preference.ofs.lr_ratio=1"], "lr_ratio"),
+        (["algorithm.name=dpo", "objective.name=hypervolume"], "ranks completions by static reward weights"),
+        (["algorithm.name=dpo", "algorithm.apo.stcr=true"], "not on preference pairs"),
+        (["algorithm.name=dpo", "algorithm.preference.online=true", "rollout.temperature=0"], "rollout.temperature > 0"),
+        (["algorithm.name=dpo", "algorithm.preference.domains=[{name: a, train: x, eval: y}]"], "two or more domains"),
+        (["algorithm.name=dpo", "algorithm.preference.cofs.grid=[0.5, 2]"], "lambdas must lie in"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, overrides)
+    two = "[{name: a, train: x, eval: y, steps: 3}, {name: b, train: z, eval: w, steps: 4}]"
+    cfg = load_config(None, ["algorithm.name=dpo", f"algorithm.preference.domains={two}"])
+    assert cfg.trainer.max_steps == 7  # the domains' steps
+    with pytest.raises(ConfigError, match="cofs.score: 'accuracy' is not a reward name"):
+        load_config(None, ["algorithm.name=dpo", f"algorithm.preference.domains={two}", "algorithm.preference.cofs.score=accuracy"])

@@ -90,3 +90,20 @@ def test_builtins_and_missing_sources():
         load_prompts("builtin:nope")
     with pytest.raises(DataError, match="dataset 'missing.jsonl' not found"):
         load_prompts("missing.jsonl")
+
+
+def test_bad_preference_rows_skipped_and_counted(tmp_path):
+    rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"},
+            {"prompt": "q2", "chosen": "a"},                       # missing field
+            {"prompt": "q3", "chosen": "  ", "rejected": "b"},     # empty response
+            {"prompt": "q4", "chosen": "same", "rejected": "same"},  # identical pair
+            {"prompt": "q5", "chosen": "c", "rejected": "d"}]
+    path = str(_jsonl(tmp_path / "pref.jsonl", rows))
+    skipped: dict[str, int] = {}
+    kept = load_preferences(path, tokenizer=build_tokenizer(), on_bad="skip", skipped=skipped)
+    assert [r["prompt"] for r in kept] == ["q1", "q5"]
+    assert skipped == {"missing_field": 1, "empty_field": 1, "identical_pair": 1}
+    with pytest.raises(DataError, match=r"pref.jsonl:2: missing field 'rejected'"):
+        load_preferences(path, tokenizer=build_tokenizer())  # the default policy stops at the first bad row
+    with pytest.raises(DataError, match=r"no usable rows \(skipped: \{'missing_field': 1\}\)"):
+        load_preferences(str(_jsonl(tmp_path / "bad.jsonl", [rows[1]])), on_bad="skip", skipped={})
