@@ -180,7 +180,7 @@ class PreferenceTrainer(Trainer):
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
         self._ref_cache: dict[int, tuple[float, float]] = {}
         if not online and cfg.algorithm.name == "dpo" and pref.reference == "precompute" and not pref.domains:
-            self._precompute_reference(self.train_rows, self.sampler)
+            self._precompute_reference(self.train_rows, self.sampler, cfg.trainer.max_steps)
 
     def _longest_pair(self) -> int:
         if self.pref.online:
@@ -197,22 +197,25 @@ class PreferenceTrainer(Trainer):
             out.append({**r["_ids"], "_index": i})
         return out
 
-    def _precompute_reference(self, rows: list[dict], sampler: PromptSampler) -> None:
-        """Reference log-prob sums (adapter off) of every pair the run will draw, computed once."""
-        cfg, pref = self.cfg, self.pref
+    def _precompute_reference(self, rows: list[dict], sampler: PromptSampler, steps: int) -> None:
+        """Reference log-prob sums (adapter off) of every pair the run will draw, computed once, one
+        batch per step's new pairs: a pair's value depends on the batch it was computed in (padding,
+        at float precision), so batches are fixed by the step order and a longer or resumed run
+        computes the same values for the same steps."""
+        pref = self.pref
         probe = PromptSampler(len(rows), sampler.seed, 0)
-        wanted = sorted(set(probe.take(cfg.trainer.max_steps * pref.pairs_per_step)))
-        t0 = time.time()
-        chunk = 256
-        for start in range(0, len(wanted), chunk):
-            idx = wanted[start : start + chunk]
-            batch = pack_pairs(self._pairs_of(rows, idx), self.tokenizer.pad_token_id)
-            ref = self.learners.sequence_logps(batch, ["reference"])["reference"]
-            for j, i in enumerate(idx):
-                self._ref_cache[i] = (float(ref[2 * j]), float(ref[2 * j + 1]))
-            done = start + len(idx)
-            eta = (time.time() - t0) / done * (len(wanted) - done)
-            log.info("reference log-probs: %d/%d pairs (%.1fs, ETA %.0fs)", done, len(wanted), time.time() - t0, eta)
+        t0, done, total = time.time(), 0, steps
+        for step in range(total):
+            idx = [i for i in dict.fromkeys(probe.take(pref.pairs_per_step)) if i not in self._ref_cache]
+            if idx:
+                batch = pack_pairs(self._pairs_of(rows, idx), self.tokenizer.pad_token_id)
+                ref = self.learners.sequence_logps(batch, ["reference"])["reference"]
+                for j, i in enumerate(idx):
+                    self._ref_cache[i] = (float(ref[2 * j]), float(ref[2 * j + 1]))
+                done += len(idx)
+            if (step + 1) % 50 == 0 or step + 1 == total:
+                eta = (time.time() - t0) / (step + 1) * (total - step - 1)
+                log.info("reference log-probs: %d pairs for %d/%d steps (%.1fs, ETA %.0fs)", done, step + 1, total, time.time() - t0, eta)
 
     def _progress(self, m: dict) -> str:
         parts = [f"loss {m.get('dpo/loss', float('nan')):.4f}", f"acc {m.get('dpo/accuracy', float('nan')):.2f}",
@@ -374,7 +377,7 @@ class PreferenceTrainer(Trainer):
         self.sampler = PromptSampler(len(self.train_rows), self.cfg.trainer.seed + d)
         self._ref_cache = {}
         if self.cfg.algorithm.name == "dpo" and self.pref.reference == "precompute" and not self.pref.online:
-            self._precompute_reference(self.train_rows, self.sampler)
+            self._precompute_reference(self.train_rows, self.sampler, self.pref.domains[d].steps)
         if self.served is not None and d > 0:
             tensors, config = self.served
             if int(config["r"]) != self.cfg.model.lora.r:  # a combination: the learner's rank is fixed
@@ -397,7 +400,6 @@ class PreferenceTrainer(Trainer):
         grid_scores: dict[float, float] = {}
         if pref.cofs.combine and d > 0:
             previous = _read_adapter(self._domain_dir(d - 1) / "served_adapter")
-            heldout = [r for rows in self.domain_heldout[: d + 1] for r in rows]
             best = None
             for v, lam in enumerate(pref.cofs.grid):
                 if lam == 0:
@@ -411,7 +413,6 @@ class PreferenceTrainer(Trainer):
                          grid_scores[lam], ", ".join(f"{s:.3f}" for s in per_domain))
                 if best is None or grid_scores[lam] > grid_scores[best[0]]:
                     best = (lam, candidate)
-            del heldout
             lam, self.served = best[0], best[1]
             metrics["cofs/lambda"] = lam
         else:
@@ -465,7 +466,7 @@ class PreferenceTrainer(Trainer):
             self.train_rows, self.eval_rows = self.domain_train[self.domain], self.domain_eval[self.domain]
             self.sampler = PromptSampler(len(self.train_rows), self.cfg.trainer.seed + self.domain)
             if self.cfg.algorithm.name == "dpo" and self.pref.reference == "precompute" and not self.pref.online:
-                self._precompute_reference(self.train_rows, self.sampler)
+                self._precompute_reference(self.train_rows, self.sampler, self.pref.domains[self.domain].steps)
         self.served = (ckpt["adapter"], ckpt["adapter_config"]) if st.get("served_is_combination") else None
         self.sampler.position = st["data_position"]
         self._sync(step)

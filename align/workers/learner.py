@@ -9,12 +9,12 @@ DeepSpeed's data-parallel mean, and accumulation scaling is switched off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -111,14 +111,36 @@ class Learner:
             group["lr"] = self.spec["lr"] if g == index else self.spec["lr"] / self.ofs["lr_ratio"]
         return [group["lr"] for group in self.optimizer.param_groups]
 
+    @contextlib.contextmanager
+    def _adapters_off(self):
+        """The reference policy: every LoRA layer bypassed. Not peft's ``disable_adapter``: on exit it
+        re-runs ``set_adapter``, which switches the inactive module's requires_grad off (OFS-DPO's
+        second module would stop training), and flipping requires_grad under ZeRO-2 made two-rank
+        runs non-deterministic; here only the layers' bypass flag changes."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for m in layers:
+            m._disable_adapters = True
+        try:
+            yield
+        finally:
+            for m in layers:
+                m._disable_adapters = False
+
     def _activate(self, name: str) -> None:
-        """Run forwards through adapter ``name``; peft's set_adapter freezes the other module, which
-        must keep training, so every LoRA parameter is made trainable again."""
-        if self.model.active_adapter != name:
-            self.model.set_adapter(name)
-            for n, p in self.model.named_parameters():
-                if "lora_" in n:
-                    p.requires_grad_(True)
+        """Run forwards through adapter ``name``. Not peft's ``set_adapter``: it flips requires_grad
+        of the other module, and a parameter whose requires_grad is switched off and on gets a new
+        gradient accumulator node, so ZeRO-2's reduction hook (registered on the old one at start-up)
+        may no longer fire for it; the modules' parameters stay trainable throughout."""
+        if getattr(self, "_active", "default") == name:
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module._active_adapter = name
+        self._active = name
 
     # ----------------------------------------------------------------- forward passes
     def _logps(self, part: dict, temperature: float, grad: bool, plain: bool = False, entropy: bool = False):
@@ -149,7 +171,7 @@ class Learner:
             if policy:
                 olds.append(self._logps(part, temperature, grad=False).cpu())
             if reference:
-                with self.model.disable_adapter():
+                with self._adapters_off():
                     refs.append(self._logps(part, temperature, grad=False).cpu())
         out = {}
         if policy:
@@ -163,7 +185,7 @@ class Learner:
         """Sum of completion log-probs per row ``(b,)`` through ``adapter`` (None: the reference,
         adapter off)."""
         if adapter is None:
-            with self.model.disable_adapter():
+            with self._adapters_off():
                 lp = self._logps(part, 1.0, grad=False)
         else:
             self._activate(adapter)
