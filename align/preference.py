@@ -216,6 +216,7 @@ class PreferenceTrainer(Trainer):
             if (step + 1) % 50 == 0 or step + 1 == total:
                 eta = (time.time() - t0) / (step + 1) * (total - step - 1)
                 log.info("reference log-probs: %d pairs for %d/%d steps (%.1fs, ETA %.0fs)", done, step + 1, total, time.time() - t0, eta)
+        self._precompute_seconds = getattr(self, "_precompute_seconds", 0.0) + time.time() - t0
 
     def _progress(self, m: dict) -> str:
         parts = [f"loss {m.get('dpo/loss', float('nan')):.4f}", f"acc {m.get('dpo/accuracy', float('nan')):.2f}",
@@ -349,6 +350,9 @@ class PreferenceTrainer(Trainer):
                 metrics.update({"ofs/fast_module": self.chase.fast, "ofs/swaps": self.chase.swaps})
         else:
             metrics["online/empty"] = 1
+        if getattr(self, "_precompute_seconds", None):  # logged once, with the next step
+            metrics["timing/reference_precompute"] = self._precompute_seconds
+            self._precompute_seconds = 0.0
         for reason, count in self.data_skipped.items():
             metrics[f"data/skipped/{reason}"] = count
         if self.pref.domains and step + 1 == self._domain_end(self.domain):

@@ -267,7 +267,8 @@ class RolloutSection(Section):
 class LearnerSection(Section):
     num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel ranks (Ray actors).")
     lr: float = Field(1e-4, gt=0, description="Adapter learning rate.")
-    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions).")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions; "
+                                  "a preference pair is two). Sequences of similar length share a micro-batch.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables).")
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (scheduling only).")

@@ -120,7 +120,9 @@ class LearnerGroup:
     def preference_step(self, batch: dict, cfg: dict) -> dict[str, float]:
         """One optimizer step over a batch of pairs; returns summed statistics over ranks."""
         shares = self._pair_shares(batch)
-        num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / 2 / self.micro_batch_size) for s in shares))
+        # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
+        num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / max(2, self.micro_batch_size - self.micro_batch_size % 2))
+                               for s in shares))
         stats = ray.get([r.preference_step.remote(share, cfg, batch["input_ids"].shape[0] / 2, num_micro)
                          for r, share in zip(self.ranks, shares)])
         out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}

@@ -197,13 +197,16 @@ class Learner:
         adapter name (``default``, ``second``). No gradient."""
         self.engine.eval()
         mbs = self.spec["micro_batch_size"]
-        out: dict[str, list] = {w: [] for w in which}
         n = batch["input_ids"].shape[0]
+        out = {w: torch.zeros(n) for w in which}
+        # rows of similar length share a micro-batch (less padding); results go back in row order
+        order = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True)
         for start in range(0, n, mbs):
-            part = select(batch, list(range(start, min(n, start + mbs))))
+            idx = order[start : start + mbs]
+            part = select(batch, idx)
             for w in which:
-                out[w].append(self._seq_logps(part, False, None if w == "reference" else w).cpu())
-        return {w: torch.cat(v) if v else torch.zeros(0) for w, v in out.items()}
+                out[w][idx] = self._seq_logps(part, False, None if w == "reference" else w).cpu().float()
+        return out
 
     def _pair_loss(self, part: dict, cfg: dict, num_pairs: float) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one micro-batch of pairs (rows 2i chosen, 2i+1 rejected), normalised by the global
