@@ -17,21 +17,21 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny.yaml"
 CASES = {
     # DAPO: clip-higher, token-level loss, dynamic sampling (refills dropped groups), overlong filter
     "dapo": ["algorithm.name=dapo", "rollout.max_new_tokens=12"],
-    # Dr.GRPO with k1 KL in the reward (needs learner and reference log-probs before advantages)
-    "dr_grpo": ["algorithm.name=dr_grpo", "algorithm.kl.coef=0.05", "algorithm.kl.where=reward"],
+    # Dr.GRPO with k1 KL in the reward (needs learner and reference log-probs before advantages),
+    # one learner rank, from a plain local model directory (any HF causal LM)
+    "dr_grpo": ["algorithm.name=dr_grpo", "algorithm.kl.coef=0.05", "algorithm.kl.where=reward", "learner.num_ranks=1"],
     # RLOO off-policy: two epochs x two minibatches, so the ratio moves away from 1; with APO's DADS
     # (per-sample KL weights into the learner loss) and STCR (a base that matters at our lengths)
     "rloo": ["algorithm.name=rloo", "algorithm.ppo_epochs=2", "algorithm.num_minibatches=2", "learner.lr=0.005",
              "algorithm.kl.coef=0.01", "algorithm.apo.dads=true", "algorithm.apo.stcr=true", "algorithm.apo.stcr_base=1.05"],
-    # REINFORCE++ from a plain local model directory (any HF causal LM)
-    "reinforce_pp": ["algorithm.name=reinforce_pp", "learner.num_ranks=1"],
 }
+# REINFORCE++ runs in tests/integration/test_multi_objective.py (with the Lagrangian objective).
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_algorithm_runs(name, tmp_path):
     overrides = list(CASES[name])
-    if name == "reinforce_pp":
+    if name == "dr_grpo":
         local = tmp_path / "my-local-model"
         shutil.copytree(ensure_builtin("tiny"), local)
         overrides.append(f"model.path={local}")
