@@ -61,7 +61,7 @@ def run_trl(args, precompute: bool) -> dict:
     config = DPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.pairs, gradient_accumulation_steps=1,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", max_grad_norm=1.0, beta=args.beta, loss_type=["sigmoid"], use_cpu=True, bf16=False,
+        optim="adamw_torch", max_grad_norm=1.0, beta=args.beta, loss_type=[getattr(args, "loss_type", "sigmoid")], use_cpu=True, bf16=False,
         logging_steps=1, report_to=[], save_strategy="no", seed=0, dataloader_num_workers=0,
         precompute_ref_log_probs=precompute, disable_dropout=True,
     )
@@ -88,7 +88,7 @@ def run_align(args, reference: str) -> dict:
     data.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
     cfg = load_config(None, [
         f"model.path={args.model}", f"model.lora.r={args.lora_r}", f"model.lora.alpha={2 * args.lora_r}",
-        "algorithm.name=dpo", f"algorithm.preference.beta={args.beta}", f"algorithm.preference.pairs_per_step={args.pairs}",
+        "algorithm.name=dpo", f"algorithm.preference.beta={args.beta}", f"algorithm.preference.loss_type={getattr(args, 'loss_type', 'sigmoid')}", f"algorithm.preference.pairs_per_step={args.pairs}",
         f"algorithm.preference.reference={reference}", f"trainer.max_steps={args.steps}", f"trainer.output_dir={out / 'run'}",
         "trainer.save_every=0", f"data.train={data}", "data.eval=null", f"learner.lr={args.lr}",
         f"learner.micro_batch_size={args.micro_batch}", "learner.num_ranks=1", "learner.num_cpus=1",

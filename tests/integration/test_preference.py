@@ -86,7 +86,8 @@ def test_online_ofs_over_two_domains_combines_adapters(tmp_path):
     assert (out / "plots" / "domains.png").stat().st_size > 10_000
 
 
-def test_dpo_loss_matches_trl_step_by_step():
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_loss_matches_trl_step_by_step(loss_type):
     """Same pairs, same initial adapter, same optimizer: align's DPO losses equal TRL DPOTrainer's
     (bench/dpo_vs_trl.py measures the same on the small model over 30 steps)."""
     import argparse
@@ -95,10 +96,11 @@ def test_dpo_loss_matches_trl_step_by_step():
     spec = importlib.util.spec_from_file_location("dpo_vs_trl", ROOT / "bench" / "dpo_vs_trl.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = argparse.Namespace(model="builtin:tiny", steps=4, pairs=16, lora_r=8, lr=5e-3, beta=0.1, micro_batch=8)
+    args = argparse.Namespace(model="builtin:tiny", steps=4, pairs=16, lora_r=8, lr=5e-3, beta=0.1, micro_batch=8, loss_type=loss_type)
     ours, trl = bench.run_align(args, "on_the_fly"), bench.run_trl(args, False)
     print("align", ours["losses"], "\nTRL  ", trl["losses"])
     assert len(ours["losses"]) == len(trl["losses"]) == 4
-    assert ours["losses"][0] == pytest.approx(np.log(2), abs=1e-6)
-    np.testing.assert_allclose(ours["losses"], trl["losses"], atol=2e-5, rtol=0)
+    # at the start policy = reference: sigmoid log 2; IPO (1 / (2 beta))^2 = 25
+    assert ours["losses"][0] == pytest.approx(np.log(2) if loss_type == "sigmoid" else 25.0, abs=1e-5)
+    np.testing.assert_allclose(ours["losses"], trl["losses"], atol=2e-5, rtol=2e-6)
     assert abs(ours["losses"][-1] - ours["losses"][0]) > 1e-3  # the steps did move the adapter
