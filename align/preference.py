@@ -30,7 +30,7 @@ import torch
 
 from align.algorithms.ofs import Chase, combine_lora, truncate_lora
 from align.batch import pack
-from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_adapter_dir
+from align.checkpoint import save_checkpoint, write_adapter_dir
 from align.evaluation_loop import evaluate
 from align.losses.preference import dpo_loss, simpo_loss
 from align.sampling import PromptSampler, sample_seed
@@ -438,10 +438,8 @@ class PreferenceTrainer(Trainer):
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, step: int) -> Path:
         tensors, adapter_cfg = self._served_adapter()
-        state = {"version": step, "data_position": self.sampler.position, "objective": {},
-                 "seed": self.cfg.trainer.seed, "learner_ranks": self.cfg.learner.num_ranks, "domain": self.domain,
-                 "chase": self.chase.state_dict() if self.chase else None, "domain_results": self.domain_results,
-                 "served_is_combination": self.served is not None}
+        state = {**self._run_state(step), "domain": self.domain, "chase": self.chase.state_dict() if self.chase else None,
+                 "domain_results": self.domain_results, "served_is_combination": self.served is not None}
         extra = {name: self.learners.adapter(name) for name in (("default", "second") if self.chase else ())}
         if self.served is not None and not self.chase:
             extra["default"] = self.learners.adapter("default")
@@ -449,11 +447,9 @@ class PreferenceTrainer(Trainer):
                                keep=self.cfg.trainer.keep_checkpoints, extra_adapters=extra)
 
     def _restore(self) -> int:
-        found = list_checkpoints(self.ckpt_dir)
-        if not found:
-            log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
+        ckpt = self._latest_checkpoint()
+        if ckpt is None:
             return 0
-        ckpt = load_checkpoint(found[-1])
         st = ckpt["state"]
         extra = ckpt.get("extra_adapters", {})
         if self.chase is not None:

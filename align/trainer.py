@@ -407,20 +407,30 @@ class Trainer:
         self._stop_signal = signum
         log.warning("received %s: finishing this step, writing a checkpoint, then stopping", signal.Signals(signum).name)
 
+    def _run_state(self, step: int) -> dict:
+        """What every checkpoint's state.json holds (trainers add their own entries)."""
+        return {"version": step, "data_position": self.sampler.position, "seed": self.cfg.trainer.seed,
+                "learner_ranks": self.cfg.learner.num_ranks}
+
     def _checkpoint(self, step: int) -> Path:
         tensors, adapter_cfg = self.learners.adapter()
         objective_state = self.objective.state_dict() if self.objective is not None else (self._objective_state or {})
-        state = {"version": step, "data_position": self.sampler.position, "objective": objective_state,
-                 "seed": self.cfg.trainer.seed, "learner_ranks": self.cfg.learner.num_ranks}
+        state = {**self._run_state(step), "objective": objective_state}
         return save_checkpoint(self.ckpt_dir, step, tensors, adapter_cfg, self.learners.optimizer_states(), state,
                                keep=self.cfg.trainer.keep_checkpoints)
 
-    def _restore(self) -> int:
+    def _latest_checkpoint(self) -> dict | None:
+        """The newest complete checkpoint of this run (verified), or None (``--resume`` then starts at 0)."""
         found = list_checkpoints(self.ckpt_dir)
         if not found:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
+            return None
+        return load_checkpoint(found[-1])
+
+    def _restore(self) -> int:
+        ckpt = self._latest_checkpoint()
+        if ckpt is None:
             return 0
-        ckpt = load_checkpoint(found[-1])
         self.learners.load_state(ckpt["adapter"], ckpt["optimizer_states"])
         self._objective_state = ckpt["state"]["objective"]
         self.sampler.position = ckpt["state"]["data_position"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -115,19 +114,15 @@ def main() -> None:
     ap.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sides import emit, run_side, write_report  # bench/ is on the path when this file runs as a script
     if args.side:
         fn = {"align": lambda: run_align(args, "precompute"), "align_otf": lambda: run_align(args, "on_the_fly"),
               "trl": lambda: run_trl(args, False), "trl_pre": lambda: run_trl(args, True)}[args.side]
-        print("RESULT " + json.dumps(fn()))
+        emit(fn())
         return
     res = {}
     for side in SIDES:
-        cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
-        res[side] = json.loads(line[-1][7:])
+        res[side] = run_side(__file__, side, sys.argv[1:])
         print(side, res[side]["seconds"], flush=True)
     rate = {k: v["pairs"] / v["seconds"] for k, v in res.items()}
     lines = [
@@ -153,11 +148,7 @@ def main() -> None:
         if i < 5 or i % 5 == 4 or i == n - 1:
             lines.append(f"| {i + 1} | {res['align']['losses'][i]:.4f} | {res['align_otf']['losses'][i]:.4f} | "
                          f"{res['trl']['losses'][i]:.4f} | {res['trl_pre']['losses'][i]:.4f} |")
-    report = "\n".join(lines) + "\n"
-    out_md = Path(args.out)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(report)
-    print(report)
+    write_report("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

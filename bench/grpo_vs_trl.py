@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -101,18 +100,12 @@ def main() -> None:
     ap.add_argument("--side", choices=["align", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sides import emit, run_side, write_report
     if args.side:
         result = run_align(args) if args.side == "align" else run_trl(args)
-        print("RESULT " + json.dumps(result))
+        emit(result)
         return
-    res = {}
-    for side in ("align", "trl"):
-        cmd = [sys.executable, __file__, "--side", side] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if out.returncode or not line:
-            raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
-        res[side] = json.loads(line[-1][7:])
+    res = {side: run_side(__file__, side, sys.argv[1:]) for side in ("align", "trl")}
     a, t = res["align"], res["trl"]
     steady = (a["tokens"] / a["train_seconds"]) / (t["tokens"] / t["train_seconds"])
     whole = (a["tokens"] / a["total_seconds"]) / (t["tokens"] / t["total_seconds"])
@@ -134,10 +127,7 @@ def main() -> None:
         f"align step-time breakdown (mean seconds per step): rollout {ph['rollout']:.2f}, reward {ph['reward']:.3f}, "
         f"log-probs {ph['logprobs']:.2f}, learner {ph['learner']:.2f}, adapter sync {ph['sync']:.3f}, whole step {ph['step']:.2f}\n"
     )
-    out_md = Path(args.out)
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text(report)
-    print(report)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

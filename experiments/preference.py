@@ -21,16 +21,10 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-OUT = ROOT / "experiments" / "results"
-RUNS = OUT / "runs"
-ALIGN = [sys.executable, "-m", "launch.cli"]
+from runs import ALIGN, OUT, ROOT, train  # experiments/runs.py
 
 ONLINE = ["algorithm.preference.online=true", "data.train=builtin:arithmetic", "data.eval=builtin:arithmetic-eval",
           "data.eval_size=200", "data.prompts_per_step=16", "algorithm.preference.num_completions=4", "rollout.temperature=1.0",
@@ -42,16 +36,6 @@ ARMS_B = {  # label -> overrides of configs/cofs_dpo_tiny.yaml
     "sequential_ofs": ["algorithm.preference.cofs.combine=false"],
     "dpo_combined": ["algorithm.preference.ofs.enabled=false"],
 }
-
-
-def train(config: str, label: str, sets: list[str], reuse: bool) -> Path:
-    out = RUNS / label
-    if reuse and list((out / "checkpoints").glob("step_*")):
-        return out
-    cmd = [*ALIGN, "train", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}",
-           *[a for s in sets for a in ("--set", s)]]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out
 
 
 def served(run: Path) -> Path:

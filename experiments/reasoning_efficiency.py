@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "experiments" / "results"
-RUNS = OUT / "runs"
-ALIGN = [sys.executable, "-m", "launch.cli"]
+from runs import ALIGN, OUT, ROOT, train  # experiments/runs.py
 
 ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
     "grpo": ["algorithm.name=grpo"],
@@ -47,16 +43,6 @@ APO = {  # label -> overrides of configs/apo_tiny.yaml
     "apo_kl0.5_base1.05": ["algorithm.apo.stcr_base=1.05", "algorithm.kl.coef=0.5"],
 }
 COMMON = ["rollout.temperature=0.6"]
-
-
-def train(config: str, label: str, sets: list[str], reuse: bool) -> Path:
-    out = RUNS / label
-    if reuse and list((out / "checkpoints").glob("step_*")):
-        return out
-    cmd = [*ALIGN, "train", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}",
-           *[a for s in sets for a in ("--set", s)]]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out
 
 
 def compare_eval(config: str, runs: dict[str, Path], name: str, sets: list[str]) -> dict:
