@@ -266,6 +266,9 @@ class PreferenceTrainer(Trainer):
                 "pairs_margin": float((cr - rr).mean())}
 
     def _evaluate(self) -> dict[str, float]:
+        if self.pref.domains:  # every domain's held-out prompts, keys prefixed by the domain's name
+            return {f"{d.name}/{k}": v for d, rows in zip(self.pref.domains, self.domain_eval)
+                    for k, v in evaluate(self.rollouts, self.reward_worker, rows, self.tokenizer, self.cfg).items() if "/level_" not in k}
         out = self._pair_metrics()
         if self.rollouts is not None and self.eval_rows:
             out.update(evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, self.cfg))
