@@ -62,25 +62,48 @@ def test_offline_ofs_dpo_learns_on_two_ranks_and_resumes_exactly(tmp_path):
         assert resumed[r["step"]]["dpo/loss"] == r["dpo/loss"] and resumed[r["step"]]["ofs/swaps"] == r["ofs/swaps"]
 
 
-def test_online_ofs_over_two_domains_combines_adapters(tmp_path):
+def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_boundary(tmp_path, monkeypatch):
+    import signal
+
+    from align.preference import PreferenceTrainer
+    from align.trainer import StopRequested
+
     out = tmp_path / "cofs"
     two = ("[{name: arithmetic, train: builtin:arithmetic, eval: builtin:preference-arithmetic-eval, steps: 2}, "
            "{name: reversal, train: builtin:reversal, eval: builtin:preference-reversal-eval, steps: 2}]")
-    _train("cofs_dpo_tiny.yaml", out, f"algorithm.preference.domains={two}", "algorithm.preference.online=true",
-           "algorithm.preference.num_completions=4", "data.prompts_per_step=8", "algorithm.preference.cofs.grid=[0.0, 0.5, 1.0]",
-           "algorithm.preference.cofs.heldout=8", "data.eval_size=24", "trainer.save_every=2")
+    sets = (f"algorithm.preference.domains={two}", "algorithm.preference.online=true", "algorithm.preference.num_completions=4",
+            "data.prompts_per_step=8", "algorithm.preference.cofs.grid=[0.0, 0.5, 1.0]", "algorithm.preference.cofs.heldout=8",
+            "data.eval_size=24", "trainer.save_every=0")
+    step = PreferenceTrainer._step
+
+    def stop_after_domain_one(self, i):  # as SIGTERM arriving during step 2: finish it, checkpoint, stop
+        m = step(self, i)
+        if i + 1 == 2:
+            self._stop_signal = signal.SIGTERM
+        return m
+
+    monkeypatch.setattr(PreferenceTrainer, "_step", stop_after_domain_one)
+    with pytest.raises(StopRequested):
+        _train("cofs_dpo_tiny.yaml", out, *sets)
+    monkeypatch.setattr(PreferenceTrainer, "_step", step)
+    first = json.loads((out / "domains.json").read_text())["results"]
+    assert [r["after"] for r in first] == ["arithmetic"] and (out / "checkpoints" / "step_2").is_dir()
+    _train("cofs_dpo_tiny.yaml", out, *sets, resume=True)
     rows = [r for r in _rows(out) if r["step"] > 0]
-    assert len(rows) == 4 and all(r["online/pairs"] + r["online/groups_dropped"] == 8 for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["online/pairs"] + r["online/groups_dropped"] == 8 for r in rows)
     assert sum(r["online/pairs"] for r in rows) > 0 and all("reward/correctness" in r for r in rows)
     result = json.loads((out / "domains.json").read_text())["results"]
+    assert result[0] == first[0]  # the first domain's results came back with the checkpoint
     assert [r["after"] for r in result] == ["arithmetic", "reversal"]
     assert result[0]["lambda"] is None and result[1]["lambda"] in (0.0, 0.5, 1.0)
     assert set(result[1]["grid"]) == {"0.0", "0.5", "1.0"} and set(result[1]["scores"]) == {"arithmetic", "reversal"}
     assert rows[-1]["cofs/lambda"] == result[1]["lambda"]
     assert rows[-1]["domain/arithmetic"] == result[1]["scores"]["arithmetic"]
+    assert "eval/arithmetic/correctness" in rows[-1] and "eval/reversal/correctness" in rows[-1]
     # the stored fast modules and the served adapter: rank 16 when both terms are kept
     served = json.loads((out / "domains" / "1_reversal" / "served_adapter" / "adapter_config.json").read_text())
     assert served["r"] == (16 if result[1]["lambda"] == 0.5 else 8)
+    assert (out / "domains" / "0_arithmetic" / "fast_adapter" / "adapter_model.safetensors").exists()
     ckpt_cfg = json.loads((out / "checkpoints" / "step_4" / "adapter" / "adapter_config.json").read_text())
     assert ckpt_cfg["r"] == served["r"] and (out / "checkpoints" / "step_4" / "adapters" / "second").is_dir()
     assert (out / "plots" / "domains.png").stat().st_size > 10_000
