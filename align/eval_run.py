@@ -79,7 +79,9 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], config_dir)
-        rollouts = RolloutGroup(rollout_spec(cfg, model_path), 1, cfg.rollout.num_cpus)
+        spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
+        spec["lora_rank"] = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
+        rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
         for version, (label, adapter) in enumerate(zip(labels, adapters), start=1):
             rollouts.load_adapter(version, ray.put(adapter[0]), adapter[1])
