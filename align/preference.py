@@ -189,11 +189,22 @@ class PreferenceTrainer(Trainer):
         return max(len(self.tokenizer(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"]) for r in rows[:2000])
 
     def _pairs_of(self, rows: list[dict], idx: list[int]) -> list[dict]:
+        """Token ids of rows ``idx`` (tokenized once); a pair longer than the model's context is an
+        error naming the row (TRL would truncate it silently)."""
+        if not hasattr(self, "_context"):
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.cfg.model.trust_remote_code)
+            self._context = getattr(config, "max_position_embeddings", None) or 10**9
         out = []
         for i in idx:
             r = rows[i]
             if "_ids" not in r:
                 r["_ids"] = tokenize_pair(self.tokenizer, r["prompt"], r["chosen"], r["rejected"])
+                longest = len(r["_ids"]["prompt_ids"]) + max(len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"]))
+                if longest > self._context:
+                    raise ValueError(f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
+                                     f"context ({self._context}); shorten or drop it")
             out.append({**r["_ids"], "_index": i})
         return out
 
