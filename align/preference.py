@@ -39,6 +39,8 @@ from launch.config import save_resolved
 
 log = logging.getLogger("align.train")
 
+MODULES = ("default", "second")  # OFS-DPO's two LoRA modules in each learner rank (peft adapter names)
+
 PREFERENCE_PANELS = (
     ("DPO loss", lambda k: k in ("dpo/loss", "ofs/dpo_fast", "ofs/dpo_slow", "ofs/fs", "eval/pairs_loss")),
     ("implicit rewards", lambda k: k in ("dpo/rewards_chosen", "dpo/rewards_rejected", "dpo/margin", "eval/pairs_margin")),
@@ -179,7 +181,7 @@ class PreferenceTrainer(Trainer):
         self.domain_results: list[dict] = []
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
         self._ref_cache: dict[int, tuple[float, float]] = {}
-        if not online and cfg.algorithm.name == "dpo" and pref.reference == "precompute" and not pref.domains:
+        if self._precomputes_reference() and not pref.domains:  # domains precompute on entering each one
             self._precompute_reference(self.train_rows, self.sampler, cfg.trainer.max_steps)
 
     def _longest_pair(self) -> int:
@@ -205,7 +207,7 @@ class PreferenceTrainer(Trainer):
                 if longest > self._context:
                     raise ValueError(f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
                                      f"context ({self._context}); shorten or drop it")
-            out.append({**r["_ids"], "_index": i})
+            out.append(r["_ids"])
         return out
 
     def _precompute_reference(self, rows: list[dict], sampler: PromptSampler, steps: int) -> None:
@@ -239,14 +241,22 @@ class PreferenceTrainer(Trainer):
         return " | ".join(parts)
 
     # ------------------------------------------------------------------ adapters
+    def _precomputes_reference(self) -> bool:
+        """Offline DPO with ``reference: precompute`` (SimPO has no reference; online pairs are new)."""
+        return self.cfg.algorithm.name == "dpo" and self.pref.reference == "precompute" and not self.pref.online
+
+    def _modules(self) -> tuple[str, ...]:
+        """The learner's LoRA modules: OFS-DPO's two, or the one adapter."""
+        return MODULES if self.chase else ("default",)
+
     def _train_adapter(self) -> str:
         if self.chase is None:
             return "default"
         index = self.chase.fast if self.pref.ofs.serve == "fast" else self.chase.slow
-        return ("default", "second")[index]
+        return MODULES[index]
 
     def _fast_adapter(self) -> str:
-        return ("default", "second")[self.chase.fast] if self.chase else "default"
+        return MODULES[self.chase.fast] if self.chase else "default"
 
     def _served_adapter(self) -> tuple[dict, dict]:
         return self.served if self.served is not None else self.learners.adapter(self._train_adapter())
@@ -394,7 +404,7 @@ class PreferenceTrainer(Trainer):
         self.train_rows, self.eval_rows = self.domain_train[d], self.domain_eval[d]
         self.sampler = PromptSampler(len(self.train_rows), self.cfg.trainer.seed + d)
         self._ref_cache = {}
-        if self.cfg.algorithm.name == "dpo" and self.pref.reference == "precompute" and not self.pref.online:
+        if self._precomputes_reference():
             self._precompute_reference(self.train_rows, self.sampler, self.pref.domains[d].steps)
         if self.served is not None and d > 0:
             tensors, config = self.served
@@ -403,7 +413,7 @@ class PreferenceTrainer(Trainer):
                 tensors, config, err = truncate_lora(tensors, config, lora.r, lora.alpha)
                 log.info("domain %s starts from the combination truncated to rank %d (relative error %.3g)",
                          self.pref.domains[d].name, lora.r, err)
-            for name in (("default", "second") if self.chase else ("default",)):
+            for name in self._modules():
                 self.learners.load_state(tensors, None, name)
             self.served = None
         log.info("domain %d/%d: %s (%d steps)", d + 1, len(self.pref.domains), self.pref.domains[d].name, self.pref.domains[d].steps)
@@ -454,9 +464,8 @@ class PreferenceTrainer(Trainer):
         tensors, adapter_cfg = self._served_adapter()
         state = {**self._run_state(step), "domain": self.domain, "chase": self.chase.state_dict() if self.chase else None,
                  "domain_results": self.domain_results, "served_is_combination": self.served is not None}
-        extra = {name: self.learners.adapter(name) for name in (("default", "second") if self.chase else ())}
-        if self.served is not None and not self.chase:
-            extra["default"] = self.learners.adapter("default")
+        # the learner's module(s) whenever step_N/adapter alone does not hold them
+        extra = {name: self.learners.adapter(name) for name in self._modules()} if self.chase or self.served is not None else {}
         return save_checkpoint(self.ckpt_dir, step, tensors, adapter_cfg, self.learners.optimizer_states(), state,
                                keep=self.cfg.trainer.keep_checkpoints, extra_adapters=extra)
 
@@ -479,7 +488,8 @@ class PreferenceTrainer(Trainer):
             self.domain_results = st["domain_results"]
             self.train_rows, self.eval_rows = self.domain_train[self.domain], self.domain_eval[self.domain]
             self.sampler = PromptSampler(len(self.train_rows), self.cfg.trainer.seed + self.domain)
-            if self.cfg.algorithm.name == "dpo" and self.pref.reference == "precompute" and not self.pref.online:
+            # at a domain's end the next step enters the next domain, which precomputes its own
+            if self._precomputes_reference() and step != self._domain_end(self.domain):
                 self._precompute_reference(self.train_rows, self.sampler, self.pref.domains[self.domain].steps)
         self.served = (ckpt["adapter"], ckpt["adapter_config"]) if st.get("served_is_combination") else None
         self.sampler.position = st["data_position"]
