@@ -61,7 +61,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     from align.models.builtin import resolve_model_path
     from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
-    from align.workers.reward import RewardScorer
+    from align.workers.reward import RewardPool
 
     if not cfg.data.eval:
         raise ValueError("data.eval is null: name an eval dataset to evaluate on")
@@ -78,7 +78,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
     ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], config_dir)
+        rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
         spec["lora_rank"] = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
         rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus)

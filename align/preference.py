@@ -119,7 +119,7 @@ class PreferenceTrainer(Trainer):
         from align.data.loading import load_preferences, load_prompts
         from align.models.builtin import resolve_model_path
         from align.workers.groups import LearnerGroup, RolloutGroup
-        from align.workers.reward import RewardScorer
+        from align.workers.reward import RewardPool
 
         cfg, pref = self.cfg, self.cfg.algorithm.preference
         self.pref = pref
@@ -162,11 +162,9 @@ class PreferenceTrainer(Trainer):
             self.eval_rows = self.eval_rows if self.eval_pairs else []
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray(cfg.rollout.num_workers if self.generate else 0)
-        self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], self.config_dir)
-        spec = learner_spec(cfg, self.model_path)
-        if pref.ofs.enabled:
-            spec["ofs"] = pref.ofs.model_dump()
-        self.learners = LearnerGroup(spec, cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
+        # rewards score generations only (online pairs, generation eval)
+        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir) if self.generate else None
+        self.learners = LearnerGroup(self._learner_spec(), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
         self.rollouts = None
         if self.generate:
             rspec = rollout_spec(cfg, self.model_path)
@@ -183,6 +181,12 @@ class PreferenceTrainer(Trainer):
         self._ref_cache: dict[int, tuple[float, float]] = {}
         if self._precomputes_reference() and not pref.domains:  # domains precompute on entering each one
             self._precompute_reference(self.train_rows, self.sampler, cfg.trainer.max_steps)
+
+    def _learner_spec(self) -> dict:
+        spec = learner_spec(self.cfg, self.model_path)
+        if self.pref.ofs.enabled:
+            spec["ofs"] = self.pref.ofs.model_dump()
+        return spec
 
     def _longest_pair(self) -> int:
         if self.pref.online:
@@ -289,15 +293,15 @@ class PreferenceTrainer(Trainer):
     def _evaluate(self) -> dict[str, float]:
         if self.pref.domains:  # every domain's held-out prompts, keys prefixed by the domain's name
             return {f"{d.name}/{k}": v for d, rows in zip(self.pref.domains, self.domain_eval)
-                    for k, v in evaluate(self.rollouts, self.reward_worker, rows, self.tokenizer, self.cfg).items() if "/level_" not in k}
+                    for k, v in evaluate(self.rollouts, self.rewards, rows, self.tokenizer, self.cfg).items() if "/level_" not in k}
         out = self._pair_metrics()
         if self.rollouts is not None and self.eval_rows:
-            out.update(evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, self.cfg))
+            out.update(evaluate(self.rollouts, self.rewards, self.eval_rows, self.tokenizer, self.cfg))
         return out
 
     def _score(self, rows: list[dict]) -> float:
         """Mean greedy ``cofs.score`` reward of the served adapter on ``rows``."""
-        return evaluate(self.rollouts, self.reward_worker, rows, self.tokenizer, self.cfg)[self.pref.cofs.score]
+        return evaluate(self.rollouts, self.rewards, rows, self.tokenizer, self.cfg)[self.pref.cofs.score]
 
     # ------------------------------------------------------------------ one step
     def _loss_cfg(self) -> dict:
@@ -325,8 +329,8 @@ class PreferenceTrainer(Trainer):
         samples = [s for g in groups for s in g]
         flat = [r for r in rows for _ in range(k)]
         t0 = time.time()
-        scores = ray.get(self.reward_worker.score.remote([r["prompt"] for r in flat], [s["text"] for s in samples],
-                                                         {**self._columns(flat), "completion_ids": [s["completion_ids"] for s in samples]}))
+        scores = self.rewards.score([r["prompt"] for r in flat], [s["text"] for s in samples],
+                                    {**self._columns(flat), "completion_ids": [s["completion_ids"] for s in samples]})
         metrics["timing/reward"] = time.time() - t0
         self._objective_for(scores)
         rewards = self.objective.shape(scores.scores, {"group_size": k}).rewards

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -65,6 +66,10 @@ def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_worker
 
 def make_trainer(config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False) -> "Trainer":
     """The trainer of ``algorithm.name``: the GRPO family's, or the DPO family's (``align.preference``)."""
+    if config.algorithm.name == "reward_model":
+        from align.reward_model import RewardModelTrainer
+
+        return RewardModelTrainer(config, config_dir, address=address, resume=resume)
     if config.algorithm.name in PREFERENCE_FAMILY:
         from align.preference import PreferenceTrainer
 
@@ -90,7 +95,7 @@ class Trainer:
         from align.data.loading import load_prompts
         from align.models.builtin import resolve_model_path
         from align.workers.groups import LearnerGroup, RolloutGroup
-        from align.workers.reward import RewardScorer
+        from align.workers.reward import RewardPool
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model.path)
@@ -102,8 +107,7 @@ class Trainer:
                           if cfg.data.eval else [])
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray()
-        self.reward_worker = ray.remote(RewardScorer).options(num_cpus=0).remote(
-            [r.model_dump() for r in cfg.rewards], self.config_dir)
+        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir)
         self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
         self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
         self.objective = None  # built from the first scores: a reward may return several named objectives
@@ -159,9 +163,8 @@ class Trainer:
                                             logprobs_for=0, **self.forced_sampling)
             flat = [by_prompt[p] for p in prompts for _ in range(K)]
             samples = [s for g in groups for s in g]
-            scores = ray.get(self.reward_worker.score.remote(
-                [r["prompt"] for r in flat], [s["text"] for s in samples],
-                {**self._columns(flat), "completion_ids": [s["completion_ids"] for s in samples]}))
+            scores = self.rewards.score([r["prompt"] for r in flat], [s["text"] for s in samples],
+                                        {**self._columns(flat), "completion_ids": [s["completion_ids"] for s in samples]})
             self._objective_for(scores)
             r = self.objective.shape(scores.scores, {"group_size": K}).rewards
             return list(np.nanmean(r.reshape(-1, K), axis=1))
@@ -190,7 +193,7 @@ class Trainer:
                 self.objective.observe_eval(0, self._before_eval)
 
     def _release_actors(self) -> None:
-        actors = [getattr(self, "reward_worker", None), *getattr(getattr(self, "learners", None), "ranks", []),
+        actors = [*getattr(getattr(self, "rewards", None), "actors", []), *getattr(getattr(self, "learners", None), "ranks", []),
                   *getattr(getattr(self, "rollouts", None), "workers", [])]
         for actor in actors:
             if actor is not None:
@@ -210,12 +213,27 @@ class Trainer:
         return {k: [r.get(k) for r in rows] for k in keys}
 
     # ------------------------------------------------------------------ one step
-    def _rollout(self, step: int) -> tuple[list[dict], list[dict], np.ndarray, np.ndarray, dict]:
-        """Sample prompts and G completions each; with dynamic sampling keep only informative groups."""
+    def _rollout(self, step: int) -> tuple[list[dict], list[dict], Callable[[], tuple[np.ndarray, np.ndarray]], dict]:
+        """Sample prompts and G completions each, and send them to the rewards. Returns the rows, the
+        samples, a function giving ``(scores, dropped)`` and the stats. Without dynamic sampling the
+        rewards run while the caller goes on (the learners' log-prob pass needs no reward): the function
+        waits for them. With dynamic sampling each round's rewards decide which groups to keep."""
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.data.prompts_per_step
         kept_rows, kept_samples, kept_scores, stats = [], [], [], {"rollout/rounds": 0, "rollout/groups_dropped": 0}
         t_roll = t_rew = 0.0
+
+        def scored(pending, t_submit: float):
+            t0 = time.time()
+            scores = self.rewards.result(pending)
+            stats["timing/reward_wait"] = stats.get("timing/reward_wait", 0.0) + time.time() - t0
+            stats["timing/reward"] = stats.get("timing/reward", 0.0) + time.time() - t_submit
+            self._objective_for(scores)
+            for k, n in {**scores.skipped_by, **{key[len("reward/retries/"):]: v for key, v in scores.stats.items()}}.items():
+                key = f"reward/skipped/{k}" if k in scores.skipped_by else f"reward/retries/{k}"
+                stats[key] = stats.get(key, 0) + n
+            return scores
+
         for rnd in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
             need = want - len(kept_rows)
             idx = self.sampler.take(need)
@@ -232,20 +250,22 @@ class Trainer:
             t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
             flat_rows = [r for r in rows for _ in range(G)]
-            t0 = time.time()
-            scores = ray.get(self.reward_worker.score.remote(
-                [r["prompt"] for r in flat_rows], [s["text"] for s in samples],
-                {**self._columns(flat_rows), "completion_ids": [s["completion_ids"] for s in samples]}))
-            t_rew += time.time() - t0
-            self._objective_for(scores)
+            t_submit = time.time()
+            pending = self.rewards.submit([r["prompt"] for r in flat_rows], [s["text"] for s in samples],
+                                          {**self._columns(flat_rows), "completion_ids": [s["completion_ids"] for s in samples]})
             stats["rollout/rounds"] += 1
-            for k, n in scores.skipped_by.items():
-                stats[f"reward/skipped/{k}"] = stats.get(f"reward/skipped/{k}", 0) + n
-            keep = np.ones(len(rows), dtype=bool)
-            if cfg.algorithm.dynamic_sampling:
-                shaped = self.objective.shape(scores.scores, {"group_size": G})
-                keep = informative_groups(shaped.rewards, G)
-                stats["rollout/groups_dropped"] += int((~keep).sum())
+            if not cfg.algorithm.dynamic_sampling:
+                stats.update({"timing/rollout": t_roll, "rollout/prompts": len(rows)})
+
+                def resolve(pending=pending, t_submit=t_submit) -> tuple[np.ndarray, np.ndarray]:
+                    scores = scored(pending, t_submit)
+                    return scores.scores, scores.dropped
+
+                return rows, samples, resolve, stats
+            scores = scored(pending, t_submit)
+            shaped = self.objective.shape(scores.scores, {"group_size": G})
+            keep = informative_groups(shaped.rewards, G)
+            stats["rollout/groups_dropped"] += int((~keep).sum())
             for j in np.flatnonzero(keep):
                 kept_rows.append(rows[j])
                 kept_samples.extend(samples[j * G : (j + 1) * G])
@@ -254,15 +274,15 @@ class Trainer:
                 break
         if not kept_rows:  # every group was uninformative in every round: train on nothing, say so
             stats["rollout/empty"] = 1
-        stats.update({"timing/rollout": t_roll, "timing/reward": t_rew, "rollout/prompts": len(kept_rows)})
+        stats.update({"timing/rollout": t_roll, "rollout/prompts": len(kept_rows)})
         scores = np.concatenate([s for s, _ in kept_scores]) if kept_scores else np.zeros((0, len(self.objective.names)))
         dropped = np.concatenate([d for _, d in kept_scores]) if kept_scores else np.zeros(0, dtype=bool)
-        return kept_rows, kept_samples, scores, dropped, stats
+        return kept_rows, kept_samples, lambda: (scores, dropped), stats
 
     def _step(self, step: int) -> dict:
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         t_step = time.time()
-        rows, samples, scores, dropped, metrics = self._rollout(step)
+        rows, samples, resolve, metrics = self._rollout(step)
         if not samples:
             return metrics
         batch = pack(samples, self.tokenizer.pad_token_id)
@@ -281,6 +301,7 @@ class Trainer:
             m = sub["rollout_logp_mask"]
             metrics["rollout/logprob_abs_diff"] = float(((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1))
         metrics["timing/logprobs"] = time.time() - t0
+        scores, dropped = resolve()  # the rewards ran during the log-prob pass
         # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked
         lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
         kl_reward = None
@@ -399,7 +420,7 @@ class Trainer:
         return self.rollouts.load_adapter(version, ray.put(tensors), adapter_cfg)
 
     def _evaluate(self) -> dict[str, float]:
-        return evaluate(self.rollouts, self.reward_worker, self.eval_rows, self.tokenizer, self.cfg)
+        return evaluate(self.rollouts, self.rewards, self.eval_rows, self.tokenizer, self.cfg)
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now

@@ -53,7 +53,7 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     from align.models.builtin import resolve_model_path
     from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
-    from align.workers.reward import RewardScorer
+    from align.workers.reward import RewardPool
     from launch.config import load_config
 
     cfg = load_config(ROOT / "configs" / "dpo_tiny.yaml", ONLINE)
@@ -61,7 +61,7 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     rows = load_prompts("builtin:arithmetic-eval", AutoTokenizer.from_pretrained(path))[:prompts]
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        rewards = ray.remote(RewardScorer).options(num_cpus=0).remote([r.model_dump() for r in cfg.rewards], None)
+        rewards = RewardPool([r.model_dump() for r in cfg.rewards], None)
         rollouts = RolloutGroup(rollout_spec(cfg, path), 1, cfg.rollout.num_cpus)
         out = {}
         for version, (label, run) in enumerate(runs.items(), start=1):

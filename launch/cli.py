@@ -1,4 +1,4 @@
-"""The ``align`` command line: ``align train | eval | sweep | model``.
+"""The ``align`` command line: ``align train | eval | sweep | compare | serve-reward | model``.
 
 Errors in what the user gave (config, data, rewards) print as one clear message without a
 traceback; ``--debug`` shows the traceback.
@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "rollout/length_wrong, policy/entropy, eval/nothink_rate.")
     cmp_.add_argument("-o", "--out", default="compare.png", help="Output PNG (a .json with the table is written beside it).")
 
+    srv = sub.add_parser(
+        "serve-reward", help="Serve rewards (functions or reward models) over HTTP (protocol: rewards/http.py).",
+        description="Serve one or more rewards over HTTP. TARGET is a run config (its rewards, or those named with "
+        "--reward), a reward model directory, or a function spec (built-in name, module:function, file.py:function).")
+    srv.add_argument("target", help="config.yaml | model directory | function spec")
+    srv.add_argument("--reward", action="append", default=[], help="With a config: serve only this reward (repeatable).")
+    srv.add_argument("--name", help="With a model or function: the reward's name (default: as in a config).")
+    srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1; any other needs a token).")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token-file", help="File holding the bearer token (default: $ALIGN_REWARD_TOKEN, if set).")
+    srv.add_argument("--max-batch", type=int, default=1024, help="Most completions per request (413 above).")
+    srv.add_argument("--max-bytes", type=int, default=16 * 2**20, help="Largest request body in bytes (413 above).")
+
     model = sub.add_parser("model", help="Build and inspect the built-in models.")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
     build = msub.add_parser("build", help="Build (or find in the cache) a built-in model; print its directory.")
@@ -112,6 +125,41 @@ def _cmd_sweep(args) -> int:
     return 1 if summary.get("failed") else 0
 
 
+def served_entries(target: str, names: list[str], name: str | None) -> tuple[list[dict], str | None]:
+    """Reward entries (and their base folder) for ``align serve-reward TARGET``."""
+    from launch.schema import RewardEntry
+
+    if target.endswith((".yaml", ".yml")):
+        config = load_config(target, [])
+        entries = [r for r in config.rewards if not names or r.name in names]
+        missing = sorted(set(names) - {r.name for r in config.rewards})
+        if missing:
+            raise ValueError(f"--reward {missing[0]!r}: {target} has no such reward ({', '.join(r.name for r in config.rewards)})")
+        if any(r.type == "http" for r in entries):
+            raise ValueError("serve-reward serves functions and models; an http reward is already served elsewhere")
+        return [r.model_dump() for r in entries], str(Path(target).resolve().parent)
+    kind = {"model": target} if Path(target, "config.json").exists() else {"fn": target}
+    return [RewardEntry(**kind, **({"name": name} if name else {})).model_dump()], None
+
+
+def _cmd_serve_reward(args) -> int:
+    import os
+
+    from rewards import build
+    from rewards.server import is_loopback, serve
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else os.environ.get("ALIGN_REWARD_TOKEN") or None
+    if not is_loopback(args.host) and not token:  # before loading anything
+        raise ValueError(f"serve-reward: --host {args.host} is reachable from other machines; set a token "
+                         f"($ALIGN_REWARD_TOKEN or --token-file) or bind 127.0.0.1")
+    entries, base_dir = served_entries(args.target, args.reward, args.name)
+    rewards = [build(e, base_dir) for e in entries]
+    log.info("serving %s on http://%s:%d (token %s; max batch %d, max body %d bytes)", ", ".join(r.name for r in rewards),
+             args.host, args.port, "required" if token else "off", args.max_batch, args.max_bytes)
+    serve(rewards, args.host, args.port, token, args.max_batch, args.max_bytes)
+    return 0
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """The user's error inside a Ray task error (a reward that raised in the reward worker, ...)."""
     while getattr(exc, "cause", None) is not None and type(exc).__name__.startswith("RayTaskError"):
@@ -160,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_model(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "serve-reward":
+            return _cmd_serve_reward(args)
         if args.command == "compare":
             from align.metrics import compare_runs
 

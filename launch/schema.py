@@ -90,7 +90,19 @@ class APOSection(Section):
     accuracy: str = Field("correctness", description="The reward whose raw value, truncated, says correct (>= 1) or not.")
 
 
-PREFERENCE_FAMILY = ("dpo", "simpo")
+PREFERENCE_FAMILY = ("dpo", "simpo", "reward_model")  # trained on pairs (algorithm.preference.*)
+
+
+class RewardModelSection(Section):
+    """name: reward_model: a sequence-classification reward model trained on preference pairs (Bradley-Terry)."""
+
+    finetune: Literal["lora", "full"] = Field("lora", description="LoRA (model.lora; the score head trains fully) or "
+                                              "every weight.")
+    margin: bool = Field(True, description="Use the data's 'margin' column, when present: loss -log sigmoid(r_c - r_r - margin) (as TRL).")
+    center_coef: float = Field(0.0, ge=0, description="TRL's center_rewards_coefficient: + coef * mean((r_c + r_r)^2).")
+    output: str = Field("reward_model", description="Folder in trainer.output_dir for the final model "
+                        "(AutoModelForSequenceClassification + tokenizer).")
+
 
 
 class OFSSection(Section):
@@ -162,8 +174,9 @@ class PreferenceSection(Section):
 
 
 class AlgorithmSection(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink", "dpo", "simpo"] = Field(
-        "grpo", description="Training algorithm (GRPO family, or the DPO family: dpo, simpo).")
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink", "dpo", "simpo", "reward_model"] = Field(
+        "grpo", description="Training algorithm (GRPO family, the DPO family: dpo, simpo, or reward_model: a "
+        "Bradley-Terry reward model on preference pairs).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
     clip_low: float = Field(0.2, gt=0, lt=1, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
     clip_high: Optional[float] = Field(None, gt=0, description="PPO clip range above 1; default 0.28 for dapo, else 0.2.")
@@ -187,7 +200,9 @@ class AlgorithmSection(Section):
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
     adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="name: adaptthink.")
     apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR (GRPO family).")
-    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family (name: dpo, simpo).")
+    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family (name: dpo, simpo) "
+                                          "and reward_model (pairs_per_step, eval_pairs).")
+    reward_model: RewardModelSection = Field(default_factory=RewardModelSection, description="name: reward_model.")
 
     @model_validator(mode="after")
     def _fill_defaults(self):
@@ -199,6 +214,9 @@ class AlgorithmSection(Section):
                 raise ValueError("algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone")
             if self.apo.dads or self.apo.stcr:
                 raise ValueError("algorithm.apo works on group advantages of the GRPO family, not on preference pairs")
+            if self.name == "reward_model" and (pref.online or pref.ofs.enabled or pref.domains or pref.generate_eval):
+                raise ValueError("algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
+                                 "ofs, domains and generate_eval off")
             self.ratio, self.clip_high, self.loss_agg = "token", self.clip_high or 0.2, self.loss_agg or "token_mean"
             self.dynamic_sampling = self.overlong_filter = False
             return self
@@ -276,16 +294,75 @@ class LearnerSection(Section):
 
 
 class RewardEntry(Section):
-    fn: str = Field(description="A built-in name, 'package.module:function' or 'path/to/file.py:function'.")
-    name: Optional[str] = Field(None, description="Objective name in metrics; default: the function's name.")
+    """One reward: a function, a reward model, or a reward server. ``type`` follows from the key given
+    (``fn``, ``model`` or ``url``)."""
+
+    type: Optional[Literal["function", "model", "http"]] = Field(
+        None, description="function (fn), model (a local HF sequence-classification model) or http (a reward server); "
+        "default: from the key given.")
+    fn: Optional[str] = Field(None, description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'.")
+    model: Optional[str] = Field(None, description="model: a local HF AutoModelForSequenceClassification directory "
+                                 "(e.g. a reward_model run's runs/<name>/reward_model).")
+    url: Optional[str] = Field(None, description="http: the server's base URL (POST <url>/score; see rewards/http.py).")
+    name: Optional[str] = Field(None, description="Objective name in metrics; default: the function's name, the model "
+                                "folder's name, or 'http'.")
     weight: float = Field(1.0, description="Static weight in the total reward.")
     kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments for the function.")
-    nan_policy: Literal["error", "skip"] = Field("error", description="NaN/inf from this reward: stop the run, or drop the sample.")
+    heads: Optional[list[str]] = Field(None, description="model: names of the model's outputs (num_labels > 1), one "
+                                       "objective each.")
+    template: Literal["auto", "chat", "plain"] = Field("auto", description="model: how prompt and response are put "
+                                                       "together (rewards/model.py).")
+    batch_size: int = Field(32, ge=1, description="model: sequences per forward pass; http: completions per request.")
+    max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
+    num_gpus: float = Field(0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one).")
+    token_env: str = Field("ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token.")
+    timeout: Optional[float] = Field(None, gt=0, description="Seconds one batch may take (http: each request; default 30). "
+                                     "function/model: default none; past it the reward's actor is restarted.")
+    retries: int = Field(2, ge=0, description="http: tries again after a connection error/timeout/502-504; "
+                         "on_failure: retry: times a failed sample is scored again.")
+    backoff: float = Field(0.5, ge=0, description="Seconds before the first retry, doubling after each.")
+    on_failure: Optional[Literal["error", "skip", "retry"]] = Field(
+        None, description="A reward that raises, times out or returns NaN/inf: stop the run naming the reward and sample "
+        "(error, default), drop the sample and count it (skip), or score it again up to `retries` times, then stop (retry).")
+    nan_policy: Optional[Literal["error", "skip"]] = Field(None, description="Deprecated name of on_failure (error|skip).")
 
     @model_validator(mode="after")
-    def _default_name(self):
+    def _kind(self):
+        given = [k for k in ("fn", "model", "url") if getattr(self, k) is not None]
+        kinds = {"fn": "function", "model": "model", "url": "http"}
+        if self.type is None:
+            if len(given) != 1:
+                raise ValueError("a reward needs exactly one of 'fn' (a function), 'model' (a reward model directory) or "
+                                 f"'url' (a reward server){'; got ' + ', '.join(given) if given else ''}")
+            self.type = kinds[given[0]]
+        key = {v: k for k, v in kinds.items()}[self.type]
+        if getattr(self, key) is None:
+            raise ValueError(f"type: {self.type} needs '{key}'")
+        extra = [k for k in given if k != key]
+        if extra:
+            raise ValueError(f"type: {self.type} takes '{key}', not {', '.join(repr(k) for k in extra)}")
+        if self.type == "http":
+            from urllib.parse import urlparse
+
+            if urlparse(self.url).scheme not in ("http", "https") or not urlparse(self.url).netloc:
+                raise ValueError(f"url {self.url!r} is not an http(s) URL")
+            self.timeout = self.timeout or 30.0
+        if self.type != "model" and (self.heads is not None or self.num_gpus):
+            raise ValueError("'heads' and 'num_gpus' are for type: model")
+        if self.on_failure is None:
+            self.on_failure = self.nan_policy or "error"
+        elif self.nan_policy is not None and self.nan_policy != self.on_failure:
+            raise ValueError(f"nan_policy: {self.nan_policy} contradicts on_failure: {self.on_failure}; keep on_failure")
+        self.nan_policy = None
         if self.name is None:
-            self.name = self.fn.rpartition(":")[2] or self.fn
+            if self.type == "function":
+                self.name = self.fn.rpartition(":")[2] or self.fn
+            elif self.type == "model":
+                self.name = self.model.rstrip("/").rpartition("/")[2] or "reward_model"
+            else:
+                self.name = "http"
         return self
 
 
@@ -385,7 +462,8 @@ class Config(Section):
     learner: LearnerSection = Field(default_factory=LearnerSection, description="Training ranks.")
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection, description="Reward shaping.")
     rewards: list[RewardEntry] = Field(
-        default_factory=lambda: [RewardEntry(fn="correctness")], description="Reward functions (objectives)."
+        default_factory=lambda: [RewardEntry(fn="correctness")],
+        description="Rewards (objectives): functions, reward models, reward servers; each in its own actor.",
     )
 
     @model_validator(mode="after")
@@ -394,7 +472,7 @@ class Config(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"two rewards share the name {dup[0]!r}: give each a distinct 'name'")
-        if not self.rewards:
+        if not self.rewards and self.algorithm.name != "reward_model":
             raise ValueError("rewards is empty: name at least one reward function")
         import difflib
 

@@ -3,13 +3,15 @@
 A reward is a plain function with TRL's signature ``f(prompts, completions, **columns)`` returning
 ``list[float | None]`` (or ``dict[name, list[float | None]]`` for several objectives), so an
 existing TRL reward function plugs in unchanged. Name it in config as ``"package.module:function"``
-or ``"path/to/file.py:function"``; :func:`load` returns the callable.
+or ``"path/to/file.py:function"``; :func:`load` returns the callable. A reward model
+(``rewards.model``) or a reward server (``rewards.http``, ``rewards.server``) plugs in the same way:
+:func:`build` turns any config entry into a ``Reward``.
 """
 
 from rewards.builtin import (BUILTIN_REWARDS, brevity, completion_text, correctness, efficiency, final_answer, length,
                              no_thinking, shows_work, think_format)
-from rewards.loading import RewardLoadError, load
-from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, score_batch
+from rewards.loading import RewardLoadError, build, load
+from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, RewardValues, evaluate_reward, score_batch
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -28,5 +30,8 @@ __all__ = [
     "load",
     "no_thinking",
     "score_batch",
+    "build",
+    "evaluate_reward",
+    "RewardValues",
     "think_format",
 ]

@@ -84,3 +84,31 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
     if not callable(fn):
         raise RewardLoadError(f"reward {spec!r}: {func!r} in {target} is not callable")
     return fn
+
+
+def build(entry: dict, base_dir: str | Path | None = None):
+    """A ``Reward`` from a config entry (``launch.schema.RewardEntry`` as a dict) of any type:
+    ``function`` (``fn``), ``model`` (a local HF sequence-classification model, ``rewards.model``)
+    or ``http`` (a reward server, ``rewards.http``)."""
+    from rewards.scoring import Reward
+
+    kind = entry.get("type", "function")
+    if kind == "function":
+        return Reward(entry["name"], load(entry["fn"], base_dir), entry.get("kwargs") or {})
+    if kind == "model":
+        from rewards.model import ModelReward
+
+        path = Path(entry["model"])
+        if not path.is_absolute() and not path.exists() and base_dir is not None and (Path(base_dir) / path).exists():
+            path = Path(base_dir) / path
+        fn = ModelReward(str(path), heads=entry.get("heads"), batch_size=entry.get("batch_size", 32),
+                         max_length=entry.get("max_length"), template=entry.get("template", "auto"),
+                         device=entry.get("device", "auto"), dtype=entry.get("dtype", "float32"))
+        return Reward(entry["name"], fn, entry.get("kwargs") or {})
+    if kind == "http":
+        from rewards.http import TOKEN_ENV, HttpReward
+
+        fn = HttpReward(entry["url"], entry["name"], entry.get("token_env") or TOKEN_ENV, entry.get("timeout") or 30.0,
+                        entry.get("retries", 2), entry.get("backoff", 0.5), entry.get("batch_size", 256))
+        return Reward(entry["name"], fn, entry.get("kwargs") or {})
+    raise RewardLoadError(f"reward {entry.get('name')!r}: unknown type {kind!r} (function, model or http)")

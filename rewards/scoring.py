@@ -58,6 +58,7 @@ class RewardScores:
     dropped: np.ndarray  # bool (N,): samples removed by nan_policy="skip"
     skipped_by: dict[str, int] = field(default_factory=dict)
     owners: list[str] = field(default_factory=list)  # the reward that produced each objective
+    stats: dict = field(default_factory=dict)  # e.g. reward/retries/<name>, from align.workers.reward
 
     def column(self, name: str) -> np.ndarray:
         return self.scores[:, self.names.index(name)]
@@ -88,6 +89,85 @@ def _locate_failure(reward: Reward, prompts, completions, columns) -> int | None
         except Exception:
             return i
     return None
+
+
+@dataclass
+class RewardValues:
+    """What one reward gave for a batch: ``values[N, k]`` per objective (NaN where not applicable or
+    where it raised), ``applicable[N, k]`` (False for None), and ``failed[N]``: samples it raised on
+    (only when the batch was re-scored sample by sample; ``error`` holds the first message)."""
+
+    names: list[str]
+    values: np.ndarray
+    applicable: np.ndarray
+    failed: np.ndarray
+    error: str | None = None
+
+    def bad(self) -> np.ndarray:
+        """Samples that failed: raised, or a NaN/inf where a number was given."""
+        return self.failed | (self.applicable & ~np.isfinite(self.values)).any(axis=1)
+
+
+def _columns_of(reward: Reward, out, n: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    outputs = out.items() if isinstance(out, dict) else [(reward.name, out)]
+    names, cols, applicable = [], [], []
+    for objective, values in outputs:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise RewardError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
+                              f"return a list with one value per completion")
+        if len(values) != n:
+            raise RewardError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
+                              f"for {n} completions")
+        names.append(objective)
+        cols.append(np.array([_to_float(reward.name, objective, v, i) for i, v in enumerate(values)], dtype=np.float64))
+        applicable.append(np.array([v is not None for v in values], dtype=bool))
+    return names, cols, applicable
+
+
+def evaluate_reward(reward: Reward, prompts: list, completions: list, columns: dict | None = None,
+                    per_sample: bool = False) -> RewardValues:
+    """One reward over a batch. A wrong shape or a non-number is a ``RewardError``. If the call
+    raises: with ``per_sample`` the batch is re-scored one sample at a time and the samples that
+    raise are marked ``failed`` (the others keep their values); without it, ``RewardError``."""
+    columns = columns or {}
+    n = len(completions)
+    try:
+        names, cols, app = _columns_of(reward, reward.call(prompts, completions, columns), n)
+        return RewardValues(names, np.stack(cols, axis=1) if cols else np.zeros((n, 0)),
+                            np.stack(app, axis=1) if app else np.zeros((n, 0), dtype=bool), np.zeros(n, dtype=bool))
+    except RewardError:
+        raise
+    except Exception as exc:
+        if not per_sample:
+            raise RewardError(f"reward {reward.name!r} raised on a batch of {n}: {type(exc).__name__}: {exc}") from exc
+        first = f"{type(exc).__name__}: {exc}"
+    rows: list[tuple[list[str], list[np.ndarray], list[np.ndarray]] | None] = []
+    error = None
+    for i in range(n):
+        try:
+            out = reward.call(prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()})
+            rows.append(_columns_of(reward, out, 1))
+        except RewardError:
+            raise
+        except Exception as exc:
+            rows.append(None)
+            error = error or f"reward {reward.name!r} raised at sample {i}: {type(exc).__name__}: {exc}"
+    ok = [r for r in rows if r is not None]
+    if not ok:  # every sample fails: no objective names to report beyond the reward's own
+        return RewardValues([reward.name], np.full((n, 1), np.nan), np.ones((n, 1), dtype=bool), np.ones(n, dtype=bool),
+                            error or f"reward {reward.name!r} raised on the batch: {first}")
+    names = ok[0][0]
+    values, applicable = np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool)
+    failed = np.array([r is None for r in rows])
+    for i, r in enumerate(rows):
+        if r is not None:
+            if r[0] != names:
+                raise RewardError(f"reward {reward.name!r} returned objectives {r[0]} at sample {i} but {names} before")
+            values[i], applicable[i] = [c[0] for c in r[1]], [a[0] for a in r[2]]
+    if error is None:  # no sample fails alone: the batch as a whole made it raise
+        failed[:] = True
+        error = f"reward {reward.name!r} raised on the batch (no single sample fails alone): {first}"
+    return RewardValues(names, values, applicable, failed, error)
 
 
 def score_batch(

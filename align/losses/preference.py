@@ -58,3 +58,10 @@ def simpo_loss(
     """
     losses = -F.logsigmoid(beta * (chosen_avg_logps - rejected_avg_logps) - gamma)
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
+
+
+def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
+                  center_coef: float = 0.0) -> torch.Tensor:
+    """Per-pair reward-model loss (TRL's ``RewardTrainer``)."""
+    margin = torch.zeros_like(chosen) if margin is None else margin
+    return -torch.nn.functional.logsigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2

@@ -53,7 +53,7 @@ class Learner:
     def __init__(self, spec: dict, rank: int, world_size: int, master_port: int, seed: int = 0):
         import deepspeed
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.device = _device(spec["device"])
@@ -66,12 +66,20 @@ class Learner:
         deepspeed.init_distributed(dist_backend="gloo" if self.device == "cpu" else "nccl", auto_mpi_discovery=False)
         dtype = getattr(torch, spec["dtype"])
         torch.manual_seed(seed)  # identical LoRA initialisation on every rank
-        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=dtype,
-                                                     trust_remote_code=spec.get("trust_remote_code", False))
+        # task "reward_model": a sequence-classification model (one score, read at the last token),
+        # trained through LoRA (the new score head fully, peft's modules_to_save) or fully
+        self.reward_model = spec.get("task") == "reward_model"
+        self.full = self.reward_model and spec.get("finetune") == "full"
+        auto = AutoModelForSequenceClassification if self.reward_model else AutoModelForCausalLM
+        extra = {"num_labels": 1} if self.reward_model else {}
+        model = auto.from_pretrained(spec["model_path"], dtype=dtype, trust_remote_code=spec.get("trust_remote_code", False), **extra)
+        if self.reward_model and model.config.pad_token_id is None:
+            model.config.pad_token_id = spec["pad_token_id"]
         lora = spec["lora"]
         self.peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                      target_modules=lora["target_modules"], task_type="CAUSAL_LM")
-        model = get_peft_model(model, self.peft_config)
+                                      target_modules=lora["target_modules"], task_type="SEQ_CLS" if self.reward_model else "CAUSAL_LM")
+        if not self.full:
+            model = get_peft_model(model, self.peft_config)
         # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
         # own optimizer parameter group so the fast and slow learning rates can swap.
         self.ofs = spec.get("ofs")
@@ -192,9 +200,15 @@ class Learner:
             lp = self._logps(part, 1.0, grad=grad)
         return (lp * part["completion_mask"].to(lp.device)).sum(dim=1)
 
+    def _rm_scores(self, part: dict, grad: bool) -> torch.Tensor:
+        """Reward-model scores ``(b,)``: the model's output at each row's last token (HF's pooling)."""
+        with torch.enable_grad() if grad else torch.no_grad():
+            out = self.engine(input_ids=part["input_ids"].to(self.device), attention_mask=part["attention_mask"].to(self.device))
+        return out.logits[:, 0].float()
+
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
         """Per-row completion log-prob sums ``(b,)`` for each entry of ``which``: ``reference`` or an
-        adapter name (``default``, ``second``). No gradient."""
+        adapter name (``default``, ``second``); ``score`` for a reward model's score. No gradient."""
         self.engine.eval()
         mbs = self.spec["micro_batch_size"]
         n = batch["input_ids"].shape[0]
@@ -205,14 +219,15 @@ class Learner:
             idx = order[start : start + mbs]
             part = select(batch, idx)
             for w in which:
-                out[w][idx] = self._seq_logps(part, False, None if w == "reference" else w).cpu().float()
+                out[w][idx] = (self._rm_scores(part, False) if w == "score" else
+                               self._seq_logps(part, False, None if w == "reference" else w)).cpu().float()
         return out
 
     def _pair_loss(self, part: dict, cfg: dict, num_pairs: float) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one micro-batch of pairs (rows 2i chosen, 2i+1 rejected), normalised by the global
         pair count, and its summed statistics."""
         from align.algorithms.ofs import fast_slow_losses
-        from align.losses.preference import dpo_loss, simpo_loss
+        from align.losses.preference import bradley_terry, dpo_loss, simpo_loss
 
         counts = part["completion_mask"].sum(dim=1).clamp(min=1)
         avg = cfg["name"] == "simpo" or cfg["loss_type"] == "ipo"  # length-averaged log-probs (SimPO; IPO as TRL)
@@ -222,7 +237,13 @@ class Learner:
             return x[0::2], x[1::2]
 
         stats: dict[str, float] = {}
-        if cfg["name"] == "simpo":
+        if cfg["name"] == "reward_model":  # Bradley-Terry on the scores (TRL's RewardTrainer loss)
+            scores = self._rm_scores(part, True)
+            c, r = scores[0::2], scores[1::2]
+            margin = part["margin"][0::2].to(c.device) if "margin" in part else None
+            losses = bradley_terry(c, r, margin, cfg.get("center_coef", 0.0))
+            cr, rr = c.detach(), r.detach()
+        elif cfg["name"] == "simpo":
             c, r = split(self._seq_logps(part, True, "default"))
             losses, cr, rr = simpo_loss(c, r, cfg["beta"], cfg["gamma"])
         else:
@@ -396,6 +417,8 @@ class Learner:
         """The LoRA tensors only (peft's saved names), as numpy arrays: what moves to rollout workers."""
         from peft import get_peft_model_state_dict
 
+        if self.full:  # full fine-tuning: every weight is "the adapter"
+            return {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in self.model.state_dict().items()}
         # copy=True: for float32 CPU tensors .float().cpu() is the live parameter, and a numpy view
         # of it would change under the caller's feet at the next optimizer step.
         state = get_peft_model_state_dict(self.model, adapter_name=name)
@@ -419,7 +442,11 @@ class Learner:
 
         from align.checkpoint import unflatten_state
 
-        set_peft_model_state_dict(self.model, {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}, adapter_name=name)
+        tensors = {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}
+        if self.full:
+            self.model.load_state_dict({k: t.to(self.model.state_dict()[k].dtype) for k, t in tensors.items()})
+        else:
+            set_peft_model_state_dict(self.model, tensors, adapter_name=name)
         if optimizer is None and hasattr(self.optimizer, "_restore_from_bit16_weights"):
             self.optimizer._restore_from_bit16_weights()  # ZeRO keeps an fp32 master copy: refresh it from the weights
         if optimizer is not None:

@@ -1,16 +1,188 @@
-"""RewardWorker: runs the configured reward functions in batches, off the learners' path."""
+"""Reward workers: one Ray actor per configured reward, all scoring a batch at once, off the
+learners' path, with the run's failure policy.
+
+``RewardPool.submit`` sends a batch to every reward actor and returns at once; ``result`` waits
+(each reward up to its ``timeout``) and applies each reward's ``on_failure`` policy to what went
+wrong, per reward:
+
+- the reward raised (a function is re-run sample by sample to find the samples it raises on; a model
+  or a server fails as a batch), its actor died, or it ran past ``timeout`` (the actor is killed and
+  restarted: a stuck call cannot be interrupted otherwise), or it gave NaN/inf for a sample;
+- ``error``: stop the run with ``RewardError`` naming the reward, the sample and what it returned;
+- ``skip``: drop those samples (out of the loss, neutral in their group's baseline) and count them
+  in ``reward/skipped/<reward>/<raised|timeout|nan>``;
+- ``retry``: score those samples again, up to ``retries`` times with backoff ``backoff * 2**k``
+  seconds, then stop as ``error`` does. (An ``http`` reward also retries connection errors and
+  timeouts of single requests by itself, ``rewards.http``.)
+
+``None`` ("not applicable") is never a failure.
+"""
 
 from __future__ import annotations
 
-from rewards import Reward, RewardScores, load, score_batch
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
+
+log = logging.getLogger("align.rewards")
 
 
-class RewardScorer:
-    """Loads the reward functions once (plug-in files import here) and scores batches."""
+class RewardActor:
+    """One reward (function, model or server client), loaded once in its own process."""
+
+    def __init__(self, entry: dict, base_dir: str | None = None):
+        self.entry = entry
+        self.reward = build(entry, base_dir)
+
+    def ready(self) -> dict:
+        """For a server: its /info (checks the URL and the token before the run starts)."""
+        return self.reward.fn.info() if self.entry.get("type") == "http" else {}
+
+    def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
+        return evaluate_reward(self.reward, prompts, completions, columns, per_sample=self.entry.get("type", "function") == "function")
+
+
+def _snippet(x, limit: int = 80) -> str:
+    text = x if isinstance(x, str) else str(x)
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _cause(exc: Exception) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, Exception):
+        return str(cause) if isinstance(cause, RewardError) else f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+@dataclass
+class Pending:
+    """A batch sent to every reward actor."""
+
+    refs: list
+    args: tuple
+    start: float
+
+
+class RewardPool:
+    """The run's rewards, each in its own actor; see the module docstring for the policies."""
 
     def __init__(self, entries: list[dict], base_dir: str | None = None):
-        self.rewards = [Reward(e["name"], load(e["fn"], base_dir), e.get("kwargs", {})) for e in entries]
-        self.policies = {e["name"]: e["nan_policy"] for e in entries}
+        self.entries = [dict(e, type=e.get("type", "function")) for e in entries]
+        self.base_dir = base_dir
+        self.actors = [self._start(e) for e in self.entries]
+        for e, actor in zip(self.entries, self.actors):
+            try:
+                ray.get(actor.ready.remote())
+            except Exception as exc:
+                raise RewardError(f"reward {e['name']!r} ({e['type']}) could not start: {_cause(exc)}") from None
+        # objective names before the first scored batch (a reward that fails on its first batch)
+        self.names = {e["name"]: (list(e["heads"]) if e.get("heads") else [e["name"]]) for e in self.entries}
 
-    def score(self, prompts: list, completions: list, columns: dict) -> RewardScores:
-        return score_batch(self.rewards, prompts, completions, columns, nan_policy=self.policies)
+    def _start(self, e: dict):
+        return ray.remote(RewardActor).options(num_cpus=0, num_gpus=e.get("num_gpus", 0) or 0, max_restarts=-1,
+                                               max_task_retries=0).remote(e, self.base_dir)
+
+    # ------------------------------------------------------------------ scoring
+    def submit(self, prompts: list, completions: list, columns: dict | None = None) -> Pending:
+        args = (list(prompts), list(completions), dict(columns or {}))
+        shared = [ray.put(a) for a in args]  # one copy in the object store, read by every actor
+        return Pending([a.score.remote(*shared) for a in self.actors], args, time.time())
+
+    def score(self, prompts: list, completions: list, columns: dict | None = None) -> RewardScores:
+        return self.result(self.submit(prompts, completions, columns))
+
+    def result(self, pending: Pending) -> RewardScores:
+        prompts, completions, _ = pending.args
+        n = len(completions)
+        names, owners, cols, applicable = [], [], [], []
+        dropped = np.zeros(n, dtype=bool)
+        skipped: dict[str, int] = {}
+        stats: dict[str, float] = {}
+        for k, (e, ref) in enumerate(zip(self.entries, pending.refs)):
+            values = self._resolve(k, e, ref, pending, dropped, skipped, stats)
+            for j, objective in enumerate(values.names):
+                if objective in names:
+                    raise RewardError(f"reward {e['name']!r}: objective name {objective!r} is given by two rewards")
+                names.append(objective)
+                owners.append(e["name"])
+                cols.append(values.values[:, j])
+                applicable.append(values.applicable[:, j])
+        scores = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+        scores[dropped] = np.nan
+        return RewardScores(names, scores, dropped, skipped, owners, stats)
+
+    def _wait(self, k: int, e: dict, ref, deadline: float | None) -> tuple[RewardValues | None, str, str]:
+        """The actor's values, or (None, reason, message) when it raised, died or timed out."""
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        ready, _ = ray.wait([ref], timeout=timeout)
+        if not ready:
+            ray.kill(self.actors[k], no_restart=False)  # a stuck call: restart the actor (it reloads the reward)
+            return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
+        try:
+            return ray.get(ref), "", ""
+        except Exception as exc:
+            return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
+
+    def _resolve(self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict) -> RewardValues:
+        prompts, completions, columns = pending.args
+        n, name, policy = len(completions), e["name"], e.get("on_failure", "error")
+        timeout = e.get("timeout")
+        tries = (e.get("retries", 2) if policy == "retry" else 0) + 1
+        rows = np.arange(n)
+        result: RewardValues | None = None
+        deadline = pending.start + timeout if timeout else None
+        for attempt in range(tries):
+            got, reason, message = self._wait(k, e, ref, deadline)
+            if got is not None:
+                if result is None:
+                    self.names[name] = got.names
+                    result = RewardValues(got.names, np.full((n, len(got.names)), np.nan), np.ones((n, len(got.names)), dtype=bool),
+                                          np.zeros(n, dtype=bool))
+                elif got.names != result.names:
+                    raise RewardError(f"reward {name!r} returned objectives {got.names}, but {result.names} before")
+                result.values[rows], result.applicable[rows] = got.values, got.applicable
+                bad = got.bad()
+                reason = "raised" if got.failed.any() else "nan"
+                if got.failed.any():
+                    message = got.error
+                elif bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    j = int(np.flatnonzero(got.applicable[i] & ~np.isfinite(got.values[i]))[0])
+                    message = f"reward {name!r} returned {got.values[i, j]} for objective {got.names[j]!r}"
+            else:
+                bad = np.ones(len(rows), dtype=bool)
+            failing = rows[bad]
+            if not failing.size:
+                break
+            if attempt + 1 < tries:
+                stats[f"reward/retries/{name}"] = stats.get(f"reward/retries/{name}", 0) + 1
+                time.sleep(e.get("backoff", 0.5) * 2**attempt)
+                log.warning("%s on %d sample(s); retry %d/%d", message, failing.size, attempt + 1, tries - 1)
+                rows = failing
+                sub = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
+                ref = self.actors[k].score.remote(*sub)
+                deadline = time.time() + timeout if timeout else None
+                continue
+            first = int(failing[0])
+            where = (f"at sample {first} of {n} (prompt {_snippet(prompts[first])}, completion {_snippet(completions[first])}); "
+                     f"{failing.size} sample(s) failed")
+            if policy in ("error", "retry"):
+                after = f" after {tries} tries" if policy == "retry" else ""
+                raise RewardError(f"{message}{after} {where}. on_failure: {policy} stops the run; "
+                                  f"'skip' would drop such samples")
+            log.warning("%s %s: skipped (on_failure: skip)", message, where)
+            dropped[failing] = True
+            skipped[f"{name}/{reason}"] = skipped.get(f"{name}/{reason}", 0) + int(failing.size)
+        if result is None:  # every try failed as a whole (and was skipped): NaN under the known names
+            names = self.names[name]
+            result = RewardValues(names, np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool), np.ones(n, dtype=bool))
+        return result
+
+    def release(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

@@ -1,0 +1,133 @@
+"""Reward-model training (``algorithm.name: reward_model``): a sequence-classification model with one
+output, trained on preference pairs with the Bradley-Terry loss, as TRL's ``RewardTrainer``:
+
+    loss = -log sigmoid(r(x, y_chosen) - r(x, y_rejected) - margin) [+ center_coef * (r_c + r_r)^2]
+
+``margin`` is the data's ``margin`` column when present (``reward_model.margin``). Same data formats,
+sharding over learner ranks, micro-batching, checkpoints and ``--resume`` as offline DPO
+(``align.preference``), through LoRA (the new score head trains fully) or every weight
+(``reward_model.finetune: full``). The score is the model's output at the last token of
+prompt + response + EOS. At the end the model is written, merged, to
+``<output_dir>/<reward_model.output>`` (safetensors, config and tokenizer, temp folder then rename):
+``AutoModelForSequenceClassification.from_pretrained`` loads it, and a reward entry
+``{model: <that folder>}`` scores with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from align.checkpoint import write_adapter_dir
+from align.losses.preference import bradley_terry
+from align.preference import PreferenceTrainer, pack_pairs
+
+log = logging.getLogger("align.train")
+
+RM_PANELS = (
+    ("Bradley-Terry loss", lambda k: k in ("rm/loss", "eval/pairs_loss")),
+    ("scores", lambda k: k in ("rm/rewards_chosen", "rm/rewards_rejected", "rm/margin", "eval/pairs_margin")),
+    ("preference accuracy", lambda k: k in ("rm/accuracy", "eval/pairs_accuracy")),
+)
+
+
+def export_reward_model(base_path: str, tensors: dict, adapter_config: dict, out_dir: Path, finetune: str,
+                        pad_token_id: int | None, trust_remote_code: bool = False) -> Path:
+    """Write the trained reward model, merged, as a plain HF sequence-classification directory."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32,
+                                                               trust_remote_code=trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        if finetune == "full":
+            model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
+        else:
+            write_adapter_dir(tmp / "adapter", tensors, adapter_config)
+            model = PeftModel.from_pretrained(model, str(tmp / "adapter")).merge_and_unload()
+            shutil.rmtree(tmp / "adapter")
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code).save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+class RewardModelTrainer(PreferenceTrainer):
+    PANELS = RM_PANELS
+
+    def _learner_spec(self) -> dict:
+        spec = super()._learner_spec()
+        spec.update(task="reward_model", finetune=self.cfg.algorithm.reward_model.finetune, pad_token_id=self.tokenizer.pad_token_id)
+        return spec
+
+    def _loss_cfg(self) -> dict:
+        return {**super()._loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
+
+    def _with_margin(self, batch: dict, rows: list[dict]) -> dict:
+        if self.cfg.algorithm.reward_model.margin and rows and all(r.get("margin") is not None for r in rows):
+            batch["margin"] = torch.tensor([float(r["margin"]) for r in rows for _ in range(2)], dtype=torch.float32)
+        return batch
+
+    def _offline_batch(self, metrics: dict) -> dict:
+        position = self.sampler.position
+        batch = super()._offline_batch(metrics)
+        probe = type(self.sampler)(len(self.train_rows), self.sampler.seed, position)  # the rows just drawn
+        return self._with_margin(batch, [self.train_rows[i] for i in probe.take(self.pref.pairs_per_step)])
+
+    def _step(self, step: int) -> dict:
+        m = super()._step(step)
+        out = {}
+        for k, v in m.items():
+            if k.startswith("dpo/logps_"):
+                continue
+            out["rm/" + k[4:] if k.startswith("dpo/") else k] = v
+        return out
+
+    def _pair_metrics(self) -> dict[str, float]:
+        """Bradley-Terry loss, accuracy and mean score margin on held-out pairs."""
+        if not self.eval_pairs:
+            return {}
+        batch = self._with_margin(pack_pairs(self.eval_pairs, self.tokenizer.pad_token_id), self._eval_pair_rows)
+        s = self.learners.sequence_logps(batch, ["score"])["score"]
+        c, r = s[0::2], s[1::2]
+        losses = bradley_terry(c, r, batch["margin"][0::2] if "margin" in batch else None, self.cfg.algorithm.reward_model.center_coef)
+        return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((c > r).float().mean()),
+                "pairs_margin": float((c - r).mean()), "pairs_chosen": float(c.mean()), "pairs_rejected": float(r.mean())}
+
+    def _setup(self) -> None:
+        super()._setup()
+        rows = [r for r in self.eval_rows if "chosen" in r and "rejected" in r]
+        self._eval_pair_rows = rows[: len(self.eval_pairs)]
+
+    def _progress(self, m: dict) -> str:
+        parts = [f"loss {m.get('rm/loss', float('nan')):.4f}", f"acc {m.get('rm/accuracy', float('nan')):.2f}",
+                 f"margin {m.get('rm/margin', float('nan')):.3f}"]
+        if "eval/pairs_accuracy" in m:
+            parts.append(f"eval acc {m['eval/pairs_accuracy']:.3f}")
+        return " | ".join(parts)
+
+    def _summary(self, before, after, plot) -> dict:
+        cfg = self.cfg
+        tensors, adapter_cfg = self.learners.adapter("default")
+        out_dir = export_reward_model(self.model_path, tensors, adapter_cfg, self.run_dir / cfg.algorithm.reward_model.output,
+                                      cfg.algorithm.reward_model.finetune, self.tokenizer.pad_token_id, cfg.model.trust_remote_code)
+        summary = super()._summary(before, after, plot)
+        log.info("reward model: %s (eval accuracy %s -> %s)", out_dir, _fmt(before, "pairs_accuracy"), _fmt(after, "pairs_accuracy"))
+        return {**summary, "reward_model": str(out_dir)}
+
+
+def _fmt(d: dict | None, key: str) -> str:
+    return f"{d[key]:.3f}" if d and key in d else "-"
