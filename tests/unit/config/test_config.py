@@ -107,7 +107,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_help_lists_every_key_with_help_text():
     rows = config_help()
     assert any(r.startswith("trainer.max_steps  (int, default 20)") for r in rows)
-    assert any(r.startswith("rewards[i].fn  (str, required)") for r in rows)
+    assert any(r.startswith("rewards[i].fn  (str|null, default None)") for r in rows)
     assert all(not r.rstrip().endswith("None") for r in rows)  # every key has a description
 
 
@@ -223,3 +223,43 @@ def test_preference_options_are_checked():
     assert cfg.trainer.max_steps == 7  # the domains' steps
     with pytest.raises(ConfigError, match="cofs.score: 'accuracy' is not a reward name"):
         load_config(None, ["algorithm.name=dpo", f"algorithm.preference.domains={two}", "algorithm.preference.cofs.score=accuracy"])
+
+
+def _rewards(tmp_path, entries):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"rewards": entries}))
+    return load_config(path)
+
+
+def test_reward_entries_of_each_type(tmp_path):
+    c = _rewards(tmp_path, [{"fn": "correctness"}, {"model": "runs/rm/reward_model", "heads": ["helpful", "safe"]},
+                            {"url": "http://127.0.0.1:8000", "name": "remote", "on_failure": "retry"}])
+    kinds = [(r.type, r.name, r.on_failure) for r in c.rewards]
+    assert kinds == [("function", "correctness", "error"), ("model", "reward_model", "error"), ("http", "remote", "retry")]
+    assert c.rewards[2].timeout == 30.0 and c.rewards[0].timeout is None  # http requests always have one
+    legacy = _rewards(tmp_path, [{"fn": "correctness", "nan_policy": "skip"}]).rewards[0]
+    assert legacy.on_failure == "skip"  # the old key still works
+
+
+@pytest.mark.parametrize("entry,fragment", [
+    ({"fn": "correctness", "url": "http://x:1"}, "exactly one of 'fn'"),
+    ({"name": "nothing"}, "exactly one of 'fn'"),
+    ({"url": "127.0.0.1:8000"}, "not an http(s) URL"),
+    ({"fn": "correctness", "heads": ["a"]}, "'heads' and 'num_gpus' are for type: model"),
+    ({"fn": "correctness", "on_failure": "ignore"}, "on_failure"),
+    ({"fn": "correctness", "on_failure": "skip", "nan_policy": "error"}, "contradicts"),
+    ({"type": "http", "fn": "correctness"}, "type: http needs 'url'"),
+])
+def test_bad_reward_entries_are_named(tmp_path, entry, fragment):
+    with pytest.raises(ConfigError) as err:
+        _rewards(tmp_path, [entry])
+    assert fragment in str(err.value) and "rewards" in str(err.value)
+
+
+def test_reward_model_training_needs_no_reward_and_no_online_options(tmp_path):
+    path = tmp_path / "rm.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": {"name": "reward_model"}, "rewards": []}))
+    assert load_config(path).algorithm.reward_model.finetune == "lora"
+    path.write_text(yaml.safe_dump({"algorithm": {"name": "reward_model", "preference": {"online": True}}, "rewards": []}))
+    with pytest.raises(ConfigError, match="trains offline"):
+        load_config(path)

@@ -60,3 +60,15 @@ def test_dpo_bad_arguments():
         dpo_loss(*ARGS, kind="kto")
     with pytest.raises(ValueError, match="label_smoothing applies to kind='sigmoid'"):
         dpo_loss(*ARGS, kind="ipo", label_smoothing=0.1)
+
+
+def test_bradley_terry_against_hand_computed_values():
+    from align.losses.preference import bradley_terry
+
+    c, r = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])
+    # -log sigmoid(d) = log(1 + exp(-d)): d = 1, -1, 0
+    torch.testing.assert_close(bradley_terry(c, r), torch.tensor([0.3132617, 1.3132617, 0.6931472]))
+    # TRL's margin column shifts the difference; its center_rewards_coefficient adds coef * (r_c + r_r)^2
+    torch.testing.assert_close(bradley_terry(c, r, torch.tensor([0.5, 0.0, 0.0])),
+                               torch.tensor([0.4740770, 1.3132617, 0.6931472]))
+    torch.testing.assert_close(bradley_terry(c, r, center_coef=0.1), torch.tensor([0.4132617, 1.4132617, 2.2931472]))
