@@ -7,7 +7,7 @@ wrong, per reward:
 
 - the reward raised (a function is re-run sample by sample to find the samples it raises on; a model
   or a server fails as a batch), its actor died, or it ran past ``timeout`` (the actor is killed and
-  restarted: a stuck call cannot be interrupted otherwise), or it gave NaN/inf for a sample;
+  replaced: a stuck call cannot be interrupted otherwise), or it gave NaN/inf for a sample;
 - ``error``: stop the run with ``RewardError`` naming the reward, the sample and what it returned;
 - ``skip``: drop those samples (out of the loss, neutral in their group's baseline) and count them
   in ``reward/skipped/<reward>/<raised|timeout|nan>``;
@@ -21,6 +21,7 @@ wrong, per reward:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -84,8 +85,13 @@ class RewardPool:
         self.names = {e["name"]: (list(e["heads"]) if e.get("heads") else [e["name"]]) for e in self.entries}
 
     def _start(self, e: dict):
-        return ray.remote(RewardActor).options(num_cpus=0, num_gpus=e.get("num_gpus", 0) or 0, max_restarts=-1,
-                                               max_task_retries=0).remote(e, self.base_dir)
+        options = {"num_cpus": 0, "num_gpus": e.get("num_gpus", 0) or 0, "max_restarts": 0}
+        token_env = e.get("token_env")
+        if e["type"] == "http" and token_env and os.environ.get(token_env):
+            # the driver's token goes with the actor (it may run on another node, or in a cluster
+            # started before the variable was set)
+            options["runtime_env"] = {"env_vars": {token_env: os.environ[token_env]}}
+        return ray.remote(RewardActor).options(**options).remote(e, self.base_dir)
 
     # ------------------------------------------------------------------ scoring
     def submit(self, prompts: list, completions: list, columns: dict | None = None) -> Pending:
@@ -121,7 +127,10 @@ class RewardPool:
         timeout = None if deadline is None else max(0.0, deadline - time.time())
         ready, _ = ray.wait([ref], timeout=timeout)
         if not ready:
-            ray.kill(self.actors[k], no_restart=False)  # a stuck call: restart the actor (it reloads the reward)
+            # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
+            ray.kill(self.actors[k], no_restart=True)
+            self.actors[k] = self._start(e)
+            ray.get(self.actors[k].ready.remote())
             return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
         try:
             return ray.get(ref), "", ""
