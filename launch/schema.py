@@ -316,6 +316,7 @@ class RewardEntry(Section):
     max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
+    threads: int = Field(0, ge=0, description="model on CPU: torch threads (0: every core).")
     num_gpus: float = Field(0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one).")
     token_env: str = Field("ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token.")
     timeout: Optional[float] = Field(None, gt=0, description="Seconds one batch may take (http: each request; default 30). "

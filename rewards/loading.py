@@ -103,7 +103,7 @@ def build(entry: dict, base_dir: str | Path | None = None):
             path = Path(base_dir) / path
         fn = ModelReward(str(path), heads=entry.get("heads"), batch_size=entry.get("batch_size", 32),
                          max_length=entry.get("max_length"), template=entry.get("template", "auto"),
-                         device=entry.get("device", "auto"), dtype=entry.get("dtype", "float32"))
+                         device=entry.get("device", "auto"), dtype=entry.get("dtype", "float32"), threads=entry.get("threads", 0))
         return Reward(entry["name"], fn, entry.get("kwargs") or {})
     if kind == "http":
         from rewards.http import TOKEN_ENV, HttpReward

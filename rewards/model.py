@@ -26,7 +26,10 @@ class ModelReward:
     """Callable with TRL's reward signature; returns a list (one head) or ``{head: list}``."""
 
     def __init__(self, path: str, heads: list[str] | None = None, batch_size: int = 32, max_length: int | None = None,
-                 template: str = "auto", device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False):
+                 template: str = "auto", device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
+                 threads: int = 0):
+        import os
+
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -35,6 +38,8 @@ class ModelReward:
         if template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if self.device == "cpu":  # a Ray actor with num_cpus=0 starts with one thread (OMP_NUM_THREADS=1)
+            torch.set_num_threads(threads or os.cpu_count() or 1)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()

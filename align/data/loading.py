@@ -130,11 +130,14 @@ def _render_completion(where: str, field: str, prompt, completion, tokenizer) ->
 
 
 def load_prompts(source: str, tokenizer=None, base_dir=None) -> list[dict]:
-    """Rows with a rendered ``prompt`` string plus every other column (passed to rewards)."""
+    """Rows with a rendered ``prompt`` string plus every other column (passed to rewards); a
+    conversational row also keeps its messages as ``prompt_messages`` (a reward model renders them
+    with its own chat template)."""
     rows = []
     for where, row in iter_raw_rows(source, base_dir):
         prompt = _text(where, "prompt", row)
-        rows.append({**row, "prompt": _render_prompt(where, prompt, tokenizer)})
+        messages = {"prompt_messages": prompt} if isinstance(prompt, list) else {}
+        rows.append({**row, **messages, "prompt": _render_prompt(where, prompt, tokenizer)})
     if not rows:
         raise DataError(f"dataset {source!r} has no rows")
     return rows
