@@ -96,6 +96,7 @@ class Trainer:
         from align.models.builtin import resolve_model_path
         from align.workers.groups import LearnerGroup, RolloutGroup
         from align.workers.reward import RewardPool
+        from rewards.loading import model_dir
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model.path)
@@ -105,6 +106,9 @@ class Trainer:
         self.train_rows = self._checked(load_prompts(cfg.data.train, self.tokenizer, self.config_dir), cfg.data.train)
         self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                           if cfg.data.eval else [])
+        for entry in cfg.rewards:  # before any actor starts
+            if entry.type == "model":
+                model_dir(entry.model_dump(), self.config_dir)
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray()
         self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir)
@@ -221,7 +225,7 @@ class Trainer:
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.data.prompts_per_step
         kept_rows, kept_samples, kept_scores, stats = [], [], [], {"rollout/rounds": 0, "rollout/groups_dropped": 0}
-        t_roll = t_rew = 0.0
+        t_roll = 0.0
 
         def scored(pending, t_submit: float):
             t0 = time.time()

@@ -86,6 +86,18 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
     return fn
 
 
+def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
+    """The reward model folder of a ``type: model`` entry: as given (absolute, or relative to the
+    working directory), else relative to the config's folder; it must hold a config.json."""
+    path = Path(entry["model"])
+    if not path.is_absolute() and not path.exists() and base_dir is not None and (Path(base_dir) / path).exists():
+        path = Path(base_dir) / path
+    if not (path / "config.json").exists():
+        raise RewardLoadError(f"reward {entry.get('name')!r}: model {entry['model']!r} is not a HF model folder (no "
+                              f"config.json in {path.resolve()}); train one with algorithm.name: reward_model")
+    return path
+
+
 def build(entry: dict, base_dir: str | Path | None = None):
     """A ``Reward`` from a config entry (``launch.schema.RewardEntry`` as a dict) of any type:
     ``function`` (``fn``), ``model`` (a local HF sequence-classification model, ``rewards.model``)
@@ -98,10 +110,7 @@ def build(entry: dict, base_dir: str | Path | None = None):
     if kind == "model":
         from rewards.model import ModelReward
 
-        path = Path(entry["model"])
-        if not path.is_absolute() and not path.exists() and base_dir is not None and (Path(base_dir) / path).exists():
-            path = Path(base_dir) / path
-        fn = ModelReward(str(path), heads=entry.get("heads"), batch_size=entry.get("batch_size", 32),
+        fn = ModelReward(str(model_dir(entry, base_dir)), heads=entry.get("heads"), batch_size=entry.get("batch_size", 32),
                          max_length=entry.get("max_length"), template=entry.get("template", "auto"),
                          device=entry.get("device", "auto"), dtype=entry.get("dtype", "float32"), threads=entry.get("threads", 0))
         return Reward(entry["name"], fn, entry.get("kwargs") or {})
