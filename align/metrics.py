@@ -43,7 +43,7 @@ class MetricsLog:
 
 
 PANELS = (
-    ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k),
+    ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
     ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length")),
     ("length (tokens)", lambda k: k in ("rollout/length", "eval/length", "rollout/length_wrong", "eval/length_wrong")),
     ("policy entropy (nats/token)", lambda k: k == "policy/entropy"),

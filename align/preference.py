@@ -47,7 +47,7 @@ PREFERENCE_PANELS = (
     ("preference accuracy", lambda k: k in ("dpo/accuracy", "eval/pairs_accuracy", "ofs/slow_accuracy")),
     ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/pairs")
      and not k.startswith("eval/length") and not k.startswith("eval/nothink")),
-    ("train reward (online)", lambda k: k.startswith("reward/") and "/skipped/" not in k),
+    ("train reward (online)", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
 )
 
 
@@ -345,6 +345,7 @@ class PreferenceTrainer(Trainer):
                         "rollout/length": float(np.mean([len(s["completion_ids"]) for s in samples]))})
         for key, n in scores.skipped_by.items():
             metrics[f"reward/skipped/{key}"] = n
+        metrics.update(scores.stats)  # reward/retries/<name>
         if not chosen_rejected:
             return None
         metrics["online/reward_chosen"] = float(np.mean([rewards[c] for c, _ in chosen_rejected]))

@@ -233,8 +233,7 @@ class Trainer:
             stats["timing/reward_wait"] = stats.get("timing/reward_wait", 0.0) + time.time() - t0
             stats["timing/reward"] = stats.get("timing/reward", 0.0) + time.time() - t_submit
             self._objective_for(scores)
-            for k, n in {**scores.skipped_by, **{key[len("reward/retries/"):]: v for key, v in scores.stats.items()}}.items():
-                key = f"reward/skipped/{k}" if k in scores.skipped_by else f"reward/retries/{k}"
+            for key, n in [*((f"reward/skipped/{k}", n) for k, n in scores.skipped_by.items()), *scores.stats.items()]:
                 stats[key] = stats.get(key, 0) + n
             return scores
 
