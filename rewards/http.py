@@ -67,7 +67,7 @@ class HttpReward:
     """Callable with TRL's reward signature that scores through a reward server."""
 
     def __init__(self, url: str, name: str = "http", token_env: str = TOKEN_ENV, timeout: float = 30.0, retries: int = 2,
-                 backoff: float = 0.5, batch_size: int = 256):
+                 backoff: float = 0.5, batch_size: int = 256, transport=None):
         import httpx
 
         self.url, self.name = url.rstrip("/"), name
@@ -75,7 +75,7 @@ class HttpReward:
         token = os.environ.get(token_env) if token_env else None
         self.token_env = token_env
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+        self.client = httpx.Client(timeout=timeout, headers=headers, trust_env=False, transport=transport)
 
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
         import httpx
@@ -111,13 +111,15 @@ class HttpReward:
 
     def info(self) -> dict:
         """The server's ``/info``: its rewards and limits (checks the URL and the token)."""
-        return self._request("GET", "/info")
+        info = self._request("GET", "/info")
+        self._max_batch = int(info.get("max_batch", self.batch_size)) if isinstance(info, dict) else self.batch_size
+        return info
 
     def __call__(self, prompts, completions, **columns):
         n = len(completions)
         size = self.batch_size
         if not hasattr(self, "_max_batch"):
-            self._max_batch = int(self.info().get("max_batch", size))
+            self.info()
         size = max(1, min(size, self._max_batch))
         merged: dict[str, list] = {}
         for start in range(0, n, size):
