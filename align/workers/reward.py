@@ -128,14 +128,20 @@ class RewardPool:
         ready, _ = ray.wait([ref], timeout=timeout)
         if not ready:
             # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
-            ray.kill(self.actors[k], no_restart=True)
-            self.actors[k] = self._start(e)
-            ray.get(self.actors[k].ready.remote())
+            self._replace(k, e)
             return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
         try:
             return ray.get(ref), "", ""
+        except ray.exceptions.ActorDiedError as exc:  # crashed (a segfault, out of memory): a fresh one
+            self._replace(k, e)
+            return None, "raised", f"reward {e['name']!r}: its actor died ({_cause(exc)})"
         except Exception as exc:
             return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
+
+    def _replace(self, k: int, e: dict) -> None:
+        ray.kill(self.actors[k], no_restart=True)
+        self.actors[k] = self._start(e)
+        ray.get(self.actors[k].ready.remote())
 
     def _resolve(self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict) -> RewardValues:
         prompts, completions, columns = pending.args

@@ -133,3 +133,12 @@ def test_nan_and_raise_policies(ray_cluster, tmp_path):
     out = RewardPool(entries({"fn": f"{PLUGIN}:raises_on", "name": "picky", "on_failure": "skip"})).score(PROMPTS, comps, COLUMNS)
     assert np.flatnonzero(out.dropped).tolist() == [5] and out.skipped_by == {"picky/raised": 1}
     assert math.isnan(out.column("picky")[5]) and out.column("picky")[0] == 1.0
+
+
+def test_a_crashed_reward_actor_is_replaced(ray_cluster, tmp_path):
+    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "skip",
+                               "kwargs": {"state": str(tmp_path / "n"), "crash_on": [1]}}))
+    out = pool.score(PROMPTS, COMPLETIONS, COLUMNS)
+    assert out.dropped.all() and out.skipped_by == {"crash/raised": 16}
+    assert pool.score(PROMPTS, COMPLETIONS, COLUMNS).column("crash").tolist() == [1.0] * 16
+    pool.release()

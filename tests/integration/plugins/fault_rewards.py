@@ -38,3 +38,12 @@ def raises_on(prompts, completions, word="boom", **kwargs):
     if any(word in c for c in completions):
         raise ValueError(f"cannot score a completion with {word!r}")
     return [1.0] * len(completions)
+
+
+def crashes(prompts, completions, state, crash_on=(1,), **kwargs):
+    """1.0 per sample, but the process dies (as on a segfault) on the calls numbered in ``crash_on``."""
+    if _call(state) in tuple(crash_on):
+        import os
+
+        os._exit(1)
+    return [1.0] * len(completions)
