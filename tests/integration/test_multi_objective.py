@@ -34,7 +34,12 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# In `make test-all` only (CI budget): meta_reward is a no-op under std-normalised advantages, and
+# the Lagrangian objective trains (and resumes exactly) in test_resume_is_exact_with_objective_state.
+SLOW = {"hv_meta-dr_grpo", "lagrangian-reinforce_pp"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
 def test_objective_trains(case, tmp_path):
     config, overrides = CASES[case]
     cfg = load_config(config, [f"trainer.output_dir={tmp_path}", "trainer.max_steps=2", *SMALL, *overrides])
@@ -98,7 +103,7 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     quick = out / "quick"
     with open(quick / "trials.csv") as f:
         trials = list(csv.DictReader(f))
-    assert len(trials) == 4 and {t["method"] for t in trials} == {"static", "hv_weights"}
+    assert len(trials) == 2 and {t["method"] for t in trials} == {"static", "hv_weights"}
     for t in trials:
         assert 0.0 <= float(t["correctness"]) <= 1.0 and 0.0 <= float(t["brevity"]) <= 1.0
     summary = json.loads((quick / "summary.json").read_text())

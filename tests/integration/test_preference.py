@@ -109,7 +109,7 @@ def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_bounda
     assert (out / "plots" / "domains.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", pytest.param("ipo", marks=pytest.mark.slow)])  # ipo: make test-all
 def test_dpo_loss_matches_trl_step_by_step(loss_type):
     """Same pairs, same initial adapter, same optimizer: align's DPO losses equal TRL DPOTrainer's
     (bench/dpo_vs_trl.py measures the same on the small model over 30 steps)."""
