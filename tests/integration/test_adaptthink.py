@@ -70,6 +70,8 @@ def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
     assert all(s["first_logp"] == pytest.approx(math.log(0.5)) for s in fixed)
 
 
+# make test-all only (CI budget, 45 minutes): the AdaptThink math is unit-tested; the forced split runs above
+@pytest.mark.slow
 def test_adaptthink_trains_with_cached_reference_and_reports_levels(tmp_path):
     from align.eval_run import run_eval
     from align.metrics import compare_runs

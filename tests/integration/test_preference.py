@@ -62,6 +62,8 @@ def test_offline_ofs_dpo_learns_on_two_ranks_and_resumes_exactly(tmp_path):
         assert resumed[r["step"]]["dpo/loss"] == r["dpo/loss"] and resumed[r["step"]]["ofs/swaps"] == r["ofs/swaps"]
 
 
+# make test-all only (CI budget, 45 minutes): COFS's combination math is unit-tested (tests/unit/algorithms/test_ofs.py)
+@pytest.mark.slow
 def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_boundary(tmp_path, monkeypatch):
     import signal
 

@@ -65,6 +65,8 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
     assert {"length/level_5", "nothink_rate/level_1"} <= set(results["checkpoint"])
 
 
+# make test-all only (CI budget, 45 minutes): exact resume of the same trainer runs in test_multi_objective.py (with objective state) and test_preference.py
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     common = ["trainer.save_every=2", "data.eval_size=40"]
     _train(tmp_path / "a", "trainer.max_steps=4", *common)
