@@ -105,6 +105,8 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     assert [r["step"] for r in _rows(out)] == [1, 2, 3, 4, 5][: len(_rows(out))] and _rows(out)[-1]["step"] == 5
 
 
+# make test-all only (CI budget, 45 minutes): every other run starts its own cluster the same way
+@pytest.mark.slow
 def test_joins_an_existing_ray_cluster(tmp_path):
     from align.workers.groups import free_port
 
