@@ -99,7 +99,8 @@ def main() -> None:
     import platform
 
     lines = ["# Remote (HTTP) versus local reward throughput", "",
-             f"`python bench/remote_reward.py --batches {args.batches} --batch {args.batch}` on {platform.machine()}, "
+             f"`python bench/remote_reward.py --batches {args.batches} --batch {args.batch}"
+             + (f" --model {args.model}" if args.model else "") + f"` on {platform.machine()}, "
              f"{os.cpu_count()} CPUs, CPU only. Each side scores the same {args.batches} batches of {args.batch} "
              "completions (after 2 warm-up batches), alternating; median batch time. Local: the reward in its own Ray actor "
              "(as in a run). Remote: an actor with the `http` reward calling `align serve-reward` (FastAPI/uvicorn, bearer "
