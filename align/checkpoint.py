@@ -12,6 +12,7 @@ save never leaves a ``step_N`` that resume would pick; the manifest is checked o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -103,6 +104,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def atomic_dir(directory: str | Path):
+    """Yield a temporary folder beside ``directory``; when the block succeeds the folder replaces
+    ``directory`` by a rename (a reader sees the old folder or the new one, never half of one)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        yield tmp
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_checkpoint(
     ckpt_root: str | Path,
     step: int,
@@ -118,9 +135,8 @@ def save_checkpoint(
     ``adapter`` is the served adapter (``step_N/adapter``, a peft folder); ``extra_adapters`` (name ->
     (tensors, config)) go to ``step_N/adapters/<name>`` (e.g. OFS-DPO's two modules)."""
     root = Path(ckpt_root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}."))
-    try:
+    final = root / f"step_{step}"
+    with atomic_dir(final) as tmp:
         (tmp / "adapter").mkdir()
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
         (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
@@ -135,12 +151,6 @@ def save_checkpoint(
         for p in [*files, tmp / "manifest.json"]:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-        final = root / f"step_{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +27,7 @@ import torch
 
 from align.algorithms.ofs import Chase, combine_lora, truncate_lora
 from align.batch import pack
-from align.checkpoint import save_checkpoint, write_adapter_dir
+from align.checkpoint import atomic_dir, save_checkpoint, write_adapter_dir
 from align.evaluation_loop import evaluate
 from align.losses.preference import dpo_loss, simpo_loss
 from align.sampling import PromptSampler, sample_seed
@@ -91,15 +88,8 @@ def best_worst_pairs(rewards: np.ndarray, valid: np.ndarray, k: int) -> tuple[li
 
 
 def _write_adapter_atomic(directory: Path, tensors: dict, config: dict) -> Path:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-    try:
+    with atomic_dir(directory) as tmp:
         write_adapter_dir(tmp, tensors, config)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

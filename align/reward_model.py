@@ -16,14 +16,12 @@ prompt + response + EOS. At the end the model is written, merged, to
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from align.checkpoint import write_adapter_dir
+from align.checkpoint import atomic_dir, write_adapter_dir
 from align.losses.preference import bradley_terry
 from align.preference import PreferenceTrainer, pack_pairs
 
@@ -46,9 +44,7 @@ def export_reward_model(base_path: str, tensors: dict, adapter_config: dict, out
                                                                trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         if finetune == "full":
             model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
         else:
@@ -57,11 +53,6 @@ def export_reward_model(base_path: str, tensors: dict, adapter_config: dict, out
             shutil.rmtree(tmp / "adapter")
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code).save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
