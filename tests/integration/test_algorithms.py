@@ -28,9 +28,10 @@ CASES = {
 # REINFORCE++ runs in tests/integration/test_multi_objective.py (with the Lagrangian objective).
 
 
-# DAPO stays in `make test`; the other two run in `make test-all` (CI budget, 45 minutes): their
-# estimators and losses are unit-tested, and KL-in-reward / off-policy epochs are the slow extras.
-SLOW = {"dr_grpo", "rloo"}
+# All three run in `make test-all` only (CI budget, 45 minutes): their estimators, losses, clipping,
+# aggregation and group filtering are unit-tested; these runs add dynamic sampling's refill rounds
+# (dapo), KL in the reward (dr_grpo) and off-policy epochs with APO (rloo) on the real stack.
+SLOW = {"dapo", "dr_grpo", "rloo"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASES])
