@@ -146,7 +146,8 @@ class PreferenceTrainer(Trainer):
             log.warning("preference data: skipped %s rows (data.bad_rows: skip): %s", sum(self.data_skipped.values()), self.data_skipped)
         # held-out pairs for the DPO metrics: eval rows that are preference rows
         pair_rows = [r for r in (self.eval_rows if not pref.domains else []) if "chosen" in r and "rejected" in r]
-        self.eval_pairs = [tokenize_pair(self.tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in pair_rows[: pref.eval_pairs]]
+        self.eval_pair_rows = pair_rows[: pref.eval_pairs]
+        self.eval_pairs = [tokenize_pair(self.tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in self.eval_pair_rows]
         self.generate = online or bool(pref.domains) or pref.generate_eval
         if not self.generate:
             self.eval_rows = self.eval_rows if self.eval_pairs else []
@@ -299,13 +300,16 @@ class PreferenceTrainer(Trainer):
         return {"name": self.cfg.algorithm.name, "loss_type": pref.loss_type, "beta": pref.beta, "gamma": pref.gamma,
                 "label_smoothing": pref.label_smoothing, "fast": self.chase.fast if self.chase else 0}
 
+    def _pack(self, rows: list[dict], idx: list[int]) -> dict:
+        """The pairs ``rows[idx]`` as one batch (rows 2i chosen, 2i+1 rejected)."""
+        return pack_pairs(self._pairs_of(rows, idx), self.tokenizer.pad_token_id)
+
     def _offline_batch(self, metrics: dict) -> dict:
         idx = self.sampler.take(self.pref.pairs_per_step)
-        pairs = self._pairs_of(self.train_rows, idx)
-        batch = pack_pairs(pairs, self.tokenizer.pad_token_id)
+        batch = self._pack(self.train_rows, idx)
         if self._ref_cache and all(i in self._ref_cache for i in idx):
             batch["ref_seq_logps"] = torch.tensor([v for i in idx for v in self._ref_cache[i]], dtype=torch.float32)
-        metrics["dpo/pairs"] = len(pairs)
+        metrics["dpo/pairs"] = len(idx)
         return batch
 
     def _online_batch(self, step: int, metrics: dict) -> dict | None:

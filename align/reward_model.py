@@ -68,15 +68,13 @@ class RewardModelTrainer(PreferenceTrainer):
         return {**super()._loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
 
     def _with_margin(self, batch: dict, rows: list[dict]) -> dict:
+        """``batch`` with the data's ``margin`` column (both rows of a pair) when every pair has one."""
         if self.cfg.algorithm.reward_model.margin and rows and all(r.get("margin") is not None for r in rows):
             batch["margin"] = torch.tensor([float(r["margin"]) for r in rows for _ in range(2)], dtype=torch.float32)
         return batch
 
-    def _offline_batch(self, metrics: dict) -> dict:
-        position = self.sampler.position
-        batch = super()._offline_batch(metrics)
-        probe = type(self.sampler)(len(self.train_rows), self.sampler.seed, position)  # the rows just drawn
-        return self._with_margin(batch, [self.train_rows[i] for i in probe.take(self.pref.pairs_per_step)])
+    def _pack(self, rows: list[dict], idx: list[int]) -> dict:
+        return self._with_margin(super()._pack(rows, idx), [rows[i] for i in idx])
 
     def _step(self, step: int) -> dict:
         m = super()._step(step)
@@ -91,17 +89,12 @@ class RewardModelTrainer(PreferenceTrainer):
         """Bradley-Terry loss, accuracy and mean score margin on held-out pairs."""
         if not self.eval_pairs:
             return {}
-        batch = self._with_margin(pack_pairs(self.eval_pairs, self.tokenizer.pad_token_id), self._eval_pair_rows)
+        batch = self._with_margin(pack_pairs(self.eval_pairs, self.tokenizer.pad_token_id), self.eval_pair_rows)
         s = self.learners.sequence_logps(batch, ["score"])["score"]
         c, r = s[0::2], s[1::2]
         losses = bradley_terry(c, r, batch["margin"][0::2] if "margin" in batch else None, self.cfg.algorithm.reward_model.center_coef)
         return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((c > r).float().mean()),
                 "pairs_margin": float((c - r).mean()), "pairs_chosen": float(c.mean()), "pairs_rejected": float(r.mean())}
-
-    def _setup(self) -> None:
-        super()._setup()
-        rows = [r for r in self.eval_rows if "chosen" in r and "rejected" in r]
-        self._eval_pair_rows = rows[: len(self.eval_pairs)]
 
     def _progress(self, m: dict) -> str:
         parts = [f"loss {m.get('rm/loss', float('nan')):.4f}", f"acc {m.get('rm/accuracy', float('nan')):.2f}",

@@ -96,7 +96,6 @@ class Trainer:
         from align.models.builtin import resolve_model_path
         from align.workers.groups import LearnerGroup, RolloutGroup
         from align.workers.reward import RewardPool
-        from rewards.loading import model_dir
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model.path)
@@ -106,9 +105,6 @@ class Trainer:
         self.train_rows = self._checked(load_prompts(cfg.data.train, self.tokenizer, self.config_dir), cfg.data.train)
         self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                           if cfg.data.eval else [])
-        for entry in cfg.rewards:  # before any actor starts
-            if entry.type == "model":
-                model_dir(entry.model_dump(), self.config_dir)
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray()
         self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir)
@@ -122,8 +118,14 @@ class Trainer:
         self.ref_acc = self._reference_accuracy() if adaptthink else None
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
-        """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1)."""
+        """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1). Every
+        trainer calls it before its first actor: the reward-model folders are checked here too."""
+        from rewards.loading import model_dir
+
         cfg = self.cfg
+        for entry in cfg.rewards:
+            if entry.type == "model":
+                model_dir(entry.model_dump(), self.config_dir)
         # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
         # placement group, which Tune sized from the same config (see launch/sweep.py).
         self._owns_ray = not ray.is_initialized()

@@ -146,12 +146,11 @@ def _cmd_serve_reward(args) -> int:
     import os
 
     from rewards import build
-    from rewards.server import is_loopback, serve
+    from rewards.http import TOKEN_ENV
+    from rewards.server import check_bind, serve
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else os.environ.get("ALIGN_REWARD_TOKEN") or None
-    if not is_loopback(args.host) and not token:  # before loading anything
-        raise ValueError(f"serve-reward: --host {args.host} is reachable from other machines; set a token "
-                         f"($ALIGN_REWARD_TOKEN or --token-file) or bind 127.0.0.1")
+    token = Path(args.token_file).read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
+    check_bind(args.host, token)  # before loading anything
     entries, base_dir = served_entries(args.target, args.reward, args.name)
     rewards = [build(e, base_dir) for e in entries]
     log.info("serving %s on http://%s:%d (token %s; max batch %d, max body %d bytes)", ", ".join(r.name for r in rewards),

@@ -81,16 +81,6 @@ def _obj(reward: str, objective: str) -> str:
     return "" if objective == reward else f" (objective {objective!r})"
 
 
-def _locate_failure(reward: Reward, prompts, completions, columns) -> int | None:
-    """Call the reward one sample at a time to find the first sample it raises on."""
-    for i in range(len(completions)):
-        try:
-            reward.call(prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()})
-        except Exception:
-            return i
-    return None
-
-
 @dataclass
 class RewardValues:
     """What one reward gave for a batch: ``values[N, k]`` per objective (NaN where not applicable or
@@ -185,37 +175,22 @@ def score_batch(
     for policy in policies.values():
         if policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
-    columns = columns or {}
     n = len(completions)
     names: list[str] = []
     owners: list[str] = []  # the reward that produced each objective
     cols: list[np.ndarray] = []
     applicable_cols: list[np.ndarray] = []
     for reward in rewards:
-        try:
-            out = reward.call(prompts, completions, columns)
-        except Exception as exc:
-            idx = _locate_failure(reward, prompts, completions, columns)
-            where = f" at sample {idx}" if idx is not None else " on the batch (no single sample fails alone)"
-            raise RewardError(f"reward {reward.name!r} raised{where}: {type(exc).__name__}: {exc}") from exc
-        outputs = out.items() if isinstance(out, dict) else [(reward.name, out)]
-        for objective, values in outputs:
-            if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-                raise RewardError(
-                    f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
-                    f"return a list with one value per completion"
-                )
-            if len(values) != n:
-                raise RewardError(
-                    f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
-                    f"for {n} completions"
-                )
+        values = evaluate_reward(reward, prompts, completions, columns, per_sample=True)
+        if values.failed.any():  # the first sample it raises on, or the batch as a whole
+            raise RewardError(values.error)
+        for k, objective in enumerate(values.names):
             if objective in names:
                 raise RewardError(f"reward {reward.name!r}: objective name {objective!r} is given by two rewards")
             names.append(objective)
             owners.append(reward.name)
-            cols.append(np.array([_to_float(reward.name, objective, v, i) for i, v in enumerate(values)], dtype=np.float64))
-            applicable_cols.append(np.array([v is not None for v in values], dtype=bool))
+            cols.append(values.values[:, k])
+            applicable_cols.append(values.applicable[:, k])
     scores = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
     applicable = np.stack(applicable_cols, axis=1) if cols else np.zeros((n, 0), dtype=bool)
     bad = applicable & ~np.isfinite(scores)  # a number that is NaN/inf; None is not "bad"

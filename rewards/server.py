@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from rewards.http import encode_value
+from rewards.http import TOKEN_ENV, encode_value
 from rewards.scoring import Reward, RewardError, evaluate_reward
 
 LOOPBACK = ("localhost",)
@@ -33,6 +33,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a non-loopback address without a token."""
+    if not is_loopback(host) and not token:
+        raise ValueError(f"serve-reward: --host {host} is reachable from other machines; set a token "
+                         f"(${TOKEN_ENV} or --token-file) or bind 127.0.0.1")
 
 
 def create_app(rewards: list[Reward], token: str | None = None, max_batch: int = 1024, max_bytes: int = 16 * 2**20):
@@ -114,7 +121,5 @@ def serve(rewards: list[Reward], host: str = "127.0.0.1", port: int = 8000, toke
     """Run the server until interrupted. Refuses a non-loopback address without a token."""
     import uvicorn
 
-    if not is_loopback(host) and not token:
-        raise ValueError(f"serve-reward: --host {host} is reachable from other machines; set a token "
-                         f"($ALIGN_REWARD_TOKEN or --token-file) or bind 127.0.0.1")
+    check_bind(host, token)
     uvicorn.run(create_app(rewards, token, max_batch, max_bytes), host=host, port=port, log_level="warning")

@@ -444,7 +444,8 @@ class Learner:
 
         tensors = {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}
         if self.full:
-            self.model.load_state_dict({k: t.to(self.model.state_dict()[k].dtype) for k, t in tensors.items()})
+            current = self.model.state_dict()
+            self.model.load_state_dict({k: t.to(current[k].dtype) for k, t in tensors.items()})
         else:
             set_peft_model_state_dict(self.model, tensors, adapter_name=name)
         if optimizer is None and hasattr(self.optimizer, "_restore_from_bit16_weights"):
