@@ -111,13 +111,17 @@ def atomic_dir(directory: str | Path):
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    old = None
     try:
         yield tmp
-        if directory.exists():
-            shutil.rmtree(directory)
+        if directory.exists():  # moved aside first: a kill now leaves the old folder under a temp name
+            old = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.old."))
+            os.replace(directory, old / directory.name)
         os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -136,6 +140,20 @@ def save_checkpoint(
     (tensors, config)) go to ``step_N/adapters/<name>`` (e.g. OFS-DPO's two modules)."""
     root = Path(ckpt_root)
     final = root / f"step_{step}"
+    try:
+        _write_checkpoint(final, adapter, adapter_config, optimizer_states, state, step, extra_adapters)
+    except OSError as exc:  # disk full, a size limit, permissions: say so; the earlier checkpoints are untouched
+        earlier = [p for p in list_checkpoints(root) if p != final]
+        kept = f"the previous checkpoint {earlier[-1]} is intact" if earlier else "there is no earlier checkpoint"
+        what = exc.strerror or str(exc)
+        raise CheckpointError(f"could not write checkpoint {final}: {what}{f' ({exc.filename})' if exc.filename else ''}; "
+                              f"{kept}; free space (or raise the limit) and continue with --resume") from exc
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(final: Path, adapter, adapter_config, optimizer_states, state, step, extra_adapters) -> None:
     with atomic_dir(final) as tmp:
         (tmp / "adapter").mkdir()
         save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
@@ -151,9 +169,6 @@ def save_checkpoint(
         for p in [*files, tmp / "manifest.json"]:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:

@@ -78,10 +78,10 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
     ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
-        rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir)
+        rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
         spec["lora_rank"] = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
-        rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus)
+        rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus, max_restarts=cfg.trainer.actor_restarts)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
         for version, (label, adapter) in enumerate(zip(labels, adapters), start=1):
             rollouts.load_adapter(version, ray.put(adapter[0]), adapter[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -20,7 +21,9 @@ class MetricsLog:
             rows = [r for r in rows if r.get("step", -1) <= resume_step]
         elif rows:
             rows = []  # a fresh run in an old directory starts a fresh log
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp = self.path.with_name(self.path.name + ".tmp")  # rewritten whole, then renamed: never half a log
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.path)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=(resume_step + 1) if resume_step is not None else None)

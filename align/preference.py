@@ -154,14 +154,14 @@ class PreferenceTrainer(Trainer):
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray(cfg.rollout.num_workers if self.generate else 0)
         # rewards score generations only (online pairs, generation eval)
-        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir) if self.generate else None
+        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts) if self.generate else None
         self.learners = LearnerGroup(self._learner_spec(), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
         self.rollouts = None
         if self.generate:
             rspec = rollout_spec(cfg, self.model_path)
             rspec["lora_rank"] = cfg.model.lora.r * max(1, len(pref.domains))  # COFS combinations add ranks up
             rspec["max_model_len"] = max(rspec["max_model_len"], self._longest_pair() + 8)
-            self.rollouts = RolloutGroup(rspec, cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
+            self.rollouts = RolloutGroup(rspec, cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu, cfg.trainer.actor_restarts)
         self.objective = None
         self._objective_state = None
         self.chase = Chase(pref.ofs.swap_window) if pref.ofs.enabled else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -27,6 +28,7 @@ from align.evaluation_loop import evaluate, format_eval
 from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
+from align.workers.groups import LearnerLost
 from launch.config import save_resolved
 from launch.schema import GRPO_FAMILY, PREFERENCE_FAMILY, Config
 
@@ -87,6 +89,8 @@ class Trainer:
         self.run_dir = Path(config.trainer.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self._stop_signal: int | None = None
+        self._last_ckpt: Path | None = None  # the newest checkpoint this run wrote or resumed from
+        self._learner_restarts = 0
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -107,9 +111,10 @@ class Trainer:
                           if cfg.data.eval else [])
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray()
-        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir)
+        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
         self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
-        self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu)
+        self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu,
+                                     cfg.trainer.actor_restarts)
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
@@ -431,7 +436,40 @@ class Trainer:
         if self._stop_signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self._stop_signal = signum
-        log.warning("received %s: finishing this step, writing a checkpoint, then stopping", signal.Signals(signum).name)
+        timeout = self.cfg.trainer.stop_timeout
+        signal.alarm(max(1, math.ceil(timeout)))  # past trainer.stop_timeout: _on_alarm stops at once
+        log.warning("received %s: finishing this step, writing a checkpoint, then stopping (within %gs)",
+                    signal.Signals(signum).name, timeout)
+
+    def _on_alarm(self, signum, frame) -> None:
+        good = f"the last good checkpoint is {self._last_ckpt}" if self._last_ckpt else "no checkpoint was written"
+        raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
+                            f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; {good}")
+
+    def _fault_metrics(self) -> dict[str, int]:
+        """Actors lost and recovered so far in this run (only when there were some)."""
+        counts = {"faults/rollout_restarts": getattr(self.rollouts, "restarts", 0) if self.rollouts else 0,
+                  "faults/reward_restarts": getattr(self.rewards, "restarts", 0) if self.rewards else 0,
+                  "faults/learner_restarts": self._learner_restarts}
+        return {k: v for k, v in counts.items() if v}
+
+    def _recover_learners(self, exc: LearnerLost) -> int:
+        """A learner rank died: restart the group, restore the last checkpoint of this run; returns its step."""
+        self._learner_restarts += 1
+        limit = self.cfg.trainer.learner_restarts
+        if self._learner_restarts > limit:
+            raise RuntimeError(f"{exc}; the learner group was already restarted {limit} time(s) "
+                               f"(trainer.learner_restarts={limit}); the last checkpoint is {self._last_ckpt}") from exc
+        if self._last_ckpt is None:
+            raise RuntimeError(f"{exc}; no checkpoint of this run to restart the learners from yet "
+                               f"(trainer.save_every={self.cfg.trainer.save_every})") from exc
+        log.warning("%s; restarting the learner group (%d/%d) from %s", exc, self._learner_restarts, limit, self._last_ckpt)
+        self.learners.restart()
+        self.objective = None  # rebuilt from the checkpoint's state at the next scores
+        step = self._restore()
+        self.metrics.close()
+        self.metrics = MetricsLog(self.run_dir, resume_step=step)  # the steps after it are recomputed
+        return step
 
     def _run_state(self, step: int) -> dict:
         """What every checkpoint's state.json holds (trainers add their own entries)."""
@@ -445,13 +483,19 @@ class Trainer:
         return save_checkpoint(self.ckpt_dir, step, tensors, adapter_cfg, self.learners.optimizer_states(), state,
                                keep=self.cfg.trainer.keep_checkpoints)
 
+    def _save(self, step: int) -> None:
+        self._last_ckpt = self._checkpoint(step)
+
     def _latest_checkpoint(self) -> dict | None:
-        """The newest complete checkpoint of this run (verified), or None (``--resume`` then starts at 0)."""
-        found = list_checkpoints(self.ckpt_dir)
-        if not found:
-            log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
-            return None
-        return load_checkpoint(found[-1])
+        """The checkpoint to continue from (verified): the newest this run wrote, else (``--resume``) the
+        newest complete one in the run directory, or None (then the run starts at 0)."""
+        if self._last_ckpt is None:
+            found = list_checkpoints(self.ckpt_dir)
+            if not found:
+                log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
+                return None
+            self._last_ckpt = found[-1]
+        return load_checkpoint(self._last_ckpt)
 
     def _restore(self) -> int:
         ckpt = self._latest_checkpoint()
@@ -474,6 +518,7 @@ class Trainer:
             # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
             if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
                 old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
             start = self._restore() if self.resume else 0
             if start == 0:
                 self._sync(0)
@@ -484,30 +529,38 @@ class Trainer:
                 self._before_eval = before  # handed to the objective once it exists (first scored batch)
                 self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
             t_loop, done, after = time.time(), 0, {}
-            for step in range(start, cfg.trainer.max_steps):
-                m = self._step(step)
-                done += 1
-                last = step + 1 == cfg.trainer.max_steps
-                periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                wanted = self.objective.wants_eval(step + 1) if self.objective is not None else False
-                if self.eval_rows and (last or periodic or wanted):
-                    result = self._evaluate()
-                    m.update({f"eval/{k}": v for k, v in result.items()})
-                    if wanted:  # only the evaluations it asked for move the objective (a run extended later
-                        m.update(self.objective.observe_eval(step + 1, result))  # continues exactly)
-                    after = result if last else after
-                if self.objective is not None:
-                    m.update(self.objective.state_metrics())
+            step = start
+            while step < cfg.trainer.max_steps:
+                try:
+                    m = self._step(step)
+                    done += 1
+                    last = step + 1 == cfg.trainer.max_steps
+                    periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
+                    wanted = self.objective.wants_eval(step + 1) if self.objective is not None else False
+                    if self.eval_rows and (last or periodic or wanted):
+                        result = self._evaluate()
+                        m.update({f"eval/{k}": v for k, v in result.items()})
+                        if wanted:  # only the evaluations it asked for move the objective (a run extended later
+                            m.update(self.objective.observe_eval(step + 1, result))  # continues exactly)
+                        after = result if last else after
+                    if self.objective is not None:
+                        m.update(self.objective.state_metrics())
+                    m.update(self._fault_metrics())
+                    save = last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal
+                    if save:  # before the metrics row: a row is never logged for a step a restart would redo
+                        self._save(step + 1)
+                except LearnerLost as exc:
+                    step = self._recover_learners(exc)
+                    continue
                 self.metrics.log(step + 1, m)
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
                     log.info("step %d/%d | %s | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps, self._progress(m),
                              m.get("timing/step", 0.0), _hms(eta))
-                if last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal:
-                    self._checkpoint(step + 1)
                 if self._stop_signal and not last:
                     raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
                                         f"checkpoint written to {self.ckpt_dir}; continue with --resume")
+                step += 1
             adapters = self.learners.all_adapters(self._train_adapter())  # data-parallel ranks must hold identical adapters
             self.rank_max_abs_diff = max((float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0)
             plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png", self.PANELS)
@@ -518,6 +571,8 @@ class Trainer:
                             LEVEL_METRICS + ("length_wrong",), title=f"{cfg.algorithm.name}: {self.run_dir.name}")
             return self._summary(before, after, plot)
         finally:
+            if old_handlers:
+                signal.alarm(0)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             if getattr(self, "metrics", None):

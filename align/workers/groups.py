@@ -3,6 +3,7 @@ controller is the only place that waits on results."""
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import time
@@ -13,6 +14,8 @@ import torch
 
 from align.batch import shard_indices
 
+log = logging.getLogger(__name__)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -20,19 +23,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RolloutGroup:
-    """``num_workers`` vLLM engines sharing the prompts of each call."""
+def gather(refs: list) -> list:
+    """``ray.get(refs)``, but the first failure is raised as soon as it arrives: when one rank of a
+    collective dies the others block in their all-reduce, and waiting for them would hang."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)  # raises the failure, if any
+    return ray.get(list(refs))
 
-    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0):
+
+class RolloutGroup:
+    """``num_workers`` vLLM engines sharing the prompts of each call.
+
+    Workers are Ray actors with ``max_restarts``: a killed worker is restarted by Ray (a fresh engine
+    serving no adapter). A call that fails because a worker died, or that reaches a restarted worker
+    (``StaleAdapter``), waits for the worker, serves it the current adapter version again and repeats
+    the call; requests carry their seeds, so the repeat samples what the lost call would have.
+    """
+
+    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3):
         from align.workers.rollout import RolloutEngine
 
-        actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1)
+        actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1,
+                                                  max_restarts=max_restarts, max_task_retries=0)
+        self.max_restarts = max_restarts
+        self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
+        self._adapter: tuple | None = None  # (version, tensors ref, config) served now
         self.workers = [actor.remote({**spec, "seed": spec.get("seed", 0) + i}) for i in range(num_workers)]
-        ray.get([w.info.remote() for w in self.workers])  # wait for the engines
+        self.pids = [i["pid"] for i in ray.get([w.info.remote() for w in self.workers])]  # wait for the engines
+
+    def _recover(self, exc: Exception, attempt: int) -> None:
+        """After a failed call: wait for every worker (restarted ones come back), serve the adapter again."""
+        if attempt >= self.max_restarts:
+            raise RuntimeError(f"rollout workers failed {attempt + 1} times in one call (trainer.actor_restarts="
+                               f"{self.max_restarts}): {exc}") from exc
+        self.restarts += 1
+        log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call",
+                                            str(exc).splitlines()[0][:200])
+        self.pids = [i["pid"] for i in ray.get([w.info.remote() for w in self.workers])]
+        if self._adapter is not None:
+            version, ref, config = self._adapter
+            ray.get([w.load_adapter.remote(version, ref, config) for w in self.workers])
+
+    def _retrying(self, call):
+        from align.workers.rollout import StaleAdapter
+
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except (ray.exceptions.RayActorError, StaleAdapter) as exc:
+                self._recover(exc, attempt)
+                attempt += 1
 
     def load_adapter(self, version: int, tensors_ref, adapter_config: dict) -> float:
         """Every worker serves the new adapter; returns the slowest worker's seconds."""
-        return max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
+        self._adapter = (version, tensors_ref, adapter_config)
+        return self._retrying(lambda: max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])))
 
     def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, forced: bool = False,
                  **sampling) -> list[list[dict]]:
@@ -40,24 +88,56 @@ class RolloutGroup:
         ``forced``: AdaptThink's forced-mode rollouts (``RolloutEngine.generate_forced``)."""
         shares = shard_indices(len(prompts), len(self.workers))
         k = len(prompts) if logprobs_for is None else logprobs_for
-        futures = [(w.generate_forced if forced else w.generate).remote(
-                       [prompts[i] for i in idx], seeds=[seeds[i] for i in idx], logprobs_for=sum(i < k for i in idx), **sampling)
-                   for w, idx in zip(self.workers, shares) if idx]
-        return [group for part in ray.get(futures) for group in part]
+        if self._adapter is not None and sampling.get("use_adapter", True):
+            sampling["adapter_version"] = self._adapter[0]
+
+        def call():
+            futures = [(w.generate_forced if forced else w.generate).remote(
+                           [prompts[i] for i in idx], seeds=[seeds[i] for i in idx], logprobs_for=sum(i < k for i in idx), **sampling)
+                       for w, idx in zip(self.workers, shares) if idx]
+            return [group for part in ray.get(futures) for group in part]
+
+        return self._retrying(call)
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died (killed, out of memory, its node lost)."""
 
 
 class LearnerGroup:
-    """``num_ranks`` DeepSpeed ranks training in lockstep (data parallel)."""
+    """``num_ranks`` DeepSpeed ranks training in lockstep (data parallel).
+
+    Every call waits with :func:`gather`: a rank that dies makes the call raise ``LearnerLost`` at
+    once instead of leaving the others blocked in a collective. The trainer then calls
+    :meth:`restart` and restores the last checkpoint (``Trainer._recover_learners``).
+    """
 
     def __init__(self, spec: dict, num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0):
+        self._args = (spec, num_ranks, num_cpus, num_gpus, seed)
+        self.micro_batch_size = spec["micro_batch_size"]
+        self._start()
+
+    def _start(self) -> None:
         from align.workers.learner import Learner
 
-        port = free_port()
+        spec, num_ranks, num_cpus, num_gpus, seed = self._args
+        port = free_port()  # a fresh rendezvous for every start
         actor = ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus)
         spec = {**spec, "threads": spec.get("threads", 0)}
         self.ranks = [actor.remote(spec, r, num_ranks, port, seed) for r in range(num_ranks)]
-        ray.get([r.ping.remote() for r in self.ranks])
-        self.micro_batch_size = spec["micro_batch_size"]
+        self.pids = self._gather([r.ping.remote() for r in self.ranks])
+
+    def _gather(self, refs: list) -> list:
+        try:
+            return gather(refs)
+        except ray.exceptions.RayActorError as exc:
+            raise LearnerLost(f"a learner rank died: {str(exc).splitlines()[0][:300]}") from exc
+
+    def restart(self) -> None:
+        """Kill every rank (survivors may be stuck in a collective) and start the group afresh."""
+        for r in self.ranks:
+            ray.kill(r, no_restart=True)
+        self._start()
 
     def _shares(self, batch: dict) -> list[tuple[list[int], dict]]:
         n = batch["input_ids"].shape[0]
@@ -65,7 +145,7 @@ class LearnerGroup:
 
     def compute_logprobs(self, batch: dict, temperature: float, reference: bool, policy: bool = True) -> dict[str, torch.Tensor]:
         shares = self._shares(batch)
-        outs = ray.get([r.compute_logprobs.remote(share, temperature, reference, policy) for r, (_, share) in zip(self.ranks, shares)])
+        outs = self._gather([r.compute_logprobs.remote(share, temperature, reference, policy) for r, (_, share) in zip(self.ranks, shares)])
         width = batch["input_ids"].shape[1] - 1
         merged = {}
         for key in outs[0]:
@@ -78,7 +158,7 @@ class LearnerGroup:
     def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
         """One optimizer step over ``batch`` with global normalisers; returns merged stats."""
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
-        stats = ray.get([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
+        stats = self._gather([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
         tokens = sum(s["tokens"] for s in stats)
         return {
             "loss/policy": sum(s["loss/policy"] for s in stats),
@@ -106,7 +186,7 @@ class LearnerGroup:
         pass per objective on every rank, summed across ranks)."""
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
         adv = torch.as_tensor(np.asarray(advantages), dtype=torch.float32)  # (K, N)
-        grams = ray.get([r.objective_gradients.remote(share, adv[:, idx], cfg, normalizers, num_micro, param_pattern, clip)
+        grams = self._gather([r.objective_gradients.remote(share, adv[:, idx], cfg, normalizers, num_micro, param_pattern, clip)
                          for r, (idx, share) in zip(self.ranks, shares)])
         return grams[0]
 
@@ -123,7 +203,7 @@ class LearnerGroup:
         # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
         num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / max(2, self.micro_batch_size - self.micro_batch_size % 2))
                                for s in shares))
-        stats = ray.get([r.preference_step.remote(share, cfg, batch["input_ids"].shape[0] / 2, num_micro)
+        stats = self._gather([r.preference_step.remote(share, cfg, batch["input_ids"].shape[0] / 2, num_micro)
                          for r, share in zip(self.ranks, shares)])
         out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}
         out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
@@ -132,26 +212,26 @@ class LearnerGroup:
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
         """Per-row completion log-prob sums for each of ``which`` (``reference`` or an adapter name)."""
         shares = self._shares(batch)
-        outs = ray.get([r.sequence_logps.remote(share, which) for r, (_, share) in zip(self.ranks, shares)])
+        outs = self._gather([r.sequence_logps.remote(share, which) for r, (_, share) in zip(self.ranks, shares)])
         return {w: torch.cat([o[w] for o in outs]) for w in which}
 
     def set_fast(self, index: int) -> None:
-        ray.get([r.set_fast.remote(index) for r in self.ranks])
+        self._gather([r.set_fast.remote(index) for r in self.ranks])
 
     def adapter(self, name: str = "default") -> tuple[dict[str, np.ndarray], dict]:
-        return ray.get([self.ranks[0].adapter_state.remote(name), self.ranks[0].peft_config_dict.remote()])
+        return self._gather([self.ranks[0].adapter_state.remote(name), self.ranks[0].peft_config_dict.remote()])
 
     def all_adapters(self, name: str = "default") -> list[dict[str, np.ndarray]]:
-        return ray.get([r.adapter_state.remote(name) for r in self.ranks])
+        return self._gather([r.adapter_state.remote(name) for r in self.ranks])
 
     def optimizer_states(self) -> list[dict[str, np.ndarray]]:
-        return ray.get([r.optimizer_state.remote() for r in self.ranks])
+        return self._gather([r.optimizer_state.remote() for r in self.ranks])
 
     def load_state(self, adapter: dict, optimizer_states: list[dict] | None, name: str = "default") -> None:
         if optimizer_states is not None and len(optimizer_states) != len(self.ranks):
             raise ValueError(f"the checkpoint has optimizer state for {len(optimizer_states)} learner ranks; "
                              f"this run has learner.num_ranks={len(self.ranks)}")
-        ray.get([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None, name)
+        self._gather([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None, name)
                  for i, r in enumerate(self.ranks)])
 
 

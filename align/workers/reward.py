@@ -6,8 +6,8 @@ learners' path, with the run's failure policy.
 wrong, per reward:
 
 - the reward raised (a function is re-run sample by sample to find the samples it raises on; a model
-  or a server fails as a batch), its actor died, or it ran past ``timeout`` (the actor is killed and
-  replaced: a stuck call cannot be interrupted otherwise), or it gave NaN/inf for a sample;
+  or a server fails as a batch), or it ran past ``timeout`` (the actor is killed and replaced: a
+  stuck call cannot be interrupted otherwise), or it gave NaN/inf for a sample;
 - ``error``: stop the run with ``RewardError`` naming the reward, the sample and what it returned;
 - ``skip``: drop those samples (out of the loss, neutral in their group's baseline) and count them
   in ``reward/skipped/<reward>/<raised|timeout|nan>``;
@@ -15,7 +15,11 @@ wrong, per reward:
   seconds, then stop as ``error`` does. (An ``http`` reward also retries connection errors and
   timeouts of single requests by itself, ``rewards.http``.)
 
-``None`` ("not applicable") is never a failure.
+``None`` ("not applicable") is never a failure. An actor that dies (killed, out of memory, its node
+lost) is replaced and the batch scored again, up to ``max_restarts`` times per batch
+(``trainer.actor_restarts``; metric ``faults/reward_restarts``); an actor that dies on every try (a
+reward that crashes its process on some input) is then the reward's failure (``died``) under its
+``on_failure`` policy.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ class RewardActor:
         self.reward = build(entry, base_dir)
 
     def ready(self) -> dict:
-        """For a server: its /info (checks the URL and the token before the run starts)."""
-        return self.reward.fn.info() if self.entry.get("type") == "http" else {}
+        """The process id, and for a server its /info (checks the URL and the token before the run starts)."""
+        return {"pid": os.getpid(), **(self.reward.fn.info() if self.entry.get("type") == "http" else {})}
 
     def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
         return evaluate_reward(self.reward, prompts, completions, columns, per_sample=self.entry.get("type", "function") == "function")
@@ -72,13 +76,16 @@ class Pending:
 class RewardPool:
     """The run's rewards, each in its own actor; see the module docstring for the policies."""
 
-    def __init__(self, entries: list[dict], base_dir: str | None = None):
+    def __init__(self, entries: list[dict], base_dir: str | None = None, max_restarts: int = 3):
         self.entries = [dict(e, type=e.get("type", "function")) for e in entries]
         self.base_dir = base_dir
+        self.max_restarts = max_restarts
+        self.restarts = 0  # actors replaced after they died (metric faults/reward_restarts)
         self.actors = [self._start(e) for e in self.entries]
+        self.pids = []
         for e, actor in zip(self.entries, self.actors):
             try:
-                ray.get(actor.ready.remote())
+                self.pids.append(ray.get(actor.ready.remote())["pid"])
             except Exception as exc:
                 raise RewardError(f"reward {e['name']!r} ({e['type']}) could not start: {_cause(exc)}") from None
         # objective names before the first scored batch (a reward that fails on its first batch)
@@ -122,26 +129,37 @@ class RewardPool:
         scores[dropped] = np.nan
         return RewardScores(names, scores, dropped, skipped, owners, stats)
 
-    def _wait(self, k: int, e: dict, ref, deadline: float | None) -> tuple[RewardValues | None, str, str]:
-        """The actor's values, or (None, reason, message) when it raised, died or timed out."""
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
-        ready, _ = ray.wait([ref], timeout=timeout)
-        if not ready:
-            # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
-            self._replace(k, e)
-            return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
-        try:
-            return ray.get(ref), "", ""
-        except ray.exceptions.ActorDiedError as exc:  # crashed (a segfault, out of memory): a fresh one
-            self._replace(k, e)
-            return None, "raised", f"reward {e['name']!r}: its actor died ({_cause(exc)})"
-        except Exception as exc:
-            return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
+    def _wait(self, k: int, e: dict, ref, deadline: float | None, args: tuple) -> tuple[RewardValues | None, str, str]:
+        """The actor's values, or (None, reason, message) when it raised, timed out or kept dying. An
+        actor that died is replaced and ``args`` scored again (up to ``max_restarts`` times)."""
+        lost = 0
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            ready, _ = ray.wait([ref], timeout=timeout)
+            if not ready:
+                # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
+                self._replace(k, e)
+                return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
+            try:
+                return ray.get(ref), "", ""
+            except ray.exceptions.RayActorError as exc:  # killed, out of memory, node lost: a fresh actor rescores
+                self._replace(k, e)
+                lost += 1
+                if lost > self.max_restarts:
+                    return None, "died", (f"reward {e['name']!r}: its actor died on {lost} tries "
+                                          f"(trainer.actor_restarts={self.max_restarts}; last: {_cause(exc)})")
+                log.warning("reward %r: its actor died (%s); replaced, scoring the batch again", e["name"], _cause(exc))
+                self.restarts += 1
+                ref = self.actors[k].score.remote(*args)
+                if e.get("timeout"):
+                    deadline = time.time() + e["timeout"]
+            except Exception as exc:
+                return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
 
     def _replace(self, k: int, e: dict) -> None:
         ray.kill(self.actors[k], no_restart=True)
         self.actors[k] = self._start(e)
-        ray.get(self.actors[k].ready.remote())
+        self.pids[k] = ray.get(self.actors[k].ready.remote())["pid"]
 
     def _resolve(self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict) -> RewardValues:
         prompts, completions, columns = pending.args
@@ -151,8 +169,9 @@ class RewardPool:
         rows = np.arange(n)
         result: RewardValues | None = None
         deadline = pending.start + timeout if timeout else None
+        args = (prompts, completions, columns)
         for attempt in range(tries):
-            got, reason, message = self._wait(k, e, ref, deadline)
+            got, reason, message = self._wait(k, e, ref, deadline, args)
             if got is not None:
                 if result is None:
                     self.names[name] = got.names
@@ -179,8 +198,8 @@ class RewardPool:
                 time.sleep(e.get("backoff", 0.5) * 2**attempt)
                 log.warning("%s on %d sample(s); retry %d/%d", message, failing.size, attempt + 1, tries - 1)
                 rows = failing
-                sub = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
-                ref = self.actors[k].score.remote(*sub)
+                args = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
+                ref = self.actors[k].score.remote(*args)
                 deadline = time.time() + timeout if timeout else None
                 continue
             first = int(failing[0])

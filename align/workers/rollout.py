@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # ranks vLLM accepts for max_lora_rank
 
 
+class StaleAdapter(RuntimeError):
+    """The engine does not serve the adapter version the trainer expects (it was restarted)."""
+
+
 class RolloutEngine:
     """In-process vLLM engine; ``RolloutWorker`` is its Ray actor form."""
 
@@ -80,8 +84,19 @@ class RolloutEngine:
             shutil.rmtree(old.lora_path, ignore_errors=True)
         return time.time() - t0
 
+    def _lora(self, use_adapter: bool, adapter_version: int | None):
+        """The LoRA request to generate with; ``StaleAdapter`` when ``adapter_version`` is not served
+        (a restarted engine comes back serving nothing: generating would silently use the base model)."""
+        if not use_adapter:
+            return None
+        if adapter_version is not None and (self.lora_request is None or self.version != adapter_version):
+            served = self.version if self.lora_request is not None else None
+            raise StaleAdapter(f"rollout engine (pid {os.getpid()}) serves adapter version {served}, expected {adapter_version}")
+        return self.lora_request
+
     def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int] | None, use_adapter: bool = True, logprobs_for: int | None = None) -> list[list[dict]]:
+                 seeds: list[int] | None, use_adapter: bool = True, logprobs_for: int | None = None,
+                 adapter_version: int | None = None) -> list[list[dict]]:
         """For each prompt, ``n`` samples: prompt_ids, completion_ids, logprobs, text, truncated.
 
         Sampling log-probs are returned for the first ``logprobs_for`` prompts only (all if None):
@@ -94,7 +109,7 @@ class RolloutEngine:
         k = len(prompts) if logprobs_for is None else logprobs_for
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0 if i < k else None,
                                  seed=s, skip_special_tokens=False) for i, s in enumerate(seeds)]
-        lora = self.lora_request if use_adapter else None
+        lora = self._lora(use_adapter, adapter_version)
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         result = []
         for out in outs:
@@ -113,7 +128,7 @@ class RolloutEngine:
 
     def generate_forced(self, prompts: list[str], n: int, n_nothink: int, max_tokens: int, nothink_max_tokens: int,
                         temperature: float, top_p: float, seeds: list[int], end_think_id: int, think_id: int | None = None,
-                        use_adapter: bool = True, logprobs_for: int | None = None) -> list[list[dict]]:
+                        use_adapter: bool = True, logprobs_for: int | None = None, adapter_version: int | None = None) -> list[list[dict]]:
         """AdaptThink's importance-sampled rollouts: per prompt, ``n_nothink`` samples forced to start
         with ``end_think_id`` (NoThinking, at most ``nothink_max_tokens`` tokens) and ``n - n_nothink``
         forced into Thinking. The forced token is appended to the prompt ids and then prepended to the
@@ -132,7 +147,7 @@ class RolloutEngine:
 
         half = math.log(0.5)
         k = len(prompts) if logprobs_for is None else logprobs_for
-        lora = self.lora_request if use_adapter else None
+        lora = self._lora(use_adapter, adapter_version)
         ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
         n_think = n - n_nothink
 
@@ -185,7 +200,7 @@ class RolloutEngine:
         return groups
 
     def info(self) -> dict:
-        return {"start_seconds": self.start_seconds, "version": self.version}
+        return {"start_seconds": self.start_seconds, "version": self.version, "pid": os.getpid()}
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

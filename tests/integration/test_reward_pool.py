@@ -135,10 +135,18 @@ def test_nan_and_raise_policies(ray_cluster, tmp_path):
     assert math.isnan(out.column("picky")[5]) and out.column("picky")[0] == 1.0
 
 
-def test_a_crashed_reward_actor_is_replaced(ray_cluster, tmp_path):
-    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "skip",
+def test_a_crashed_reward_actor_is_replaced_and_the_batch_rescored(ray_cluster, tmp_path):
+    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "error",
                                "kwargs": {"state": str(tmp_path / "n"), "crash_on": [1]}}))
+    first = pool.pids[0]
+    out = pool.score(PROMPTS, COMPLETIONS, COLUMNS)  # the process dies on call 1; call 2 is the rescoring
+    assert not out.dropped.any() and out.column("crash").tolist() == [1.0] * 16 and pool.restarts == 1
+    assert pool.pids[0] != first
+    pool.release()
+    # an actor that dies on every try is, after max_restarts, the reward's failure under on_failure
+    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "skip",
+                               "kwargs": {"state": str(tmp_path / "m"), "crash_on": [1, 2, 3, 4]}}), max_restarts=2)
     out = pool.score(PROMPTS, COMPLETIONS, COLUMNS)
-    assert out.dropped.all() and out.skipped_by == {"crash/raised": 16}
-    assert pool.score(PROMPTS, COMPLETIONS, COLUMNS).column("crash").tolist() == [1.0] * 16
+    assert out.dropped.all() and out.skipped_by == {"crash/died": 16} and pool.restarts == 2
+    assert pool.score(PROMPTS, COMPLETIONS, COLUMNS).column("crash").tolist() == [1.0] * 16  # call 4 dies, call 5 scores
     pool.release()
