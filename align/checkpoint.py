@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -153,22 +153,34 @@ def save_checkpoint(
     return final
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Write and fsync one file; an OSError names the file (a full disk fails here, in Python, not
+    inside a native writer that would hide the errno)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def _tensors(tensors: dict[str, np.ndarray]) -> bytes:
+    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
+
+
 def _write_checkpoint(final: Path, adapter, adapter_config, optimizer_states, state, step, extra_adapters) -> None:
     with atomic_dir(final) as tmp:
-        (tmp / "adapter").mkdir()
-        save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(tmp / "adapter" / "adapter_model.safetensors"))
-        (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        write_adapter_dir(tmp / "adapter", adapter, adapter_config)
         for name, (tensors, config) in (extra_adapters or {}).items():
             write_adapter_dir(tmp / "adapters" / name, tensors, config)
         for rank, opt in enumerate(optimizer_states):
-            save_file({k: np.ascontiguousarray(v) for k, v in opt.items()}, str(tmp / f"optimizer_rank{rank}.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+            _write(tmp / f"optimizer_rank{rank}.safetensors", _tensors(opt))
+        _write(tmp / "state.json", json.dumps({"step": step, **state}, indent=2).encode())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        for p in [*files, tmp / "manifest.json"]:
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+        _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # last: its presence marks a whole checkpoint
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
@@ -214,7 +226,6 @@ def load_checkpoint(ckpt: str | Path) -> dict:
 def write_adapter_dir(directory: str | Path, adapter: dict[str, np.ndarray], adapter_config: dict) -> Path:
     """A peft adapter folder (safetensors + config) for vLLM's LoRARequest or PeftModel."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in adapter.items()}, str(d / "adapter_model.safetensors"))
-    (d / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    _write(d / "adapter_model.safetensors", _tensors(adapter))
+    _write(d / "adapter_config.json", json.dumps(adapter_config, indent=2).encode())
     return d

@@ -489,6 +489,9 @@ class Trainer:
     def _latest_checkpoint(self) -> dict | None:
         """The checkpoint to continue from (verified): the newest this run wrote, else (``--resume``) the
         newest complete one in the run directory, or None (then the run starts at 0)."""
+        preloaded, self._preloaded = getattr(self, "_preloaded", None), None
+        if preloaded is not None:
+            return preloaded or None
         if self._last_ckpt is None:
             found = list_checkpoints(self.ckpt_dir)
             if not found:
@@ -513,6 +516,8 @@ class Trainer:
         cfg = self.cfg
         old_handlers: dict = {}
         try:
+            if self.resume:  # read and verified before any actor starts: a bad checkpoint costs nothing
+                self._preloaded = self._latest_checkpoint() or {}
             self._setup()
             # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
             # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
