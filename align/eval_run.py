@@ -59,7 +59,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
 
     from align.data.loading import load_prompts
     from align.models.builtin import resolve_model_path
-    from align.trainer import rollout_spec
+    from align.trainer import check_address, rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
 
@@ -72,8 +72,14 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     labels = labels or (["checkpoint"] if len(checkpoints) == 1 else [Path(c).name for c in checkpoints])
     if len(set(labels)) != len(labels) or "base" in labels:
         raise ValueError(f"labels must be distinct and not 'base': {labels} (use --label)")
+    from align.models.adapters import check_adapter
+
     adapters = [_adapter_from(c) for c in checkpoints]  # all checked before anything starts
     model_path = resolve_model_path(cfg.model.path)
+    for c, (tensors, _) in zip(checkpoints, adapters):
+        check_adapter(tensors, model_path, f"--checkpoint {c}", cfg.model.trust_remote_code)
+    if address:
+        check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
     ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)

@@ -31,7 +31,7 @@ from align.checkpoint import atomic_dir, save_checkpoint, write_adapter_dir
 from align.evaluation_loop import evaluate
 from align.losses.preference import dpo_loss, simpo_loss
 from align.sampling import PromptSampler, sample_seed
-from align.trainer import Trainer, learner_spec, rollout_spec
+from align.trainer import Trainer, check_context, learner_spec, rollout_spec
 from launch.config import save_resolved
 
 log = logging.getLogger("align.train")
@@ -117,6 +117,7 @@ class PreferenceTrainer(Trainer):
         if not Path(self.model_path, "config.json").exists():
             raise FileNotFoundError(f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        check_context(cfg, self.model_path)
         self.data_skipped: dict[str, int] = {}
         online = pref.online
 
@@ -151,6 +152,7 @@ class PreferenceTrainer(Trainer):
         self.generate = online or bool(pref.domains) or pref.generate_eval
         if not self.generate:
             self.eval_rows = self.eval_rows if self.eval_pairs else []
+        self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray(cfg.rollout.num_workers if self.generate else 0)
         # rewards score generations only (online pairs, generation eval)

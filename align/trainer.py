@@ -66,6 +66,33 @@ def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_worker
             )
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """``--address HOST:PORT``: something must listen there, else a clear error now (``ray.init`` would
+    retry for a long while). Other forms (``auto``, ``ray://``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                         f"`ray start --head --port {port}` or leave out --address") from None
+
+
+def check_context(c: Config, model_path: str) -> None:
+    """Prompt budget + completion budget must fit the model's context."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=c.model.trust_remote_code)
+    context = getattr(config, "max_position_embeddings", None)
+    need = c.data.max_prompt_tokens + c.rollout.max_new_tokens
+    if context and need > context:
+        raise ValueError(f"data.max_prompt_tokens ({c.data.max_prompt_tokens}) + rollout.max_new_tokens ({c.rollout.max_new_tokens}) "
+                         f"= {need} tokens exceed the model's context of {context} (max_position_embeddings): lower them")
+
+
 def make_trainer(config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False) -> "Trainer":
     """The trainer of ``algorithm.name``: the GRPO family's, or the DPO family's (``align.preference``)."""
     if config.algorithm.name == "reward_model":
@@ -106,9 +133,13 @@ class Trainer:
         if not Path(self.model_path, "config.json").exists():
             raise FileNotFoundError(f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        check_context(cfg, self.model_path)
         self.train_rows = self._checked(load_prompts(cfg.data.train, self.tokenizer, self.config_dir), cfg.data.train)
         self.eval_rows = (self._checked(load_prompts(cfg.data.eval, self.tokenizer, self.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                           if cfg.data.eval else [])
+        adaptthink = cfg.algorithm.name == "adaptthink"
+        self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once, before any actor
+        self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
         gpu = self._init_ray()
         self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
@@ -118,29 +149,33 @@ class Trainer:
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
-        adaptthink = cfg.algorithm.name == "adaptthink"
-        self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once
         self.ref_acc = self._reference_accuracy() if adaptthink else None
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
         """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1). Every
-        trainer calls it before its first actor: the reward-model folders are checked here too."""
-        from rewards.loading import model_dir
+        trainer calls it before its first actor; what can be checked without Ray is checked first
+        (function rewards import, reward-model folders exist, a local cluster is big enough)."""
+        from rewards.loading import load, model_dir
 
         cfg = self.cfg
         for entry in cfg.rewards:
             if entry.type == "model":
                 model_dir(entry.model_dump(), self.config_dir)
+            elif entry.type == "function":  # the user's plug-in, imported here as the reward actor will
+                load(entry.fn, self.config_dir)
         # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
         # placement group, which Tune sized from the same config (see launch/sweep.py).
         self._owns_ray = not ray.is_initialized()
         gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
         if self._owns_ray:
             if self.address:
+                check_address(self.address)
                 ray.init(address=self.address, log_to_driver=False)
+                check_resources(cfg, ray.cluster_resources(), gpu, rollout_workers)
             else:
-                ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-            check_resources(cfg, ray.cluster_resources(), gpu, rollout_workers)
+                cpus = max(2, os.cpu_count() or 2)
+                check_resources(cfg, {"CPU": cpus, "GPU": torch.cuda.device_count()}, gpu, rollout_workers)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         return gpu
 
     # ------------------------------------------------------------------ AdaptThink
@@ -431,6 +466,14 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         return evaluate(self.rollouts, self.rewards, self.eval_rows, self.tokenizer, self.cfg)
+
+    def _check_resumed_adapter(self) -> None:
+        """The checkpoint ``--resume`` continues from must hold an adapter of this base model."""
+        ckpt = getattr(self, "_preloaded", None)
+        if ckpt:
+            from align.models.adapters import check_adapter
+
+            check_adapter(ckpt["adapter"], self.model_path, f"--resume {ckpt['path']}", self.cfg.model.trust_remote_code)
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now

@@ -171,7 +171,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         lines = _line_map(text) if text else {}
         problems = [_describe(e, model) + _where(tuple(e["loc"]), lines, source, origin) for e in exc.errors()]
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+        if len(problems) == 1:  # one line: what to change, and where
+            raise ConfigError(f"invalid config: {problems[0]}") from None
+        raise ConfigError(f"invalid config ({len(problems)} problems):\n  " + "\n  ".join(problems)) from None
 
 
 def save_resolved(config: Config, run_dir: str | Path) -> Path:

@@ -61,10 +61,22 @@ class RolloutGroup:
         self.restarts += 1
         log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call",
                                             str(exc).splitlines()[0][:200])
-        self.pids = [i["pid"] for i in ray.get([w.info.remote() for w in self.workers])]
+        self.pids = [self._wait_alive(w) for w in self.workers]
         if self._adapter is not None:
             version, ref, config = self._adapter
             ray.get([w.load_adapter.remote(version, ref, config) for w in self.workers])
+
+    @staticmethod
+    def _wait_alive(worker, timeout: float = 900.0) -> int:
+        """The worker's pid once it answers; while Ray restarts it, calls fail with ActorUnavailableError."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return ray.get(worker.info.remote())["pid"]
+            except ray.exceptions.ActorUnavailableError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def _retrying(self, call):
         from align.workers.rollout import StaleAdapter
