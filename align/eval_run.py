@@ -59,7 +59,8 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
 
     from align.data.loading import load_prompts
     from align.models.builtin import resolve_model_path
-    from align.trainer import check_address, rollout_spec
+    from align.cluster import check_address
+    from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
 
@@ -82,7 +83,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
         check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
-    ray.init(address=address, log_to_driver=False) if address else ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    ray.init(address=address, log_to_driver=False) if address else ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r

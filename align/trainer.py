@@ -24,6 +24,7 @@ from align.algorithms.apo import correct_from_raw, dads_weights, stcr_scale
 from align.algorithms.grpo import compute_advantages, informative_groups
 from align.batch import pack
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from align.cluster import ClusterLost, ClusterWatch, check_address
 from align.evaluation_loop import evaluate, format_eval
 from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
@@ -64,21 +65,6 @@ def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_worker
                 f"learner.num_cpus{'' if kind == 'CPU' else ', one GPU per actor'}) but the cluster has {have:g}: "
                 f"lower learner.num_ranks / rollout.num_workers or their num_cpus, or use a bigger cluster"
             )
-
-
-def check_address(address: str, timeout: float = 5.0) -> None:
-    """``--address HOST:PORT``: something must listen there, else a clear error now (``ray.init`` would
-    retry for a long while). Other forms (``auto``, ``ray://``) are left to Ray."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "://" in address:
-        return
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise ValueError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
-                         f"`ray start --head --port {port}` or leave out --address") from None
 
 
 def check_context(c: Config, model_path: str) -> None:
@@ -175,7 +161,8 @@ class Trainer:
             else:
                 cpus = max(2, os.cpu_count() or 2)
                 check_resources(cfg, {"CPU": cpus, "GPU": torch.cuda.device_count()}, gpu, rollout_workers)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+                # address="local": always a cluster of our own, even where `ray start` left one running
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         return gpu
 
     # ------------------------------------------------------------------ AdaptThink
@@ -485,9 +472,12 @@ class Trainer:
                     signal.Signals(signum).name, timeout)
 
     def _on_alarm(self, signum, frame) -> None:
-        good = f"the last good checkpoint is {self._last_ckpt}" if self._last_ckpt else "no checkpoint was written"
         raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
-                            f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; {good}")
+                            f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; "
+                            f"{self._state_line()}")
+
+    def _state_line(self) -> str:
+        return f"the last checkpoint is {self._last_ckpt}" if self._last_ckpt else "no checkpoint of this run was written yet"
 
     def _fault_metrics(self) -> dict[str, int]:
         """Actors lost and recovered so far in this run (only when there were some)."""
@@ -562,6 +552,8 @@ class Trainer:
             if self.resume:  # read and verified before any actor starts: a bad checkpoint costs nothing
                 self._preloaded = self._latest_checkpoint() or {}
             self._setup()
+            if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
+                self._watch = ClusterWatch(self.address, self._state_line).__enter__()
             # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
             # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
             if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
@@ -618,14 +610,21 @@ class Trainer:
                 plot_levels({"before": before, "after": after}, self.run_dir / "plots" / "levels.png",
                             LEVEL_METRICS + ("length_wrong",), title=f"{cfg.algorithm.name}: {self.run_dir.name}")
             return self._summary(before, after, plot)
+        except ClusterLost:
+            self._cluster_lost = True
+            raise
         finally:
+            if getattr(self, "_watch", None) is not None:
+                self._watch.__exit__()
             if old_handlers:
                 signal.alarm(0)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             if getattr(self, "metrics", None):
                 self.metrics.close()
-            if ray.is_initialized() and getattr(self, "_owns_ray", True):
+            if getattr(self, "_cluster_lost", False):
+                pass  # nothing to shut down: talking to a dead cluster would only wait
+            elif ray.is_initialized() and getattr(self, "_owns_ray", True):
                 ray.shutdown()
             elif ray.is_initialized():  # a trial in a shared cluster: free its actors
                 self._release_actors()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -228,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, known):
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        from align.cluster import ClusterLost
+
+        if isinstance(exc, ClusterLost):  # nothing to shut down: leave without waiting on the dead cluster
+            print(f"error: {exc}", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(1)
         print(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 

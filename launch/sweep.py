@@ -327,7 +327,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         bundles = trial_resources(base_cfg)
         resources = tune.PlacementGroupFactory(bundles, strategy="PACK")

@@ -28,6 +28,11 @@ class RewardError(RuntimeError):
     """A reward function misbehaved; the message names the reward and the sample."""
 
 
+class RewardContractError(RewardError):
+    """A reward broke its contract (wrong length, a non-number, not a list): a bug in the reward, not
+    a flaky sample, so the run stops whatever ``on_failure`` says."""
+
+
 @dataclass
 class Reward:
     """A named reward function with the keyword arguments it is called with."""
@@ -70,7 +75,7 @@ def _to_float(reward: str, objective: str, value, index: int) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
             return float(value.item())
-        raise RewardError(
+        raise RewardContractError(
             f"reward {reward!r}{_obj(reward, objective)} returned a non-number at sample {index}: "
             f"{value!r} ({type(value).__name__}); return a float or None"
         )
@@ -103,10 +108,10 @@ def _columns_of(reward: Reward, out, n: int) -> tuple[list[str], list[np.ndarray
     names, cols, applicable = [], [], []
     for objective, values in outputs:
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-            raise RewardError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
+            raise RewardContractError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
                               f"return a list with one value per completion")
         if len(values) != n:
-            raise RewardError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
+            raise RewardContractError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
                               f"for {n} completions")
         names.append(objective)
         cols.append(np.array([_to_float(reward.name, objective, v, i) for i, v in enumerate(values)], dtype=np.float64))

@@ -15,7 +15,9 @@ wrong, per reward:
   seconds, then stop as ``error`` does. (An ``http`` reward also retries connection errors and
   timeouts of single requests by itself, ``rewards.http``.)
 
-``None`` ("not applicable") is never a failure. An actor that dies (killed, out of memory, its node
+A reward that breaks its contract (wrong length, a non-number, not a list) stops the run whatever
+the policy (``RewardContractError``): no retry or skip makes its values usable. ``None`` ("not
+applicable") is never a failure. An actor that dies (killed, out of memory, its node
 lost) is replaced and the batch scored again, up to ``max_restarts`` times per batch
 (``trainer.actor_restarts``; metric ``faults/reward_restarts``); an actor that dies on every try (a
 reward that crashes its process on some input) is then the reward's failure (``died``) under its
@@ -33,6 +35,7 @@ import numpy as np
 import ray
 
 from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
+from rewards.scoring import RewardContractError
 
 log = logging.getLogger("align.rewards")
 
@@ -153,6 +156,8 @@ class RewardPool:
                 ref = self.actors[k].score.remote(*args)
                 if e.get("timeout"):
                     deadline = time.time() + e["timeout"]
+            except RewardContractError as exc:  # a bug in the reward: no policy makes its values usable
+                raise RewardContractError(f"{_cause(exc)}; this stops the run whatever on_failure says") from None
             except Exception as exc:
                 return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
 

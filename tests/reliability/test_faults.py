@@ -147,7 +147,33 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
     assert diff == 0.0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
+def test_learner_restarts_are_bounded(tmp_path):
+    """trainer.learner_restarts=0: a lost rank stops the run with a message naming the limit and the
+    last checkpoint, instead of restarting."""
+    out = tmp_path / "run"
+
+    def inject(t):
+        train_step = t.learners.train_step
+
+        def kill_then_train(*args, **kwargs):
+            if len(t.metrics.read(t.metrics.path)) == 2:
+                _kill(t.learners.pids[0])
+            return train_step(*args, **kwargs)
+
+        t.learners.train_step = kill_then_train
+
+    FaultyTrainer.inject = staticmethod(inject)
+    with pytest.raises(RuntimeError) as err:
+        FaultyTrainer(_config(out, "trainer.learner_restarts=0"), str(CONFIG.parent)).run()
+    message = str(err.value)
+    ok = "learner rank died" in message and "trainer.learner_restarts=0" in message and "step_2" in message
+    record("fault", "learner rank killed with trainer.learner_restarts=0", ok, "the run stops: " + message[-160:])
+    assert ok, message
+
+
+# SIGINT takes the same path as SIGTERM: make test-reliability only (CI budget)
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baseline, sig):
     out = tmp_path / "run"
     overrides = [a for o in [f"trainer.output_dir={out}", *COMMON] for a in ("--set", o)]
@@ -174,43 +200,82 @@ def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baselin
     assert diff == 0.0
 
 
+@pytest.mark.slow
+def test_a_step_that_outlasts_stop_timeout_stops_without_a_new_checkpoint(tmp_path):
+    """trainer.stop_timeout=1: the signal's step cannot finish in time, so the run stops at once and
+    says the last good checkpoint (none yet) instead of writing one."""
+    out = tmp_path / "run"
+    overrides = [a for o in [f"trainer.output_dir={out}", *COMMON, "trainer.save_every=0", "trainer.stop_timeout=1"]
+                 for a in ("--set", o)]
+    proc = subprocess.Popen([ALIGN, "train", str(CONFIG), *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if f"step 1/{STEPS}" in line:
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    waited = time.time() - t0
+    ok = proc.returncode == 130 and "did not finish the step within trainer.stop_timeout=1s" in rest and waited < 30
+    ok = ok and not list_checkpoints(out / "checkpoints")
+    record("fault", "SIGTERM with a step longer than trainer.stop_timeout=1", ok, f"exit 130 after {waited:.1f}s, no checkpoint written")
+    assert ok, (proc.returncode, waited, rest[-3000:])
+
+
 KILL_IN_SAVE = textwrap.dedent("""
-    import os, signal, sys
+    import json, os, signal, sys
+    import psutil
     import align.checkpoint as ck
     from align.trainer import Trainer
     from launch.config import load_config
 
     real_replace = os.replace
 
-    def replace(src, dst):  # the kill: after step_4's files are written, before the rename
-        if str(dst).endswith("step_4"):
+    def replace(src, dst):  # the kill: step_2's files are written, the rename has not happened
+        if str(dst).endswith("step_2"):
+            children = [p.pid for p in psutil.Process().children(recursive=True)]
+            with open(sys.argv[2], "w") as f:
+                json.dump(children, f)  # the Ray processes this driver started, for the test to clean up
             os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst)
 
     ck.os.replace = replace
-    cfg = load_config(sys.argv[1], sys.argv[2:])
+    cfg = load_config(sys.argv[1], sys.argv[3:])
     Trainer(cfg, os.path.dirname(sys.argv[1])).run()
 """)
 
 
 def test_a_kill_during_a_checkpoint_save_never_leaves_a_checkpoint_resume_would_choose(tmp_path, baseline):
+    """SIGKILL between writing step_2's files and renaming the folder into place: --resume must
+    choose step_1 (verified) and continue as the uninterrupted run did."""
     out = tmp_path / "run"
-    script = tmp_path / "kill_in_save.py"
+    script, children = tmp_path / "kill_in_save.py", tmp_path / "children.json"
     script.write_text(KILL_IN_SAVE)
-    done = subprocess.run([sys.executable, str(script), str(CONFIG), f"trainer.output_dir={out}", *COMMON],
+    two_steps = ["trainer.max_steps=2", "trainer.save_every=1"]
+    done = subprocess.run([sys.executable, str(script), str(CONFIG), str(children), f"trainer.output_dir={out}", *COMMON, *two_steps],
                           capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # the killed driver's cluster
+    _kill_all(json.loads(children.read_text()) if children.exists() else [])
     leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     chosen = [p.name for p in list_checkpoints(out / "checkpoints")]
-    ok = done.returncode == -signal.SIGKILL and chosen == ["step_2"] and bool(leftovers)
+    ok = done.returncode == -signal.SIGKILL and chosen == ["step_1"] and bool(leftovers)
     assert ok, (done.returncode, chosen, leftovers, done.stderr[-3000:])
-    verify(out / "checkpoints" / "step_2")
-    Trainer(_config(out), str(CONFIG.parent), resume=True).run()
-    diff = max_abs_diff(_rows(out), baseline)
-    record("checkpoint", "SIGKILL between writing step_4 and its rename", ok,
-           f"half-written {leftovers[0]} ignored; --resume chose step_2", corrupted=0)
+    verify(out / "checkpoints" / "step_1")
+    Trainer(_config(out, *two_steps), str(CONFIG.parent), resume=True).run()
+    diff = max_abs_diff(_rows(out), [r for r in baseline if r["step"] <= 2])
+    record("checkpoint", "SIGKILL between writing step_2 and its rename", ok,
+           f"half-written {leftovers[0]} ignored; --resume chose step_1", corrupted=0)
     record("resume", "kill during save + --resume vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert diff == 0.0
+
+
+def _kill_all(pids: list[int]) -> None:
+    import psutil
+
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_path):

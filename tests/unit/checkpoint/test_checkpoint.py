@@ -71,3 +71,29 @@ def test_corruption_is_named(tmp_path):
         f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
     with pytest.raises(CheckpointError, match=r"optimizer_rank0.safetensors: checksum mismatch"):
         verify(ck)
+
+
+def test_saving_a_step_again_replaces_it_whole(tmp_path):
+    _save(tmp_path, 1)
+    ck = save_checkpoint(tmp_path, 1, {"w": np.ones(2, np.float32)}, {"r": 4}, [{"x": np.arange(5)}], {"data_position": 7})
+    verify(ck)
+    assert load_checkpoint(ck)["state"]["data_position"] == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1"]  # no temporary or moved-aside folder left
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
+    import resource
+
+    _save(tmp_path, 1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))  # every file over 64 bytes fails, as on a full disk
+    try:
+        with pytest.raises(CheckpointError) as err:
+            save_checkpoint(tmp_path, 2, {"w": np.ones(1000, np.float32)}, {"r": 2}, [], {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert "could not write checkpoint" in message and "File too large" in message and "adapter_model.safetensors" in message
+    assert "step_1 is intact" in message
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1"]
+    verify(tmp_path / "step_1")
