@@ -586,8 +586,8 @@ class Trainer:
                     if self.objective is not None:
                         m.update(self.objective.state_metrics())
                     m.update(self._fault_metrics())
-                    save = last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal
-                    if save:  # before the metrics row: a row is never logged for a step a restart would redo
+                    saved = bool(last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal)
+                    if saved:  # before the metrics row: a row is never logged for a step a restart would redo
                         self._save(step + 1)
                 except LearnerLost as exc:
                     step = self._recover_learners(exc)
@@ -598,6 +598,8 @@ class Trainer:
                     log.info("step %d/%d | %s | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps, self._progress(m),
                              m.get("timing/step", 0.0), _hms(eta))
                 if self._stop_signal and not last:
+                    if not saved:  # the signal came while the row was being logged
+                        self._save(step + 1)
                     raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
                                         f"checkpoint written to {self.ckpt_dir}; continue with --resume")
                 step += 1

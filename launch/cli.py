@@ -144,8 +144,6 @@ def served_entries(target: str, names: list[str], name: str | None) -> tuple[lis
 
 
 def _cmd_serve_reward(args) -> int:
-    import os
-
     from rewards import build
     from rewards.http import TOKEN_ENV
     from rewards.server import check_bind, serve
