@@ -1,20 +1,24 @@
 """Joining a Ray cluster by ``--address`` and noticing when it goes away.
 
 ``ray.init(address=...)`` retries for a long while when nothing listens, and a driver whose cluster
-dies is killed by Ray about a minute later with a log line, not an error. So align probes the
-address before joining (:func:`check_address`), and while a run uses a joined cluster a watcher
-thread probes its GCS port: when it stops answering for ``grace`` seconds the main thread gets
-:class:`ClusterLost` (a clear error naming the address and the last checkpoint) at once.
+dies is killed by Ray with a log line, not an error (at once when its raylet goes, a minute later
+when only the GCS does). So align probes the address before joining (:func:`check_address`); while
+a run uses a joined cluster a watcher thread probes its GCS port and, when it stops answering for
+``grace`` seconds, stops the run with :class:`ClusterLost` (a clear error naming the address and
+the last checkpoint); and ``align train --address`` runs the driver under a supervisor
+(``launch.cli``) that says the same when Ray ends the driver itself.
 """
 
 from __future__ import annotations
 
-import _thread
 import logging
-import signal
+import os
 import socket
+import sys
 import threading
 import time
+
+from align import interrupts
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +55,26 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 
 class ClusterWatch:
     """Probe ``address`` every ``every`` seconds from a daemon thread; after ``grace`` seconds without
-    an answer, raise :class:`ClusterLost` in the main thread (through SIGUSR1's handler, which only
-    the main thread can install: elsewhere the watch is off)."""
+    an answer, post :class:`ClusterLost` for the main thread (``align.interrupts``: raised at its next
+    wait slice). A main thread blocked inside Ray's C++ (creating an actor on the dead cluster)
+    never gets there: ``exit_after`` seconds later the watcher prints the error line and ends the
+    process itself (exit code 1)."""
 
-    def __init__(self, address: str, describe_state, grace: float = 15.0, every: float = 2.0):
+    def __init__(self, address: str, describe_state, grace: float = 15.0, every: float = 2.0, exit_after: float = 10.0):
         self.address, self.describe_state, self.grace, self.every = address, describe_state, grace, every
+        self.exit_after = exit_after
         self.target = _host_port(address)
         self.lost: str | None = None
         self._stop = threading.Event()
-        self._old_handler = None
 
     def __enter__(self) -> "ClusterWatch":
-        if self.target is None or threading.current_thread() is not threading.main_thread():
+        if self.target is None:
             return self
-        self._old_handler = signal.signal(signal.SIGUSR1, self._raise)
         threading.Thread(target=self._watch, name="align-cluster-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._old_handler is not None:
-            signal.signal(signal.SIGUSR1, self._old_handler)
-
-    def _raise(self, signum, frame) -> None:
-        if self.lost:
-            raise ClusterLost(self.lost)
 
     def _watch(self) -> None:
         silent_since = None
@@ -89,5 +88,8 @@ class ClusterWatch:
                 self.lost = (f"the Ray cluster at {self.address} stopped answering ({why}) for {self.grace:g}s; "
                              f"{self.describe_state()}; restart the cluster and continue with --resume")
                 log.error("%s", self.lost)
-                _thread.interrupt_main(signal.SIGUSR1)
+                interrupts.post(ClusterLost(self.lost))  # raised at the main thread's next wait slice
+                if not self._stop.wait(self.exit_after):  # the main thread is stuck inside Ray: leave now
+                    print(f"error: {self.lost}", file=sys.stderr, flush=True)
+                    os._exit(1)
                 return

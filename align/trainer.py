@@ -24,7 +24,9 @@ from align.algorithms.apo import correct_from_raw, dads_weights, stcr_scale
 from align.algorithms.grpo import compute_advantages, informative_groups
 from align.batch import pack
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from align import interrupts
 from align.cluster import ClusterLost, ClusterWatch, check_address
+from align.interrupts import StopRequested
 from align.evaluation_loop import evaluate, format_eval
 from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
@@ -90,10 +92,6 @@ def make_trainer(config: Config, config_dir: str | None = None, address: str | N
 
         return PreferenceTrainer(config, config_dir, address=address, resume=resume)
     return Trainer(config, config_dir, address=address, resume=resume)
-
-
-class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived; the run stopped after writing a checkpoint."""
 
 
 class Trainer:
@@ -464,7 +462,8 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+            interrupts.post(KeyboardInterrupt())
+            return
         self._stop_signal = signum
         timeout = self.cfg.trainer.stop_timeout
         signal.alarm(max(1, math.ceil(timeout)))  # past trainer.stop_timeout: _on_alarm stops at once
@@ -472,9 +471,9 @@ class Trainer:
                     signal.Signals(signum).name, timeout)
 
     def _on_alarm(self, signum, frame) -> None:
-        raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
+        interrupts.post(StopRequested(f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
                             f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; "
-                            f"{self._state_line()}")
+                            f"{self._state_line()}"))
 
     def _state_line(self) -> str:
         return f"the last checkpoint is {self._last_ckpt}" if self._last_ckpt else "no checkpoint of this run was written yet"
@@ -549,6 +548,7 @@ class Trainer:
         cfg = self.cfg
         old_handlers: dict = {}
         try:
+            interrupts.clear()
             if self.resume:  # read and verified before any actor starts: a bad checkpoint costs nothing
                 self._preloaded = self._latest_checkpoint() or {}
             self._setup()
@@ -572,6 +572,7 @@ class Trainer:
             step = start
             while step < cfg.trainer.max_steps:
                 try:
+                    interrupts.check()
                     m = self._step(step)
                     done += 1
                     last = step + 1 == cfg.trainer.max_steps

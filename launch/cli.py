@@ -98,7 +98,8 @@ def _cmd_config_only(args, what: str) -> int:
         return 0
     config_dir = str(Path(args.config).resolve().parent) if args.config else None
     if what == "train":
-        from align.trainer import StopRequested, make_trainer
+        from align.interrupts import StopRequested
+        from align.trainer import make_trainer
 
         try:
             make_trainer(config, config_dir, address=args.address, resume=args.resume).run()
@@ -194,9 +195,64 @@ def _cmd_model(args) -> int:
     return 2
 
 
+SUPERVISED = "ALIGN_SUPERVISED"
+
+
+def _supervise(argv: list[str], args) -> int:
+    """``align train --address``: the driver runs in a child process. Ray ends a driver whose cluster
+    died with a log line of its own (at once when the raylet goes): the parent then checks the
+    address and says so in one line, naming the last checkpoint. Signals are passed on."""
+    import signal
+    import subprocess
+    import threading
+
+    from align.cluster import check_address
+
+    child = subprocess.Popen([sys.executable, "-m", "launch.cli", *argv], env={**os.environ, SUPERVISED: "1"},
+                             stderr=subprocess.PIPE, text=True, bufsize=1)
+    said: list[str] = []
+
+    def pump() -> None:
+        for line in child.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.startswith("error:"):
+                said.append(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    old = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    reader.join(timeout=10)
+    if rc in (0, 2, 130) or said:
+        return rc
+    try:
+        check_address(args.address)
+        return rc  # the cluster is there: the driver failed for another reason (its output says which)
+    except ValueError:
+        pass
+    try:
+        from align.checkpoint import list_checkpoints
+
+        found = list_checkpoints(Path(load_config(args.config, args.overrides).trainer.output_dir) / "checkpoints")
+        state = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written"
+    except Exception:
+        state = "see trainer.output_dir for the last checkpoint"
+    print(f"error: the Ray cluster at {args.address} stopped answering and Ray ended the driver (exit {rc}); {state}; "
+          f"restart the cluster and continue with --resume", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train" and getattr(args, "address", None) and not getattr(args, "dry_run", False) \
+            and not os.environ.get(SUPERVISED):
+        return _supervise(list(sys.argv[1:] if argv is None else argv), args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command is None:
         parser.print_help()

@@ -12,6 +12,7 @@ import numpy as np
 import ray
 import torch
 
+from align import interrupts
 from align.batch import shard_indices
 
 log = logging.getLogger(__name__)
@@ -23,13 +24,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gather(refs: list) -> list:
-    """``ray.get(refs)``, but the first failure is raised as soon as it arrives: when one rank of a
-    collective dies the others block in their all-reduce, and waiting for them would hang."""
+def gather(refs: list, slice_s: float = 1.0) -> list:
+    """``ray.get(refs)``, but the first failure is raised as soon as it arrives (when one rank of a
+    collective dies the others block in their all-reduce: waiting for them would hang), and the
+    wait returns to Python every ``slice_s`` seconds, so signal handlers (SIGINT, the stop timeout,
+    a lost cluster) run while it waits."""
     pending = list(refs)
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        ray.get(ready)  # raises the failure, if any
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=slice_s)
+        interrupts.check()
+        for ref in ready:
+            ray.get(ref)  # raises the failure, if any
     return ray.get(list(refs))
 
 
@@ -77,6 +82,7 @@ class RolloutGroup:
                 if time.time() > deadline:
                     raise
                 time.sleep(1.0)
+                interrupts.check()
 
     def _retrying(self, call):
         from align.workers.rollout import StaleAdapter
@@ -92,7 +98,7 @@ class RolloutGroup:
     def load_adapter(self, version: int, tensors_ref, adapter_config: dict) -> float:
         """Every worker serves the new adapter; returns the slowest worker's seconds."""
         self._adapter = (version, tensors_ref, adapter_config)
-        return self._retrying(lambda: max(ray.get([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])))
+        return self._retrying(lambda: max(gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])))
 
     def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, forced: bool = False,
                  **sampling) -> list[list[dict]]:
@@ -107,7 +113,7 @@ class RolloutGroup:
             futures = [(w.generate_forced if forced else w.generate).remote(
                            [prompts[i] for i in idx], seeds=[seeds[i] for i in idx], logprobs_for=sum(i < k for i in idx), **sampling)
                        for w, idx in zip(self.workers, shares) if idx]
-            return [group for part in ray.get(futures) for group in part]
+            return [group for part in gather(futures) for group in part]
 
         return self._retrying(call)
 

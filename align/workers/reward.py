@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
+from align import interrupts
 from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
 from rewards.scoring import RewardContractError
 
@@ -137,8 +138,10 @@ class RewardPool:
         actor that died is replaced and ``args`` scored again (up to ``max_restarts`` times)."""
         lost = 0
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
-            ready, _ = ray.wait([ref], timeout=timeout)
+            ready: list = []
+            while not ready and (deadline is None or time.time() < deadline):  # 1 s slices: signal handlers run
+                ready, _ = ray.wait([ref], timeout=1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time())))
+                interrupts.check()
             if not ready:
                 # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
                 self._replace(k, e)

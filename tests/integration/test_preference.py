@@ -68,7 +68,7 @@ def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_bounda
     import signal
 
     from align.preference import PreferenceTrainer
-    from align.trainer import StopRequested
+    from align.interrupts import StopRequested
 
     out = tmp_path / "cofs"
     two = ("[{name: arithmetic, train: builtin:arithmetic, eval: builtin:preference-arithmetic-eval, steps: 2}, "

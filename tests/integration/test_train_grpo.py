@@ -85,7 +85,7 @@ def test_joins_an_existing_ray_cluster(tmp_path):
     from align.workers.groups import free_port
 
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}  # Ray >= 2.59: token auth on `ray start`
     ray_bin = str(Path(sys.executable).with_name("ray"))
     subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     "--include-dashboard=false"], check=True, capture_output=True, env=env, timeout=120)
