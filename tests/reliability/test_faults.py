@@ -283,6 +283,9 @@ def _kill_all(pids: list[int]) -> None:
             pass
 
 
+# make test-reliability only (CI budget): the same write path is checked without a run in
+# tests/unit/checkpoint/test_checkpoint.py (a size limit while saving)
+@pytest.mark.slow
 def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_survives(tmp_path):
     """A file-size limit (RLIMIT_FSIZE, what a full disk looks like to a writer: the write fails)
     set while step 2's checkpoint is written; step 1's must stay whole."""
