@@ -254,8 +254,9 @@ class TrainerSection(Section):
     eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every N steps (0: only before and after).")
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
-    actor_restarts: int = Field(3, ge=0, description="Restarts of a lost rollout worker (by Ray) or reward actor per call; "
-                                "the call is repeated on the restarted actor (metrics faults/*).")
+    actor_restarts: int = Field(3, ge=0, description="Restarts of a lost rollout worker (Ray's max_restarts, over the run) "
+                                "and of a lost reward actor (per batch); the call is repeated on the restarted actor "
+                                "(metrics faults/*).")
     learner_restarts: int = Field(2, ge=0, description="Times per run a lost learner rank restarts the learner group from the "
                                   "last checkpoint (steps after it are recomputed); 0: the run stops.")
     stop_timeout: float = Field(600.0, gt=0, description="Seconds after SIGINT/SIGTERM within which the run stops: it finishes "

@@ -64,8 +64,7 @@ class RolloutGroup:
             raise RuntimeError(f"rollout workers failed {attempt + 1} times in one call (trainer.actor_restarts="
                                f"{self.max_restarts}): {exc}") from exc
         self.restarts += 1
-        log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call",
-                                            str(exc).splitlines()[0][:200])
+        log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call", str(exc).splitlines()[0][:200])
         self.pids = [self._wait_alive(w) for w in self.workers]
         if self._adapter is not None:
             version, ref, config = self._adapter
