@@ -149,6 +149,25 @@ class LearnerGroup:
             return gather(refs)
         except ray.exceptions.RayActorError as exc:
             raise LearnerLost(f"a learner rank died: {str(exc).splitlines()[0][:300]}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            # a surviving rank's collective failed first ("connection closed by peer"): was a rank lost?
+            dead = self._dead_ranks()
+            if dead:
+                raise LearnerLost(f"learner rank(s) {dead} died (a surviving rank's collective then failed: "
+                                  f"{str(getattr(exc, "cause", exc)).splitlines()[0][:200]})") from exc
+            raise
+
+    def _dead_ranks(self, timeout: float = 30.0) -> list[int]:
+        """Ranks whose process is gone (a rank that does not answer within ``timeout`` counts as alive)."""
+        dead = []
+        for i, rank in enumerate(self.ranks):
+            try:
+                ray.get(rank.ping.remote(), timeout=timeout)
+            except ray.exceptions.RayActorError:
+                dead.append(i)
+            except ray.exceptions.GetTimeoutError:
+                pass
+        return dead
 
     def restart(self) -> None:
         """Kill every rank (survivors may be stuck in a collective) and start the group afresh."""
