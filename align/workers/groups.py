@@ -154,7 +154,7 @@ class LearnerGroup:
             dead = self._dead_ranks()
             if dead:
                 raise LearnerLost(f"learner rank(s) {dead} died (a surviving rank's collective then failed: "
-                                  f"{str(getattr(exc, "cause", exc)).splitlines()[0][:200]})") from exc
+                                  f"{str(getattr(exc, 'cause', exc)).splitlines()[0][:200]})") from exc
             raise
 
     def _dead_ranks(self, timeout: float = 30.0) -> list[int]:
