@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 RECORDS: list[dict] = []
+FAILED: list[str] = []  # node ids of reliability tests that failed (conftest.py)
 
 
 def record(kind: str, name: str, ok: bool, detail: str = "", **figures) -> None:
@@ -54,6 +55,7 @@ def write_report(path: str | Path) -> Path:
         f"| resume equality: runs compared / max abs metric difference | {len(resume)} / "
         f"{max(resume) if resume else 'n/a'} |",
         f"| security checks / passed | {len(by['security'])} / {sum(r['ok'] for r in by['security'])} |",
+        f"| reliability tests failed | {len(FAILED)}{': ' + ', '.join(FAILED) if FAILED else ''} |",
         "",
     ]
     for kind, title in [("fault", "Faults"), ("resume", "Resume equality"), ("checkpoint", "Checkpoints"),
