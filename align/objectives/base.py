@@ -121,10 +121,10 @@ def simplex_weights(names: list[str], weights: dict[str, float]) -> tuple[np.nda
 
 def build_objective(name: str, names: list[str], weights: dict[str, float], config=None) -> Objective:
     """The registered objective ``name`` (importing the built-in ones first)."""
-    import align.objectives.gradient  # noqa: F401
-    import align.objectives.hypervolume  # noqa: F401
-    import align.objectives.lagrangian  # noqa: F401
-    import align.objectives.static  # noqa: F401
+    import importlib
+
+    for module in ("gradient", "hypervolume", "lagrangian", "static"):  # each registers itself
+        importlib.import_module(f"align.objectives.{module}")
 
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(sorted(OBJECTIVES))}")

@@ -51,7 +51,7 @@ def write_report(path: str | Path) -> Path:
         f"| faults injected / handled as stated (survived, or a clean stop where that is the policy) | {len(by['fault'])} / {sum(r['ok'] for r in by['fault'])} |",
         f"| bad inputs tried / refused cleanly | {len(by['bad_input'])} / {sum(r['ok'] for r in by['bad_input'])} |",
         f"| checkpoint cases / handled | {len(by['checkpoint'])} / {sum(r['ok'] for r in by['checkpoint'])} |",
-        f"| checkpoints corrupted (must be 0) | {corrupted} |",
+        f"| checkpoints corrupted (must be 0): complete checkpoints left by the fault runs that fail their manifest | {corrupted} |",
         f"| resume equality: runs compared / max abs metric difference | {len(resume)} / "
         f"{max(resume) if resume else 'n/a'} |",
         f"| security checks / passed | {len(by['security'])} / {sum(r['ok'] for r in by['security'])} |",

@@ -44,6 +44,17 @@ def _kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _corrupted(run) -> int:
+    """Checkpoints --resume could choose (complete: with a manifest) whose files do not verify."""
+    bad = 0
+    for ckpt in list_checkpoints(Path(run) / "checkpoints"):
+        try:
+            verify(ckpt)
+        except CheckpointError:
+            bad += 1
+    return bad
+
+
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     """The uninterrupted run every faulty run is compared with."""
@@ -109,7 +120,7 @@ def test_rollout_and_reward_workers_killed_mid_step(tmp_path, baseline):
     ok_rollout = last.get("faults/rollout_restarts") == 1 and restarted
     ok_reward = last.get("faults/reward_restarts") == 1
     record("fault", "rollout worker SIGKILLed mid-generate (step 2)", ok_rollout and diff == 0,
-           "Ray restarted it; adapter re-served; call repeated", max_abs_diff=diff)
+           "Ray restarted it; adapter re-served; call repeated", max_abs_diff=diff, corrupted=_corrupted(out))
     record("fault", "reward actor SIGKILLed mid-scoring (step 3)", ok_reward and diff == 0, "replaced; batch rescored",
            max_abs_diff=diff)
     record("resume", "rollout + reward actor killed vs uninterrupted", diff == 0, max_abs_diff=diff)
@@ -141,7 +152,7 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
     diff = max_abs_diff(rows, baseline)
     ok = bool(killed) and rows[-1].get("faults/learner_restarts") == 1 and killed[0] not in trainer.learners.pids
     record("fault", "learner rank 1 of 2 SIGKILLed in a train step (step 3)", ok and diff == 0,
-           f"group restarted from step_2 on its own; run took {time.time() - t0:.0f}s", max_abs_diff=diff)
+           f"group restarted from step_2 on its own; run took {time.time() - t0:.0f}s", max_abs_diff=diff, corrupted=_corrupted(out))
     record("resume", "learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert ok, rows[-1]
     assert diff == 0.0
@@ -196,7 +207,8 @@ def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baselin
     Trainer(_config(out), str(CONFIG.parent), resume=True).run()
     diff = max_abs_diff(_rows(out), baseline)
     record("fault", f"{sig.name} to the driver at step 2", clean,
-           f"exit 130 after {waited:.1f}s (stated: within trainer.stop_timeout={stop_timeout:g}s); checkpoint {ckpts[0]}")
+           f"exit 130 after {waited:.1f}s (stated: within trainer.stop_timeout={stop_timeout:g}s); checkpoint {ckpts[0]}",
+           corrupted=_corrupted(out))
     record("resume", f"{sig.name} + --resume vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert diff == 0.0
 
@@ -268,7 +280,7 @@ def test_a_kill_during_a_checkpoint_save_never_leaves_a_checkpoint_resume_would_
     Trainer(_config(out, *two_steps), str(CONFIG.parent), resume=True).run()
     diff = max_abs_diff(_rows(out), [r for r in baseline if r["step"] <= 2])
     record("checkpoint", "SIGKILL between writing step_2 and its rename", ok,
-           f"half-written {leftovers[0]} ignored; --resume chose step_1", corrupted=0)
+           f"half-written {leftovers[0]} ignored; --resume chose step_1", corrupted=_corrupted(out))
     record("resume", "kill during save + --resume vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert diff == 0.0
 
@@ -315,5 +327,5 @@ def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_sur
     verify(out / "checkpoints" / "step_1")
     ok = ("could not write checkpoint" in message and "File too large" in message and "step_1 is intact" in message
           and chosen == ["step_1"] and not leftovers)
-    record("checkpoint", "size limit hit while saving step_2", ok, message.split(";")[0][-120:], corrupted=0)
+    record("checkpoint", "size limit hit while saving step_2", ok, message.split(";")[0][-120:], corrupted=_corrupted(out))
     assert ok, (message, chosen, leftovers)
