@@ -67,8 +67,7 @@ class RolloutGroup:
         log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call", str(exc).splitlines()[0][:200])
         self.pids = [self._wait_alive(w) for w in self.workers]
         if self._adapter is not None:
-            version, ref, config = self._adapter
-            ray.get([w.load_adapter.remote(version, ref, config) for w in self.workers])
+            self._serve(*self._adapter)
 
     @staticmethod
     def _wait_alive(worker, timeout: float = 900.0) -> int:
@@ -97,7 +96,10 @@ class RolloutGroup:
     def load_adapter(self, version: int, tensors_ref, adapter_config: dict) -> float:
         """Every worker serves the new adapter; returns the slowest worker's seconds."""
         self._adapter = (version, tensors_ref, adapter_config)
-        return self._retrying(lambda: max(gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])))
+        return self._retrying(lambda: self._serve(version, tensors_ref, adapter_config))
+
+    def _serve(self, version: int, tensors_ref, adapter_config: dict) -> float:
+        return max(gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
 
     def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, forced: bool = False,
                  **sampling) -> list[list[dict]]:
