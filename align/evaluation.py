@@ -11,7 +11,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from align.models.tokenizer import END_THINK
-from rewards import final_answer
+from rewards import final_answer, number_match
 
 
 class _BanFirstToken(LogitsProcessor):
@@ -59,3 +59,31 @@ def accuracy_by_level(model, tok, rows: list[dict], modes=("free", "think", "not
                 for lv in levels
             }
     return report
+
+
+@torch.no_grad()
+def chat_accuracy_by_level(model, tok, rows: list[dict], max_new_tokens: int = 32, batch_size: int = 64) -> dict:
+    """Greedy accuracy per level on conversational rows (``align.data.chat``), scored by the
+    ``number_match`` reward: ``{"accuracy": {level: acc}, "length": {level: mean tokens}, "samples": [...]}``."""
+    side, tok.padding_side = tok.padding_side, "left"  # generation continues every prompt from its last token
+    texts, lengths = [], []
+    try:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            prompts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chunk]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            for row in gen[:, enc.input_ids.shape[1] :].tolist():
+                n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+                texts.append(tok.decode(row[:n], skip_special_tokens=True))
+                lengths.append(n)
+    finally:
+        tok.padding_side = side
+    right = number_match(None, texts, [r["answer"] for r in rows])
+    levels = sorted({r["level"] for r in rows})
+    by = {lv: [i for i, r in enumerate(rows) if r["level"] == lv] for lv in levels}
+    return {"accuracy": {lv: sum(right[i] for i in ix) / len(ix) for lv, ix in by.items()},
+            "length": {lv: sum(lengths[i] for i in ix) / len(ix) for lv, ix in by.items()},
+            "overall": sum(right) / len(right),
+            "samples": [{"prompt": r["prompt"][-1]["content"], "reply": t, "answer": r["answer"]} for r, t in zip(rows[:5], texts)]}

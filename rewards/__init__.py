@@ -9,13 +9,15 @@ or ``"path/to/file.py:function"``; :func:`load` returns the callable. A reward m
 """
 
 from rewards.builtin import (BUILTIN_REWARDS, brevity, completion_text, correctness, efficiency, final_answer, length,
-                             no_thinking, shows_work, think_format)
+                             last_number, no_thinking, number_match, shows_work, think_format)
 from rewards.loading import RewardLoadError, build, load
 from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, RewardValues, evaluate_reward, score_batch
 
 __all__ = [
     "BUILTIN_REWARDS",
     "brevity",
+    "last_number",
+    "number_match",
     "efficiency",
     "shows_work",
     "NAN_POLICIES",

@@ -67,6 +67,30 @@ def brevity(prompts, completions, completion_ids=None, max_tokens: int = 48, **k
     return [1.0 - min(x, max_tokens) / max_tokens for x in n]
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (thousands separators dropped), or None."""
+    found = _NUMBER.findall(text.replace(",", ""))
+    return float(found[-1]) if found else None
+
+
+def number_match(prompts, completions, answer=None, **kwargs) -> list[float | None]:
+    """1.0 when the last number of the reply equals the ``answer`` column (numerically), else 0.0;
+    None where no answer is given. For chat models, which wrap the answer in words ("17 + 25 = 42.")."""
+    if answer is None:
+        raise ValueError("the number_match reward needs an 'answer' column in the dataset")
+    out: list[float | None] = []
+    for c, a in zip(completions, answer):
+        if a is None:
+            out.append(None)
+            continue
+        got = last_number(completion_text(c))
+        out.append(float(got is not None and abs(got - float(a)) < 1e-9))
+    return out
+
+
 _STEP = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 
 
@@ -102,6 +126,7 @@ def efficiency(prompts, completions, answer=None, think_cost: float = 0.1, **kwa
 
 
 BUILTIN_REWARDS: dict[str, Callable] = {
+    "number_match": number_match,
     "brevity": brevity,
     "shows_work": shows_work,
     "efficiency": efficiency,

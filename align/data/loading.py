@@ -5,7 +5,9 @@ Formats (detected per row):
 - conversational: ``{"prompt": [{"role", "content"}, ...]}`` rendered with the tokenizer's chat
   template (generation prompt added);
 - preference: ``{"prompt", "chosen", "rejected"}``, each standard (strings) or conversational
-  (message lists; the completions are rendered as the template continues the prompt).
+  (message lists; the completions are rendered as the template continues the prompt); or with an
+  implicit prompt, ``{"chosen", "rejected"}`` only: the shared prefix is the prompt, as TRL's
+  ``extract_prompt`` takes it.
 A bad row fails with ``DataError`` naming the file and line (or the dataset row).
 
 Built-ins: ``builtin:arithmetic``, ``builtin:arithmetic-eval``, ``builtin:reversal``,
@@ -19,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-from align.data import tasks
+from align.data import chat, tasks
 
 ROLES = ("system", "user", "assistant", "tool")
 BUILTIN_SIZES = {"train": 4000, "eval": 500}
@@ -38,6 +40,9 @@ def _builtin_rows(name: str) -> list[dict]:
         "reversal": lambda: tasks.reversal_dataset(n, 0, split),
         "preference-arithmetic": lambda: tasks.preference_pairs("arithmetic", n, 0, split),
         "preference-reversal": lambda: tasks.preference_pairs("reversal", n, 0, split),
+        "chat-arithmetic": lambda: chat.chat_dataset(n, 0, split),
+        "preference-chat": lambda: chat.chat_preference_pairs(n, 0, split),
+        "preference-chat-implicit": lambda: chat.chat_preference_pairs(n, 0, split, implicit=True),
     }
     if base not in makers:
         names = ", ".join(f"builtin:{k}[-eval]" for k in makers)
@@ -57,8 +62,13 @@ def iter_raw_rows(source: str, base_dir: str | Path | None = None) -> Iterator[t
     if not path.exists():
         raise DataError(f"dataset {source!r} not found (a .jsonl file, a local HF dataset folder, or builtin:...)")
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM may open the file
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                                    f"of the line); save the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
@@ -129,6 +139,37 @@ def _render_completion(where: str, field: str, prompt, completion, tokenizer) ->
     return full[len(prefix) :]
 
 
+def extract_prompt(chosen, rejected) -> tuple:
+    """TRL's implicit prompt: the longest shared prefix of ``chosen`` and ``rejected`` (messages of
+    a conversation, or characters of a string; a space right before the first difference stays
+    with the completions). Same split as ``trl.extract_prompt`` (which, on a first difference at
+    position 0, would also look at the last character). Returns (prompt, chosen, rejected)."""
+    idx = 0
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            if idx > 0 and chosen[idx - 1] == " ":
+                idx -= 1
+            break
+    return chosen[:idx], chosen[idx:], rejected[idx:]
+
+
+def _pair(where: str, row: dict) -> tuple:
+    """(prompt, chosen, rejected) of a preference row, explicit or with an implicit prompt."""
+    chosen, rejected = _text(where, "chosen", row), _text(where, "rejected", row)
+    if row.get("prompt") is not None:
+        return _text(where, "prompt", row), chosen, rejected
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataError(f"{where}: implicit prompt: 'chosen' and 'rejected' must both be strings or both message lists")
+    prompt, chosen, rejected = extract_prompt(chosen, rejected)
+    if not prompt:
+        raise DataError(f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prefix to take as "
+                        f"the implicit prompt")
+    for field, value in (("chosen", chosen), ("rejected", rejected)):
+        if not value or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}: implicit prompt: field {field!r} is empty after the shared prefix")
+    return prompt, chosen, rejected
+
+
 def load_prompts(source: str, tokenizer=None, base_dir=None) -> list[dict]:
     """Rows with a rendered ``prompt`` string plus every other column (passed to rewards); a
     conversational row also keeps its messages as ``prompt_messages`` (a reward model renders them
@@ -141,6 +182,15 @@ def load_prompts(source: str, tokenizer=None, base_dir=None) -> list[dict]:
     if not rows:
         raise DataError(f"dataset {source!r} has no rows")
     return rows
+
+
+def load_eval_rows(source: str, tokenizer=None, base_dir=None) -> list[dict]:
+    """Eval rows of either type: preference rows (a ``chosen`` column) rendered like training
+    pairs, so held-out pair metrics see strings; prompt rows otherwise."""
+    first = next(iter(iter_raw_rows(source, base_dir)), (None, {}))[1]
+    if "chosen" in first and "rejected" in first:
+        return load_preferences(source, tokenizer, base_dir)
+    return load_prompts(source, tokenizer, base_dir)
 
 
 SKIP_REASONS = ("missing_field", "empty_field", "bad_format", "identical_pair")
@@ -170,9 +220,9 @@ def load_preferences(source: str, tokenizer=None, base_dir=None, on_bad: str = "
     rows = []
     for where, row in iter_raw_rows(source, base_dir):
         try:
-            prompt = _text(where, "prompt", row)
-            chosen = _render_completion(where, "chosen", prompt, _text(where, "chosen", row), tokenizer)
-            rejected = _render_completion(where, "rejected", prompt, _text(where, "rejected", row), tokenizer)
+            prompt, chosen, rejected = _pair(where, row)
+            chosen = _render_completion(where, "chosen", prompt, chosen, tokenizer)
+            rejected = _render_completion(where, "rejected", prompt, rejected, tokenizer)
             if not chosen.strip() or not rejected.strip():
                 raise DataError(f"{where}: field {'chosen' if not chosen.strip() else 'rejected'!r} is empty")
             if chosen == rejected:
@@ -184,7 +234,8 @@ def load_preferences(source: str, tokenizer=None, base_dir=None, on_bad: str = "
                 reason = _reason(str(exc))
                 skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        rows.append({**row, "prompt": _render_prompt(where, prompt, tokenizer), "chosen": chosen, "rejected": rejected})
+        messages = {"prompt_messages": prompt} if isinstance(prompt, list) else {}
+        rows.append({**row, **messages, "prompt": _render_prompt(where, prompt, tokenizer), "chosen": chosen, "rejected": rejected})
     if not rows:
         raise DataError(f"dataset {source!r} has no usable rows" + (f" (skipped: {skipped})" if skipped else ""))
     return rows

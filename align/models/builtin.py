@@ -1,7 +1,8 @@
 """The built-in models: a Qwen2-shaped causal LM over the character tokenizer, and its warm-start.
 
 ``builtin:tiny`` and ``builtin:small`` name warm-started models; ``builtin:tiny-init`` and
-``builtin:small-init`` the seeded random initialisation. Each is built on first use into the cache
+``builtin:small-init`` the seeded random initialisation. ``builtin:smollm2-135m`` is a real pretrained
+chat model converted from a registry wheel (``align.models.pretrained``). Each is built on first use into the cache
 (``$ALIGN_CACHE`` or ``~/.cache/align``) under a key that hashes everything it depends on, and from
 then on is an ordinary model directory: ``AutoModelForCausalLM.from_pretrained(path)`` and vLLM
 load it like a hub model. Nothing is downloaded.
@@ -92,13 +93,19 @@ def parse_builtin(path: str) -> tuple[str, bool] | None:
     name = path[len("builtin:") :]
     size, warm = (name[: -len("-init")], False) if name.endswith("-init") else (name, True)
     if size not in SIZES:
-        choices = ", ".join(f"builtin:{s}, builtin:{s}-init" for s in SIZES)
+        from align.models.pretrained import PRETRAINED
+
+        choices = ", ".join([f"builtin:{s}, builtin:{s}-init" for s in SIZES] + [f"builtin:{p}" for p in PRETRAINED])
         raise ValueError(f"unknown built-in model {path!r}; choose one of {choices}")
     return size, warm
 
 
 def resolve_model_path(path: str) -> str:
     """Turn a ``builtin:`` name into its cached directory (building it once); pass others through."""
+    from align.models.pretrained import PRETRAINED, ensure_pretrained
+
+    if path.startswith("builtin:") and path[len("builtin:") :] in PRETRAINED:
+        return str(ensure_pretrained(path[len("builtin:") :], cache_dir()))
     parsed = parse_builtin(path)
     if parsed is None:
         return path
