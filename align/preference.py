@@ -32,6 +32,7 @@ from align.evaluation_loop import evaluate
 from align.losses.preference import dpo_loss, simpo_loss
 from align.sampling import PromptSampler, sample_seed
 from align.trainer import Trainer, check_context, learner_spec, rollout_spec
+from rewards.model import sequence_ids
 from launch.config import save_resolved
 
 log = logging.getLogger("align.train")
@@ -48,13 +49,17 @@ PREFERENCE_PANELS = (
 )
 
 
-def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str) -> dict:
-    """Token ids as TRL's DPOTrainer builds them: prompt with special tokens, each response without,
-    then EOS."""
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return {"prompt_ids": tokenizer(prompt)["input_ids"],
-            "chosen_ids": tokenizer(chosen, add_special_tokens=False)["input_ids"] + eos,
-            "rejected_ids": tokenizer(rejected, add_special_tokens=False)["input_ids"] + eos}
+def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, templated: bool = False) -> dict:
+    """Token ids as TRL's DPOTrainer builds them (``rewards.model.sequence_ids`` for each side)."""
+    p, c = sequence_ids(tokenizer, prompt, chosen, templated)
+    p2, r = sequence_ids(tokenizer, prompt, rejected, templated)
+    n = min(len(p), len(p2))  # templated: each side splits where the prompt and prompt+response part
+    return {"prompt_ids": p[:n], "chosen_ids": p[n:] + c, "rejected_ids": p2[n:] + r}
+
+
+def tokenize_row(tokenizer, row: dict) -> dict:
+    """``tokenize_pair`` of a loaded preference row (templated when it was conversational)."""
+    return tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], templated="prompt_messages" in row)
 
 
 def pack_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -148,7 +153,7 @@ class PreferenceTrainer(Trainer):
         # held-out pairs for the DPO metrics: eval rows that are preference rows
         pair_rows = [r for r in (self.eval_rows if not pref.domains else []) if "chosen" in r and "rejected" in r]
         self.eval_pair_rows = pair_rows[: pref.eval_pairs]
-        self.eval_pairs = [tokenize_pair(self.tokenizer, r["prompt"], r["chosen"], r["rejected"]) for r in self.eval_pair_rows]
+        self.eval_pairs = [tokenize_row(self.tokenizer, r) for r in self.eval_pair_rows]
         self.generate = online or bool(pref.domains) or pref.generate_eval
         if not self.generate:
             self.eval_rows = self.eval_rows if self.eval_pairs else []
@@ -199,7 +204,7 @@ class PreferenceTrainer(Trainer):
         for i in idx:
             r = rows[i]
             if "_ids" not in r:
-                r["_ids"] = tokenize_pair(self.tokenizer, r["prompt"], r["chosen"], r["rejected"])
+                r["_ids"] = tokenize_row(self.tokenizer, r)
                 longest = len(r["_ids"]["prompt_ids"]) + max(len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"]))
                 if longest > self._context:
                     raise ValueError(f"training data row {i}: prompt + response is {longest} tokens, more than the model's "

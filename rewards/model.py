@@ -22,6 +22,34 @@ from pathlib import Path
 TEMPLATES = ("auto", "chat", "plain")
 
 
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def sequence_ids(tokenizer, prompt: str, completion: str, templated: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of one sequence, as TRL's DPOTrainer and RewardTrainer build them;
+    reward-model training (pairs) and scoring (``ModelReward``) use this one function.
+
+    Standard text: the prompt with the tokenizer's special tokens, the completion without, then EOS.
+    ``templated`` (the completion is the chat template's rendering of an assistant turn, which closes
+    the turn itself, e.g. ``"42<|im_end|>\n"``): prompt and prompt + completion are tokenized the way
+    ``apply_chat_template`` tokenizes (no special tokens added), the completion starts where the two
+    diverge (TRL's ``common_prefix_length``), and no EOS is appended."""
+    if templated:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+        n = common_prefix_length(p, full)
+        return p[:n], full[n:]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return tokenizer(prompt)["input_ids"], tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+
+
 class ModelReward:
     """Callable with TRL's reward signature; returns a list (one head) or ``{head: list}``."""
 
@@ -62,10 +90,11 @@ class ModelReward:
             turns = list(messages) if messages is not None else [{"role": "user", "content": prompt}]
             prefix = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             full = tok.apply_chat_template(turns + [{"role": "assistant", "content": text}], tokenize=False)
-            prompt, text = prefix, full[len(prefix):] if full.startswith(prefix) else text
-        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        ids = tok(prompt)["input_ids"] + tok(text, add_special_tokens=False)["input_ids"] + eos
-        return ids[-self.max_length:]  # the score is read at the end: keep the end
+            if full.startswith(prefix):
+                p, c = sequence_ids(tok, prefix, full[len(prefix):], templated=True)
+                return (p + c)[-self.max_length:]
+        p, c = sequence_ids(tok, prompt, text)
+        return (p + c)[-self.max_length:]  # the score is read at the end: keep the end
 
     def scores(self, ids: list[list[int]]):
         """Model outputs ``(n, num_labels)`` for token id lists, in batches of ``batch_size``."""

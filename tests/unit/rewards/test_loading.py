@@ -11,7 +11,7 @@ from rewards import Reward, RewardLoadError, load, score_batch
 
 def test_builtin_names_load():
     assert load("correctness") is rewards.correctness
-    assert set(rewards.BUILTIN_REWARDS) == {"correctness", "think_format", "length", "no_thinking", "brevity", "shows_work", "efficiency"}
+    assert set(rewards.BUILTIN_REWARDS) == {"correctness", "think_format", "length", "no_thinking", "brevity", "shows_work", "efficiency", "number_match"}
 
 
 def test_trl_reward_function_copied_unchanged_loads_by_file_and_scores(tmp_path):

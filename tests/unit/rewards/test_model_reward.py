@@ -7,7 +7,7 @@ import torch
 
 from align.data.loading import load_preferences
 from align.models.builtin import resolve_model_path
-from align.preference import tokenize_pair
+from align.preference import tokenize_row
 from rewards.model import ModelReward
 
 
@@ -33,7 +33,7 @@ def test_scores_the_ids_training_builds(rm, tmp_path):
                     '"rejected": [{"role": "assistant", "content": "4"}]}\n')
     for source in ("builtin:preference-arithmetic-eval", str(conv)):
         row = load_preferences(source, rm.tokenizer)[0]
-        ids = tokenize_pair(rm.tokenizer, row["prompt"], row["chosen"], row["rejected"])
+        ids = tokenize_row(rm.tokenizer, row)
         if source == str(conv):  # a run gives the reward the raw messages and the assistant's text
             got = rm._ids(row["prompt"], "3", [{"role": "user", "content": "1+2="}])
         else:
