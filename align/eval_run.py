@@ -57,7 +57,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
              labels: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
 
-    from align.data.loading import load_prompts
+    from align.data.loading import load_eval_rows
     from align.models.builtin import resolve_model_path
     from align.cluster import check_address
     from align.trainer import rollout_spec
@@ -82,7 +82,7 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
     if address:
         check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rows = load_prompts(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
+    rows = load_eval_rows(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
     ray.init(address=address, log_to_driver=False) if address else ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)

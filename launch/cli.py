@@ -145,7 +145,7 @@ def served_entries(target: str, names: list[str], name: str | None) -> tuple[lis
         if any(r.type == "http" for r in entries):
             raise ValueError("serve-reward serves functions and models; an http reward is already served elsewhere")
         return [r.model_dump() for r in entries], str(Path(target).resolve().parent)
-    kind = {"model": target} if Path(target, "config.json").exists() else {"fn": target}
+    kind = {"model": target} if Path(target, "config.json").exists() or target.startswith("builtin:") else {"fn": target}
     return [RewardEntry(**kind, **({"name": name} if name else {})).model_dump()], None
 
 

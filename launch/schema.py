@@ -35,8 +35,19 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the head."
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the output head "
+        "(peft leaves lm_head out; with tied embeddings it is the embedding matrix too)."
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _served_by_vllm(cls, value):
+        heads = sorted({m for m in value if m.split(".")[-1] in ("lm_head", "embed_tokens")}) if isinstance(value, list) else []
+        if heads:
+            raise ValueError(f"{', '.join(heads)}: the rollout workers' vLLM (0.32) refuses an adapter on the output head or "
+                             "the embeddings (it serves LoRA on the attention and MLP projections only); leave them out, "
+                             "or use all-linear")
+        return value
 
 
 class ModelSection(Section):

@@ -88,7 +88,13 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
 
 def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
     """The reward model folder of a ``type: model`` entry: as given (absolute, or relative to the
-    working directory), else relative to the config's folder; it must hold a config.json."""
+    working directory), else relative to the config's folder; it must hold a config.json. A built-in
+    model name (``builtin:smollm2-135m``) is its cached folder (a causal LM: its score head starts
+    untrained, as a base for reward-model training)."""
+    if entry["model"].startswith("builtin:"):
+        from align.models.builtin import resolve_model_path
+
+        return Path(resolve_model_path(entry["model"]))
     path = Path(entry["model"])
     if not path.is_absolute() and not path.exists() and base_dir is not None and (Path(base_dir) / path).exists():
         path = Path(base_dir) / path

@@ -74,6 +74,13 @@ def test_group_size_one_is_impossible_for_group_methods():
         load_config(None, ["algorithm.group_size=1"])
 
 
+@pytest.mark.parametrize("modules", ["[q_proj, lm_head]", "[model.embed_tokens]"])
+def test_lora_on_the_head_or_embeddings_is_refused(modules):
+    # measured: vLLM 0.32 refuses such an adapter at its first generate ("expected target modules in {...}")
+    with pytest.raises(ConfigError, match=r"'model.lora.target_modules': .*(lm_head|embed_tokens): the rollout workers' vLLM"):
+        load_config(None, [f"model.lora.target_modules={modules}"])
+
+
 def test_overrides_apply_with_yaml_values_and_errors_name_the_override():
     c = load_config(None, ["trainer.max_steps=3", "algorithm.name=dapo", "model.lora.target_modules=[q_proj, v_proj]"])
     assert c.trainer.max_steps == 3 and c.model.lora.target_modules == ["q_proj", "v_proj"]

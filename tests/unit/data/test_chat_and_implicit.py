@@ -110,3 +110,16 @@ def test_number_match_needs_answers():
     assert last_number("x 3 y 4.5") == 4.5 and last_number("none") is None
     with pytest.raises(ValueError, match="answer"):
         number_match(None, ["4"])
+
+
+def test_shipped_jsonl_samples_are_the_builtin_rows():
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[3] / "configs" / "data"
+    want = {"chat_arithmetic.jsonl": chat_dataset(20, 0, "eval"),
+            "chat_preference.jsonl": chat_preference_pairs(10, 0, "eval"),
+            "chat_preference_implicit.jsonl": chat_preference_pairs(10, 0, "eval", implicit=True)}
+    for name, rows in want.items():
+        assert [json.loads(line) for line in (data / name).read_text().splitlines()] == rows, name
+    tok = build_tokenizer()
+    assert len(load_preferences(str(data / "chat_preference_implicit.jsonl"), tok)) == 10
