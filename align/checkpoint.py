@@ -96,7 +96,8 @@ def unflatten_state(template, arrays: dict[str, np.ndarray]):
     return root
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,6 +123,23 @@ def atomic_dir(directory: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def build_once(target: Path, marker: str, build) -> Path:
+    """Build the folder ``target`` once: ``build(tmp)`` fills a temporary folder that is renamed into
+    place when it returns (``atomic_dir``), under a file lock so that concurrent processes (actors
+    resolving the same model) wait for one build; ``marker`` is a file the build writes, whose
+    presence says ``target`` is complete."""
+    from filelock import FileLock
+
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / marker).exists():
+            with atomic_dir(target) as tmp:
+                build(tmp)
+    return target
 
 
 def save_checkpoint(
@@ -179,7 +197,7 @@ def _write_checkpoint(final: Path, adapter, adapter_config, optimizer_states, st
             _write(tmp / f"optimizer_rank{rank}.safetensors", _tensors(opt))
         _write(tmp / "state.json", json.dumps({"step": step, **state}, indent=2).encode())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+        manifest = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
         _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # last: its presence marks a whole checkpoint
 
 
@@ -203,7 +221,7 @@ def verify(ckpt: str | Path) -> None:
         path = ckpt / name
         if not path.exists():
             raise CheckpointError(f"{path}: listed in the manifest but missing")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise CheckpointError(f"{path}: checksum mismatch (the file is corrupted)")
 
 

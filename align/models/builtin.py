@@ -15,15 +15,12 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
-
+from align.checkpoint import build_once
 from align.models.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -116,23 +113,15 @@ def ensure_builtin(size: str, warm: bool = True) -> Path:
     """Build (once, under a file lock so concurrent actors wait) and return a built-in model dir."""
     recipe = WARM_STARTS[size] if warm else None
     target = cache_dir() / f"{size}{'' if warm else '-init'}-{_key(size, recipe)}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            model = init_model(size, seed=recipe.seed if recipe else 0)
-            report = warm_start(model, recipe) if recipe else {}
-            model.save_pretrained(tmp, safe_serialization=True)
-            build_tokenizer().save_pretrained(tmp)
-            (tmp / "align_build.json").write_text(json.dumps({"size": size, "warm_start": asdict(recipe) if recipe else None, **report}, indent=2))
-            os.replace(tmp, target)  # atomic: a half-built model is never visible under `target`
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(tmp: Path) -> None:
+        model = init_model(size, seed=recipe.seed if recipe else 0)
+        report = warm_start(model, recipe) if recipe else {}
+        model.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer().save_pretrained(tmp)
+        (tmp / "align_build.json").write_text(json.dumps({"size": size, "warm_start": asdict(recipe) if recipe else None, **report}, indent=2))
+
+    return build_once(target, "config.json", build)
 
 
 def _warm_examples(recipe: WarmStart, rng: random.Random, n: int) -> list[tuple[str, str]]:

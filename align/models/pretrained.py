@@ -18,14 +18,11 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from align.checkpoint import build_once, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +77,6 @@ def _key(name: str, gguf: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_gguf(name: str):
     """``(model, tokenizer)`` as transformers loads the GGUF file itself (the reference the built
     folder is checked against)."""
@@ -119,27 +108,19 @@ def convert(name: str, out: Path) -> dict:
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     gguf = gguf_path(name)
-    return {"name": name, **asdict(PRETRAINED[name]), "gguf_sha256": _sha256(gguf), "build_version": BUILD_VERSION,
+    return {"name": name, **asdict(PRETRAINED[name]), "gguf_sha256": sha256_file(gguf), "build_version": BUILD_VERSION,
             "parameters": sum(p.numel() for p in plain.parameters()), "seconds": round(time.time() - start, 1)}
 
 
 def ensure_pretrained(name: str, cache: Path) -> Path:
-    """Convert once (under a file lock, so concurrent actors wait; temp folder then rename) and
-    return the model folder in ``cache``; a second call only checks that the folder exists."""
+    """Convert once (``build_once``: file lock, temp folder then rename) and return the model folder
+    in ``cache``; a second call only checks that the folder is there."""
     gguf = gguf_path(name)
     target = cache / f"{name}-{_key(name, gguf)}"
-    if (target / "align_build.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "align_build.json").exists():
-            return target
+
+    def build(tmp: Path) -> None:
         log.info("converting %s into %s (once, about 30 s)", gguf, target)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            record = convert(name, tmp)
-            (tmp / "align_build.json").write_text(json.dumps(record, indent=2))  # written last: marks a complete build
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        record = convert(name, tmp)
+        (tmp / "align_build.json").write_text(json.dumps(record, indent=2))
+
+    return build_once(target, "align_build.json", build)

@@ -56,7 +56,7 @@ def test_implicit_rows_load_as_their_explicit_twins(tmp_path):
 ])
 def test_bad_implicit_rows_name_file_and_line(tmp_path, row, message):
     path = _jsonl(tmp_path / "bad.jsonl", [{"chosen": "a=1", "rejected": "a=2"}, row])
-    with pytest.raises(DataError, match=re.escape(f"bad.jsonl:2: ") + ".*" + re.escape(message)):
+    with pytest.raises(DataError, match=re.escape("bad.jsonl:2: ") + ".*" + re.escape(message)):
         load_preferences(path, build_tokenizer())
 
 
