@@ -42,7 +42,7 @@ MODULES = ("default", "second")  # OFS-DPO's two LoRA modules in each learner ra
 PREFERENCE_PANELS = (
     ("DPO loss", lambda k: k in ("dpo/loss", "ofs/dpo_fast", "ofs/dpo_slow", "ofs/fs", "eval/pairs_loss")),
     ("implicit rewards", lambda k: k in ("dpo/rewards_chosen", "dpo/rewards_rejected", "dpo/margin", "eval/pairs_margin")),
-    ("preference accuracy", lambda k: k in ("dpo/accuracy", "eval/pairs_accuracy", "ofs/slow_accuracy")),
+    ("preference accuracy", lambda k: k in ("dpo/accuracy", "eval/pairs_accuracy", "eval/pairs_logp_accuracy", "ofs/slow_accuracy")),
     ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/pairs")
      and not k.startswith("eval/length") and not k.startswith("eval/nothink")),
     ("train reward (online)", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
@@ -271,7 +271,10 @@ class PreferenceTrainer(Trainer):
 
     # ------------------------------------------------------------------ evaluation
     def _pair_metrics(self) -> dict[str, float]:
-        """DPO loss, accuracy and margin of the served adapter on held-out pairs."""
+        """DPO loss, accuracy and margin of the served adapter on held-out pairs, and ``pairs_logp_accuracy``:
+        the share of pairs whose chosen response the policy itself finds likelier (summed log-probs;
+        before training, the base model's own preference, which the DPO accuracy cannot show: its
+        implicit rewards are all 0 then)."""
         if not self.eval_pairs:
             return {}
         cfg, pref = self.cfg, self.pref
@@ -285,8 +288,9 @@ class PreferenceTrainer(Trainer):
             if pref.loss_type == "ipo":
                 pol, ref = pol / counts, ref / counts
             losses, cr, rr = dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], pref.beta, pref.loss_type, pref.label_smoothing)
+        lp = lp[self._train_adapter()]
         return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((cr > rr).float().mean()),
-                "pairs_margin": float((cr - rr).mean())}
+                "pairs_margin": float((cr - rr).mean()), "pairs_logp_accuracy": float((lp[0::2] > lp[1::2]).float().mean())}
 
     def _evaluate(self) -> dict[str, float]:
         if self.pref.domains:  # every domain's held-out prompts, keys prefixed by the domain's name

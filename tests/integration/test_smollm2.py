@@ -100,6 +100,8 @@ def test_dpo_on_implicit_prompt_pairs_with_conversational_eval_pairs(smollm2, tm
     steps = [r for r in _rows(tmp_path / "dpo") if r["step"] > 0]
     assert steps[0]["dpo/loss"] == pytest.approx(np.log(2), abs=1e-5) and steps[1]["dpo/loss"] != steps[0]["dpo/loss"]
     assert summary["after"]["pairs_loss"] != summary["before"]["pairs_loss"]
+    assert summary["before"]["pairs_accuracy"] == 0.0  # implicit rewards are all 0 before training...
+    assert 0.0 < summary["before"]["pairs_logp_accuracy"] < 1.0  # ...while the base model has its own preference
 
 
 def test_grpo_steps_with_vllm_learner_logprob_parity(smollm2, tmp_path):
