@@ -91,15 +91,13 @@ def load_gguf(name: str):
 def convert(name: str, out: Path) -> dict:
     """Write the HF folder of a built-in pretrained model into ``out``; returns the build record."""
     import torch
-    from transformers import AutoConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     start = time.time()
     model, tok = load_gguf(name)
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # a config that names GGUF quantization cannot be saved
     plain_config = AutoConfig.for_model(config.pop("model_type"), **config)
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(plain_config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict(), strict=True, assign=True)
@@ -107,8 +105,7 @@ def convert(name: str, out: Path) -> dict:
     plain.eval()
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    gguf = gguf_path(name)
-    return {"name": name, **asdict(PRETRAINED[name]), "gguf_sha256": sha256_file(gguf), "build_version": BUILD_VERSION,
+    return {"name": name, **asdict(PRETRAINED[name]), "gguf_sha256": sha256_file(gguf_path(name)), "build_version": BUILD_VERSION,
             "parameters": sum(p.numel() for p in plain.parameters()), "seconds": round(time.time() - start, 1)}
 
 
