@@ -44,7 +44,8 @@ def test_reward_model_trains_exports_and_scores_as_a_reward(tmp_path):
     before, after = summary["before"], summary["after"]
     print(f"reward model, held-out pairs: accuracy {before['pairs_accuracy']:.3f} -> {after['pairs_accuracy']:.3f}, "
           f"loss {before['pairs_loss']:.4f} -> {after['pairs_loss']:.4f}")
-    assert after["pairs_accuracy"] >= 0.7 and after["pairs_loss"] < before["pairs_loss"] - 0.1
+    # at least 140 of the 200 pairs (the metric is a float32 mean: 140/200 comes back as 0.69999999)
+    assert after["pairs_accuracy"] * 200 >= 140 - 1e-3 and after["pairs_loss"] < before["pairs_loss"] - 0.1
     rows = _rows(out)
     assert {"rm/loss", "rm/accuracy", "rm/margin", "rm/rewards_chosen"} <= set(rows[20])
     model_dir = Path(summary["reward_model"])
