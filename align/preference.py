@@ -53,7 +53,7 @@ def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, templated:
     """Token ids as TRL's DPOTrainer builds them (``rewards.model.sequence_ids`` for each side)."""
     p, c = sequence_ids(tokenizer, prompt, chosen, templated)
     p2, r = sequence_ids(tokenizer, prompt, rejected, templated)
-    n = min(len(p), len(p2))  # templated: each side splits where the prompt and prompt+response part
+    n = min(len(p), len(p2))  # templated: each side splits where its prompt and prompt+response diverge (TRL's min)
     return {"prompt_ids": p[:n], "chosen_ids": p[n:] + c, "rejected_ids": p2[n:] + r}
 
 
@@ -288,9 +288,10 @@ class PreferenceTrainer(Trainer):
             if pref.loss_type == "ipo":
                 pol, ref = pol / counts, ref / counts
             losses, cr, rr = dpo_loss(pol[0::2], pol[1::2], ref[0::2], ref[1::2], pref.beta, pref.loss_type, pref.label_smoothing)
-        lp = lp[self._train_adapter()]
+        summed = lp[self._train_adapter()]  # the policy's summed log-probs (pol may be length-normalised above)
         return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((cr > rr).float().mean()),
-                "pairs_margin": float((cr - rr).mean()), "pairs_logp_accuracy": float((lp[0::2] > lp[1::2]).float().mean())}
+                "pairs_margin": float((cr - rr).mean()),
+                "pairs_logp_accuracy": float((summed[0::2] > summed[1::2]).float().mean())}
 
     def _evaluate(self) -> dict[str, float]:
         if self.pref.domains:  # every domain's held-out prompts, keys prefixed by the domain's name

@@ -212,12 +212,9 @@ def _cmd_model(args) -> int:
 def _chat_report(model, tok, path: str, args) -> int:
     import time
 
-    import torch
-
     from align.data.chat import INSTRUCTION, chat_dataset
     from align.evaluation import chat_accuracy_by_level
 
-    torch.manual_seed(0)
     rows = chat_dataset(args.n or 200, 1, args.split)
     start = time.time()
     rep = chat_accuracy_by_level(model, tok, rows)

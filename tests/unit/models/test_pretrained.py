@@ -22,6 +22,13 @@ def test_missing_package_names_the_extra(monkeypatch, capsys, tmp_path, missing,
     assert not list(tmp_path.iterdir())  # nothing half-built
 
 
+def test_cli_names_every_pretrained_model():
+    from align.models.pretrained import PRETRAINED
+    from launch.cli import PRETRAINED_NAMES  # kept apart so the CLI starts without torch
+
+    assert set(PRETRAINED_NAMES) == set(PRETRAINED)
+
+
 def test_unknown_builtin_lists_the_pretrained_one():
     from align.models.builtin import parse_builtin
 
