@@ -51,7 +51,7 @@ def rollout_spec(c: Config, model_path: str) -> dict:
     return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
             "max_model_len": c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
             "gpu_memory_utilization": c.rollout.gpu_memory_utilization, "lora_rank": c.model.lora.r,
-            "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
+            "lora_mode": c.rollout.lora_mode, "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
 
 
 def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None) -> None:

@@ -295,6 +295,10 @@ class RolloutSection(Section):
         0.15, gt=0, le=1, description="vLLM KV-cache share (of RAM on CPU: keep it near 0.15)."
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout worker.")
+    lora_mode: Literal["auto", "merged", "adapter"] = Field(
+        "auto", description="How rollout workers serve the adapter: 'merged' writes W + scale * B @ A into the engine's "
+        "weights at each sync (CPU: vLLM-CPU's LoRA kernels are ~4x slower than the engine without them), 'adapter' "
+        "serves vLLM LoRA requests (GPU); 'auto' picks merged on CPU, adapter on GPU. Only LoRA factors travel either way.")
     logprob_check_prompts: int = Field(
         1, ge=0, description="Prompts per step whose vLLM sampling log-probs are compared with the learner's "
         "(metric rollout/logprob_abs_diff); vLLM log-probs cost throughput, so only a few."
@@ -502,6 +506,9 @@ class Config(Section):
                 raise ValueError(f"{field}: {name!r} is not a reward name ({', '.join(names)})"
                                  + (f"; did you mean {close[0]!r}?" if close else ""))
 
+        if self.rollout.lora_mode == "merged" and self.model.device == "cuda":
+            raise ValueError("rollout.lora_mode 'merged' is the CPU path (vLLM-CPU packs weights); on model.device "
+                             "'cuda' use 'adapter' (vLLM's LoRA kernels) or 'auto'")
         obj = self.objective
         alg = self.algorithm
         if alg.name in PREFERENCE_FAMILY:

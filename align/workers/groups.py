@@ -48,10 +48,12 @@ class RolloutGroup:
     """
 
     def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3):
-        from align.workers.rollout import RolloutEngine
+        from align.workers.rollout import RolloutEngine, cpu_preload_env
 
+        env = cpu_preload_env() if not num_gpus else {}
         actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1,
-                                                  max_restarts=max_restarts, max_task_retries=0)
+                                                  max_restarts=max_restarts, max_task_retries=0,
+                                                  **({"runtime_env": {"env_vars": env}} if env else {}))
         self.max_restarts = max_restarts
         self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
