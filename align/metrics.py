@@ -4,10 +4,36 @@ reward-curve PNG. Keys are namespaced (``reward/...``, ``loss/...``, ``timing/..
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from pathlib import Path
+
+
+class StartupClock:
+    """Times the start-up phases of a run: one log line per phase as it ends (``start-up: learners
+    12.3s``) and the seconds as ``startup/<phase>`` metrics, so a slow start says where it went."""
+
+    def __init__(self, logger):
+        self.log = logger
+        self.seconds: dict[str, float] = {}
+        self.t0 = time.time()
+
+    @contextlib.contextmanager
+    def phase(self, name: str, detail: str = ""):
+        t = time.time()
+        yield
+        self.record(name, time.time() - t, detail)
+
+    def record(self, name: str, seconds: float, detail: str = "") -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.log.info("start-up: %s %.1fs%s", name, seconds, f" ({detail})" if detail else "")
+
+    def metrics(self) -> dict[str, float]:
+        key = lambda n: "startup/" + n.replace(" ", "_")  # noqa: E731
+        return {**{key(n): v for n, v in self.seconds.items()}, "startup/total": time.time() - self.t0}
 
 
 class MetricsLog:

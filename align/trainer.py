@@ -28,7 +28,7 @@ from align import interrupts
 from align.cluster import ClusterLost, ClusterWatch, check_address
 from align.interrupts import StopRequested
 from align.evaluation_loop import evaluate, format_eval
-from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
+from align.metrics import StartupClock, LEVEL_METRICS, OBJECTIVE_PANELS, PANELS, MetricsLog, plot_curves, plot_levels
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
 from align.workers.groups import LearnerLost
@@ -43,7 +43,8 @@ def learner_spec(c: Config, model_path: str) -> dict:
     return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
             "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
             "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
-            "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads}
+            "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads,
+            "autocast": c.learner.autocast}
 
 
 def rollout_spec(c: Config, model_path: str) -> dict:
@@ -125,15 +126,31 @@ class Trainer:
         self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once, before any actor
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
-        gpu = self._init_ray()
-        self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
-        self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed)
+        clock = self.clock
+        clock.record("config and data", time.time() - clock.t0)
+        with clock.phase("ray"):
+            gpu = self._init_ray()
+        # learners and rollout engines load at the same time (each waits on its own model load)
+        t0 = time.time()
+        self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu,
+                                     cfg.trainer.seed, wait=False)
         self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu,
-                                     cfg.trainer.actor_restarts)
+                                     cfg.trainer.actor_restarts, wait=False)
+        with clock.phase("reward actors", f"{len(cfg.rewards)}"):
+            self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
+        self.learners.ready()
+        clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s), started with the rollout workers")
+        self.rollouts.ready()
+        clock.record("rollout workers", time.time() - t0, f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
+                     f"{self.rollouts.lora_mode}; the engine's own load {self.rollouts.start_seconds:.1f}s")
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
-        self.ref_acc = self._reference_accuracy() if adaptthink else None
+        if adaptthink:
+            with clock.phase("reference accuracy"):
+                self.ref_acc = self._reference_accuracy()
+        else:
+            self.ref_acc = None
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
         """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1). Every
@@ -551,6 +568,7 @@ class Trainer:
             interrupts.clear()
             if self.resume:  # read and verified before any actor starts: a bad checkpoint costs nothing
                 self._preloaded = self._latest_checkpoint() or {}
+            self.clock = StartupClock(log)
             self._setup()
             if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
                 self._watch = ClusterWatch(self.address, self._state_line).__enter__()
@@ -559,15 +577,22 @@ class Trainer:
             if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
                 old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
                 old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
-            start = self._restore() if self.resume else 0
-            if start == 0:
-                self._sync(0)
+            with self.clock.phase("restore" if self.resume else "first adapter sync"):
+                start = self._restore() if self.resume else 0
+                if start == 0:
+                    self._sync(0)
             self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
             before = None
-            if start == 0 and self.eval_rows:
-                before = self._evaluate()
-                self._before_eval = before  # handed to the objective once it exists (first scored batch)
-                self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
+            if start == 0:
+                row = {}
+                if self.eval_rows:
+                    with self.clock.phase("eval before", f"{len(self.eval_rows)} prompts"):
+                        before = self._evaluate()
+                    self._before_eval = before  # handed to the objective once it exists (first scored batch)
+                    row = {f"eval/{k}": v for k, v in before.items()}
+                row.update(self.clock.metrics())
+                self.metrics.log(0, row)
+                log.info("start-up: %.1fs in all", row["startup/total"])
             t_loop, done, after = time.time(), 0, {}
             step = start
             while step < cfg.trainer.max_steps:

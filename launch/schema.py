@@ -314,6 +314,15 @@ class LearnerSection(Section):
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (scheduling only).")
     threads: int = Field(0, ge=0, description="Torch threads per rank on CPU; 0: the machine's cores / num_ranks.")
+    autocast: Literal["off", "bf16"] = Field(
+        "off", description="Run the learner's forward passes under bf16 autocast (weights and optimizer stay in model.dtype, "
+        "losses in float32). On CPUs with avx512_bf16 the learner step ran ~1.7x faster on SmolLM2-135M; learner log-probs "
+        "then differ from the rollout's at the bf16 level (~1e-2) instead of float32's.")
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False or v is None else v  # YAML reads a bare `off` as false
 
 
 class RewardEntry(Section):

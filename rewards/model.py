@@ -33,21 +33,24 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 def sequence_ids(tokenizer, prompt: str, completion: str, templated: bool = False) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) of one sequence, as TRL's DPOTrainer and RewardTrainer build them;
-    reward-model training (pairs) and scoring (``ModelReward``) use this one function.
+    """(prompt ids, completion ids) of one sequence, as TRL's DPOTrainer and RewardTrainer (1.16) build
+    them; reward-model training (pairs) and scoring (``ModelReward``) use this one function.
 
-    Standard text: the prompt with the tokenizer's special tokens, the completion without, then EOS.
-    ``templated`` (the completion is the chat template's rendering of an assistant turn, which closes
-    the turn itself, e.g. ``"42<|im_end|>\n"``): prompt and prompt + completion are tokenized the way
-    ``apply_chat_template`` tokenizes (no special tokens added), the completion starts where the two
-    diverge (TRL's ``common_prefix_length``), and no EOS is appended."""
-    if templated:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
-        n = common_prefix_length(p, full)
-        return p[:n], full[n:]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return tokenizer(prompt)["input_ids"], tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+    The prompt and the prompt followed by the completion are tokenized whole, and the completion
+    starts where the two diverge (TRL's ``common_prefix_length``): tokenizing the two halves apart
+    differs wherever BPE merges across the boundary (SmolLM2: ``"=<think>" + "</think>7"`` joins as
+    ``"></"``, in 95 of 200 built-in pairs; the DPO losses then parted from TRL's from step 2).
+    Standard text: the tokenizer's special tokens added, and the EOS text appended to the completion
+    unless it ends with it. ``templated`` (the completion is the chat template's rendering of an
+    assistant turn, which closes the turn itself, e.g. ``"42<|im_end|>\n"``): no special tokens are
+    added (``apply_chat_template`` adds none) and no EOS."""
+    special = not templated
+    if special and tokenizer.eos_token and not completion.endswith(tokenizer.eos_token):
+        completion = completion + tokenizer.eos_token
+    p = tokenizer(prompt, add_special_tokens=special)["input_ids"]
+    full = tokenizer(prompt + completion, add_special_tokens=special)["input_ids"]
+    n = common_prefix_length(p, full)
+    return p[:n], full[n:]
 
 
 class ModelReward:

@@ -47,7 +47,8 @@ class RolloutGroup:
     the call; requests carry their seeds, so the repeat samples what the lost call would have.
     """
 
-    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3):
+    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3,
+                 wait: bool = True):
         from align.workers.rollout import RolloutEngine, cpu_preload_env
 
         env = cpu_preload_env() if not num_gpus else {}
@@ -58,7 +59,21 @@ class RolloutGroup:
         self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
         self.workers = [actor.remote({**spec, "seed": spec.get("seed", 0) + i}) for i in range(num_workers)]
-        self.pids = [i["pid"] for i in ray.get([w.info.remote() for w in self.workers])]  # wait for the engines
+        self._starting = [w.info.remote() for w in self.workers]
+        self.start_seconds = 0.0  # the slowest engine's own start (vLLM load and warm-up)
+        self.lora_mode = spec.get("lora_mode", "auto")
+        if wait:
+            self.ready()
+
+    def ready(self) -> "RolloutGroup":
+        """Wait for the engines (``wait=False`` lets the caller start other actors meanwhile)."""
+        if self._starting:
+            infos = gather(self._starting)
+            self._starting = []
+            self.pids = [i["pid"] for i in infos]
+            self.start_seconds = max(i["start_seconds"] for i in infos)
+            self.lora_mode = infos[0]["lora_mode"]
+        return self
 
     def _recover(self, exc: Exception, attempt: int) -> None:
         """After a failed call: wait for every worker (restarted ones come back), serve the adapter again."""
@@ -133,12 +148,12 @@ class LearnerGroup:
     :meth:`restart` and restores the last checkpoint (``Trainer._recover_learners``).
     """
 
-    def __init__(self, spec: dict, num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0):
+    def __init__(self, spec: dict, num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0, wait: bool = True):
         self._args = (spec, num_ranks, num_cpus, num_gpus, seed)
         self.micro_batch_size = spec["micro_batch_size"]
-        self._start()
+        self._start(wait)
 
-    def _start(self) -> None:
+    def _start(self, wait: bool = True) -> None:
         from align.workers.learner import Learner
 
         spec, num_ranks, num_cpus, num_gpus, seed = self._args
@@ -146,7 +161,16 @@ class LearnerGroup:
         actor = ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus)
         spec = {**spec, "threads": spec.get("threads", 0)}
         self.ranks = [actor.remote(spec, r, num_ranks, port, seed) for r in range(num_ranks)]
-        self.pids = self._gather([r.ping.remote() for r in self.ranks])
+        self._starting = [r.ping.remote() for r in self.ranks]
+        if wait:
+            self.ready()
+
+    def ready(self) -> "LearnerGroup":
+        """Wait for every rank's engine (``wait=False`` lets the caller start other actors meanwhile)."""
+        if self._starting:
+            self.pids = self._gather(self._starting)
+            self._starting = []
+        return self
 
     def _gather(self, refs: list) -> list:
         try:
