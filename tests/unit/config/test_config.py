@@ -270,3 +270,13 @@ def test_reward_model_training_needs_no_reward_and_no_online_options(tmp_path):
     path.write_text(yaml.safe_dump({"algorithm": {"name": "reward_model", "preference": {"online": True}}, "rewards": []}))
     with pytest.raises(ConfigError, match="trains offline"):
         load_config(path)
+
+
+def test_rollout_lora_mode_and_learner_autocast():
+    assert load_config(None, []).rollout.lora_mode == "auto"
+    with pytest.raises(ConfigError, match="lora_mode 'merged' is the CPU path"):
+        load_config(None, ["rollout.lora_mode=merged", "model.device=cuda"])
+    assert load_config(None, ["learner.autocast=off"]).learner.autocast == "off"  # YAML reads a bare off as false
+    assert load_config(None, ["learner.autocast=bf16"]).learner.autocast == "bf16"
+    with pytest.raises(ConfigError, match="learner.autocast"):
+        load_config(None, ["learner.autocast=fp8"])
