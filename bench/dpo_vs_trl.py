@@ -91,7 +91,7 @@ def run_align(args, reference: str) -> dict:
         f"algorithm.preference.reference={reference}", f"trainer.max_steps={args.steps}", f"trainer.output_dir={out / 'run'}",
         "trainer.save_every=0", f"data.train={data}", "data.eval=null", f"learner.lr={args.lr}",
         f"learner.micro_batch_size={args.micro_batch}", "learner.num_ranks=1", "learner.num_cpus=1",
-        f"learner.autocast={args.autocast}",
+        f"learner.autocast={getattr(args, 'autocast', 'off')}",
     ])
     make_trainer(cfg).run()
     steps = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
