@@ -108,3 +108,4 @@ def test_a_version_with_fewer_modules_restores_the_others(engine):
 
     with pytest.raises(StaleAdapter):  # a version the engine does not serve is refused, as in adapter mode
         ray.get(actor.generate.remote(PROMPTS[:1], n=1, max_tokens=2, temperature=1.0, top_p=1.0, seeds=[1], adapter_version=2))
+
