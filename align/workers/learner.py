@@ -111,7 +111,7 @@ class Learner:
         self.model = self.engine.module
         if self.ofs:
             self.set_fast(0)
-        if not self.reward_model and spec.get("warm_up", True):
+        if not self.reward_model:
             self._warm_up()
 
     def _warm_up(self) -> None:
@@ -120,7 +120,6 @@ class Learner:
         cores: first step 15.9 s, the next ones 10.8-12.8 s), and they are paid while the rollout
         engine is still loading (the trainer starts both at once). ``torch.autograd.grad`` on the
         module itself: no optimizer step, no ZeRO reduction, the engine's gradient buffers untouched."""
-        t0 = time.time()
         params = [p for p in self.model.parameters() if p.requires_grad]
         ids = torch.randint(0, int(self.model.config.vocab_size), (self.spec["micro_batch_size"], 64), device=self.device)
         part = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
@@ -128,7 +127,6 @@ class Learner:
         self.model.train()
         lp = self._logps(part, 1.0, grad=True, plain=True)
         torch.autograd.grad(lp.sum(), params, allow_unused=True)
-        self.warm_up_seconds = time.time() - t0
 
     # ----------------------------------------------------------------- OFS-DPO modules
     def set_fast(self, index: int) -> list[float]:

@@ -104,7 +104,6 @@ class MergedLoRA:
         self.base: dict[str, torch.Tensor] = {}  # vLLM layer name -> fused base weight, read on first use
         self.merged_fn: dict[str, object] = {}  # layers serving merged weights now (CPU)
         self.active = True  # merged weights in use (False: base)
-        self.version: int | None = None
 
     # -------------------------------------------------------------- names
     def _target(self, hf_name: str) -> tuple[str, int]:
@@ -148,7 +147,7 @@ class MergedLoRA:
         if not self.active:
             layer.cpu_linear = self.base_fn[layer_name]
 
-    def load(self, tensors: dict[str, np.ndarray], adapter_config: dict, version: int) -> dict[str, float]:
+    def load(self, tensors: dict[str, np.ndarray], adapter_config: dict) -> dict[str, float]:
         """Merge a new adapter version (replacing the previous one) and serve it."""
         t0 = time.time()
         scale = lora_scale(adapter_config)
@@ -172,7 +171,6 @@ class MergedLoRA:
         for layer_name in [n for n in self.merged_fn if n not in deltas]:
             self.layers[layer_name].cpu_linear = self.base_fn[layer_name]
             del self.merged_fn[layer_name]
-        self.version = version
         total = time.time() - t0
         return {"merge_seconds": t_merge, "install_seconds": total - t_merge, "layers": float(len(deltas))}
 

@@ -137,7 +137,7 @@ class RolloutEngine:
 
         t0 = time.time()
         if self.merger is not None:
-            self.merger.load(tensors, adapter_config, version)
+            self.merger.load(tensors, adapter_config)
         else:
             directory = write_adapter_dir(os.path.join(self.workdir, f"v{version}"), tensors, adapter_config)
             old = self.lora_request
