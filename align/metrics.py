@@ -14,7 +14,8 @@ from pathlib import Path
 
 class StartupClock:
     """Times the start-up phases of a run: one log line per phase as it ends (``start-up: learners
-    12.3s``) and the seconds as ``startup/<phase>`` metrics, so a slow start says where it went."""
+    12.3s``) and the seconds as ``startup/<phase>`` (``startup.json`` in the run directory and
+    TensorBoard), so a slow start says where it went."""
 
     def __init__(self, logger):
         self.log = logger
@@ -65,6 +66,17 @@ class MetricsLog:
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
                 self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+
+    def log_startup(self, seconds: dict[str, float]) -> None:
+        """Start-up phase times: ``startup.json`` (temp file + rename; a resumed run writes its own)
+        and TensorBoard at step 0. Not a ``metrics.jsonl`` row: that log keeps one row per step."""
+        path = self.run_dir / "startup.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(seconds, indent=1) + "\n")
+        os.replace(tmp, path)
+        for key, value in seconds.items():
+            self.tb.add_scalar(key, value, 0)
         self.tb.flush()
 
     def close(self) -> None:

@@ -583,16 +583,14 @@ class Trainer:
                     self._sync(0)
             self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
             before = None
-            if start == 0:
-                row = {}
-                if self.eval_rows:
-                    with self.clock.phase("eval before", f"{len(self.eval_rows)} prompts"):
-                        before = self._evaluate()
-                    self._before_eval = before  # handed to the objective once it exists (first scored batch)
-                    row = {f"eval/{k}": v for k, v in before.items()}
-                row.update(self.clock.metrics())
-                self.metrics.log(0, row)
-                log.info("start-up: %.1fs in all", row["startup/total"])
+            if start == 0 and self.eval_rows:
+                with self.clock.phase("eval before", f"{len(self.eval_rows)} prompts"):
+                    before = self._evaluate()
+                self._before_eval = before  # handed to the objective once it exists (first scored batch)
+                self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
+            startup = self.clock.metrics()
+            self.metrics.log_startup(startup)
+            log.info("start-up: %.1fs in all", startup["startup/total"])
             t_loop, done, after = time.time(), 0, {}
             step = start
             while step < cfg.trainer.max_steps:

@@ -92,7 +92,7 @@ def run_align(args) -> dict:
     end = time.time()
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "timing/step" in r]
-    startup = {k[len("startup/"):]: v for r in rows for k, v in r.items() if k.startswith("startup/")}
+    startup = {k[len("startup/"):]: v for k, v in json.loads((Path(out) / "startup.json").read_text()).items()}
     tokens = sum(r["rollout/length"] * args.prompts * args.group for r in steps)
     phases = {k: sum(r.get(f"timing/{k}", 0.0) for r in steps) / len(steps)
               for k in ("rollout", "reward", "logprobs", "learner", "sync", "step")}
