@@ -113,8 +113,6 @@ class PreferenceTrainer(Trainer):
 
         from align.data.loading import load_eval_rows, load_preferences, load_prompts
         from align.models.builtin import resolve_model_path
-        from align.workers.groups import LearnerGroup, RolloutGroup
-        from align.workers.reward import RewardPool
 
         cfg, pref = self.cfg, self.cfg.algorithm.preference
         self.pref = pref
@@ -159,28 +157,12 @@ class PreferenceTrainer(Trainer):
             self.eval_rows = self.eval_rows if self.eval_pairs else []
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
-        clock = self.clock
-        clock.record("config and data", time.time() - clock.t0)
-        with clock.phase("ray"):
-            gpu = self._init_ray(cfg.rollout.num_workers if self.generate else 0)
-        t0 = time.time()  # learners and rollout engines load at the same time
-        self.learners = LearnerGroup(self._learner_spec(), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed,
-                                     wait=False)
-        self.rollouts = None
-        if self.generate:
+        rspec = None
+        if self.generate:  # rewards score generations only (online pairs, generation eval)
             rspec = rollout_spec(cfg, self.model_path)
             rspec["lora_rank"] = cfg.model.lora.r * max(1, len(pref.domains))  # COFS combinations add ranks up
             rspec["max_model_len"] = max(rspec["max_model_len"], self._longest_pair() + 8)
-            self.rollouts = RolloutGroup(rspec, cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu, cfg.trainer.actor_restarts,
-                                         wait=False)
-        # rewards score generations only (online pairs, generation eval)
-        with clock.phase("reward actors"):
-            self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts) if self.generate else None
-        self.learners.ready()
-        clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s)")
-        if self.rollouts is not None:
-            self.rollouts.ready()
-            clock.record("rollout workers", time.time() - t0, f"lora_mode={self.rollouts.lora_mode}, started with the learners")
+        self.learners, self.rollouts, self.rewards = self._start_actors(self._learner_spec(), rspec, rewards=self.generate)
         self.objective = None
         self._objective_state = None
         self.chase = Chase(pref.ofs.swap_window) if pref.ofs.enabled else None
@@ -190,7 +172,7 @@ class PreferenceTrainer(Trainer):
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
         self._ref_cache: dict[int, tuple[float, float]] = {}
         if self._precomputes_reference() and not pref.domains:  # domains precompute on entering each one
-            with clock.phase("reference log-probs"):
+            with self.clock.phase("reference log-probs"):
                 self._precompute_reference(self.train_rows, self.sampler, cfg.trainer.max_steps)
 
     def _learner_spec(self) -> dict:

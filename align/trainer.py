@@ -110,8 +110,6 @@ class Trainer:
 
         from align.data.loading import load_prompts
         from align.models.builtin import resolve_model_path
-        from align.workers.groups import LearnerGroup, RolloutGroup
-        from align.workers.reward import RewardPool
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model.path)
@@ -126,31 +124,43 @@ class Trainer:
         self.forced_sampling = self._forced_sampling() if adaptthink else None  # token ids looked up once, before any actor
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
-        clock = self.clock
-        clock.record("config and data", time.time() - clock.t0)
-        with clock.phase("ray"):
-            gpu = self._init_ray()
-        # learners and rollout engines load at the same time (each waits on its own model load)
-        t0 = time.time()
-        self.learners = LearnerGroup(learner_spec(cfg, self.model_path), cfg.learner.num_ranks, cfg.learner.num_cpus, gpu,
-                                     cfg.trainer.seed, wait=False)
-        self.rollouts = RolloutGroup(rollout_spec(cfg, self.model_path), cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu,
-                                     cfg.trainer.actor_restarts, wait=False)
-        with clock.phase("reward actors", f"{len(cfg.rewards)}"):
-            self.rewards = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
-        self.learners.ready()
-        clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s), started with the rollout workers")
-        self.rollouts.ready()
-        clock.record("rollout workers", time.time() - t0, f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
-                     f"{self.rollouts.lora_mode}; the engine's own load {self.rollouts.start_seconds:.1f}s")
+        self.learners, self.rollouts, self.rewards = self._start_actors(learner_spec(cfg, self.model_path),
+                                                                        rollout_spec(cfg, self.model_path))
         self.objective = None  # built from the first scores: a reward may return several named objectives
         self._objective_state: dict | None = None
         self.sampler = PromptSampler(len(self.train_rows), cfg.trainer.seed)
         if adaptthink:
-            with clock.phase("reference accuracy"):
+            with self.clock.phase("reference accuracy"):
                 self.ref_acc = self._reference_accuracy()
         else:
             self.ref_acc = None
+
+    def _start_actors(self, lspec: dict, rspec: dict | None, rewards: bool = True):
+        """Ray, then the learner ranks, rollout workers (``rspec`` None: none) and reward actors
+        (``rewards``), each start-up phase timed; learners and rollout engines load at the same time
+        (each waits on its own model load). Returns (learners, rollouts, rewards)."""
+        from align.workers.groups import LearnerGroup, RolloutGroup
+        from align.workers.reward import RewardPool
+
+        cfg, clock = self.cfg, self.clock
+        clock.record("config and data", time.time() - clock.t0)
+        with clock.phase("ray"):
+            gpu = self._init_ray(cfg.rollout.num_workers if rspec is not None else 0)
+        t0 = time.time()
+        learners = LearnerGroup(lspec, cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed, wait=False)
+        rollouts = (RolloutGroup(rspec, cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu, cfg.trainer.actor_restarts, wait=False)
+                    if rspec is not None else None)
+        pool = None
+        if rewards:
+            with clock.phase("reward actors", f"{len(cfg.rewards)}"):
+                pool = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
+        learners.ready()
+        clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s)")
+        if rollouts is not None:
+            rollouts.ready()
+            clock.record("rollout workers", time.time() - t0, f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
+                         f"{rollouts.lora_mode}, started with the learners; the engine's own load {rollouts.start_seconds:.1f}s")
+        return learners, rollouts, pool
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
         """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1). Every

@@ -20,7 +20,6 @@ default there), and the schema refuses ``merged`` with a GPU device.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,6 @@ class MergedLoRA:
     folder it was loaded from."""
 
     def __init__(self, model: torch.nn.Module, model_dir: str):
-        self.model = model
         self.index = SafetensorsIndex(model_dir)
         self.layers = {n: m for n, m in model.named_modules() if hasattr(m, "quant_method") and hasattr(m, "weight")
                        and type(m).__name__.endswith("Linear")}
@@ -147,17 +145,14 @@ class MergedLoRA:
         if not self.active:
             layer.cpu_linear = self.base_fn[layer_name]
 
-    def load(self, tensors: dict[str, np.ndarray], adapter_config: dict) -> dict[str, float]:
+    def load(self, tensors: dict[str, np.ndarray], adapter_config: dict) -> None:
         """Merge a new adapter version (replacing the previous one) and serve it."""
-        t0 = time.time()
         scale = lora_scale(adapter_config)
         deltas: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         for hf_name, (a, b) in lora_factors(tensors).items():
             layer, part = self._target(hf_name)
             deltas.setdefault(layer, []).append((part, a, b))
-        t_merge = 0.0
         for layer_name, parts in deltas.items():
-            t1 = time.time()
             w = self._base_weight(layer_name).clone()
             for part, a, b in parts:
                 rows = self._part_rows(layer_name, part)
@@ -165,14 +160,11 @@ class MergedLoRA:
                     raise MergeError(f"adapter factors of {layer_name} part {part}: B {b.shape} / A {a.shape} do not fit "
                                      f"the layer's rows {rows.stop - rows.start} x {w.shape[1]}")
                 w[rows].addmm_(torch.from_numpy(b).float(), torch.from_numpy(a).float(), alpha=scale)
-            t_merge += time.time() - t1
             self._install(layer_name, w)
         # layers the previous version adapted and this one does not go back to base weights
         for layer_name in [n for n in self.merged_fn if n not in deltas]:
             self.layers[layer_name].cpu_linear = self.base_fn[layer_name]
             del self.merged_fn[layer_name]
-        total = time.time() - t0
-        return {"merge_seconds": t_merge, "install_seconds": total - t_merge, "layers": float(len(deltas))}
 
     def use(self, adapter: bool) -> None:
         """Serve the merged policy (``True``) or the base model (``False``)."""
