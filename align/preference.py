@@ -33,7 +33,7 @@ from align.losses.preference import dpo_loss, simpo_loss
 from align.sampling import PromptSampler, sample_seed
 from align.trainer import Trainer, check_context, learner_spec, rollout_spec
 from rewards.model import sequence_ids
-from launch.config import save_resolved
+from align.config.loading import save_resolved
 
 log = logging.getLogger("align.train")
 

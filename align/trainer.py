@@ -32,8 +32,8 @@ from align.metrics import StartupClock, LEVEL_METRICS, OBJECTIVE_PANELS, PANELS,
 from align.objectives import build_objective
 from align.sampling import PromptSampler, sample_seed
 from align.workers.groups import LearnerLost
-from launch.config import save_resolved
-from launch.schema import GRPO_FAMILY, PREFERENCE_FAMILY, Config
+from align.config.loading import save_resolved
+from align.config.schema import GRPO_FAMILY, PREFERENCE_FAMILY, Config
 
 log = logging.getLogger("align.train")
 

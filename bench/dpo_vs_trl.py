@@ -79,7 +79,7 @@ def run_trl(args, precompute: bool) -> dict:
 
 def run_align(args, reference: str) -> dict:
     from align.trainer import make_trainer
-    from launch.config import load_config
+    from align.config.loading import load_config
 
     out = Path(tempfile.mkdtemp())
     ordered, rows = _rows(args)

@@ -71,7 +71,7 @@ def run_trl(args) -> dict:
 
 def run_align(args) -> dict:
     from align.trainer import Trainer
-    from launch.config import load_config
+    from align.config.loading import load_config
 
     out = tempfile.mkdtemp()
     data = Path(out) / "prompts.jsonl"  # the very prompts TRL gets (each used once over the run on both sides)

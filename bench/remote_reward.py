@@ -63,7 +63,7 @@ def main() -> None:
     import yaml
 
     from align.workers.reward import RewardPool
-    from launch.schema import RewardEntry
+    from align.config.schema import RewardEntry
     from tests.integration.reward_server import RewardServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_remote_"))

@@ -54,7 +54,7 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
-    from launch.config import load_config
+    from align.config.loading import load_config
 
     cfg = load_config(ROOT / "configs" / "dpo_tiny.yaml", ONLINE)
     path = resolve_model_path(cfg.model.path)

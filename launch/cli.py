@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, config_help, load_config, save_resolved
+from align.config.loading import ConfigError, config_help, load_config, save_resolved
 
 PRETRAINED_NAMES = ("smollm2-135m",)  # align.models.pretrained.PRETRAINED (not imported: the CLI starts light)
 
@@ -134,7 +134,7 @@ def _cmd_sweep(args) -> int:
 
 def served_entries(target: str, names: list[str], name: str | None) -> tuple[list[dict], str | None]:
     """Reward entries (and their base folder) for ``align serve-reward TARGET``."""
-    from launch.schema import RewardEntry
+    from align.config.schema import RewardEntry
 
     if target.endswith((".yaml", ".yml")):
         config = load_config(target, [])

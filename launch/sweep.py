@@ -33,8 +33,8 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from launch.config import ConfigError, load_config
-from launch.schema import Section
+from align.config.loading import ConfigError, load_config
+from align.config.schema import Section
 
 log = logging.getLogger("align.sweep")
 

@@ -105,7 +105,7 @@ def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
 
 
 def build(entry: dict, base_dir: str | Path | None = None):
-    """A ``Reward`` from a config entry (``launch.schema.RewardEntry`` as a dict) of any type:
+    """A ``Reward`` from a config entry (``align.config.schema.RewardEntry`` as a dict) of any type:
     ``function`` (``fn``), ``model`` (a local HF sequence-classification model, ``rewards.model``)
     or ``http`` (a reward server, ``rewards.http``)."""
     from rewards.scoring import Reward

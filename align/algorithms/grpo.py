@@ -1,6 +1,6 @@
 """The GRPO family: advantage estimator by name, and DAPO's filters.
 
-``algorithm.name`` maps to an estimator in ``launch.schema.GRPO_FAMILY``; a new estimator is one
+``algorithm.name`` maps to an estimator in ``align.config.schema.GRPO_FAMILY``; a new estimator is one
 entry in ``ESTIMATORS``.
 """
 

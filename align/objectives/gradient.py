@@ -23,7 +23,7 @@ from align.objectives.simplex import exponentiated_gradient_step
 class GradientWeighting(Objective):
     def __init__(self, names, weights, config=None):
         super().__init__(names, weights, config)
-        from launch.schema import GradientSection
+        from align.config.schema import GradientSection
 
         self.opts = config.objective.gradient if config is not None else GradientSection()
         self.lr = config.learner.lr if config is not None else 1e-4

@@ -56,7 +56,7 @@ def hypervolume_gradient(buffer: np.ndarray, point: np.ndarray, ref: np.ndarray,
 class HypervolumeWeighting(Objective):
     def __init__(self, names, weights, config=None):
         super().__init__(names, weights, config)
-        from launch.schema import GRPO_FAMILY, HypervolumeSection
+        from align.config.schema import GRPO_FAMILY, HypervolumeSection
 
         self.opts = config.objective.hypervolume if config is not None else HypervolumeSection()
         self.metrics_dir = self.opts.metrics or {n: "max" for n in names if weights[n] != 0}

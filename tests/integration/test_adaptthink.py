@@ -11,7 +11,7 @@ import torch
 
 from align.models.builtin import ensure_builtin
 from align.trainer import Trainer
-from launch.config import load_config
+from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "adaptthink_tiny.yaml"

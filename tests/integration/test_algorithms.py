@@ -9,7 +9,7 @@ import pytest
 
 from align.models.builtin import ensure_builtin
 from align.trainer import Trainer
-from launch.config import load_config
+from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny.yaml"

@@ -19,7 +19,7 @@ import yaml
 
 from align.checkpoint import list_checkpoints, load_checkpoint
 from align.trainer import make_trainer
-from launch.config import load_config
+from align.config.loading import load_config
 from tests.integration.reward_server import RewardServer
 
 pytestmark = pytest.mark.integration

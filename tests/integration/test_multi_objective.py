@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from align.trainer import Trainer
-from launch.config import load_config
+from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

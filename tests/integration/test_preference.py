@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.trainer import make_trainer
-from launch.config import load_config
+from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from align.workers.reward import RewardPool
-from launch.schema import RewardEntry
+from align.config.schema import RewardEntry
 from rewards import RewardError
 from tests.integration.reward_server import RewardServer
 

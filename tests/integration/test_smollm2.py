@@ -17,7 +17,7 @@ import torch
 
 from align.models.builtin import resolve_model_path
 from align.trainer import make_trainer
-from launch.config import load_config
+from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

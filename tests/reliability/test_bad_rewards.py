@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from align.workers.reward import RewardPool
-from launch.schema import RewardEntry
+from align.config.schema import RewardEntry
 from rewards import RewardError
 from tests.reliability.report import record
 

@@ -20,7 +20,7 @@ import pytest
 
 from align.checkpoint import CheckpointError, list_checkpoints, verify
 from align.trainer import Trainer
-from launch.config import load_config
+from align.config.loading import load_config
 from tests.reliability.report import max_abs_diff, record
 
 pytestmark = pytest.mark.integration
@@ -244,7 +244,7 @@ KILL_IN_SAVE = textwrap.dedent("""
     import psutil
     import align.checkpoint as ck
     from align.trainer import Trainer
-    from launch.config import load_config
+    from align.config.loading import load_config
 
     real_replace = os.replace
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from align.data.loading import DataError, load_preferences, load_prompts
-from launch.config import ConfigError, load_config
-from launch.schema import Config
+from align.config.loading import ConfigError, load_config
+from align.config.schema import Config
 from tests.reliability.report import record
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.config import ConfigError, config_help, load_config, save_resolved
-from launch.schema import Config
+from align.config.loading import ConfigError, config_help, load_config, save_resolved
+from align.config.schema import Config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").glob("*.yaml"))
 

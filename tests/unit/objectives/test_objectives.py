@@ -7,7 +7,7 @@ import pytest
 
 from align.algorithms.grpo import compute_advantages
 from align.objectives import build_objective
-from launch.schema import Config
+from align.config.schema import Config
 
 NAMES = ["correctness", "brevity", "shows_work"]
 

@@ -1,0 +1,216 @@
+"""Load, override, validate and save run configs; turn validation errors into one clear line each.
+
+``load_config("run.yaml", ["trainer.max_steps=5"])`` returns a validated :class:`Config` or raises
+:class:`ConfigError` whose message names the dotted key, the file and line (or the ``--set``), and
+a close match for a mistyped key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from align.config.schema import Config
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message says what to change and where."""
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Dotted path (as a tuple) -> 1-based line of its key in the YAML text."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, value in enumerate(node.value):
+                lines[path + (i,)] = value.start_mark.line + 1
+                walk(value, path + (i,))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple, root: type[BaseModel] = Config) -> type[BaseModel] | None:
+    """The pydantic model class that holds the key at ``loc`` (for close-match suggestions)."""
+    model: typing.Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = _unwrap(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap(annotation):
+    """``list[X]`` / ``Optional[X]`` / ``X | None`` -> the model class inside, if any."""
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        inner = _unwrap(arg) if typing.get_args(arg) else None
+        if inner is not None:
+            return inner
+    return annotation
+
+
+def _where(loc: tuple, lines: dict[tuple, int], source: str, overrides: dict[tuple, str]) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in overrides:
+            return f" (from --set {overrides[loc[:n]]})"
+        if loc[:n] in lines:
+            return f" ({source}, line {lines[loc[:n]]})"
+    return f" ({source})" if source else ""
+
+
+def _describe(err: dict, root: type[BaseModel] = Config) -> str:
+    loc = tuple(err["loc"])
+    key = _dotted(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc, root)
+        close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
+        hint = f"; did you mean '{_dotted(loc[:-1] + (close[0],))}'?" if close else ""
+        if model and not close:
+            hint = f"; valid keys here: {', '.join(model.model_fields)}"
+        return f"unknown key '{key}'{hint}"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    value = err.get("input")
+    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a mapping"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error" or kind == "assertion_error":
+        return f"'{key}': {msg}" if key else msg
+    return f"'{key}': {msg}, got {shown}"
+
+
+def _set_path(data: dict, path: list[str], value, raw: str) -> tuple:
+    node = data
+    loc: list = []
+    for i, part in enumerate(path):
+        key: typing.Any = int(part) if isinstance(node, list) and part.isdigit() else part
+        loc.append(key)
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ConfigError(f"--set {raw}: '{_dotted(tuple(loc[:-1]))}' is a list; index {part!r} is not in it")
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
+        else:
+            if last:
+                node[key] = value
+            elif key not in node and path[i + 1].isdigit():
+                raise ConfigError(
+                    f"--set {raw}: '{_dotted(tuple(loc))}' is not in the config file, so it has no item {path[i + 1]}; "
+                    f"set the whole list instead, e.g. --set '{key}=[{{...}}]'"
+                )
+            else:
+                node = node.setdefault(key, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"--set {raw}: '{_dotted(tuple(loc))}' is a value, not a section")
+    return tuple(loc)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict[tuple, str]:
+    """Apply ``a.b=c`` overrides in place (values parsed as YAML); return loc -> the override text."""
+    origin: dict[tuple, str] = {}
+    for raw in overrides:
+        key, sep, text = raw.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {raw!r}: expected KEY=VALUE, e.g. --set trainer.max_steps=10")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {raw}: value is not valid YAML: {exc}") from None
+        origin[_set_path(data, key.strip().split("."), value, raw)] = raw
+    return origin
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = Config):
+    """Read ``path`` (YAML; None for all defaults), apply ``overrides``, validate as ``model`` (a run
+    :class:`Config` by default; the sweep file uses its own model); raise ConfigError."""
+    text, source = "", ""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        text, source = p.read_text(encoding="utf-8"), str(path)
+    try:
+        data = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{at}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (model:, algorithm:, ...)")
+    origin = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_map(text) if text else {}
+        problems = [_describe(e, model) + _where(tuple(e["loc"]), lines, source, origin) for e in exc.errors()]
+        if len(problems) == 1:  # one line: what to change, and where
+            raise ConfigError(f"invalid config: {problems[0]}") from None
+        raise ConfigError(f"invalid config ({len(problems)} problems):\n  " + "\n  ".join(problems)) from None
+
+
+def save_resolved(config: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config (defaults and derived values filled in) to ``run_dir/config.yaml``."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(out)
+    return out
+
+
+def _type_name(annotation) -> str:
+    """``Literal['a', 'b']`` -> ``a|b``; ``Optional[float]`` -> ``float|null``; ``int`` -> ``int``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if args and origin is not list and origin is not dict:
+        return "|".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """One line per config key: ``dotted.key  type  default  help``."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _unwrap(field.annotation)
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and typing.get_origin(field.annotation) is not list:
+            rows.extend(config_help(sub, key + "."))
+            continue
+        if typing.get_origin(field.annotation) is list and isinstance(sub, type) and issubclass(sub, BaseModel):
+            rows.append(f"{key}  (list)  {field.description}")
+            rows.extend(config_help(sub, key + "[i]."))
+            continue
+        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        rows.append(f"{key}  ({_type_name(field.annotation)}, {default})  {field.description}")
+    return rows
