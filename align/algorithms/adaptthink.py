@@ -24,6 +24,9 @@ from typing import Callable
 
 import numpy as np
 
+from align.algorithms.base import RunContext, register_algorithm
+from align.algorithms.grpo import GRPO
+
 log = logging.getLogger(__name__)
 
 
@@ -104,3 +107,93 @@ class ReferenceAccuracy:
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"meta": self.meta, "values": self.values}, default=str))
         os.replace(tmp, self.path)
+
+
+def adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+    """Mean R of the forced NoThinking and Thinking samples (overall and per level, when the data
+    has a level column) and the mean reference R: what the mode choice is weighing."""
+    out = {"adaptthink/ref": float(ref.mean()), "adaptthink/nothink_share": float(nothink.mean())}
+    suffixes = [("", np.ones(len(rewards), dtype=bool))]
+    if all(lv is not None for lv in levels):
+        suffixes += [(f"/level_{lv}", levels == lv) for lv in sorted(set(levels))]
+    for suffix, at in suffixes:
+        for name, sel in (("nothink", nothink & at), ("think", ~nothink & at)):
+            if sel.any():
+                out[f"adaptthink/reward_{name}{suffix}"] = float(np.nanmean(rewards[sel]))
+    return out
+
+
+def _token_id(tokenizer, token: str, field: str) -> int:
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{field}: {token!r} is {len(ids)} tokens for this tokenizer ({ids}); it must be exactly one token")
+    return ids[0]
+
+
+
+
+@register_algorithm("adaptthink")
+class AdaptThink(GRPO):
+    """GRPO with forced-mode sampling (part of each group opens with the end-of-thinking token),
+    the reference accuracy as the baseline and the NoThinking bonus; it owns both."""
+
+    def load_data(self, ctx: RunContext) -> None:
+        super().load_data(ctx)
+        cfg, at = self.cfg, self.cfg.algorithm.adaptthink
+        # token ids looked up once, before any actor starts
+        self.forced = {"end_think_id": _token_id(ctx.tokenizer, at.end_think_token, "algorithm.adaptthink.end_think_token"),
+                       "think_id": _token_id(ctx.tokenizer, at.think_token, "algorithm.adaptthink.think_token") if at.think_token else None,
+                       "nothink_max_tokens": min(at.nothink_max_tokens or cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens),
+                       "max_tokens": cfg.rollout.max_new_tokens, "top_p": cfg.rollout.top_p}
+
+    def setup(self, ctx: RunContext) -> None:
+        with ctx.clock.phase("reference accuracy"):
+            self.ref_acc = self._reference_accuracy(ctx)
+
+    def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
+        """Importance-sampled: part of each group forced into each mode."""
+        cfg = self.cfg
+        return ctx.rollouts.generate(prompts, seeds, forced=True, n=cfg.algorithm.group_size, temperature=cfg.rollout.temperature,
+                                     n_nothink=nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
+                                     logprobs_for=self.logprob_prompts(len(prompts)), **self.forced)
+
+    def advantages(self, ctx: RunContext, rows: list[dict], samples: list[dict], rewards: np.ndarray, kl_reward,
+                   dropped: np.ndarray, metrics: dict) -> np.ndarray:
+        """``R - R_ref(x) + delta * 1[NoThinking]`` (+ the KL reward when asked), no group normalisation."""
+        G = self.cfg.algorithm.group_size
+        nothink = np.array([s["forced"] == "nothink" for s in samples])
+        ref = np.repeat(self.ref_acc.get([r["prompt"] for r in rows]), G)
+        metrics.update(adaptthink_metrics(rewards, ref, nothink, np.repeat([r.get("level") for r in rows], G)))
+        adv = adaptthink_advantages(rewards, ref, nothink, self.cfg.algorithm.adaptthink.delta)
+        return self.group_advantages(adv + (kl_reward if kl_reward is not None else 0.0), dropped)
+
+    def _reference_accuracy(self, ctx: RunContext) -> ReferenceAccuracy:
+        """R_ref(x): mean R of K Thinking samples of the reference policy (adapter off), cached by prompt."""
+        from align.sampling import PromptSampler, sample_seed
+
+        cfg, at = self.cfg, self.cfg.algorithm.adaptthink
+        K, temp = at.ref_samples, at.ref_temperature or cfg.rollout.temperature
+        meta = {"model": model_fingerprint(ctx.model_path), "rewards": [r.model_dump() for r in cfg.rewards], "K": K,
+                "temperature": temp, "top_p": cfg.rollout.top_p, "max_tokens": cfg.rollout.max_new_tokens,
+                "think_token": at.think_token, "end_think_token": at.end_think_token, "seed": cfg.trainer.seed}
+        by_prompt = {r["prompt"]: r for r in ctx.train_rows}
+
+        def compute(prompts: list[str]) -> list[float]:
+            seeds = [sample_seed(cfg.trainer.seed, 2**31, 0, int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)) for p in prompts]
+            groups = ctx.rollouts.generate(prompts, seeds, forced=True, n=K, n_nothink=0, temperature=temp, use_adapter=False,
+                                           logprobs_for=0, **self.forced)
+            scores = ctx.score([by_prompt[p] for p in prompts for _ in range(K)], [s for g in groups for s in g])
+            r = ctx.objective_for(scores).shape(scores.scores, {"group_size": K}).rewards
+            return list(np.nanmean(r.reshape(-1, K), axis=1))
+
+        ref = ReferenceAccuracy(at.ref_cache or ReferenceAccuracy.default_path(meta), meta, compute)
+        if at.ref_prompts == "all":
+            wanted = [r["prompt"] for r in ctx.train_rows]
+        else:  # exactly the prompts this run will draw (the prompt order is deterministic)
+            probe = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
+            wanted = [ctx.train_rows[i]["prompt"] for i in probe.take(cfg.trainer.max_steps * cfg.data.prompts_per_step)]
+        t0 = time.time()
+        done = ref.ensure(wanted, chunk=256, progress=log.info)
+        log.info("AdaptThink reference accuracy: %d prompts (%d cached, %d computed in %.1fs; K=%d) in %s", len(set(wanted)),
+                 len(set(wanted)) - done, done, time.time() - t0, K, ref.path)
+        return ref

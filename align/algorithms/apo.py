@@ -51,3 +51,33 @@ def stcr_scale(correct: np.ndarray, lengths: np.ndarray, group_size: int, base: 
     dl = ln - mean_ok
     c = np.where((~ok) & (dl > 0), 2.0 - np.power(base, -np.where(dl > 0, dl, 0.0)), 1.0)
     return c.reshape(-1)
+
+
+class APOHook:
+    """DADS and STCR applied to a GRPO step's advantages (``algorithm.apo``); "correct" comes from
+    the raw accuracy reward ``apo.accuracy`` (checked at config time to be a reward)."""
+
+    def __init__(self, opts):
+        self.opts = opts
+
+    @classmethod
+    def from_config(cls, opts) -> "APOHook | None":
+        return cls(opts) if opts.dads or opts.stcr else None
+
+    def adjust(self, adv: np.ndarray, kl_weight, scores: np.ndarray, names: list[str], lengths: np.ndarray,
+               group_size: int, metrics: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        opts = self.opts
+        if opts.accuracy not in names:
+            raise ValueError(f"algorithm.apo.accuracy: {opts.accuracy!r} is not among the objectives {names}")
+        correct = correct_from_raw(scores[:, names.index(opts.accuracy)])
+        if opts.stcr:  # after the group normalisation, as in the authors' code
+            c = stcr_scale(correct, lengths, group_size, opts.stcr_base)
+            adv = adv * c
+            metrics["apo/stcr_scaled"] = float((c > 1).mean())
+            metrics["apo/stcr_c_max"] = float(c.max())
+        if opts.dads:
+            w = dads_weights(adv, correct, group_size, opts.dads_scale)
+            kl_weight = w if kl_weight is None else kl_weight * w
+            metrics["apo/dads_weight_mean"] = float(w.mean())
+            metrics["apo/dads_relaxed"] = float((w < 1).mean())
+        return adv, kl_weight

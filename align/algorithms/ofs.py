@@ -30,35 +30,7 @@ import re
 import numpy as np
 import torch
 
-from align.losses.preference import dpo_loss
-
-SLOW_TERMS = ("neg_fs", "sf")
-
-
-def fast_slow_losses(fast_w: torch.Tensor, fast_l: torch.Tensor, slow_w: torch.Tensor, slow_l: torch.Tensor,
-                     ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float = 0.1, alpha: float = 0.5,
-                     slow_term: str = "neg_fs", kind: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Per-pair OFS-DPO loss of both modules ``(b,)``, given sequence log-probs of chosen (w) and
-    rejected (l) responses under the fast module, the slow module and the reference.
-
-    Returns ``(total, parts)``: ``total = L_DPO(F) + alpha * L_FS + L_DPO(S) + alpha * slow_extra``,
-    where each module's terms see the other module detached, so one backward pass gives each its
-    own gradient. ``parts`` holds the per-pair ``dpo_fast``, ``dpo_slow``, ``fs`` (``L_FS``) and the
-    implicit rewards of the fast module (``chosen_rewards``, ``rejected_rewards``).
-    """
-    if slow_term not in SLOW_TERMS:
-        raise ValueError(f"slow_term must be one of {SLOW_TERMS}, got {slow_term!r}")
-    dpo_fast, chosen_r, rejected_r = dpo_loss(fast_w, fast_l, ref_w, ref_l, beta, kind, label_smoothing)
-    dpo_slow, _, _ = dpo_loss(slow_w, slow_l, ref_w, ref_l, beta, kind, label_smoothing)
-    fs, _, _ = dpo_loss(fast_w, fast_l, slow_w.detach(), slow_l.detach(), beta)  # the fast module widens its lead
-    if slow_term == "neg_fs":
-        slow_extra = -dpo_loss(fast_w.detach(), fast_l.detach(), slow_w, slow_l, beta)[0]
-    else:
-        slow_extra = dpo_loss(slow_w, slow_l, fast_w.detach(), fast_l.detach(), beta)[0]
-    total = dpo_fast + alpha * fs + dpo_slow + alpha * slow_extra
-    return total, {"dpo_fast": dpo_fast.detach(), "dpo_slow": dpo_slow.detach(), "fs": fs.detach(),
-                   "chosen_rewards": chosen_r, "rejected_rewards": rejected_r}
-
+from align.losses.preference import SLOW_TERMS, fast_slow_losses  # noqa: F401 (the loss lives with the pair losses)
 
 class Chase:
     """Which of the two modules (0 or 1) is fast, and the swap rule over windows of DPO losses."""

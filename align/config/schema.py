@@ -11,17 +11,27 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Algorithm name -> (advantage estimator, default loss aggregation, default clip_high).
+# The GRPO family as data. Algorithm name -> (advantage estimator, default loss aggregation,
+# default clip_low, default clip_high, default policy loss: a row of align.losses.POLICY_LOSSES).
 GRPO_FAMILY = {
-    "grpo": ("group_std", "seq_mean_token_mean", 0.2),
-    "dr_grpo": ("group_none", "seq_mean_token_sum_norm", 0.2),
-    "dapo": ("group_std", "token_mean", 0.28),
-    "rloo": ("rloo", "token_mean", 0.2),
-    "reinforce_pp": ("reinforce_pp", "token_mean", 0.2),
+    "grpo": ("group_std", "seq_mean_token_mean", 0.2, 0.2, "clip"),
+    "dr_grpo": ("group_none", "seq_mean_token_sum_norm", 0.2, 0.2, "clip"),
+    "dapo": ("group_std", "token_mean", 0.2, 0.28, "clip"),
+    "rloo": ("rloo", "token_mean", 0.2, 0.2, "clip"),
+    "reinforce_pp": ("reinforce_pp", "token_mean", 0.2, 0.2, "clip"),
+    # GSPO (Zheng et al., 2025): the sequence-level ratio (geometric mean of the token ratios), a
+    # clip range two orders of magnitude narrower (the paper's 3e-4 / 4e-4), sequences averaged.
+    "gspo": ("group_std", "seq_mean_token_mean", 3e-4, 4e-4, "clip_sequence_mean"),
+    # CISPO (MiniMax-M1, 2025): REINFORCE with the importance weight clipped from above and detached;
+    # clip_high 4.0 caps the weight at 5 (ScaleRL / TRL), no lower bound; token-level mean.
+    "cispo": ("group_std", "token_mean", None, 4.0, "cispo"),
     # AdaptThink: advantage = the shaped reward itself (the authors' ``naive`` estimator: the
     # per-prompt reference accuracy is the baseline), sequence-level ratio by default.
-    "adaptthink": ("naive", "seq_mean_token_mean", 0.2),
+    "adaptthink": ("naive", "seq_mean_token_mean", 0.2, 0.2, "clip_sequence_mean"),
 }
+
+# Default (clip_low, clip_high) of each policy loss used outside its own algorithm.
+LOSS_CLIPS = {"clip": (0.2, 0.2), "clip_sequence_mean": (0.2, 0.2), "clip_sequence_sum": (0.2, 0.2), "cispo": (None, 4.0)}
 
 
 class Section(BaseModel):
@@ -185,13 +195,34 @@ class PreferenceSection(Section):
         return self
 
 
+class MismatchSection(Section):
+    """Train/inference mismatch correction: truncated importance sampling of the learner's log-probs
+    against the rollout engine's (TRL's vllm_importance_sampling_*, verl's rollout correction)."""
+
+    level: Literal["off", "token", "sequence"] = Field(
+        "off", description="Weight each token by pi_learner / pi_rollout (token) or each sequence by the product over its "
+        "tokens (sequence); off: none. On, every sample's vLLM log-probs come back (costs rollout throughput).")
+    mode: Literal["truncate", "mask"] = Field("truncate", description="truncate: clip the weight to [floor, cap]; mask: weight 0 "
+                                              "outside [floor, cap].")
+    cap: float = Field(3.0, gt=0, description="Upper bound C (TRL's default 3.0).")
+    floor: Optional[float] = Field(None, ge=0, description="Lower bound; default none (0).")
+
+
 class AlgorithmSection(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "adaptthink", "dpo", "simpo", "reward_model"] = Field(
-        "grpo", description="Training algorithm (GRPO family, the DPO family: dpo, simpo, or reward_model: a "
-        "Bradley-Terry reward model on preference pairs).")
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "cispo", "adaptthink", "dpo", "simpo",
+                  "reward_model"] = Field(
+        "grpo", description="Training algorithm (GRPO family: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo, "
+        "adaptthink; the DPO family: dpo, simpo; or reward_model: a Bradley-Terry reward model on preference pairs).")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
-    clip_low: float = Field(0.2, gt=0, lt=1, description="PPO clip range below 1 (ratio >= 1 - clip_low).")
-    clip_high: Optional[float] = Field(None, gt=0, description="PPO clip range above 1; default 0.28 for dapo, else 0.2.")
+    clip_low: Optional[float] = Field(None, gt=0, le=1, description="Clip range below 1 (ratio >= 1 - clip_low); default "
+                                      "0.2, gspo 3e-4, cispo none (no lower bound).")
+    clip_high: Optional[float] = Field(None, gt=0, description="Clip range above 1; default 0.28 for dapo, 4e-4 for gspo, "
+                                       "4.0 for cispo (its weight cap 5), else 0.2.")
+    loss: Optional[Literal["clip", "clip_sequence_mean", "clip_sequence_sum", "cispo"]] = Field(
+        None, description="Policy loss (align.losses.POLICY_LOSSES): PPO's clipped surrogate per token, per sequence "
+        "(geometric-mean ratio: GSPO, AdaptThink; or the full-sequence ratio), or CISPO's clipped IS-weighted REINFORCE; "
+        "default per algorithm (from `ratio` when that is set).")
+    mismatch: MismatchSection = Field(default_factory=MismatchSection, description="Train/inference mismatch correction.")
     loss_agg: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = Field(
         None, description="Loss aggregation; default per algorithm (grpo: seq_mean_token_mean, "
         "dr_grpo: seq_mean_token_sum_norm, others: token_mean)."
@@ -230,17 +261,31 @@ class AlgorithmSection(Section):
                 raise ValueError("algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
                                  "ofs, domains and generate_eval off")
             self.ratio, self.clip_high, self.loss_agg = "token", self.clip_high or 0.2, self.loss_agg or "token_mean"
+            self.clip_low = self.clip_low or 0.2
+            if self.mismatch.level != "off":
+                raise ValueError("algorithm.mismatch corrects sampled completions of the GRPO family, not preference pairs")
             self.dynamic_sampling = self.overlong_filter = False
             return self
-        _, agg, clip_high = GRPO_FAMILY[self.name]
+        _, agg, clip_low, clip_high, loss = GRPO_FAMILY[self.name]
+        by_ratio = {"token": "clip", "sequence_mean": "clip_sequence_mean", "sequence_sum": "clip_sequence_sum"}
+        if self.loss is not None and self.ratio is not None and by_ratio[self.ratio] != self.loss:
+            raise ValueError(f"algorithm.ratio {self.ratio!r} contradicts algorithm.loss {self.loss!r}: set one of them")
+        if self.loss is None:
+            self.loss = by_ratio[self.ratio] if self.ratio is not None else loss
         if self.ratio is None:
-            self.ratio = "sequence_mean" if self.name == "adaptthink" else "token"
+            self.ratio = {v: k for k, v in by_ratio.items()}.get(self.loss, "token")
+        # clip defaults: the algorithm's own with its own loss, else the loss's
+        low, high = (clip_low, clip_high) if self.loss == loss else LOSS_CLIPS[self.loss]
+        if self.clip_low is None:
+            self.clip_low = low
+        if self.clip_high is None:
+            self.clip_high = high
+        if self.clip_low is not None and self.clip_low >= 1 and self.loss != "cispo":
+            raise ValueError(f"algorithm.clip_low {self.clip_low} must be below 1 (the ratio's lower bound is 1 - clip_low)")
         if self.apo.dads and not (self.kl.coef > 0 and self.kl.where == "loss"):
             raise ValueError("algorithm.apo.dads weights the KL loss per sample: set algorithm.kl.coef > 0 and algorithm.kl.where: loss")
         if self.name == "adaptthink" and (self.apo.dads or self.apo.stcr):
             raise ValueError("algorithm.apo (dads, stcr) works on group advantages of the GRPO family, not adaptthink")
-        if self.clip_high is None:
-            self.clip_high = clip_high
         if self.loss_agg is None:
             self.loss_agg = agg
         if self.dynamic_sampling is None:
@@ -461,10 +506,15 @@ class LagrangianSection(Section):
         None, description="Search the thresholds within the run with Nelder-Mead (the authors' NM-PPO); null: fixed thresholds.")
 
 
+class GDPOSection(Section):
+    batch_norm: bool = Field(True, description="Normalise the summed advantages over the batch (GDPO); false: the raw sum.")
+
+
 class ObjectiveSection(Section):
-    name: Literal["static", "hypervolume", "gradient", "lagrangian"] = Field(
-        "static", description="How objectives combine: static weights, hypervolume-guided or gradient-based dynamic "
-        "weights, or constrained (Lagrangian) RLHF.")
+    name: Literal["static", "gdpo", "hypervolume", "gradient", "lagrangian"] = Field(
+        "static", description="How objectives combine: static weights, static weights with each reward normalised in its "
+        "group before the sum (gdpo), hypervolume-guided or gradient-based dynamic weights, or constrained (Lagrangian) RLHF.")
+    gdpo: GDPOSection = Field(default_factory=lambda: GDPOSection(), description="name: gdpo.")
     hypervolume: HypervolumeSection = Field(default_factory=HypervolumeSection, description="name: hypervolume.")
     gradient: GradientSection = Field(default_factory=GradientSection, description="name: gradient.")
     lagrangian: LagrangianSection = Field(default_factory=LagrangianSection, description="name: lagrangian.")

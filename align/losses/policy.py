@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from align.losses.aggregation import aggregate
@@ -42,6 +44,7 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     agg: str = "token_mean",
+    weights: torch.Tensor | None = None,
     **agg_kwargs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO/GRPO clipped surrogate, ``-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)``.
@@ -49,8 +52,9 @@ def policy_loss(
     Shapes: ``logps``, ``old_logps``, ``mask`` ``(b, t)``; ``advantages`` ``(b,)`` (one per
     sequence) or ``(b, t)``. ``clip_high > clip_low`` is DAPO's clip-higher. ``agg`` and
     ``agg_kwargs`` (global ``num_tokens``/``num_seqs``/``max_len``) go to :func:`aggregate`.
-    Returns the scalar loss and detached stats: ``clip_frac`` (share of masked tokens whose
-    clipped term was the active one), ``ratio_mean`` and ``ratio_max`` over masked tokens.
+    ``weights`` ``(b, t)`` (train/inference mismatch correction, :func:`mismatch_weights`) multiply
+    the per-token terms. Returns the scalar loss and detached stats: ``clip_frac`` (share of masked
+    tokens whose clipped term was the active one), ``ratio_mean`` and ``ratio_max`` over masked tokens.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (b, 1), broadcast over tokens
@@ -58,6 +62,8 @@ def policy_loss(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)  # (b, t)
+    if weights is not None:
+        per_token = per_token * weights
     loss = aggregate(per_token, mask, agg, **agg_kwargs)
     m = mask.bool()
     with torch.no_grad():
@@ -79,6 +85,7 @@ def sequence_policy_loss(
     clip_high: float = 0.2,
     ratio: str = "mean",
     num_seqs: float | None = None,
+    weights: torch.Tensor | None = None,
     **_unused,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip at the *sequence* level: one ratio per response, ``-min(rho A, clip(rho) A)``,
@@ -88,7 +95,9 @@ def sequence_policy_loss(
     over the masked tokens, the geometric mean of the per-token ratios. ``ratio="sum"``: the
     full-sequence ratio ``pi(y) / pi_old(y) = exp(sum_t ...)`` (the paper's formula as written).
     Shapes: ``logps``, ``old_logps``, ``mask`` ``(b, t)``; ``advantages`` ``(b,)``. A fully masked row
-    contributes 0. Stats: ``clip_frac`` (share of sequences whose clipped term was active),
+    contributes 0. ``weights`` ``(b, t)`` (mismatch correction) scale each sequence's term by their
+    mean over its tokens (what a per-token weight does to a sequence term averaged over its tokens).
+    Stats: ``clip_frac`` (share of sequences whose clipped term was active),
     ``ratio_mean``, ``ratio_max`` (over sequences with tokens).
     """
     if ratio not in ("mean", "sum"):
@@ -103,6 +112,8 @@ def sequence_policy_loss(
     unclipped = rho * adv
     clipped = torch.clamp(rho, 1 - clip_low, 1 + clip_high) * adv
     per_seq = -torch.minimum(unclipped, clipped) * (n_tok > 0)
+    if weights is not None:
+        per_seq = per_seq * (weights.to(mask.dtype) * mask).sum(dim=1) / n_tok.clamp(min=1.0)
     loss = per_seq.sum() / max(float(logps.shape[0] if num_seqs is None else num_seqs), 1.0)
     with torch.no_grad():
         has = n_tok > 0
@@ -110,3 +121,84 @@ def sequence_policy_loss(
         stats = {"clip_frac": ((clipped < unclipped) & has).sum() / k, "ratio_mean": (rho * has).sum() / k,
                  "ratio_max": rho[has].max() if has.any() else torch.tensor(1.0)}
     return loss, stats
+
+
+def cispo_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float | None = None,
+    clip_high: float = 4.0,
+    agg: str = "token_mean",
+    weights: torch.Tensor | None = None,
+    **agg_kwargs,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax-M1, 2025): REINFORCE with clipped, stop-gradient importance-sampling weights,
+    ``-sg(clip(ratio, 1 - clip_low, 1 + clip_high)) * A * log pi`` per token. Unlike PPO's clip no
+    token's gradient is dropped: the weight is bounded, the log-prob term always gets its gradient.
+    ``clip_low`` None: no lower bound (the paper's setting); ``clip_high`` 4.0 caps the weight at 5
+    (ScaleRL's and TRL's recommended epsilon_max of 5.0). Same shapes, ``weights`` and stats as
+    :func:`policy_loss`; ``clip_frac`` is the share of masked tokens whose weight was clipped.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    ratio = torch.exp(logps - old_logps).detach()
+    low = None if clip_low is None else 1 - clip_low
+    weight = torch.clamp(ratio, min=low, max=1 + clip_high)
+    per_token = -weight * advantages * logps
+    if weights is not None:
+        per_token = per_token * weights
+    loss = aggregate(per_token, mask, agg, **agg_kwargs)
+    m = mask.bool()
+    with torch.no_grad():
+        n = m.sum().clamp(min=1)
+        stats = {"clip_frac": ((weight != ratio) & m).sum() / n, "ratio_mean": (ratio * m).sum() / n,
+                 "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0)}
+    return loss, stats
+
+
+def mismatch_weights(learner_logps: torch.Tensor, rollout_logps: torch.Tensor, mask: torch.Tensor, level: str = "token",
+                     mode: str = "truncate", cap: float = 3.0, floor: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Train/inference mismatch correction (truncated importance sampling, as TRL's
+    ``vllm_importance_sampling_*`` and verl's rollout correction): the samples came from the rollout
+    engine's distribution, the loss is computed under the learner's; weight each token by
+    ``pi_learner / pi_rollout`` (``level="token"``) or each sequence by the product over its tokens
+    (``"sequence"``), then ``truncate`` (clip to [floor, cap]) or ``mask`` (0 outside [floor, cap]).
+
+    ``learner_logps`` are the learner's log-probs of the sampled tokens *without* gradient (pi_old),
+    ``rollout_logps`` the engine's; shapes ``(b, t)``. Returns weights ``(b, t)`` (0 off the mask)
+    and stats: the mean raw ratio, the share of tokens (or sequences) truncated or masked.
+    """
+    if level not in ("token", "sequence") or mode not in ("truncate", "mask"):
+        raise ValueError(f"level must be token|sequence and mode truncate|mask, got {level!r}, {mode!r}")
+    mask = mask.to(learner_logps.dtype)
+    diff = (learner_logps - rollout_logps) * mask
+    raw = torch.exp(diff.sum(dim=1, keepdim=True)) if level == "sequence" else torch.exp(diff)
+    lo = 0.0 if floor is None else floor
+    outside = (raw > cap) | (raw < lo)
+    w = torch.clamp(raw, min=lo, max=cap) if mode == "truncate" else torch.where(outside, torch.zeros_like(raw), raw)
+    w = w.expand_as(mask) * mask
+    unit = mask.sum(dim=1).clamp(max=1.0) if level == "sequence" else mask
+    out = outside.to(mask.dtype).expand_as(unit) * unit if level == "token" else outside.squeeze(1).to(mask.dtype) * unit
+    n = unit.sum().clamp(min=1.0)
+    ratio = raw.expand_as(mask) if level == "token" else raw.squeeze(1)
+    return w, {"ratio_mean": float((ratio * unit).sum() / n), "outside": float(out.sum() / n)}
+
+
+# Policy losses by name (``algorithm.loss`` / the GRPO family's table in ``align.config.schema``): a
+# new loss is a function with ``policy_loss``'s signature and one row here.
+POLICY_LOSSES = {
+    "clip": policy_loss,  # PPO / GRPO / DAPO: per-token ratio
+    "clip_sequence_mean": functools.partial(sequence_policy_loss, ratio="mean"),  # GSPO, AdaptThink's code
+    "clip_sequence_sum": functools.partial(sequence_policy_loss, ratio="sum"),  # the full-sequence ratio
+    "cispo": cispo_loss,
+}
+
+
+def policy_loss_name(loss_cfg: dict) -> str:
+    """The ``POLICY_LOSSES`` row of a learner loss config: ``loss`` when given, else from ``ratio``."""
+    if loss_cfg.get("loss"):
+        return loss_cfg["loss"]
+    ratio = loss_cfg.get("ratio", "token")
+    return "clip" if ratio == "token" else f"clip_{ratio}"

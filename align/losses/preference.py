@@ -1,10 +1,14 @@
-"""Preference losses: DPO (sigmoid, IPO, hinge) and SimPO (ALGORITHMS.md section 0).
+"""Preference losses: DPO (sigmoid, IPO, hinge), SimPO (ALGORITHMS.md section 0), Bradley-Terry and
+OFS-DPO's fast-slow term; ``PAIR_LOSSES`` names them for the learner.
 
 Inputs are per-example sequence log-probabilities, shape ``(b,)``; outputs per-example losses
 ``(b,)`` so that the caller chooses the reduction (and its global normaliser).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +69,63 @@ def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Te
     """Per-pair reward-model loss (TRL's ``RewardTrainer``)."""
     margin = torch.zeros_like(chosen) if margin is None else margin
     return -torch.nn.functional.logsigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2
+
+
+SLOW_TERMS = ("neg_fs", "sf")
+
+
+def fast_slow_losses(fast_w: torch.Tensor, fast_l: torch.Tensor, slow_w: torch.Tensor, slow_l: torch.Tensor,
+                     ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float = 0.1, alpha: float = 0.5,
+                     slow_term: str = "neg_fs", kind: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Per-pair OFS-DPO loss of both modules ``(b,)``, given sequence log-probs of chosen (w) and
+    rejected (l) responses under the fast module, the slow module and the reference.
+
+    Returns ``(total, parts)``: ``total = L_DPO(F) + alpha * L_FS + L_DPO(S) + alpha * slow_extra``,
+    where each module's terms see the other module detached, so one backward pass gives each its
+    own gradient. ``parts`` holds the per-pair ``dpo_fast``, ``dpo_slow``, ``fs`` (``L_FS``) and the
+    implicit rewards of the fast module (``chosen_rewards``, ``rejected_rewards``).
+    """
+    if slow_term not in SLOW_TERMS:
+        raise ValueError(f"slow_term must be one of {SLOW_TERMS}, got {slow_term!r}")
+    dpo_fast, chosen_r, rejected_r = dpo_loss(fast_w, fast_l, ref_w, ref_l, beta, kind, label_smoothing)
+    dpo_slow, _, _ = dpo_loss(slow_w, slow_l, ref_w, ref_l, beta, kind, label_smoothing)
+    fs, _, _ = dpo_loss(fast_w, fast_l, slow_w.detach(), slow_l.detach(), beta)  # the fast module widens its lead
+    if slow_term == "neg_fs":
+        slow_extra = -dpo_loss(fast_w.detach(), fast_l.detach(), slow_w, slow_l, beta)[0]
+    else:
+        slow_extra = dpo_loss(slow_w, slow_l, fast_w.detach(), fast_l.detach(), beta)[0]
+    total = dpo_fast + alpha * fs + dpo_slow + alpha * slow_extra
+    return total, {"dpo_fast": dpo_fast.detach(), "dpo_slow": dpo_slow.detach(), "fs": fs.detach(),
+                   "chosen_rewards": chosen_r, "rejected_rewards": rejected_r}
+
+
+@dataclass(frozen=True)
+class PairLoss:
+    """A pair loss as the learner runs it: ``fn(chosen, rejected, ref_chosen, ref_rejected, cfg,
+    margin)`` -> ``(losses (b,), chosen_rewards, rejected_rewards)``; what it reads: the reference
+    policy's log-probs (``reference``), length-averaged log-probs (``average``), or the model's
+    scalar scores instead of log-probs (``scores``: a reward model)."""
+
+    fn: Callable
+    reference: bool = True
+    average: bool = False
+    scores: bool = False
+
+
+def _dpo(kind: str) -> Callable:
+    return lambda c, r, rc, rr, cfg, margin=None: dpo_loss(c, r, rc, rr, cfg["beta"], kind, cfg.get("label_smoothing", 0.0))
+
+
+def _bradley_terry(c, r, rc, rr, cfg, margin=None):
+    return bradley_terry(c, r, margin, cfg.get("center_coef", 0.0)), c.detach(), r.detach()
+
+
+# Pair losses by name (``algorithm.preference.loss_type``, simpo, reward_model): a new pair loss is a
+# function and one row here.
+PAIR_LOSSES: dict[str, PairLoss] = {
+    "sigmoid": PairLoss(_dpo("sigmoid")),
+    "ipo": PairLoss(_dpo("ipo"), average=True),  # token-averaged log-probs, as TRL
+    "hinge": PairLoss(_dpo("hinge")),
+    "simpo": PairLoss(lambda c, r, rc, rr, cfg, margin=None: simpo_loss(c, r, cfg["beta"], cfg["gamma"]), reference=False, average=True),
+    "bradley_terry": PairLoss(_bradley_terry, reference=False, scores=True),
+}

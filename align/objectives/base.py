@@ -123,7 +123,7 @@ def build_objective(name: str, names: list[str], weights: dict[str, float], conf
     """The registered objective ``name`` (importing the built-in ones first)."""
     import importlib
 
-    for module in ("gradient", "hypervolume", "lagrangian", "static"):  # each registers itself
+    for module in ("gdpo", "gradient", "hypervolume", "lagrangian", "static"):  # each registers itself
         importlib.import_module(f"align.objectives.{module}")
 
     if name not in OBJECTIVES:

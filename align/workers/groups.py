@@ -220,16 +220,28 @@ class LearnerGroup:
         return merged
 
     def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
-        """One optimizer step over ``batch`` with global normalisers; returns merged stats."""
+        """One optimizer step over ``batch`` with global normalisers. ``loss_cfg["kind"]``: ``policy``
+        (rows are samples; returns the merged policy metrics) or ``pair`` (rows 2i, 2i+1 a pair, whole
+        pairs per rank; returns the statistics summed over ranks)."""
+        if loss_cfg.get("kind") == "pair":
+            shares = self._pair_shares(batch)
+            # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
+            per_micro = max(2, self.micro_batch_size - self.micro_batch_size % 2)
+            num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / per_micro) for s in shares))
+            normalizers = {"num_pairs": batch["input_ids"].shape[0] / 2}
+            stats = self._gather([r.train_step.remote(share, loss_cfg, normalizers, num_micro) for r, share in zip(self.ranks, shares)])
+            out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}
+            out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
+            return out
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
         stats = self._gather([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
-        tokens = sum(s["tokens"] for s in stats)
+        tokens = sum(s.get("tokens", 0.0) for s in stats)
         return {
-            "loss/policy": sum(s["loss/policy"] for s in stats),
-            "loss/kl": sum(s["loss/kl"] for s in stats),
-            "loss/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
-            "loss/ratio_mean": sum(s["ratio_sum"] for s in stats) / max(tokens, 1.0),
-            "policy/entropy": sum(s["entropy_sum"] for s in stats) / max(tokens, 1.0),  # mean over completion tokens
+            "loss/policy": sum(s.get("loss/policy", 0.0) for s in stats),
+            "loss/kl": sum(s.get("loss/kl", 0.0) for s in stats),
+            "loss/clip_frac": sum(s.get("clip_tokens", 0.0) for s in stats) / max(tokens, 1.0),
+            "loss/ratio_mean": sum(s.get("ratio_sum", 0.0) for s in stats) / max(tokens, 1.0),
+            "policy/entropy": sum(s.get("entropy_sum", 0.0) for s in stats) / max(tokens, 1.0),  # mean over completion tokens
             "loss/grad_norm": stats[0]["grad_norm"],
             "timing/learner_compute": max(s["seconds"] for s in stats),
         }
@@ -254,24 +266,11 @@ class LearnerGroup:
                          for r, (idx, share) in zip(self.ranks, shares)])
         return grams[0]
 
-    # ------------------------------------------------------------------ DPO family
     def _pair_shares(self, batch: dict) -> list[dict]:
         """Whole pairs (rows 2i, 2i+1) per rank."""
         n_pairs = batch["input_ids"].shape[0] // 2
         return [{k: v[[i for p in idx for i in (2 * p, 2 * p + 1)]] for k, v in batch.items()}
                 for idx in shard_indices(n_pairs, len(self.ranks))]
-
-    def preference_step(self, batch: dict, cfg: dict) -> dict[str, float]:
-        """One optimizer step over a batch of pairs; returns summed statistics over ranks."""
-        shares = self._pair_shares(batch)
-        # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
-        num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / max(2, self.micro_batch_size - self.micro_batch_size % 2))
-                               for s in shares))
-        stats = self._gather([r.preference_step.remote(share, cfg, batch["input_ids"].shape[0] / 2, num_micro)
-                         for r, share in zip(self.ranks, shares)])
-        out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}
-        out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
-        return out
 
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
         """Per-row completion log-prob sums for each of ``which`` (``reference`` or an adapter name)."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from align.batch import select
-from align.losses import aggregate, kl_penalty, policy_loss, sequence_policy_loss, token_logprobs
+from align.losses import POLICY_LOSSES, aggregate, kl_penalty, policy_loss_name, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -268,68 +268,110 @@ class Learner:
                                self._seq_logps(part, False, None if w == "reference" else w)).cpu().float()
         return out
 
-    def _pair_loss(self, part: dict, cfg: dict, num_pairs: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def _pair_loss(self, part: dict, cfg: dict, normalizers: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one micro-batch of pairs (rows 2i chosen, 2i+1 rejected), normalised by the global
-        pair count, and its summed statistics."""
-        from align.algorithms.ofs import fast_slow_losses
-        from align.losses.preference import bradley_terry, dpo_loss, simpo_loss
+        pair count, and its summed statistics. ``cfg["loss"]`` names a row of ``PAIR_LOSSES``; with
+        ``cfg["fast_slow"]`` (two LoRA modules, OFS-DPO) the fast-slow term joins it."""
+        from align.losses.preference import PAIR_LOSSES, fast_slow_losses
 
+        spec = PAIR_LOSSES[cfg["loss"]]
         counts = part["completion_mask"].sum(dim=1).clamp(min=1)
-        avg = cfg["name"] == "simpo" or cfg["loss_type"] == "ipo"  # length-averaged log-probs (SimPO; IPO as TRL)
 
         def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            x = x / counts.to(x.device) if avg else x
+            x = x / counts.to(x.device) if spec.average else x
             return x[0::2], x[1::2]
 
         stats: dict[str, float] = {}
-        if cfg["name"] == "reward_model":  # Bradley-Terry on the scores (TRL's RewardTrainer loss)
-            scores = self._rm_scores(part, True)
-            c, r = scores[0::2], scores[1::2]
-            margin = part["margin"][0::2].to(c.device) if "margin" in part else None
-            losses = bradley_terry(c, r, margin, cfg.get("center_coef", 0.0))
-            cr, rr = c.detach(), r.detach()
-        elif cfg["name"] == "simpo":
-            c, r = split(self._seq_logps(part, True, "default"))
-            losses, cr, rr = simpo_loss(c, r, cfg["beta"], cfg["gamma"])
-        else:
+        rc = rrj = None
+        if spec.reference:
             ref = part["ref_seq_logps"] if "ref_seq_logps" in part else self._seq_logps(part, False, None)
             rc, rrj = split(ref.to(self.device))
-            if self.ofs:
-                fast, slow = self.adapter_names[cfg["fast"]], self.adapter_names[1 - cfg["fast"]]
-                fc, fr = split(self._seq_logps(part, True, fast))
-                sc, sr = split(self._seq_logps(part, True, slow))
-                losses, parts = fast_slow_losses(fc, fr, sc, sr, rc, rrj, cfg["beta"], self.ofs["alpha"], self.ofs["slow_term"],
-                                                 cfg["loss_type"], cfg["label_smoothing"])
-                c, r, cr, rr = fc, fr, parts["chosen_rewards"], parts["rejected_rewards"]
-                stats = {"dpo_fast": parts["dpo_fast"].sum().item(), "dpo_slow": parts["dpo_slow"].sum().item(),
-                         "fs": parts["fs"].sum().item(),
-                         "slow_accuracy": float(((sc - rc) > (sr - rrj)).float().sum().item())}
-            else:
-                c, r = split(self._seq_logps(part, True, "default"))
-                losses, cr, rr = dpo_loss(c, r, rc, rrj, cfg["beta"], cfg["loss_type"], cfg["label_smoothing"])
-        loss = losses.sum() / num_pairs
+        margin = part["margin"][0::2].to(self.device) if "margin" in part else None
+        if spec.scores:  # the model's scalar score (a reward model) instead of log-probs
+            scores = self._rm_scores(part, True)
+            c, r = scores[0::2], scores[1::2]
+            losses, cr, rr = spec.fn(c, r, rc, rrj, cfg, margin)
+        elif cfg.get("fast_slow"):
+            fast, slow = self.adapter_names[cfg["fast"]], self.adapter_names[1 - cfg["fast"]]
+            c, r = split(self._seq_logps(part, True, fast))
+            sc, sr = split(self._seq_logps(part, True, slow))
+            fs = cfg["fast_slow"]
+            losses, parts = fast_slow_losses(c, r, sc, sr, rc, rrj, cfg["beta"], fs["alpha"], fs["slow_term"], cfg["loss"],
+                                             cfg.get("label_smoothing", 0.0))
+            cr, rr = parts["chosen_rewards"], parts["rejected_rewards"]
+            stats = {"dpo_fast": parts["dpo_fast"].sum().item(), "dpo_slow": parts["dpo_slow"].sum().item(),
+                     "fs": parts["fs"].sum().item(), "slow_accuracy": float(((sc - rc) > (sr - rrj)).float().sum().item())}
+        else:
+            c, r = split(self._seq_logps(part, True, "default"))
+            losses, cr, rr = spec.fn(c, r, rc, rrj, cfg, margin)
+        loss = losses.sum() / normalizers["num_pairs"]
         stats.update({"loss": losses.detach().sum().item(), "chosen_rewards": cr.sum().item(), "rejected_rewards": rr.sum().item(),
                       "accuracy": float((cr > rr).float().sum().item()), "margin": (cr - rr).sum().item(),
                       "chosen_logps": c.detach().sum().item(), "rejected_logps": r.detach().sum().item(),
                       "pairs": float(c.shape[0])})
         return loss, stats
 
-    def preference_step(self, batch: dict, cfg: dict, num_pairs: float, num_micro: int) -> dict[str, float]:
-        """One optimizer step of the DPO family over this rank's pairs (rows 2i chosen, 2i+1 rejected),
-        in ``num_micro`` length-bucketed micro-batches of whole pairs; losses are normalised by the
-        global pair count ``num_pairs`` (so the step is that of the whole batch on any rank split)."""
+    def _policy_loss(self, part: dict, loss_cfg: dict, normalizers: dict,
+                     logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The full actor loss of one micro-batch (the policy loss ``loss_cfg["loss"]`` of
+        ``POLICY_LOSSES`` + KL term), globally normalised; ``logps`` (with grad) when the caller
+        already ran the forward pass. Optional ``is_weights`` ``(b, t)`` (train/inference mismatch
+        correction) multiply the per-token terms."""
+        ent = None
+        if logps is None:
+            logps, ent = self._logps(part, loss_cfg["temperature"], grad=True, entropy=True)
+        mask = part["completion_mask"].to(logps.device)
+        # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
+        # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
+        old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
+        if "forced_first" in part:  # AdaptThink: the forced first token was drawn from pi_IS, not pi_old
+            old = forced_first_old(old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device))
+        fn = POLICY_LOSSES[policy_loss_name(loss_cfg)]
+        weights = part["is_weights"].to(logps.device) if "is_weights" in part else None
+        loss, stats = fn(logps, old, part["advantages"].to(logps.device), mask, clip_low=loss_cfg["clip_low"],
+                         clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], weights=weights, **normalizers)
+        tokens = mask.sum().item()
+        terms = {"loss/policy": loss.item(), "loss/kl": 0.0, "clip_tokens": stats["clip_frac"].item() * tokens,
+                 "ratio_sum": stats["ratio_mean"].item() * tokens, "tokens": tokens,
+                 "entropy_sum": float((ent * mask).sum().item()) if ent is not None else 0.0}
+        if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
+            per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
+            if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
+                per_tok = per_tok * part["kl_weight"].to(logps.device).unsqueeze(1)
+            kl = aggregate(per_tok, mask, loss_cfg["agg"], **normalizers)
+            terms["loss/kl"] = kl.item()
+            loss = loss + loss_cfg["kl_coef"] * kl
+        return loss, terms
+
+    # ----------------------------------------------------------------- one optimizer step
+    def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
+        """Accumulate gradients over this rank's share in ``num_micro`` micro-batches (the same count on
+        every rank: ranks with fewer rows run empty, zero-loss micro-batches) and take one step.
+
+        The one accumulation loop of every loss: ``loss_cfg["kind"]`` is ``policy`` (rows are
+        samples: input_ids, attention_mask, completion_mask, advantages, optional old_logps,
+        ref_logps, kl_weight, is_weights) or ``pair`` (rows 2i and 2i+1 are a pair's chosen and
+        rejected responses; a pair never straddles micro-batches). Every loss is normalised by the
+        global counts in ``normalizers`` (num_tokens / num_seqs / max_len, or num_pairs), and each
+        backward is scaled by the world size to undo DeepSpeed's data-parallel mean, so the step is
+        that of the whole batch on any split. Returns the micro-batches' summed statistics.
+        """
         self.engine.train()
-        n_pairs = batch["input_ids"].shape[0] // 2
-        size = max(1, math.ceil(n_pairs / num_micro))
-        lengths = batch["attention_mask"].sum(dim=1).view(-1, 2).max(dim=1).values
-        by_length = torch.argsort(lengths, stable=True).tolist()  # pairs of similar length share a micro-batch
+        unit = 2 if loss_cfg.get("kind") == "pair" else 1
+        loss_fn = self._pair_loss if unit == 2 else self._policy_loss
+        n = batch["input_ids"].shape[0] // unit
+        size = max(1, math.ceil(n / num_micro))
+        # Units of similar lengths pad less; the order does not change the (globally normalised)
+        # sum of their losses.
+        lengths = batch["attention_mask"].sum(dim=1).view(-1, unit).max(dim=1).values
+        by_length = torch.argsort(lengths, stable=True).tolist()
         totals: dict[str, float] = {}
         t0 = time.time()
         for m in range(num_micro):
-            pairs = by_length[m * size : (m + 1) * size]
+            units = by_length[m * size : (m + 1) * size]
             self.engine.set_gradient_accumulation_boundary(m == num_micro - 1)
-            if pairs:
-                loss, stats = self._pair_loss(select(batch, [i for p in pairs for i in (2 * p, 2 * p + 1)]), cfg, num_pairs)
+            if units:
+                loss, stats = loss_fn(select(batch, [u * unit + j for u in units for j in range(unit)]), loss_cfg, normalizers)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
             else:  # an empty share still joins the gradient reduction
@@ -340,75 +382,6 @@ class Learner:
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["seconds"] = time.time() - t0
         return totals
-
-    def _micro_loss(self, part: dict, loss_cfg: dict, normalizers: dict,
-                    logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The full actor loss of one micro-batch (clipped surrogate + KL term), globally normalised;
-        ``logps`` (with grad) when the caller already ran the forward pass."""
-        ent = None
-        if logps is None:
-            logps, ent = self._logps(part, loss_cfg["temperature"], grad=True, entropy=True)
-        mask = part["completion_mask"].to(logps.device)
-        # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
-        # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
-        old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
-        if "forced_first" in part:  # AdaptThink: the forced first token was drawn from pi_IS, not pi_old
-            old = forced_first_old(old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device))
-        ratio = loss_cfg.get("ratio", "token")
-        fn = policy_loss if ratio == "token" else functools.partial(sequence_policy_loss, ratio=ratio.removeprefix("sequence_"))
-        loss, stats = fn(
-            logps, old, part["advantages"].to(logps.device), mask,
-            clip_low=loss_cfg["clip_low"], clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], **normalizers,
-        )
-        tokens = mask.sum().item()
-        terms = {"policy": loss.item(), "kl": 0.0, "clip_tokens": stats["clip_frac"].item() * tokens,
-                 "ratio_sum": stats["ratio_mean"].item() * tokens,
-                 "entropy_sum": float((ent * mask).sum().item()) if ent is not None else 0.0}
-        if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
-            per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
-            if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
-                per_tok = per_tok * part["kl_weight"].to(logps.device).unsqueeze(1)
-            kl = aggregate(per_tok, mask, loss_cfg["agg"], **normalizers)
-            terms["kl"] = kl.item()
-            loss = loss + loss_cfg["kl_coef"] * kl
-        return loss, terms
-
-    # ----------------------------------------------------------------- one optimizer step
-    def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
-        """Accumulate gradients over this rank's share in ``num_micro`` micro-batches (the same count on
-        every rank: ranks with fewer rows run empty, zero-loss micro-batches) and take one step.
-
-        ``batch`` holds input_ids, attention_mask, completion_mask, old_logps, advantages (b,),
-        optional ref_logps and kl_weight (b,). ``normalizers`` are the global num_tokens / num_seqs.
-        """
-        self.engine.train()
-        n = batch["input_ids"].shape[0]
-        size = max(1, math.ceil(n / num_micro))
-        # Micro-batches of similar lengths pad less; the order does not change the (globally
-        # normalised) sum of their losses.
-        by_length = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True).tolist()
-        totals: dict[str, float] = {"loss/policy": 0.0, "loss/kl": 0.0}
-        clip_tokens = ratio_sum = entropy_sum = 0.0
-        t0 = time.time()
-        for m in range(num_micro):
-            idx = by_length[m * size : (m + 1) * size]
-            last = m == num_micro - 1
-            self.engine.set_gradient_accumulation_boundary(last)
-            if idx:
-                loss, terms = self._micro_loss(select(batch, idx), loss_cfg, normalizers)
-                totals["loss/policy"] += terms["policy"]
-                totals["loss/kl"] += terms["kl"]
-                clip_tokens += terms["clip_tokens"]
-                ratio_sum += terms["ratio_sum"]
-                entropy_sum += terms["entropy_sum"]
-            else:  # an empty share still joins the gradient reduction
-                loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
-        tokens = float(batch["completion_mask"].sum().item())
-        return {**totals, "tokens": tokens, "clip_tokens": clip_tokens, "ratio_sum": ratio_sum, "entropy_sum": entropy_sum,
-                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "seconds": time.time() - t0}
 
     # ----------------------------------------------------------------- per-objective gradients
     def objective_gradients(self, batch: dict, advantages: torch.Tensor, loss_cfg: dict, normalizers: dict,
@@ -445,7 +418,7 @@ class Learner:
             # one forward pass per micro-batch; the K losses differ only in their advantages
             logps = self._logps(part, loss_cfg["temperature"], grad=True, plain=True)
             for k in range(num_obj):
-                loss, _ = self._micro_loss({**part, "advantages": advantages[k, idx]}, loss_cfg, normalizers, logps=logps)
+                loss, _ = self._policy_loss({**part, "advantages": advantages[k, idx]}, loss_cfg, normalizers, logps=logps)
                 grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=k < num_obj - 1)
                 g[k] += torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
                                    for gr, p in zip(grads, params)])

@@ -67,7 +67,7 @@ def test_offline_ofs_dpo_learns_on_two_ranks_and_resumes_exactly(tmp_path):
 def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_boundary(tmp_path, monkeypatch):
     import signal
 
-    from align.preference import PreferenceTrainer
+    from align.trainer import Trainer as PreferenceTrainer
     from align.interrupts import StopRequested
 
     out = tmp_path / "cofs"

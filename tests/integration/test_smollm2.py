@@ -60,7 +60,7 @@ def test_conversational_pairs_tokenize_as_trl_with_the_real_template(smollm2):
 
     from align.data.chat import chat_preference_pairs
     from align.data.loading import load_preferences
-    from align.preference import tokenize_row
+    from align.algorithms.dpo import tokenize_row
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     explicit = chat_preference_pairs(8, 0, "eval")
@@ -82,7 +82,7 @@ def test_standard_text_pairs_tokenize_whole_as_trl(smollm2):
     from trl.data_utils import _tokenize, common_prefix_length
 
     from align.data.tasks import preference_pairs
-    from align.preference import tokenize_pair
+    from align.algorithms.dpo import tokenize_pair
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     merged = 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from align.algorithms.ofs import Chase, combine_lora, delta_w, fast_slow_losses, truncate_lora
-from align.preference import best_worst_pairs
+from align.algorithms.dpo import best_worst_pairs
 
 
 def _logps(seed: int, n: int = 3) -> torch.Tensor:

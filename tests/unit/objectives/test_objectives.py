@@ -219,7 +219,7 @@ def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
 
 
 def test_skipped_or_not_applicable_samples_take_their_group_mean():
-    from align.trainer import _fill_group_mean
+    from align.algorithms.grpo import fill_group_mean as _fill_group_mean
 
     r = np.array([1.0, np.nan, 0.0, 0.5, np.nan, np.nan])
     out = _fill_group_mean(r, np.isnan(r), 3)

@@ -7,7 +7,7 @@ import torch
 
 from align.data.loading import load_preferences
 from align.models.builtin import resolve_model_path
-from align.preference import tokenize_row
+from align.algorithms.dpo import tokenize_row
 from rewards.model import ModelReward
 
 

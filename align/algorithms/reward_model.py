@@ -5,7 +5,7 @@ output, trained on preference pairs with the Bradley-Terry loss, as TRL's ``Rewa
 
 ``margin`` is the data's ``margin`` column when present (``reward_model.margin``). Same data formats,
 sharding over learner ranks, micro-batching, checkpoints and ``--resume`` as offline DPO
-(``align.preference``), through LoRA (the new score head trains fully) or every weight
+(``align.algorithms.dpo``), through LoRA (the new score head trains fully) or every weight
 (``reward_model.finetune: full``). The score is the model's output at the last token of
 prompt + response + EOS. At the end the model is written, merged, to
 ``<output_dir>/<reward_model.output>`` (safetensors, config and tokenizer, temp folder then rename):
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
+from align.algorithms.base import RunContext, register_algorithm
+from align.algorithms.dpo import PairMethod, pack_pairs
 from align.checkpoint import atomic_dir, write_adapter_dir
 from align.losses.preference import bradley_terry
-from align.preference import PreferenceTrainer, pack_pairs
 
 log = logging.getLogger("align.train")
 
@@ -56,61 +57,56 @@ def export_reward_model(base_path: str, tensors: dict, adapter_config: dict, out
     return out_dir
 
 
-class RewardModelTrainer(PreferenceTrainer):
-    PANELS = RM_PANELS
+@register_algorithm("reward_model")
+class RewardModel(PairMethod):
+    """The pair machinery (data, sharding, micro-batches, checkpoints) with the Bradley-Terry loss on
+    a sequence-classification model's scores; metrics in ``rm/``."""
 
-    def _learner_spec(self) -> dict:
-        spec = super()._learner_spec()
-        spec.update(task="reward_model", finetune=self.cfg.algorithm.reward_model.finetune, pad_token_id=self.tokenizer.pad_token_id)
+    panels = RM_PANELS
+    prefix = "rm"
+
+    def loss_name(self) -> str:
+        return "bradley_terry"
+
+    def loss_cfg(self) -> dict:
+        return {**super().loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
+
+    def learner_spec(self, ctx: RunContext, spec: dict) -> dict:
+        spec = super().learner_spec(ctx, spec)
+        spec.update(task="reward_model", finetune=self.cfg.algorithm.reward_model.finetune, pad_token_id=ctx.tokenizer.pad_token_id)
         return spec
 
-    def _loss_cfg(self) -> dict:
-        return {**super()._loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
-
-    def _with_margin(self, batch: dict, rows: list[dict]) -> dict:
+    def with_margin(self, batch: dict, rows: list[dict]) -> dict:
         """``batch`` with the data's ``margin`` column (both rows of a pair) when every pair has one."""
         if self.cfg.algorithm.reward_model.margin and rows and all(r.get("margin") is not None for r in rows):
             batch["margin"] = torch.tensor([float(r["margin"]) for r in rows for _ in range(2)], dtype=torch.float32)
         return batch
 
-    def _pack(self, rows: list[dict], idx: list[int]) -> dict:
-        return self._with_margin(super()._pack(rows, idx), [rows[i] for i in idx])
+    def pack(self, ctx: RunContext, rows: list[dict], idx: list[int]) -> dict:
+        return self.with_margin(super().pack(ctx, rows, idx), [rows[i] for i in idx])
 
-    def _step(self, step: int) -> dict:
-        m = super()._step(step)
-        out = {}
-        for k, v in m.items():
-            if k.startswith("dpo/logps_"):
-                continue
-            out["rm/" + k[4:] if k.startswith("dpo/") else k] = v
-        return out
+    def step_metrics(self, stats: dict) -> dict[str, float]:
+        return {k: v for k, v in super().step_metrics(stats).items() if not k.startswith("rm/logps_")}
 
-    def _pair_metrics(self) -> dict[str, float]:
+    def pair_metrics(self, ctx: RunContext) -> dict[str, float]:
         """Bradley-Terry loss, accuracy and mean score margin on held-out pairs."""
         if not self.eval_pairs:
             return {}
-        batch = self._with_margin(pack_pairs(self.eval_pairs, self.tokenizer.pad_token_id), self.eval_pair_rows)
-        s = self.learners.sequence_logps(batch, ["score"])["score"]
+        batch = self.with_margin(pack_pairs(self.eval_pairs, ctx.tokenizer.pad_token_id), self.eval_pair_rows)
+        s = ctx.learners.sequence_logps(batch, ["score"])["score"]
         c, r = s[0::2], s[1::2]
         losses = bradley_terry(c, r, batch["margin"][0::2] if "margin" in batch else None, self.cfg.algorithm.reward_model.center_coef)
         return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((c > r).float().mean()),
                 "pairs_margin": float((c - r).mean()), "pairs_chosen": float(c.mean()), "pairs_rejected": float(r.mean())}
 
-    def _progress(self, m: dict) -> str:
-        parts = [f"loss {m.get('rm/loss', float('nan')):.4f}", f"acc {m.get('rm/accuracy', float('nan')):.2f}",
-                 f"margin {m.get('rm/margin', float('nan')):.3f}"]
-        if "eval/pairs_accuracy" in m:
-            parts.append(f"eval acc {m['eval/pairs_accuracy']:.3f}")
-        return " | ".join(parts)
-
-    def _summary(self, before, after, plot) -> dict:
+    def finish(self, ctx: RunContext, summary: dict) -> dict:
         cfg = self.cfg
-        tensors, adapter_cfg = self.learners.adapter("default")
-        out_dir = export_reward_model(self.model_path, tensors, adapter_cfg, self.run_dir / cfg.algorithm.reward_model.output,
-                                      cfg.algorithm.reward_model.finetune, self.tokenizer.pad_token_id, cfg.model.trust_remote_code)
-        summary = super()._summary(before, after, plot)
+        tensors, adapter_cfg = ctx.learners.adapter("default")
+        out_dir = export_reward_model(ctx.model_path, tensors, adapter_cfg, ctx.run_dir / cfg.algorithm.reward_model.output,
+                                      cfg.algorithm.reward_model.finetune, ctx.tokenizer.pad_token_id, cfg.model.trust_remote_code)
+        before, after = summary.get("before"), summary.get("after")
         log.info("reward model: %s (eval accuracy %s -> %s)", out_dir, _fmt(before, "pairs_accuracy"), _fmt(after, "pairs_accuracy"))
-        return {**summary, "reward_model": str(out_dir)}
+        return {"reward_model": str(out_dir)}
 
 
 def _fmt(d: dict | None, key: str) -> str:

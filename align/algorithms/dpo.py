@@ -1,0 +1,385 @@
+"""Pair methods on the same actors as GRPO (``algorithm.name: dpo | simpo``; ``reward_model`` in
+``align.algorithms.reward_model`` builds on it).
+
+- Offline: pairs from preference data in TRL's formats; reference log-probs (adapter off) computed
+  once for the pairs the run will draw, or in every step; length-bucketed micro-batches of pairs.
+- Online (``preference.online``): the rollout workers sample ``num_completions`` per prompt with
+  the current adapter, the rewards rank them, best versus worst form a pair (ties dropped), a step
+  follows and the adapter syncs back.
+- OFS-DPO (``preference.ofs.enabled``): two LoRA modules per learner rank, fast and slow, chasing
+  (``align.algorithms.ofs``); both are checkpointed, one is served.
+- Domains (``preference.domains``, ``align.algorithms.cofs``): a schedule over domains wrapping the
+  pair method; with ``cofs.combine`` (COFS-DPO) the adapter served after each domain is the best
+  linear combination of the previous one and this domain's fast module.
+
+The loss is a row of ``align.losses.PAIR_LOSSES`` (sigmoid, ipo, hinge, simpo, bradley_terry); the
+learner looks it up by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics
+from align.algorithms.ofs import Chase
+from align.batch import pack
+from align.sampling import PromptSampler, sample_seed
+from rewards.model import sequence_ids
+
+log = logging.getLogger("align.train")
+
+MODULES = ("default", "second")  # OFS-DPO's two LoRA modules in each learner rank (peft adapter names)
+
+PREFERENCE_PANELS = (
+    ("DPO loss", lambda k: k in ("dpo/loss", "ofs/dpo_fast", "ofs/dpo_slow", "ofs/fs", "eval/pairs_loss")),
+    ("implicit rewards", lambda k: k in ("dpo/rewards_chosen", "dpo/rewards_rejected", "dpo/margin", "eval/pairs_margin")),
+    ("preference accuracy", lambda k: k in ("dpo/accuracy", "eval/pairs_accuracy", "eval/pairs_logp_accuracy", "ofs/slow_accuracy")),
+    ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/pairs")
+     and not k.startswith("eval/length") and not k.startswith("eval/nothink")),
+    ("train reward (online)", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
+)
+
+
+def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, templated: bool = False) -> dict:
+    """Token ids as TRL's DPOTrainer builds them (``rewards.model.sequence_ids`` for each side)."""
+    p, c = sequence_ids(tokenizer, prompt, chosen, templated)
+    p2, r = sequence_ids(tokenizer, prompt, rejected, templated)
+    n = min(len(p), len(p2))  # each side splits where its prompt and prompt+response diverge (TRL's min)
+    return {"prompt_ids": p[:n], "chosen_ids": p[n:] + c, "rejected_ids": p2[n:] + r}
+
+
+def tokenize_row(tokenizer, row: dict) -> dict:
+    """``tokenize_pair`` of a loaded preference row (templated when it was conversational)."""
+    return tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], templated="prompt_messages" in row)
+
+
+def pack_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows 2i (chosen) and 2i+1 (rejected) of pair i, right-padded (see ``align.batch.pack``)."""
+    samples = []
+    for p in pairs:
+        samples.append({"prompt_ids": p["prompt_ids"], "completion_ids": p["chosen_ids"]})
+        samples.append({"prompt_ids": p["prompt_ids"], "completion_ids": p["rejected_ids"]})
+    batch = pack(samples, pad_id)
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+
+
+def best_worst_pairs(rewards: np.ndarray, valid: np.ndarray, k: int) -> tuple[list[tuple[int, int]], int]:
+    """Online DPO pairs: per group of ``k`` samples, (index of the best, index of the worst) among
+    the valid ones (first occurrence on ties within the best or the worst); a group whose valid
+    rewards are all equal, or with fewer than 2 valid samples, gives no pair. Returns the pairs and
+    the number of groups dropped."""
+    pairs, dropped = [], 0
+    for g in range(len(rewards) // k):
+        idx = [g * k + j for j in range(k) if valid[g * k + j]]
+        if len(idx) < 2:
+            dropped += 1
+            continue
+        r = rewards[idx]
+        hi, lo = idx[int(np.argmax(r))], idx[int(np.argmin(r))]
+        if rewards[hi] == rewards[lo]:
+            dropped += 1
+            continue
+        pairs.append((hi, lo))
+    return pairs, dropped
+
+
+@register_algorithm("dpo", "simpo")
+class PairMethod(Algorithm):
+    panels = PREFERENCE_PANELS
+    prefix = "dpo"  # metric namespace of the training statistics
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.pref = cfg.algorithm.preference
+        self.chase = Chase(self.pref.ofs.swap_window) if self.pref.ofs.enabled else None
+        self.adapter_modules = MODULES if self.chase else ("default",)
+        self.domains = None
+        if self.pref.domains:
+            from align.algorithms.cofs import Domains
+
+            self.domains = Domains(self)
+        self.ref_cache: dict[int, tuple[float, float]] = {}
+        self.data_skipped: dict[str, int] = {}
+        self._precompute_seconds = 0.0
+
+    def loss_name(self) -> str:
+        return "simpo" if self.cfg.algorithm.name == "simpo" else self.pref.loss_type
+
+    def loss_cfg(self) -> dict:
+        pref = self.pref
+        return {"kind": "pair", "loss": self.loss_name(), "beta": pref.beta, "gamma": pref.gamma,
+                "label_smoothing": pref.label_smoothing, "fast": self.chase.fast if self.chase else 0,
+                "fast_slow": {"alpha": pref.ofs.alpha, "slow_term": pref.ofs.slow_term} if self.chase else None}
+
+    # ---------------------------------------------------------------- data and actors
+    def train_data(self, ctx: RunContext, source: str) -> list[dict]:
+        from align.data.loading import load_preferences, load_prompts
+
+        if self.pref.online:
+            return ctx.checked(load_prompts(source, ctx.tokenizer, ctx.config_dir), source)
+        rows = load_preferences(source, ctx.tokenizer, ctx.config_dir, on_bad=self.cfg.data.bad_rows, skipped=self.data_skipped)
+        return ctx.checked(rows, source)
+
+    def eval_data(self, ctx: RunContext, source: str | None) -> list[dict]:
+        from align.data.loading import load_eval_rows
+
+        return ctx.checked(load_eval_rows(source, ctx.tokenizer, ctx.config_dir), source) if source else []
+
+    def load_data(self, ctx: RunContext) -> None:
+        cfg, pref = self.cfg, self.pref
+        if self.domains:  # every domain's data is checked before any actor starts
+            self.domains.load(ctx)
+        else:
+            ctx.train_rows = self.train_data(ctx, cfg.data.train)
+            ctx.eval_rows = self.eval_data(ctx, cfg.data.eval)[: cfg.data.eval_size]
+        if self.data_skipped:
+            log.warning("preference data: skipped %s rows (data.bad_rows: skip): %s", sum(self.data_skipped.values()), self.data_skipped)
+        # held-out pairs for the pair metrics: eval rows that are preference rows
+        pair_rows = [r for r in (ctx.eval_rows if not self.domains else []) if "chosen" in r and "rejected" in r]
+        self.eval_pair_rows = pair_rows[: pref.eval_pairs]
+        self.eval_pairs = [tokenize_row(ctx.tokenizer, r) for r in self.eval_pair_rows]
+        self.generates = pref.online or bool(self.domains) or pref.generate_eval
+        if not self.generates:
+            ctx.eval_rows = ctx.eval_rows if self.eval_pairs else []
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ctx.model_path, trust_remote_code=cfg.model.trust_remote_code)
+        self.context = getattr(config, "max_position_embeddings", None) or 10**9
+
+    @property
+    def uses_rewards(self) -> bool:  # rewards score generations only (online pairs, generation eval)
+        return self.generates
+
+    def learner_spec(self, ctx: RunContext, spec: dict) -> dict:
+        if self.chase:
+            spec["ofs"] = self.pref.ofs.model_dump()
+        return spec
+
+    def rollout_spec(self, ctx: RunContext, spec: dict) -> dict | None:
+        if not self.generates:
+            return None
+        spec["lora_rank"] = self.cfg.model.lora.r * max(1, len(self.pref.domains))  # COFS combinations add ranks up
+        spec["max_model_len"] = max(spec["max_model_len"], self._longest_pair(ctx) + 8)
+        return spec
+
+    def _longest_pair(self, ctx: RunContext) -> int:
+        if self.pref.online:
+            return 0
+        rows = [r for rows in (self.domains.train if self.domains else [ctx.train_rows]) for r in rows]
+        return max(len(ctx.tokenizer(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"]) for r in rows[:2000])
+
+    def setup(self, ctx: RunContext) -> None:
+        if self.precomputes_reference() and not self.domains:  # domains precompute on entering each one
+            with ctx.clock.phase("reference log-probs"):
+                self.precompute_reference(ctx, ctx.train_rows, ctx.sampler, self.cfg.trainer.max_steps)
+
+    def pairs_of(self, ctx: RunContext, rows: list[dict], idx: list[int]) -> list[dict]:
+        """Token ids of rows ``idx`` (tokenized once); a pair longer than the model's context is an
+        error naming the row (TRL would truncate it silently)."""
+        out = []
+        for i in idx:
+            r = rows[i]
+            if "_ids" not in r:
+                r["_ids"] = tokenize_row(ctx.tokenizer, r)
+                longest = len(r["_ids"]["prompt_ids"]) + max(len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"]))
+                if longest > self.context:
+                    raise ValueError(f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
+                                     f"context ({self.context}); shorten or drop it")
+            out.append(r["_ids"])
+        return out
+
+    def precomputes_reference(self) -> bool:
+        """Offline with ``reference: precompute`` and a loss that reads the reference (not SimPO's)."""
+        from align.losses import PAIR_LOSSES
+
+        return PAIR_LOSSES[self.loss_name()].reference and self.pref.reference == "precompute" and not self.pref.online
+
+    def precompute_reference(self, ctx: RunContext, rows: list[dict], sampler: PromptSampler, steps: int) -> None:
+        """Reference log-prob sums (adapter off) of every pair the run will draw, computed once, one
+        batch per step's new pairs: a pair's value depends on the batch it was computed in (padding,
+        at float precision), so batches are fixed by the step order and a longer or resumed run
+        computes the same values for the same steps."""
+        probe = PromptSampler(len(rows), sampler.seed, 0)
+        t0, done = time.time(), 0
+        for step in range(steps):
+            idx = [i for i in dict.fromkeys(probe.take(self.pref.pairs_per_step)) if i not in self.ref_cache]
+            if idx:
+                batch = pack_pairs(self.pairs_of(ctx, rows, idx), ctx.tokenizer.pad_token_id)
+                ref = ctx.learners.sequence_logps(batch, ["reference"])["reference"]
+                for j, i in enumerate(idx):
+                    self.ref_cache[i] = (float(ref[2 * j]), float(ref[2 * j + 1]))
+                done += len(idx)
+            if (step + 1) % 50 == 0 or step + 1 == steps:
+                eta = (time.time() - t0) / (step + 1) * (steps - step - 1)
+                log.info("reference log-probs: %d pairs for %d/%d steps (%.1fs, ETA %.0fs)", done, step + 1, steps, time.time() - t0, eta)
+        self._precompute_seconds += time.time() - t0
+
+    def progress(self, m: dict) -> str:
+        p = self.prefix
+        parts = [f"loss {m.get(f'{p}/loss', float('nan')):.4f}", f"acc {m.get(f'{p}/accuracy', float('nan')):.2f}",
+                 f"margin {m.get(f'{p}/margin', float('nan')):.4f}"]
+        if "reward/total" in m:
+            parts.append(f"reward {m['reward/total']:.3f} ({m.get('online/pairs', 0)} pairs)")
+        if "ofs/dpo_fast" in m:
+            parts.append(f"fast/slow {m['ofs/dpo_fast']:.4f}/{m['ofs/dpo_slow']:.4f} fs {m['ofs/fs']:.4f} swaps {m['ofs/swaps']}")
+        if "eval/pairs_accuracy" in m and p != "dpo":
+            parts.append(f"eval acc {m['eval/pairs_accuracy']:.3f}")
+        return " | ".join(parts)
+
+    # ---------------------------------------------------------------- adapters and state
+    def train_adapter(self) -> str:
+        if self.chase is None:
+            return "default"
+        return MODULES[self.chase.fast if self.pref.ofs.serve == "fast" else self.chase.slow]
+
+    def fast_adapter(self) -> str:
+        return MODULES[self.chase.fast] if self.chase else "default"
+
+    def served_adapter(self, ctx: RunContext) -> tuple[dict, dict]:
+        served = self.domains.served if self.domains else None
+        return served if served is not None else ctx.learners.adapter(self.train_adapter())
+
+    def extra_adapters(self, ctx: RunContext) -> dict:
+        # the learner's module(s) whenever step_N/adapter alone does not hold them
+        if self.chase or (self.domains and self.domains.served is not None):
+            return {name: ctx.learners.adapter(name) for name in self.adapter_modules}
+        return {}
+
+    def state_dict(self) -> dict:
+        state = {"chase": self.chase.state_dict() if self.chase else None}
+        if self.domains:
+            state.update(self.domains.state_dict())
+        return state
+
+    def restore(self, ctx: RunContext, ckpt: dict) -> None:
+        st, extra = ckpt["state"], ckpt.get("extra_adapters", {})
+        if self.chase is not None:
+            self.chase.load_state_dict(st["chase"])
+            ctx.learners.load_state(extra["second"][0], None, "second")
+            ctx.learners.load_state(extra["default"][0], ckpt["optimizer_states"], "default")
+            ctx.learners.set_fast(self.chase.fast)
+        else:
+            ctx.learners.load_state(extra["default"][0] if "default" in extra else ckpt["adapter"], ckpt["optimizer_states"])
+        if self.domains:
+            self.domains.restore(ctx, ckpt)
+
+    def finish(self, ctx: RunContext, summary: dict) -> dict:
+        if self.domains and self.domains.results:
+            from align.metrics import plot_domains
+
+            plot_domains(ctx.run_dir / "domains.json", ctx.run_dir / "plots" / "domains.png")
+        return {}
+
+    # ---------------------------------------------------------------- evaluation
+    def pair_metrics(self, ctx: RunContext) -> dict[str, float]:
+        """Loss, accuracy and margin of the served adapter on held-out pairs, and ``pairs_logp_accuracy``:
+        the share of pairs whose chosen response the policy itself finds likelier (summed log-probs;
+        before training, the base model's own preference, which the DPO accuracy cannot show: its
+        implicit rewards are all 0 then)."""
+        if not self.eval_pairs:
+            return {}
+        from align.losses import PAIR_LOSSES
+
+        batch = pack_pairs(self.eval_pairs, ctx.tokenizer.pad_token_id)
+        lp = ctx.learners.sequence_logps(batch, [self.train_adapter(), "reference"])
+        spec, counts = PAIR_LOSSES[self.loss_name()], batch["completion_mask"].sum(dim=1).clamp(min=1)
+        pol, ref = (lp[self.train_adapter()] / counts, lp["reference"] / counts) if spec.average else (lp[self.train_adapter()], lp["reference"])
+        losses, cr, rr = spec.fn(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.loss_cfg())
+        summed = lp[self.train_adapter()]  # the policy's summed log-probs (pol may be length-normalised above)
+        return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((cr > rr).float().mean()),
+                "pairs_margin": float((cr - rr).mean()), "pairs_logp_accuracy": float((summed[0::2] > summed[1::2]).float().mean())}
+
+    def evaluate(self, ctx: RunContext) -> dict[str, float]:
+        from align.evaluation_loop import evaluate
+
+        if self.domains:  # every domain's held-out prompts, keys prefixed by the domain's name
+            return self.domains.evaluate(ctx)
+        out = self.pair_metrics(ctx)
+        if ctx.rollouts is not None and ctx.eval_rows:
+            out.update(evaluate(ctx.rollouts, ctx.rewards, ctx.eval_rows, ctx.tokenizer, self.cfg))
+        return out
+
+    # ---------------------------------------------------------------- one step
+    def pack(self, ctx: RunContext, rows: list[dict], idx: list[int]) -> dict:
+        """The pairs ``rows[idx]`` as one batch (rows 2i chosen, 2i+1 rejected)."""
+        return pack_pairs(self.pairs_of(ctx, rows, idx), ctx.tokenizer.pad_token_id)
+
+    def offline_batch(self, ctx: RunContext, metrics: dict) -> dict:
+        idx = ctx.sampler.take(self.pref.pairs_per_step)
+        batch = self.pack(ctx, ctx.train_rows, idx)
+        if self.ref_cache and all(i in self.ref_cache for i in idx):
+            batch["ref_seq_logps"] = torch.tensor([v for i in idx for v in self.ref_cache[i]], dtype=torch.float32)
+        metrics[f"{self.prefix}/pairs"] = len(idx)
+        return batch
+
+    def online_batch(self, ctx: RunContext, step: int, metrics: dict) -> dict | None:
+        cfg, k = self.cfg, self.pref.num_completions
+        rows = [ctx.train_rows[i] for i in ctx.sampler.take(cfg.data.prompts_per_step)]
+        t0 = time.time()
+        groups = ctx.rollouts.generate([r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, 0, j) for j in range(len(rows))],
+                                       n=k, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                                       top_p=cfg.rollout.top_p, logprobs_for=0)
+        metrics["timing/rollout"] = time.time() - t0
+        samples = [s for g in groups for s in g]
+        t0 = time.time()
+        scores = ctx.score([r for r in rows for _ in range(k)], samples)
+        metrics["timing/reward"] = time.time() - t0
+        rewards = ctx.objective_for(scores).shape(scores.scores, {"group_size": k}).rewards
+        valid = ~scores.dropped & np.isfinite(rewards)
+        chosen_rejected, dropped = best_worst_pairs(rewards, valid, k)
+        metrics.update(reward_metrics(ctx.objective.names, scores.scores))
+        metrics.update({"reward/total": float(np.nanmean(rewards)), "online/pairs": len(chosen_rejected),
+                        "online/groups_dropped": dropped,
+                        "rollout/length": float(np.mean([len(s["completion_ids"]) for s in samples]))})
+        for key, n in scores.skipped_by.items():
+            metrics[f"reward/skipped/{key}"] = n
+        metrics.update(scores.stats)  # reward/retries/<name>
+        if not chosen_rejected:
+            return None
+        metrics["online/reward_chosen"] = float(np.mean([rewards[c] for c, _ in chosen_rejected]))
+        metrics["online/reward_rejected"] = float(np.mean([rewards[r] for _, r in chosen_rejected]))
+        pairs = [{"prompt_ids": samples[c]["prompt_ids"], "chosen_ids": samples[c]["completion_ids"],
+                  "rejected_ids": samples[r]["completion_ids"]} for c, r in chosen_rejected]
+        return pack_pairs(pairs, ctx.tokenizer.pad_token_id)
+
+    def step_metrics(self, stats: dict) -> dict[str, float]:
+        """The learner's summed statistics as per-pair means in this method's namespace."""
+        n, p = max(stats["pairs"], 1.0), self.prefix
+        return {f"{p}/loss": stats["loss"] / n, f"{p}/accuracy": stats["accuracy"] / n, f"{p}/margin": stats["margin"] / n,
+                f"{p}/rewards_chosen": stats["chosen_rewards"] / n, f"{p}/rewards_rejected": stats["rejected_rewards"] / n,
+                f"{p}/logps_chosen": stats["chosen_logps"] / n, f"{p}/logps_rejected": stats["rejected_logps"] / n,
+                "loss/grad_norm": stats["grad_norm"], "timing/learner_compute": stats["seconds"]}
+
+    def step(self, ctx: RunContext, step: int) -> dict[str, float]:
+        metrics: dict = {}
+        if self.domains:
+            self.domains.enter(ctx, step)
+        batch = self.online_batch(ctx, step, metrics) if self.pref.online else self.offline_batch(ctx, metrics)
+        if batch is not None:
+            t0 = time.time()
+            stats = ctx.learners.train_step(batch, self.loss_cfg())
+            metrics["timing/learner"] = time.time() - t0
+            metrics.update(self.step_metrics(stats))
+            if self.chase is not None:
+                n = max(stats["pairs"], 1.0)
+                fast, slow = stats["dpo_fast"] / n, stats["dpo_slow"] / n
+                metrics.update({"ofs/total": metrics["dpo/loss"], "dpo/loss": fast, "ofs/dpo_fast": fast, "ofs/dpo_slow": slow,
+                                "ofs/fs": stats["fs"] / n, "ofs/slow_accuracy": stats["slow_accuracy"] / n})
+                if self.chase.update(fast, slow):
+                    ctx.learners.set_fast(self.chase.fast)
+                    log.info("OFS-DPO: the slow module overtook the fast one; roles swapped (swap %d)", self.chase.swaps)
+                metrics.update({"ofs/fast_module": self.chase.fast, "ofs/swaps": self.chase.swaps})
+        else:
+            metrics["online/empty"] = 1
+        if self._precompute_seconds:  # logged once, with the next step
+            metrics["timing/reference_precompute"] = self._precompute_seconds
+            self._precompute_seconds = 0.0
+        for reason, count in self.data_skipped.items():
+            metrics[f"data/skipped/{reason}"] = count
+        if self.domains:
+            metrics.update(self.domains.after_step(ctx, step))
+        return metrics
