@@ -33,21 +33,18 @@ from align.config.schema import Config
 log = logging.getLogger("align.train")
 
 
-def learner_spec(c: Config, model_path: str) -> dict:
-    """What a learner rank needs, as plain values (sent to the Ray actor)."""
-    return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
-            "trust_remote_code": c.model.trust_remote_code, "lora": c.model.lora.model_dump(),
-            "micro_batch_size": c.learner.micro_batch_size, "zero_stage": c.learner.zero_stage,
-            "lr": c.learner.lr, "grad_clip": c.learner.grad_clip, "threads": c.learner.threads,
-            "autocast": c.learner.autocast}
+def learner_spec(c: Config, model_path: str):
+    """What a learner rank needs (``align.workers.learner.LearnerSpec``)."""
+    from align.workers.learner import LearnerSpec
+
+    return LearnerSpec.from_config(c, model_path)
 
 
-def rollout_spec(c: Config, model_path: str) -> dict:
-    """What a rollout worker needs, as plain values (sent to the Ray actor)."""
-    return {"model_path": model_path, "device": c.model.device, "dtype": c.model.dtype,
-            "max_model_len": c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
-            "gpu_memory_utilization": c.rollout.gpu_memory_utilization, "lora_rank": c.model.lora.r,
-            "lora_mode": c.rollout.lora_mode, "seed": c.trainer.seed, "trust_remote_code": c.model.trust_remote_code}
+def rollout_spec(c: Config, model_path: str):
+    """What a rollout worker needs (``align.workers.rollout.RolloutSpec``)."""
+    from align.workers.rollout import RolloutSpec
+
+    return RolloutSpec.from_config(c, model_path)
 
 
 def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None) -> None:

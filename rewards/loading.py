@@ -104,26 +104,23 @@ def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
     return path
 
 
-def build(entry: dict, base_dir: str | Path | None = None):
-    """A ``Reward`` from a config entry (``align.config.schema.RewardEntry`` as a dict) of any type:
-    ``function`` (``fn``), ``model`` (a local HF sequence-classification model, ``rewards.model``)
-    or ``http`` (a reward server, ``rewards.http``)."""
+def build(entry, base_dir: str | Path | None = None):
+    """A ``Reward`` from a config entry (``align.config.schema.RewardEntry``, or the dict of one: it is
+    validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
+    (a local HF sequence-classification model, ``rewards.model``) or ``http`` (a reward server,
+    ``rewards.http``)."""
+    from align.config.schema import RewardEntry
     from rewards.scoring import Reward
 
-    kind = entry.get("type", "function")
-    if kind == "function":
-        return Reward(entry["name"], load(entry["fn"], base_dir), entry.get("kwargs") or {})
-    if kind == "model":
+    e = entry if isinstance(entry, RewardEntry) else RewardEntry.model_validate(entry)
+    if e.type == "function":
+        return Reward(e.name, load(e.fn, base_dir), e.kwargs)
+    if e.type == "model":
         from rewards.model import ModelReward
 
-        fn = ModelReward(str(model_dir(entry, base_dir)), heads=entry.get("heads"), batch_size=entry.get("batch_size", 32),
-                         max_length=entry.get("max_length"), template=entry.get("template", "auto"),
-                         device=entry.get("device", "auto"), dtype=entry.get("dtype", "float32"), threads=entry.get("threads", 0))
-        return Reward(entry["name"], fn, entry.get("kwargs") or {})
-    if kind == "http":
-        from rewards.http import TOKEN_ENV, HttpReward
+        fn = ModelReward(str(model_dir(e.model_dump(), base_dir)), heads=e.heads, batch_size=e.batch_size, max_length=e.max_length,
+                         template=e.template, device=e.device, dtype=e.dtype, threads=e.threads)
+        return Reward(e.name, fn, e.kwargs)
+    from rewards.http import HttpReward
 
-        fn = HttpReward(entry["url"], entry["name"], entry.get("token_env") or TOKEN_ENV, entry.get("timeout") or 30.0,
-                        entry.get("retries", 2), entry.get("backoff", 0.5), entry.get("batch_size", 256))
-        return Reward(entry["name"], fn, entry.get("kwargs") or {})
-    raise RewardLoadError(f"reward {entry.get('name')!r}: unknown type {kind!r} (function, model or http)")
+    return Reward(e.name, HttpReward(e.url, e.name, e.token_env, e.timeout, e.retries, e.backoff, e.batch_size), e.kwargs)

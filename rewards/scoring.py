@@ -4,11 +4,12 @@ Every reward returns one value per completion: a number, or ``None`` ("not appli
 sample"). It may instead return ``{objective_name: [values]}`` to give several objectives at once.
 The result is a matrix ``scores[N, K]`` (NaN where not applicable) plus the objective names.
 
-Policies:
-- a wrong length, a non-number, or an exception is always an error (``RewardError``) naming the
-  reward and, where one can be found, the first failing sample index;
-- a NaN or infinite value follows ``nan_policy``: ``"error"`` (default) raises, ``"skip"`` drops
-  the sample from the batch and counts it.
+Policies (``apply_failure_policy``, the one implementation the reward actors use too):
+- a wrong length, a non-number or a non-list breaks the reward's contract: always an error
+  (``RewardContractError``) naming the reward and the first failing sample;
+- a reward that raises, times out, dies, or returns NaN/inf follows its ``on_failure``: ``error``
+  (default) raises naming the reward and sample, ``skip`` drops the samples and counts them,
+  ``retry`` scores them again (with backoff), then raises.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-NAN_POLICIES = ("error", "skip")
+NAN_POLICIES = ("error", "skip")  # the deprecated nan_policy
+ON_FAILURE = ("error", "skip", "retry")
 
 
 class RewardError(RuntimeError):
@@ -165,52 +168,131 @@ def evaluate_reward(reward: Reward, prompts: list, completions: list, columns: d
     return RewardValues(names, values, applicable, failed, error)
 
 
+def _snippet(x, limit: int = 80) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# attempt(try_index, rows, (prompts, completions, columns) of those rows) ->
+#   (RewardValues of those rows, "", "") or (None, reason, message) when the reward failed as a whole
+Attempt = Callable[[int, np.ndarray, tuple], tuple["RewardValues | None", str, str]]
+
+
+def apply_failure_policy(name: str, policy: str, prompts: list, completions: list, columns: dict, attempt: Attempt,
+                         retries: int = 2, backoff: float = 0.5, known_names: list[str] | None = None,
+                         sleep: Callable[[float], None] = time.sleep, warn: Callable[..., None] | None = None,
+                         ) -> tuple[RewardValues, np.ndarray, dict[str, int], int]:
+    """The one implementation of a reward's ``on_failure`` policy (the reward actors' pool and the
+    in-process ``score_batch`` both call it). Samples fail when the reward raised on them, ran past
+    its timeout, died, or gave NaN/inf; then ``error`` raises ``RewardError`` naming the reward, the
+    sample and what it returned, ``skip`` drops them (counted by reason), ``retry`` scores them again
+    up to ``retries`` times with backoff ``backoff * 2**k`` seconds, then raises as ``error``.
+
+    Returns the reward's values for the whole batch, the dropped samples, the skip counts
+    (``<name>/<raised|timeout|died|nan>``) and the number of retries spent."""
+    if policy not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {policy!r}")
+    n = len(completions)
+    tries = (retries if policy == "retry" else 0) + 1
+    rows = np.arange(n)
+    args = (prompts, completions, columns)
+    result: RewardValues | None = None
+    dropped = np.zeros(n, dtype=bool)
+    skipped: dict[str, int] = {}
+    spent = 0
+    for k in range(tries):
+        got, reason, message = attempt(k, rows, args)
+        if got is not None:
+            if result is None:
+                result = RewardValues(got.names, np.full((n, len(got.names)), np.nan), np.ones((n, len(got.names)), dtype=bool),
+                                      np.zeros(n, dtype=bool))
+            elif got.names != result.names:
+                raise RewardError(f"reward {name!r} returned objectives {got.names}, but {result.names} before")
+            result.values[rows], result.applicable[rows] = got.values, got.applicable
+            bad = got.bad()
+            reason = "raised" if got.failed.any() else "nan"
+            if got.failed.any():
+                message = got.error
+            elif bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                j = int(np.flatnonzero(got.applicable[i] & ~np.isfinite(got.values[i]))[0])
+                message = f"reward {name!r} returned {got.values[i, j]} for objective {got.names[j]!r}"
+        else:
+            bad = np.ones(len(rows), dtype=bool)
+        failing = rows[bad]
+        if not failing.size:
+            break
+        if k + 1 < tries:
+            spent += 1
+            sleep(backoff * 2**k)
+            if warn:
+                warn("%s on %d sample(s); retry %d/%d", message, failing.size, k + 1, tries - 1)
+            rows = failing
+            args = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
+            continue
+        first = int(failing[0])
+        where = (f"at sample {first} of {n} (prompt {_snippet(prompts[first])}, completion {_snippet(completions[first])}); "
+                 f"{failing.size} sample(s) failed")
+        if policy in ("error", "retry"):
+            after = f" after {tries} tries" if policy == "retry" else ""
+            raise RewardError(f"{message}{after} {where}. on_failure: {policy} stops the run; 'skip' would drop such samples")
+        if warn:
+            warn("%s %s: skipped (on_failure: skip)", message, where)
+        dropped[failing] = True
+        skipped[f"{name}/{reason}"] = skipped.get(f"{name}/{reason}", 0) + int(failing.size)
+    if result is None:  # every try failed as a whole (and was skipped): NaN under the known names
+        names = known_names or [name]
+        result = RewardValues(names, np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool), np.ones(n, dtype=bool))
+    return result, dropped, skipped, spent
+
+
+def combine(n: int, results: list[tuple[str, RewardValues]], dropped: np.ndarray, skipped: dict, stats: dict | None = None) -> RewardScores:
+    """The rewards' values side by side as ``RewardScores`` (one column per objective; dropped
+    samples NaN in every column); two rewards may not give the same objective name."""
+    names, owners, cols = [], [], []
+    for reward, values in results:
+        for j, objective in enumerate(values.names):
+            if objective in names:
+                raise RewardError(f"reward {reward!r}: objective name {objective!r} is given by two rewards")
+            names.append(objective)
+            owners.append(reward)
+            cols.append(values.values[:, j])
+    scores = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+    scores[dropped] = np.nan
+    return RewardScores(names, scores, dropped, skipped, owners, stats or {})
+
+
 def score_batch(
     rewards: Sequence[Reward],
     prompts: list,
     completions: list,
     columns: dict[str, list] | None = None,
-    nan_policy: str | dict[str, str] = "error",
+    on_failure: str | dict[str, str] = "error",
+    retries: int = 2,
+    backoff: float = 0.0,
+    nan_policy: str | dict[str, str] | None = None,
 ) -> RewardScores:
-    """Score every completion with every reward; see the module docstring for the policies.
-
-    ``nan_policy`` is one policy for all rewards, or ``{reward_name: policy}`` (missing: "error").
-    """
-    policies = nan_policy if isinstance(nan_policy, dict) else {r.name: nan_policy for r in rewards}
-    for policy in policies.values():
-        if policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
+    """Score every completion with every reward in this process, with each reward's ``on_failure``
+    policy (one for all, or ``{reward_name: policy}``, missing: "error"), exactly as the reward
+    actors apply it (``apply_failure_policy``); a function that raises is re-run sample by sample
+    to find the samples it raises on. ``nan_policy`` is the deprecated name of ``on_failure``."""
+    policy = nan_policy if nan_policy is not None else on_failure
+    policies = policy if isinstance(policy, dict) else {r.name: policy for r in rewards}
+    columns = columns or {}
     n = len(completions)
-    names: list[str] = []
-    owners: list[str] = []  # the reward that produced each objective
-    cols: list[np.ndarray] = []
-    applicable_cols: list[np.ndarray] = []
-    for reward in rewards:
-        values = evaluate_reward(reward, prompts, completions, columns, per_sample=True)
-        if values.failed.any():  # the first sample it raises on, or the batch as a whole
-            raise RewardError(values.error)
-        for k, objective in enumerate(values.names):
-            if objective in names:
-                raise RewardError(f"reward {reward.name!r}: objective name {objective!r} is given by two rewards")
-            names.append(objective)
-            owners.append(reward.name)
-            cols.append(values.values[:, k])
-            applicable_cols.append(values.applicable[:, k])
-    scores = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
-    applicable = np.stack(applicable_cols, axis=1) if cols else np.zeros((n, 0), dtype=bool)
-    bad = applicable & ~np.isfinite(scores)  # a number that is NaN/inf; None is not "bad"
     dropped = np.zeros(n, dtype=bool)
-    skipped_by: dict[str, int] = {}
-    for k, objective in enumerate(names):
-        rows = np.flatnonzero(bad[:, k])
-        if not rows.size:
-            continue
-        if policies.get(owners[k], "error") == "error":
-            raise RewardError(
-                f"reward {owners[k]!r}{_obj(owners[k], objective)} returned {scores[rows[0], k]} at sample "
-                f"{rows[0]} ({rows.size} non-finite value(s) in the batch); fix the reward or set "
-                f"nan_policy: skip to drop such samples"
-            )
-        skipped_by[objective] = int(rows.size)
-        dropped[rows] = True
-    return RewardScores(names, scores, dropped, skipped_by, owners)
+    skipped: dict[str, int] = {}
+    stats: dict[str, float] = {}
+    results = []
+    for reward in rewards:
+        def attempt(k, rows, args, reward=reward):
+            return evaluate_reward(reward, *args, per_sample=True), "", ""
+
+        values, drop, skip, spent = apply_failure_policy(reward.name, policies.get(reward.name, "error"), list(prompts),
+                                                         list(completions), columns, attempt, retries, backoff)
+        dropped |= drop
+        skipped.update(skip)
+        if spent:
+            stats[f"reward/retries/{reward.name}"] = spent
+        results.append((reward.name, values))
+    return combine(n, results, dropped, skipped, stats)

@@ -146,10 +146,12 @@ class Algorithm:
         ctx.eval_rows = (ctx.checked(load_prompts(cfg.data.eval, ctx.tokenizer, ctx.config_dir), cfg.data.eval)[: cfg.data.eval_size]
                          if cfg.data.eval else [])
 
-    def learner_spec(self, ctx: RunContext, spec: dict) -> dict:
+    def learner_spec(self, ctx: RunContext, spec):
+        """The ``LearnerSpec`` built from the config, with this method's parts."""
         return spec
 
-    def rollout_spec(self, ctx: RunContext, spec: dict) -> dict | None:
+    def rollout_spec(self, ctx: RunContext, spec):
+        """The ``RolloutSpec`` built from the config, or None: this method never generates."""
         return spec
 
     def setup(self, ctx: RunContext) -> None:

@@ -154,16 +154,16 @@ class PairMethod(Algorithm):
     def uses_rewards(self) -> bool:  # rewards score generations only (online pairs, generation eval)
         return self.generates
 
-    def learner_spec(self, ctx: RunContext, spec: dict) -> dict:
+    def learner_spec(self, ctx: RunContext, spec):
         if self.chase:
-            spec["ofs"] = self.pref.ofs.model_dump()
+            spec.ofs = self.pref.ofs.model_dump()
         return spec
 
-    def rollout_spec(self, ctx: RunContext, spec: dict) -> dict | None:
+    def rollout_spec(self, ctx: RunContext, spec):
         if not self.generates:
             return None
-        spec["lora_rank"] = self.cfg.model.lora.r * max(1, len(self.pref.domains))  # COFS combinations add ranks up
-        spec["max_model_len"] = max(spec["max_model_len"], self._longest_pair(ctx) + 8)
+        spec.lora_rank = self.cfg.model.lora.r * max(1, len(self.pref.domains))  # COFS combinations add ranks up
+        spec.max_model_len = max(spec.max_model_len, self._longest_pair(ctx) + 8)
         return spec
 
     def _longest_pair(self, ctx: RunContext) -> int:

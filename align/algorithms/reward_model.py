@@ -71,9 +71,9 @@ class RewardModel(PairMethod):
     def loss_cfg(self) -> dict:
         return {**super().loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
 
-    def learner_spec(self, ctx: RunContext, spec: dict) -> dict:
+    def learner_spec(self, ctx: RunContext, spec):
         spec = super().learner_spec(ctx, spec)
-        spec.update(task="reward_model", finetune=self.cfg.algorithm.reward_model.finetune, pad_token_id=ctx.tokenizer.pad_token_id)
+        spec.task, spec.finetune, spec.pad_token_id = "reward_model", self.cfg.algorithm.reward_model.finetune, ctx.tokenizer.pad_token_id
         return spec
 
     def with_margin(self, batch: dict, rows: list[dict]) -> dict:

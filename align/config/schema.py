@@ -389,7 +389,8 @@ class RewardEntry(Section):
                                        "objective each.")
     template: Literal["auto", "chat", "plain"] = Field("auto", description="model: how prompt and response are put "
                                                        "together (rewards/model.py).")
-    batch_size: int = Field(32, ge=1, description="model: sequences per forward pass; http: completions per request.")
+    batch_size: Optional[int] = Field(None, ge=1, description="model: sequences per forward pass (default 32); http: "
+                                      "completions per request (default 256, or fewer when the server's max_batch says so).")
     max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
@@ -427,6 +428,8 @@ class RewardEntry(Section):
             if urlparse(self.url).scheme not in ("http", "https") or not urlparse(self.url).netloc:
                 raise ValueError(f"url {self.url!r} is not an http(s) URL")
             self.timeout = self.timeout or 30.0
+        if self.batch_size is None:
+            self.batch_size = 256 if self.type == "http" else 32
         if self.type != "model" and (self.heads is not None or self.num_gpus):
             raise ValueError("'heads' and 'num_gpus' are for type: model")
         if self.on_failure is None:

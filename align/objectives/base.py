@@ -56,15 +56,27 @@ class Shaped:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class RunInfo:
+    """What an objective may know of the run besides its own config section."""
+
+    algorithm: str = "grpo"
+    estimator: str | None = "group_std"  # the algorithm's advantage estimator (None outside the GRPO family)
+    lr: float = 1e-4  # learner.lr
+    grad_clip: float | None = 1.0  # learner.grad_clip (None: off)
+    seed: int = 0
+
+
 class Objective:
     """Base class: subclasses implement ``shape``; stateless ones need nothing else.
 
-    ``names`` are the objective names (columns of ``scores``), ``weights`` their static weights and
-    ``config`` the whole run config (or None in unit tests: defaults apply).
+    ``names`` are the objective names (columns of ``scores``), ``weights`` their static weights,
+    ``section`` the objective's own config section (``objective.<name>``, None for those without
+    one) and ``run`` what it may know of the run (:class:`RunInfo`).
     """
 
-    def __init__(self, names: list[str], weights: dict[str, float], config=None):
-        self.names, self.weights, self.config = names, weights, config
+    def __init__(self, names: list[str], weights: dict[str, float], section=None, run: RunInfo | None = None):
+        self.names, self.weights, self.section, self.run = names, weights, section, run or RunInfo()
 
     def weight_vector(self) -> np.ndarray:
         return np.array([self.weights[n] for n in self.names], dtype=np.float64)
@@ -120,7 +132,8 @@ def simplex_weights(names: list[str], weights: dict[str, float]) -> tuple[np.nda
 
 
 def build_objective(name: str, names: list[str], weights: dict[str, float], config=None) -> Objective:
-    """The registered objective ``name`` (importing the built-in ones first)."""
+    """The registered objective ``name`` (importing the built-in ones first), given its own section of
+    ``config`` (the run config; None: the section's defaults) and the run's :class:`RunInfo`."""
     import importlib
 
     for module in ("gdpo", "gradient", "hypervolume", "lagrangian", "static"):  # each registers itself
@@ -128,4 +141,13 @@ def build_objective(name: str, names: list[str], weights: dict[str, float], conf
 
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name](names, weights, config)
+    if config is None:
+        from align.config.schema import ObjectiveSection
+
+        return OBJECTIVES[name](names, weights, getattr(ObjectiveSection(), name, None), RunInfo())
+    from align.config.schema import GRPO_FAMILY
+
+    family = GRPO_FAMILY.get(config.algorithm.name)
+    run = RunInfo(config.algorithm.name, family[0] if family else None, config.learner.lr, config.learner.grad_clip or None,
+                  config.trainer.seed)
+    return OBJECTIVES[name](names, weights, getattr(config.objective, name, None), run)

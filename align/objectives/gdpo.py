@@ -32,7 +32,9 @@ def gdpo_advantages(scores: np.ndarray, weights: np.ndarray, group_size: int, ba
         mean = np.where(valid, g, 0.0).sum(axis=1, keepdims=True) / np.maximum(count, 1)
         centered = np.where(valid, g - mean, 0.0)
         std = np.sqrt((centered**2).sum(axis=1, keepdims=True) / np.maximum(count - 1, 1))
-        adv += weights[j] * (centered / (std + eps)).reshape(-1)
+        scale = np.broadcast_to(std + eps, centered.shape)
+        # a group where the reward ties has no spread: advantage 0 from it
+        adv += weights[j] * np.divide(centered, scale, out=np.zeros_like(centered), where=scale > 0).reshape(-1)
     if batch_norm and n > 1:
         adv = (adv - adv.mean()) / (adv.std(ddof=1) + eps)
     return adv
@@ -40,9 +42,9 @@ def gdpo_advantages(scores: np.ndarray, weights: np.ndarray, group_size: int, ba
 
 @register_objective("gdpo")
 class GDPO(Objective):
-    def __init__(self, names, weights, config=None):
-        super().__init__(names, weights, config)
-        self.batch_norm = config.objective.gdpo.batch_norm if config is not None else True
+    def __init__(self, names, weights, section, run=None):
+        super().__init__(names, weights, section, run)
+        self.batch_norm = section.batch_norm
 
     def shape(self, scores: np.ndarray, ctx: dict) -> Shaped:
         rewards = weighted_sum(scores, self.weight_vector())

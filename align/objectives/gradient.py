@@ -21,13 +21,10 @@ from align.objectives.simplex import exponentiated_gradient_step
 
 @register_objective("gradient")
 class GradientWeighting(Objective):
-    def __init__(self, names, weights, config=None):
-        super().__init__(names, weights, config)
-        from align.config.schema import GradientSection
-
-        self.opts = config.objective.gradient if config is not None else GradientSection()
-        self.lr = config.learner.lr if config is not None else 1e-4
-        self.clip = (config.learner.grad_clip or None) if config is not None else 1.0
+    def __init__(self, names, weights, section, run=None):
+        super().__init__(names, weights, section, run)
+        self.opts = section
+        self.lr, self.clip = self.run.lr, self.run.grad_clip
         self.active, w = simplex_weights(names, weights)
         self.w = np.zeros(len(names))
         self.w[self.active] = w

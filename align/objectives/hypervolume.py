@@ -54,11 +54,9 @@ def hypervolume_gradient(buffer: np.ndarray, point: np.ndarray, ref: np.ndarray,
 
 @register_objective("hypervolume")
 class HypervolumeWeighting(Objective):
-    def __init__(self, names, weights, config=None):
-        super().__init__(names, weights, config)
-        from align.config.schema import GRPO_FAMILY, HypervolumeSection
-
-        self.opts = config.objective.hypervolume if config is not None else HypervolumeSection()
+    def __init__(self, names, weights, section, run=None):
+        super().__init__(names, weights, section, run)
+        self.opts = section
         self.metrics_dir = self.opts.metrics or {n: "max" for n in names if weights[n] != 0}
         self.metric_names = list(self.metrics_dir)
         self.maximize = [self.metrics_dir[m] == "max" for m in self.metric_names]
@@ -73,12 +71,12 @@ class HypervolumeWeighting(Objective):
                                  f"optimised rewards ({self.optimised}); each metric must be one of them")
         else:
             self.w = self.weight_vector()
-            estimator = GRPO_FAMILY[config.algorithm.name][0] if config is not None else None
+            estimator = self.run.estimator
             if estimator in SCALE_INVARIANT:
                 log.warning("objective hypervolume, variant meta_reward: the meta reward scales every reward by one positive "
                             "number, which %s cancel exactly, so it changes nothing with algorithm %s. Use "
                             "variant: weights, or dr_grpo / rloo, whose advantages keep the scale.",
-                            SCALE_INVARIANT[estimator], config.algorithm.name)
+                            SCALE_INVARIANT[estimator], self.run.algorithm)
             else:
                 log.info("objective hypervolume, variant meta_reward: Adam normalises the gradient scale too, so a meta "
                          "reward that stays constant for many steps acts mostly through its changes between steps")

@@ -29,9 +29,9 @@ from align.objectives.nelder_mead import NelderMead
 
 @register_objective("lagrangian")
 class LagrangianConstraints(Objective):
-    def __init__(self, names, weights, config=None):
-        super().__init__(names, weights, config)
-        opts = config.objective.lagrangian
+    def __init__(self, names, weights, section, run=None):
+        super().__init__(names, weights, section, run)
+        opts = section
         self.opts = opts
         self.task = opts.task
         self.cons = [c.name for c in opts.constraints]
@@ -47,7 +47,7 @@ class LagrangianConstraints(Objective):
                                  "constraints; with both kinds, set squash explicitly")
             squash = "tanh" if kinds == {True} else "sigmoid"
         self.squash = squash
-        rng = np.random.default_rng(config.trainer.seed)
+        rng = np.random.default_rng(self.run.seed)
         init = rng.normal(0.0, opts.init_std, len(self.cons)) if squash != "none" else np.full(len(self.cons), 0.5)
         self.init_raw = init.copy()
         self.multipliers = Multipliers(len(self.cons), squash, opts.lr, opts.momentum, opts.max_grad_norm, init,
@@ -59,7 +59,7 @@ class LagrangianConstraints(Objective):
         if self.search:
             low = np.array([c.search_low for c in opts.constraints])
             high = np.array([c.search_high for c in opts.constraints])
-            simplex = low + (high - low) * np.random.default_rng([config.trainer.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
+            simplex = low + (high - low) * np.random.default_rng([self.run.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
             # bounds: every point Nelder-Mead hands out (and so every threshold) is in [search_low, search_high]
             self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol,
                                  bounds=(low, high))

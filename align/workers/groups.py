@@ -3,6 +3,7 @@ controller is the only place that waits on results."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
@@ -47,10 +48,11 @@ class RolloutGroup:
     the call; requests carry their seeds, so the repeat samples what the lost call would have.
     """
 
-    def __init__(self, spec: dict, num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3,
+    def __init__(self, spec: "RolloutSpec | dict", num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3,
                  wait: bool = True):
-        from align.workers.rollout import RolloutEngine, cpu_preload_env
+        from align.workers.rollout import RolloutEngine, RolloutSpec, cpu_preload_env
 
+        spec = RolloutSpec.of(spec)
         env = cpu_preload_env() if not num_gpus else {}
         actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1,
                                                   max_restarts=max_restarts, max_task_retries=0,
@@ -58,10 +60,10 @@ class RolloutGroup:
         self.max_restarts = max_restarts
         self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
-        self.workers = [actor.remote({**spec, "seed": spec.get("seed", 0) + i}) for i in range(num_workers)]
+        self.workers = [actor.remote(dataclasses.replace(spec, seed=spec.seed + i)) for i in range(num_workers)]
         self._starting = [w.info.remote() for w in self.workers]
         self.start_seconds = 0.0  # the slowest engine's own start (vLLM load and warm-up)
-        self.lora_mode = spec.get("lora_mode", "auto")
+        self.lora_mode = spec.lora_mode
         if wait:
             self.ready()
 
@@ -148,9 +150,13 @@ class LearnerGroup:
     :meth:`restart` and restores the last checkpoint (``Trainer._recover_learners``).
     """
 
-    def __init__(self, spec: dict, num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0, wait: bool = True):
+    def __init__(self, spec: "LearnerSpec | dict", num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0,
+                 wait: bool = True):
+        from align.workers.learner import LearnerSpec
+
+        spec = LearnerSpec.of(spec)
         self._args = (spec, num_ranks, num_cpus, num_gpus, seed)
-        self.micro_batch_size = spec["micro_batch_size"]
+        self.micro_batch_size = spec.micro_batch_size
         self._start(wait)
 
     def _start(self, wait: bool = True) -> None:
@@ -159,7 +165,6 @@ class LearnerGroup:
         spec, num_ranks, num_cpus, num_gpus, seed = self._args
         port = free_port()  # a fresh rendezvous for every start
         actor = ray.remote(Learner).options(num_cpus=num_cpus, num_gpus=num_gpus)
-        spec = {**spec, "threads": spec.get("threads", 0)}
         self.ranks = [actor.remote(spec, r, num_ranks, port, seed) for r in range(num_ranks)]
         self._starting = [r.ping.remote() for r in self.ranks]
         if wait:

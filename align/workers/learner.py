@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,6 +38,40 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
+@dataclass
+class LearnerSpec:
+    """What a learner rank needs, as plain values (sent to the Ray actor); ``from_config`` builds it
+    from a run config, algorithms add their parts (``task``, ``ofs``)."""
+
+    model_path: str
+    lora: dict
+    device: str = "cpu"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    micro_batch_size: int = 16
+    zero_stage: int = 2
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    threads: int = 0
+    autocast: str = "off"
+    task: str = "causal_lm"  # or reward_model: a sequence-classification model with one score
+    finetune: str = "lora"  # reward_model: lora or full
+    pad_token_id: int | None = None
+    ofs: dict | None = None  # OFS-DPO: a second LoRA module ({lr_ratio, ...})
+    master_addr: str = "127.0.0.1"
+
+    @classmethod
+    def from_config(cls, c, model_path: str) -> "LearnerSpec":
+        return cls(model_path=model_path, device=c.model.device, dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code,
+                   lora=c.model.lora.model_dump(), micro_batch_size=c.learner.micro_batch_size, zero_stage=c.learner.zero_stage,
+                   lr=c.learner.lr, grad_clip=c.learner.grad_clip, threads=c.learner.threads, autocast=c.learner.autocast)
+
+    @classmethod
+    def of(cls, spec: "LearnerSpec | dict") -> "LearnerSpec":
+        """A spec from a spec or a plain dict (defaults for missing keys; an unknown key is a TypeError)."""
+        return spec if isinstance(spec, cls) else cls(**spec)
+
+
 def forced_first_old(old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
     """``old`` ``(b, t)`` with each forced row's first completion column set to ``first_logp`` (its
     proposal log-probability, AdaptThink's importance sampling); other rows unchanged."""
@@ -50,39 +85,40 @@ def forced_first_old(old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Te
 class Learner:
     """One rank. ``spec`` holds plain values: model path/dtype/device, LoRA, learner and loss settings."""
 
-    def __init__(self, spec: dict, rank: int, world_size: int, master_port: int, seed: int = 0):
+    def __init__(self, spec: LearnerSpec | dict, rank: int, world_size: int, master_port: int, seed: int = 0):
         import deepspeed
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        spec = LearnerSpec.of(spec)
         self.spec, self.rank, self.world_size = spec, rank, world_size
-        self.device = _device(spec["device"])
+        self.device = _device(spec.device)
         if self.device == "cpu":
             # Rollout and learning phases do not overlap, so each rank may use its share of all cores.
-            torch.set_num_threads(max(1, int(spec.get("threads") or (os.cpu_count() or 1) // world_size)))
+            torch.set_num_threads(max(1, int(spec.threads or (os.cpu_count() or 1) // world_size)))
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         os.environ.update(RANK=str(rank), LOCAL_RANK="0" if self.device == "cpu" else str(rank), WORLD_SIZE=str(world_size),
-                          MASTER_ADDR=spec.get("master_addr", "127.0.0.1"), MASTER_PORT=str(master_port))
+                          MASTER_ADDR=spec.master_addr, MASTER_PORT=str(master_port))
         deepspeed.init_distributed(dist_backend="gloo" if self.device == "cpu" else "nccl", auto_mpi_discovery=False)
-        dtype = getattr(torch, spec["dtype"])
+        dtype = getattr(torch, spec.dtype)
         torch.manual_seed(seed)  # identical LoRA initialisation on every rank
         # task "reward_model": a sequence-classification model (one score, read at the last token),
         # trained through LoRA (the new score head fully, peft's modules_to_save) or fully
-        self.reward_model = spec.get("task") == "reward_model"
-        self.full = self.reward_model and spec.get("finetune") == "full"
+        self.reward_model = spec.task == "reward_model"
+        self.full = self.reward_model and spec.finetune == "full"
         auto = AutoModelForSequenceClassification if self.reward_model else AutoModelForCausalLM
         extra = {"num_labels": 1} if self.reward_model else {}
-        model = auto.from_pretrained(spec["model_path"], dtype=dtype, trust_remote_code=spec.get("trust_remote_code", False), **extra)
+        model = auto.from_pretrained(spec.model_path, dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra)
         if self.reward_model and model.config.pad_token_id is None:
-            model.config.pad_token_id = spec["pad_token_id"]
-        lora = spec["lora"]
+            model.config.pad_token_id = spec.pad_token_id
+        lora = spec.lora
         self.peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                       target_modules=lora["target_modules"], task_type="SEQ_CLS" if self.reward_model else "CAUSAL_LM")
         if not self.full:
             model = get_peft_model(model, self.peft_config)
         # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
         # own optimizer parameter group so the fast and slow learning rates can swap.
-        self.ofs = spec.get("ofs")
+        self.ofs = spec.ofs
         self.adapter_names = ["default"]
         if self.ofs:
             torch.manual_seed(seed)
@@ -92,18 +128,18 @@ class Learner:
                 if "lora_" in name:
                     p.requires_grad_(True)
         ds_config = {
-            "train_micro_batch_size_per_gpu": spec["micro_batch_size"],
+            "train_micro_batch_size_per_gpu": spec.micro_batch_size,
             "gradient_accumulation_steps": 1,  # we mark accumulation boundaries ourselves
-            "zero_optimization": {"stage": spec["zero_stage"]},
-            "optimizer": {"type": "AdamW", "params": {"lr": spec["lr"], "betas": [0.9, 0.999], "eps": 1e-8,
+            "zero_optimization": {"stage": spec.zero_stage},
+            "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "betas": [0.9, 0.999], "eps": 1e-8,
                                                       "weight_decay": 0.0, "torch_adam": True}},
-            "gradient_clipping": spec["grad_clip"],
-            "bf16": {"enabled": spec["dtype"] == "bfloat16"},
-            "fp16": {"enabled": spec["dtype"] == "float16"},
+            "gradient_clipping": spec.grad_clip,
+            "bf16": {"enabled": spec.dtype == "bfloat16"},
+            "fp16": {"enabled": spec.dtype == "float16"},
             "steps_per_print": 2**31 - 1,
         }
         if self.ofs:
-            trainable = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": spec["lr"]}
+            trainable = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": spec.lr}
                          for a in self.adapter_names]
         else:
             trainable = [p for p in model.parameters() if p.requires_grad]
@@ -121,7 +157,7 @@ class Learner:
         engine is still loading (the trainer starts both at once). ``torch.autograd.grad`` on the
         module itself: no optimizer step, no ZeRO reduction, the engine's gradient buffers untouched."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        ids = torch.randint(0, int(self.model.config.vocab_size), (self.spec["micro_batch_size"], 64), device=self.device)
+        ids = torch.randint(0, int(self.model.config.vocab_size), (self.spec.micro_batch_size, 64), device=self.device)
         part = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                 "completion_mask": torch.cat([torch.zeros(ids.shape[0], 31), torch.ones(ids.shape[0], 32)], dim=1)}
         self.model.train()
@@ -132,7 +168,7 @@ class Learner:
     def set_fast(self, index: int) -> list[float]:
         """Module ``index`` gets learner.lr, the other learner.lr / lr_ratio; returns the group lrs."""
         for g, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = self.spec["lr"] if g == index else self.spec["lr"] / self.ofs["lr_ratio"]
+            group["lr"] = self.spec.lr if g == index else self.spec.lr / self.ofs["lr_ratio"]
         return [group["lr"] for group in self.optimizer.param_groups]
 
     @contextlib.contextmanager
@@ -175,7 +211,7 @@ class Learner:
         ids = part["input_ids"].to(self.device)
         kw = {"logits_to_keep": ids.shape[1] - first} if first > 0 and self._keeps_logits else {}
         autocast = (torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-                    if self.spec.get("autocast") == "bf16" else contextlib.nullcontext())
+                    if self.spec.autocast == "bf16" else contextlib.nullcontext())
         with autocast:
             logits = (self.model if plain else self.engine)(input_ids=ids, attention_mask=part["attention_mask"].to(self.device), **kw).logits
         return logits if kw or not first else logits[:, first:]
@@ -216,7 +252,7 @@ class Learner:
         """Current-policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
         log-probs, each ``(b, L-1)``."""
         self.engine.eval()
-        mbs = self.spec["micro_batch_size"]
+        mbs = self.spec.micro_batch_size
         olds, refs = [], []
         n = batch["input_ids"].shape[0]
         for start in range(0, n, mbs):
@@ -255,7 +291,7 @@ class Learner:
         """Per-row completion log-prob sums ``(b,)`` for each entry of ``which``: ``reference`` or an
         adapter name (``default``, ``second``); ``score`` for a reward model's score. No gradient."""
         self.engine.eval()
-        mbs = self.spec["micro_batch_size"]
+        mbs = self.spec.micro_batch_size
         n = batch["input_ids"].shape[0]
         out = {w: torch.zeros(n) for w in which}
         # rows of similar length share a micro-batch (less padding); results go back in row order
@@ -444,7 +480,7 @@ class Learner:
 
     def peft_config_dict(self) -> dict:
         cfg = self.peft_config.to_dict()
-        cfg["base_model_name_or_path"] = self.spec["model_path"]
+        cfg["base_model_name_or_path"] = self.spec.model_path
         cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], (set, list)) else cfg["target_modules"]
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
 
@@ -470,7 +506,7 @@ class Learner:
             self.optimizer._restore_from_bit16_weights()  # ZeRO keeps an fp32 master copy: refresh it from the weights
         if optimizer is not None:
             state = unflatten_state(self.optimizer.state_dict(), optimizer)
-            if self.spec["zero_stage"] > 0:
+            if self.spec.zero_stage > 0:
                 # ZeRO reads entry [dp_rank] of a per-rank list; the fp32 master partition is restored
                 # from the saved one (not re-derived from the weights) so the resume is bit-exact.
                 self.optimizer.load_state_dict([state] * self.world_size, load_from_fp32_weights=True)

@@ -36,7 +36,7 @@ import ray
 
 from align import interrupts
 from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
-from rewards.scoring import RewardContractError
+from rewards.scoring import RewardContractError, apply_failure_policy, combine
 
 log = logging.getLogger("align.rewards")
 
@@ -54,11 +54,6 @@ class RewardActor:
 
     def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
         return evaluate_reward(self.reward, prompts, completions, columns, per_sample=self.entry.get("type", "function") == "function")
-
-
-def _snippet(x, limit: int = 80) -> str:
-    text = x if isinstance(x, str) else str(x)
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _cause(exc: Exception) -> str:
@@ -114,24 +109,13 @@ class RewardPool:
         return self.result(self.submit(prompts, completions, columns))
 
     def result(self, pending: Pending) -> RewardScores:
-        prompts, completions, _ = pending.args
-        n = len(completions)
-        names, owners, cols, applicable = [], [], [], []
+        n = len(pending.args[1])
         dropped = np.zeros(n, dtype=bool)
         skipped: dict[str, int] = {}
         stats: dict[str, float] = {}
-        for k, (e, ref) in enumerate(zip(self.entries, pending.refs)):
-            values = self._resolve(k, e, ref, pending, dropped, skipped, stats)
-            for j, objective in enumerate(values.names):
-                if objective in names:
-                    raise RewardError(f"reward {e['name']!r}: objective name {objective!r} is given by two rewards")
-                names.append(objective)
-                owners.append(e["name"])
-                cols.append(values.values[:, j])
-                applicable.append(values.applicable[:, j])
-        scores = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
-        scores[dropped] = np.nan
-        return RewardScores(names, scores, dropped, skipped, owners, stats)
+        results = [(e["name"], self._resolve(k, e, ref, pending, dropped, skipped, stats))
+                   for k, (e, ref) in enumerate(zip(self.entries, pending.refs))]
+        return combine(n, results, dropped, skipped, stats)
 
     def _wait(self, k: int, e: dict, ref, deadline: float | None, args: tuple) -> tuple[RewardValues | None, str, str]:
         """The actor's values, or (None, reason, message) when it raised, timed out or kept dying. An
@@ -170,60 +154,26 @@ class RewardPool:
         self.pids[k] = ray.get(self.actors[k].ready.remote())["pid"]
 
     def _resolve(self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict) -> RewardValues:
+        """Reward ``k``'s values for the batch under its ``on_failure`` policy (``apply_failure_policy``)."""
         prompts, completions, columns = pending.args
-        n, name, policy = len(completions), e["name"], e.get("on_failure", "error")
-        timeout = e.get("timeout")
-        tries = (e.get("retries", 2) if policy == "retry" else 0) + 1
-        rows = np.arange(n)
-        result: RewardValues | None = None
-        deadline = pending.start + timeout if timeout else None
-        args = (prompts, completions, columns)
-        for attempt in range(tries):
-            got, reason, message = self._wait(k, e, ref, deadline, args)
-            if got is not None:
-                if result is None:
-                    self.names[name] = got.names
-                    result = RewardValues(got.names, np.full((n, len(got.names)), np.nan), np.ones((n, len(got.names)), dtype=bool),
-                                          np.zeros(n, dtype=bool))
-                elif got.names != result.names:
-                    raise RewardError(f"reward {name!r} returned objectives {got.names}, but {result.names} before")
-                result.values[rows], result.applicable[rows] = got.values, got.applicable
-                bad = got.bad()
-                reason = "raised" if got.failed.any() else "nan"
-                if got.failed.any():
-                    message = got.error
-                elif bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    j = int(np.flatnonzero(got.applicable[i] & ~np.isfinite(got.values[i]))[0])
-                    message = f"reward {name!r} returned {got.values[i, j]} for objective {got.names[j]!r}"
-            else:
-                bad = np.ones(len(rows), dtype=bool)
-            failing = rows[bad]
-            if not failing.size:
-                break
-            if attempt + 1 < tries:
-                stats[f"reward/retries/{name}"] = stats.get(f"reward/retries/{name}", 0) + 1
-                time.sleep(e.get("backoff", 0.5) * 2**attempt)
-                log.warning("%s on %d sample(s); retry %d/%d", message, failing.size, attempt + 1, tries - 1)
-                rows = failing
-                args = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
-                ref = self.actors[k].score.remote(*args)
-                deadline = time.time() + timeout if timeout else None
-                continue
-            first = int(failing[0])
-            where = (f"at sample {first} of {n} (prompt {_snippet(prompts[first])}, completion {_snippet(completions[first])}); "
-                     f"{failing.size} sample(s) failed")
-            if policy in ("error", "retry"):
-                after = f" after {tries} tries" if policy == "retry" else ""
-                raise RewardError(f"{message}{after} {where}. on_failure: {policy} stops the run; "
-                                  f"'skip' would drop such samples")
-            log.warning("%s %s: skipped (on_failure: skip)", message, where)
-            dropped[failing] = True
-            skipped[f"{name}/{reason}"] = skipped.get(f"{name}/{reason}", 0) + int(failing.size)
-        if result is None:  # every try failed as a whole (and was skipped): NaN under the known names
-            names = self.names[name]
-            result = RewardValues(names, np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool), np.ones(n, dtype=bool))
-        return result
+        name, timeout = e["name"], e.get("timeout")
+        current = {"ref": ref, "deadline": pending.start + timeout if timeout else None}
+
+        def attempt(i: int, rows: np.ndarray, args: tuple):
+            if i > 0:  # a retry of the failing samples: a new call, a new deadline
+                current["ref"] = self.actors[k].score.remote(*args)
+                current["deadline"] = time.time() + timeout if timeout else None
+            return self._wait(k, e, current["ref"], current["deadline"], args)
+
+        values, drop, skip, spent = apply_failure_policy(name, e.get("on_failure", "error"), prompts, completions, columns, attempt,
+                                                         e.get("retries", 2), e.get("backoff", 0.5), self.names.get(name),
+                                                         warn=log.warning)
+        self.names[name] = values.names  # (when every try failed as a whole: the names known before)
+        dropped |= drop
+        skipped.update({key: skipped.get(key, 0) + v for key, v in skip.items()})
+        if spent:
+            stats[f"reward/retries/{name}"] = stats.get(f"reward/retries/{name}", 0) + spent
+        return values
 
     def release(self) -> None:
         for actor in self.actors:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import dataclasses
+from dataclasses import dataclass
 import os
 import shutil
 import tempfile
@@ -64,6 +66,36 @@ def cpu_preload_env() -> dict[str, str]:
     return {"LD_PRELOAD": ":".join(x for x in (current, found[0]) if x)}
 
 
+@dataclass
+class RolloutSpec:
+    """What a rollout worker needs, as plain values (sent to the Ray actor); ``from_config`` builds
+    it from a run config."""
+
+    model_path: str
+    max_model_len: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    gpu_memory_utilization: float = 0.15
+    lora_rank: int = 8
+    lora_mode: str = "auto"
+    seed: int = 0
+    trust_remote_code: bool = False
+    threads: int = 0
+    prefix_caching: bool = False
+
+    @classmethod
+    def from_config(cls, c, model_path: str) -> "RolloutSpec":
+        return cls(model_path=model_path, device=c.model.device, dtype=c.model.dtype,
+                   max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
+                   gpu_memory_utilization=c.rollout.gpu_memory_utilization, lora_rank=c.model.lora.r,
+                   lora_mode=c.rollout.lora_mode, seed=c.trainer.seed, trust_remote_code=c.model.trust_remote_code)
+
+    @classmethod
+    def of(cls, spec: "RolloutSpec | dict") -> "RolloutSpec":
+        """A spec from a spec or a plain dict (defaults for missing keys; an unknown key is a TypeError)."""
+        return spec if isinstance(spec, cls) else cls(**spec)
+
+
 class StaleAdapter(RuntimeError):
     """The engine does not serve the adapter version the trainer expects (it was restarted)."""
 
@@ -71,18 +103,19 @@ class StaleAdapter(RuntimeError):
 class RolloutEngine:
     """In-process vLLM engine; ``RolloutWorker`` is its Ray actor form."""
 
-    def __init__(self, spec: dict):
-        spec = {**spec, "device": resolve_device(spec.get("device", "cpu"))}
-        self.lora_mode = resolve_lora_mode(spec.get("lora_mode", "auto"), spec["device"])
+    def __init__(self, spec: RolloutSpec | dict):
+        spec = dataclasses.replace(RolloutSpec.of(spec))
+        spec.device = resolve_device(spec.device)
+        self.lora_mode = resolve_lora_mode(spec.lora_mode, spec.device)
         merged = self.lora_mode == "merged"
-        if spec["device"] == "cpu":
+        if spec.device == "cpu":
             # the engine in this process (merged mode reaches into its model: it must)
             if merged:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             # Ray sets OMP_NUM_THREADS=1 in actors; rollout and learning phases do not overlap, so
             # the engine may use every core while it generates.
-            threads = int(spec.get("threads") or os.cpu_count() or 1)
+            threads = int(spec.threads or os.cpu_count() or 1)
             os.environ["OMP_NUM_THREADS"] = str(threads)
             import torch
 
@@ -92,19 +125,19 @@ class RolloutEngine:
         t0 = time.time()
         self.spec = spec
         self.llm = LLM(
-            model=spec["model_path"],
-            dtype=spec["dtype"],
-            max_model_len=spec["max_model_len"],
-            gpu_memory_utilization=spec["gpu_memory_utilization"],
-            **({} if merged else {"enable_lora": True, "max_lora_rank": next(r for r in LORA_RANKS if r >= spec["lora_rank"]),
+            model=spec.model_path,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            gpu_memory_utilization=spec.gpu_memory_utilization,
+            **({} if merged else {"enable_lora": True, "max_lora_rank": next(r for r in LORA_RANKS if r >= spec.lora_rank),
                                   "max_loras": 1}),
-            enforce_eager=spec["device"] == "cpu",
-            seed=spec.get("seed", 0),
-            trust_remote_code=spec.get("trust_remote_code", False),
+            enforce_eager=spec.device == "cpu",
+            seed=spec.seed,
+            trust_remote_code=spec.trust_remote_code,
             logprobs_mode="processed_logprobs",  # log-probs after temperature, as the learner computes them
             # Reused KV blocks make results depend on what the engine ran before, so a resumed run
             # would not repeat an uninterrupted one; prompts are short, the saving is small.
-            enable_prefix_caching=spec.get("prefix_caching", False),
+            enable_prefix_caching=spec.prefix_caching,
             # Seeded requests (every rollout: a resumed run repeats its samples) crashed vLLM 0.32 on
             # CPU where the scheduler discards the token of a partial prefill ("CPU Generator does not
             # use offset", gpu_model_runner._bookkeeping_sync): bench/rollout.py --model
@@ -120,7 +153,7 @@ class RolloutEngine:
             from align.workers.merged import MergedLoRA
 
             # in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0): the call returns the model itself
-            self.merger = MergedLoRA(self.llm.collective_rpc(lambda worker: worker.model_runner.model)[0], spec["model_path"])
+            self.merger = MergedLoRA(self.llm.collective_rpc(lambda worker: worker.model_runner.model)[0], spec.model_path)
         self.version = 0
         self.serving = False  # an adapter version is served
         self.start_seconds = time.time() - t0

@@ -192,10 +192,11 @@ def test_lagrangian_at_most_is_at_least_on_the_negated_reward():
 
 
 def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
-    obj = build(config({"name": "lagrangian", "lagrangian": {
+    cfg = config({"name": "lagrangian", "lagrangian": {
         "task": "correctness", "constraints": [{"name": "brevity", "threshold": 0.5, "search_low": 0.3, "search_high": 0.9}],
         "threshold_search": {"true_score": "efficiency", "steps_per_eval": 2, "check_every": 1, "max_evals": 4}}},
-        rewards=[{"fn": "correctness"}, {"fn": "brevity"}, {"fn": "efficiency", "weight": 0.0}]))
+        rewards=[{"fn": "correctness"}, {"fn": "brevity"}, {"fn": "efficiency", "weight": 0.0}])
+    obj = build(cfg)
     theta0 = obj.thresholds.copy()
     assert 0.3 <= theta0[0] <= 0.9
     obj.observe_eval(0, {"brevity": 0.1, "efficiency": 0.2})  # the step-0 eval never counts
@@ -213,7 +214,7 @@ def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
     assert len(told) == 4 and obj.nm.done
     best = min(told, key=lambda t: t[1])
     assert obj.thresholds[0] == best[0]
-    other = build(obj.config)
+    other = build(cfg)
     other.load_state_dict(obj.state_dict())
     assert other.nm.done and other.thresholds[0] == best[0]
 
