@@ -25,7 +25,8 @@ def evaluate(rollouts, rewards, rows: list[dict], tokenizer, cfg, use_adapter: b
     nothink = np.array([bool(s["completion_ids"]) and s["completion_ids"][0] == end_id for s in samples], dtype=np.float64)
     levels = np.array([r.get("level") for r in rows], dtype=object)
     out: dict[str, float] = {}
-    accuracy = cfg.algorithm.apo.accuracy
+    apo = getattr(cfg.algorithm, "apo", None)  # the GRPO family's; other methods: the default name
+    accuracy = apo.accuracy if apo is not None else "correctness"
 
     def add(suffix: str, sel: np.ndarray) -> None:
         for k, name in enumerate(scores.names):

@@ -63,7 +63,7 @@ def main() -> None:
     import yaml
 
     from align.workers.reward import RewardPool
-    from align.config.schema import RewardEntry
+    from align.config.schema import reward_entry
     from tests.integration.reward_server import RewardServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_remote_"))
@@ -78,8 +78,8 @@ def main() -> None:
         config.write_text(yaml.safe_dump({"rewards": [entry]}))
         server = RewardServer(str(config), token="bench-token")
         try:
-            local = RewardPool([RewardEntry(**entry).model_dump()])
-            remote = RewardPool([RewardEntry(url=server.url, name="remote", batch_size=args.batch).model_dump()])
+            local = RewardPool([reward_entry(**entry).model_dump()])
+            remote = RewardPool([reward_entry(url=server.url, name="remote", batch_size=args.batch).model_dump()])
             times = {"local": [], "remote": []}
             for i, (p, c, cols) in enumerate(data):
                 for side, pool in (("local", local), ("remote", remote)) if i % 2 == 0 else (("remote", remote), ("local", local)):

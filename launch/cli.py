@@ -134,7 +134,7 @@ def _cmd_sweep(args) -> int:
 
 def served_entries(target: str, names: list[str], name: str | None) -> tuple[list[dict], str | None]:
     """Reward entries (and their base folder) for ``align serve-reward TARGET``."""
-    from align.config.schema import RewardEntry
+    from align.config.schema import reward_entry
 
     if target.endswith((".yaml", ".yml")):
         config = load_config(target, [])
@@ -146,7 +146,7 @@ def served_entries(target: str, names: list[str], name: str | None) -> tuple[lis
             raise ValueError("serve-reward serves functions and models; an http reward is already served elsewhere")
         return [r.model_dump() for r in entries], str(Path(target).resolve().parent)
     kind = {"model": target} if Path(target, "config.json").exists() or target.startswith("builtin:") else {"fn": target}
-    return [RewardEntry(**kind, **({"name": name} if name else {})).model_dump()], None
+    return [reward_entry(**kind, **({"name": name} if name else {})).model_dump()], None
 
 
 def _cmd_serve_reward(args) -> int:

@@ -109,10 +109,10 @@ def build(entry, base_dir: str | Path | None = None):
     validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
     (a local HF sequence-classification model, ``rewards.model``) or ``http`` (a reward server,
     ``rewards.http``)."""
-    from align.config.schema import RewardEntry
+    from align.config.schema import REWARD_TYPES, reward_entry
     from rewards.scoring import Reward
 
-    e = entry if isinstance(entry, RewardEntry) else RewardEntry.model_validate(entry)
+    e = entry if isinstance(entry, tuple(REWARD_TYPES.values())) else reward_entry(**entry)
     if e.type == "function":
         return Reward(e.name, load(e.fn, base_dir), e.kwargs)
     if e.type == "model":

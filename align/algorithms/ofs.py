@@ -29,7 +29,6 @@ import re
 
 import numpy as np
 
-from align.losses.preference import SLOW_TERMS, fast_slow_losses  # noqa: F401 (re-exported: the loss lives with the pair losses)
 
 class Chase:
     """Which of the two modules (0 or 1) is fast, and the swap rule over windows of DPO losses."""

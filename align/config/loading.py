@@ -8,6 +8,7 @@ a close match for a mistyped key.
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 
@@ -81,12 +82,42 @@ def _where(loc: tuple, lines: dict[tuple, int], source: str, overrides: dict[tup
     return f" ({source})" if source else ""
 
 
+def _untagged(loc: tuple) -> tuple[tuple, type[BaseModel] | None, int]:
+    """``loc`` without the tag pydantic puts after a tagged union (``algorithm.<name>.key`` ->
+    ``algorithm.key``, ``rewards.<i>.<type>.key`` -> ``rewards.<i>.key``), the union member the tag
+    names, and where the member's own keys start in the returned ``loc``."""
+    from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
+
+    if len(loc) > 1 and loc[0] == "algorithm" and loc[1] in ALGORITHM_NAMES:
+        return (loc[0],) + loc[2:], ALGORITHM_NAMES[loc[1]], 1
+    if len(loc) > 2 and loc[0] == "rewards" and isinstance(loc[1], int) and loc[2] in REWARD_TYPES:
+        return loc[:2] + loc[3:], REWARD_TYPES[loc[2]], 2
+    return loc, None, 0
+
+
 def _describe(err: dict, root: type[BaseModel] = Config) -> str:
-    loc = tuple(err["loc"])
+    loc, member, start = _untagged(tuple(err["loc"]))
     key = _dotted(loc)
     kind = err["type"]
+    if kind == "union_tag_invalid":  # algorithm.name that names no method
+        from align.config.schema import ALGORITHM_NAMES
+
+        tag = str(err.get("ctx", {}).get("tag", ""))
+        close = difflib.get_close_matches(tag, list(ALGORITHM_NAMES), n=1)
+        return (f"'{_dotted(loc + ('name',))}': {tag!r} is not an algorithm; choose one of {', '.join(ALGORITHM_NAMES)}"
+                + (f"; did you mean {close[0]!r}?" if close else ""))
     if kind == "extra_forbidden":
-        model = _model_at(loc, root)
+        model = _model_at(loc[start:], member) if member is not None else _model_at(loc, root)
+        if model is member and member is not None:  # a key of another method / reward type?
+            from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
+
+            tags = ALGORITHM_NAMES if start == 1 else REWARD_TYPES
+            owners = [t for t, c in tags.items() if loc[-1] in c.model_fields]
+            if owners:
+                this = [t for t, c in tags.items() if c is member]
+                what = "algorithm.name" if start == 1 else "type"
+                return (f"'{key}' is a setting of {what} {'|'.join(owners)}, not of this {'config' if start == 1 else 'reward'}'s "
+                        f"{what} {'|'.join(this)}")
         close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
         hint = f"; did you mean '{_dotted(loc[:-1] + (close[0],))}'?" if close else ""
         if model and not close:
@@ -170,7 +201,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return model.model_validate(data)
     except ValidationError as exc:
         lines = _line_map(text) if text else {}
-        problems = [_describe(e, model) + _where(tuple(e["loc"]), lines, source, origin) for e in exc.errors()]
+        problems = []
+        for e in exc.errors():
+            text_ = _describe(e, model)
+            loc = _untagged(tuple(e["loc"]))[0] + (("name",) if e["type"] == "union_tag_invalid" else ())
+            if not loc:  # a check across sections: the first config key its message names
+                keys = [tuple(int(p) if p.isdigit() else p for p in k.split(".")) for k in re.findall(r"[a-z_]+(?:\.[a-z_0-9]+)+", text_)]
+                loc = next((k for k in keys if k in lines or k in origin), ())
+            problems.append(text_ + _where(loc, lines, source, origin))
         if len(problems) == 1:  # one line: what to change, and where
             raise ConfigError(f"invalid config: {problems[0]}") from None
         raise ConfigError(f"invalid config ({len(problems)} problems):\n  " + "\n  ".join(problems)) from None
@@ -200,9 +238,30 @@ def _type_name(annotation) -> str:
 
 def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     """One line per config key: ``dotted.key  type  default  help``."""
+    from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
+
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
+        unions = {"algorithm": ("name", ALGORITHM_NAMES, "algorithm.name"), "rewards": ("type", REWARD_TYPES, "rewards[i].type")}
+        if model is Config and name in unions:  # a section per method / reward type: each one's keys, once
+            tag, members, full = unions[name]
+            base = key + ("[i]." if name == "rewards" else ".")
+            if name == "rewards":
+                rows.append(f"{key}  (list)  {field.description}")
+            tagged: dict[str, list[str]] = {}  # row -> the member names that have it (same type, default, help)
+            for variant in dict.fromkeys(members.values()):
+                names = [n for n, c in members.items() if c is variant]
+                for row in config_help(variant, base):
+                    tagged.setdefault(row, []).extend(names)
+            for row, names in tagged.items():
+                head = row.split("  ")[0]
+                if head == full:
+                    if not any(r.startswith(full + "  ") for r in rows):
+                        rows.append(f"{full}  ({'|'.join(members)})  " + row.split(")  ", 1)[1])
+                else:
+                    rows.append(f"{row}  [{tag}: {'|'.join(names)}]")
+            continue
         sub = _unwrap(field.annotation)
         if isinstance(sub, type) and issubclass(sub, BaseModel) and typing.get_origin(field.annotation) is not list:
             rows.extend(config_help(sub, key + "."))

@@ -7,9 +7,10 @@ filled in when the config is validated, so the saved resolved config shows what 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import typing
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 # The GRPO family as data. Algorithm name -> (advantage estimator, default loss aggregation,
 # default clip_low, default clip_high, default policy loss: a row of align.losses.POLICY_LOSSES).
@@ -208,11 +209,16 @@ class MismatchSection(Section):
     floor: Optional[float] = Field(None, ge=0, description="Lower bound; default none (0).")
 
 
-class AlgorithmSection(Section):
-    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "cispo", "adaptthink", "dpo", "simpo",
-                  "reward_model"] = Field(
-        "grpo", description="Training algorithm (GRPO family: grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo, "
-        "adaptthink; the DPO family: dpo, simpo; or reward_model: a Bradley-Terry reward model on preference pairs).")
+GRPO_NAMES = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "cispo")
+
+
+class GRPOFamilyAlgorithm(Section):
+    """The GRPO family: group-sampled completions, group advantages, a clipped policy loss."""
+
+    name: Literal["grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "cispo"] = Field(
+        "grpo", description="Training algorithm: the GRPO family (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo), "
+        "adaptthink, the DPO family (dpo, simpo), or reward_model (a Bradley-Terry reward model on preference pairs); "
+        "each carries only its own settings.")
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
     clip_low: Optional[float] = Field(None, gt=0, le=1, description="Clip range below 1 (ratio >= 1 - clip_low); default "
                                       "0.2, gspo 3e-4, cispo none (no lower bound).")
@@ -222,9 +228,8 @@ class AlgorithmSection(Section):
         None, description="Policy loss (align.losses.POLICY_LOSSES): PPO's clipped surrogate per token, per sequence "
         "(geometric-mean ratio: GSPO, AdaptThink; or the full-sequence ratio), or CISPO's clipped IS-weighted REINFORCE; "
         "default per algorithm (from `ratio` when that is set).")
-    mismatch: MismatchSection = Field(default_factory=MismatchSection, description="Train/inference mismatch correction.")
     loss_agg: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = Field(
-        None, description="Loss aggregation; default per algorithm (grpo: seq_mean_token_mean, "
+        None, description="Loss aggregation; default per algorithm (grpo, gspo: seq_mean_token_mean, "
         "dr_grpo: seq_mean_token_sum_norm, others: token_mean)."
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's samples.")
@@ -238,34 +243,14 @@ class AlgorithmSection(Section):
         None, description="DAPO: mask truncated completions out of the loss (default: on for dapo, off otherwise)."
     )
     ratio: Optional[Literal["token", "sequence_mean", "sequence_sum"]] = Field(
-        None, description="Importance ratio of the clipped surrogate: per token (PPO/GRPO), per sequence from token-mean "
-        "log-ratios (AdaptThink's code, GSPO) or the full-sequence ratio; default token (adaptthink: sequence_mean).")
+        None, description="Importance ratio of the clipped surrogate (another way to pick `loss`): per token (PPO/GRPO), per "
+        "sequence from token-mean log-ratios (AdaptThink's code, GSPO) or the full-sequence ratio.")
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
-    adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="name: adaptthink.")
-    apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR (GRPO family).")
-    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family (name: dpo, simpo) "
-                                          "and reward_model (pairs_per_step, eval_pairs).")
-    reward_model: RewardModelSection = Field(default_factory=RewardModelSection, description="name: reward_model.")
+    mismatch: MismatchSection = Field(default_factory=MismatchSection, description="Train/inference mismatch correction.")
+    apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR.")
 
     @model_validator(mode="after")
     def _fill_defaults(self):
-        if self.name in PREFERENCE_FAMILY:
-            pref = self.preference
-            if pref.beta is None:
-                pref.beta = 2.0 if self.name == "simpo" else 0.1
-            if self.name == "simpo" and (pref.loss_type != "sigmoid" or pref.ofs.enabled):
-                raise ValueError("algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone")
-            if self.apo.dads or self.apo.stcr:
-                raise ValueError("algorithm.apo works on group advantages of the GRPO family, not on preference pairs")
-            if self.name == "reward_model" and (pref.online or pref.ofs.enabled or pref.domains or pref.generate_eval):
-                raise ValueError("algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
-                                 "ofs, domains and generate_eval off")
-            self.ratio, self.clip_high, self.loss_agg = "token", self.clip_high or 0.2, self.loss_agg or "token_mean"
-            self.clip_low = self.clip_low or 0.2
-            if self.mismatch.level != "off":
-                raise ValueError("algorithm.mismatch corrects sampled completions of the GRPO family, not preference pairs")
-            self.dynamic_sampling = self.overlong_filter = False
-            return self
         _, agg, clip_low, clip_high, loss = GRPO_FAMILY[self.name]
         by_ratio = {"token": "clip", "sequence_mean": "clip_sequence_mean", "sequence_sum": "clip_sequence_sum"}
         if self.loss is not None and self.ratio is not None and by_ratio[self.ratio] != self.loss:
@@ -301,6 +286,96 @@ class AlgorithmSection(Section):
         if value < 2:
             raise ValueError(f"{name} compares samples within a group: set it to 2 or more (got {value})")
         return value
+
+
+class AdaptThinkAlgorithm(GRPOFamilyAlgorithm):
+    """AdaptThink: the GRPO family's sampling and loss with forced modes and the reference accuracy."""
+
+    name: Literal["adaptthink"] = Field("adaptthink", description="adaptthink.")
+    adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="AdaptThink's settings.")
+
+
+class PairAlgorithm(Section):
+    """The DPO family on preference pairs (offline) or ranked samples (online)."""
+
+    name: Literal["dpo", "simpo"] = Field("dpo", description="dpo (its loss_type: sigmoid, ipo, hinge) or simpo.")
+    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family settings.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self):
+        pref = self.preference
+        if pref.beta is None:
+            pref.beta = 2.0 if self.name == "simpo" else 0.1
+        if self.name == "simpo" and (pref.loss_type != "sigmoid" or pref.ofs.enabled):
+            raise ValueError("algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone")
+        return self
+
+
+class RewardModelAlgorithm(Section):
+    """A sequence-classification reward model trained on preference pairs (Bradley-Terry)."""
+
+    name: Literal["reward_model"] = Field("reward_model", description="reward_model.")
+    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="The pairs: pairs_per_step, eval_pairs.")
+    reward_model: RewardModelSection = Field(default_factory=RewardModelSection, description="Reward-model settings.")
+
+    @model_validator(mode="after")
+    def _offline(self):
+        pref = self.preference
+        if pref.online or pref.ofs.enabled or pref.domains or pref.generate_eval:
+            raise ValueError("algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
+                             "ofs, domains and generate_eval off")
+        pref.beta = pref.beta or 0.1
+        return self
+
+
+ALGORITHM_VARIANTS = (GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm)
+ALGORITHM_NAMES = {n: cls for cls in ALGORITHM_VARIANTS for n in typing.get_args(cls.model_fields["name"].annotation)}
+# ``algorithm`` is a union tagged by ``name``: each method carries only its own settings.
+AlgorithmSection = Annotated[Union[GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm],
+                             Field(discriminator="name")]
+
+
+def algorithm_section(**values) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | PairAlgorithm | RewardModelAlgorithm:
+    """The validated ``algorithm`` section of ``values`` (``name`` defaults to grpo)."""
+    return TypeAdapter(AlgorithmSection).validate_python({"name": "grpo", **values})
+
+
+def _sort_algorithm(data):
+    """Before validation: ``name`` defaults to grpo. A key of another method's section at its default
+    value (resolved configs written before the sections were split carried every one) is dropped
+    with a warning; set to anything else it is an error (the setting would do nothing); a key no
+    method knows stays, so it is reported as unknown."""
+    if not isinstance(data, dict) or not isinstance(data.get("algorithm"), dict):
+        return data
+    alg = dict(data["algorithm"])
+    name = alg.setdefault("name", "grpo")
+    cls = ALGORITHM_NAMES.get(name)
+    if cls is None:
+        return {**data, "algorithm": alg}
+    dropped = []
+    for key in [k for k in alg if k not in cls.model_fields]:
+        owners = [c for c in ALGORITHM_VARIANTS if key in c.model_fields]
+        if not owners:
+            continue
+        field = owners[0].model_fields[key]
+        default = field.get_default(call_default_factory=True)
+        try:
+            same = TypeAdapter(field.annotation).dump_python(TypeAdapter(field.annotation).validate_python(alg[key])) == \
+                TypeAdapter(field.annotation).dump_python(default)
+        except Exception:
+            same = False
+        if not same:
+            users = ", ".join(n for n, c in ALGORITHM_NAMES.items() if c in owners)
+            raise ValueError(f"algorithm.{key} is a setting of {users}, not of algorithm.name {name}: remove it or change "
+                             f"algorithm.name")
+        dropped.append(key)
+    if dropped:
+        import logging
+
+        logging.getLogger("align.config").warning(
+            "algorithm.%s: settings of other methods, at their defaults (an older resolved config?); ignored for %s",
+            ", algorithm.".join(dropped), name)
+    return {**data, "algorithm": {k: v for k, v in alg.items() if k not in dropped}}
 
 
 class TrainerSection(Section):
@@ -370,33 +445,13 @@ class LearnerSection(Section):
         return "off" if v is False or v is None else v  # YAML reads a bare `off` as false
 
 
-class RewardEntry(Section):
-    """One reward: a function, a reward model, or a reward server. ``type`` follows from the key given
-    (``fn``, ``model`` or ``url``)."""
+class _RewardBase(Section):
+    """What every reward type has: its name and weight, and the failure policy."""
 
-    type: Optional[Literal["function", "model", "http"]] = Field(
-        None, description="function (fn), model (a local HF sequence-classification model) or http (a reward server); "
-        "default: from the key given.")
-    fn: Optional[str] = Field(None, description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'.")
-    model: Optional[str] = Field(None, description="model: a local HF AutoModelForSequenceClassification directory "
-                                 "(e.g. a reward_model run's runs/<name>/reward_model).")
-    url: Optional[str] = Field(None, description="http: the server's base URL (POST <url>/score; see rewards/http.py).")
     name: Optional[str] = Field(None, description="Objective name in metrics; default: the function's name, the model "
                                 "folder's name, or 'http'.")
     weight: float = Field(1.0, description="Static weight in the total reward.")
     kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments for the function.")
-    heads: Optional[list[str]] = Field(None, description="model: names of the model's outputs (num_labels > 1), one "
-                                       "objective each.")
-    template: Literal["auto", "chat", "plain"] = Field("auto", description="model: how prompt and response are put "
-                                                       "together (rewards/model.py).")
-    batch_size: Optional[int] = Field(None, ge=1, description="model: sequences per forward pass (default 32); http: "
-                                      "completions per request (default 256, or fewer when the server's max_batch says so).")
-    max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
-    threads: int = Field(0, ge=0, description="model on CPU: torch threads (0: every core).")
-    num_gpus: float = Field(0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one).")
-    token_env: str = Field("ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token.")
     timeout: Optional[float] = Field(None, gt=0, description="Seconds one batch may take (http: each request; default 30). "
                                      "function/model: default none; past it the reward's actor is restarted.")
     retries: int = Field(2, ge=0, description="http: tries again after a connection error/timeout/502-504; "
@@ -408,43 +463,103 @@ class RewardEntry(Section):
     nan_policy: Optional[Literal["error", "skip"]] = Field(None, description="Deprecated name of on_failure (error|skip).")
 
     @model_validator(mode="after")
-    def _kind(self):
-        given = [k for k in ("fn", "model", "url") if getattr(self, k) is not None]
-        kinds = {"fn": "function", "model": "model", "url": "http"}
-        if self.type is None:
-            if len(given) != 1:
-                raise ValueError("a reward needs exactly one of 'fn' (a function), 'model' (a reward model directory) or "
-                                 f"'url' (a reward server){'; got ' + ', '.join(given) if given else ''}")
-            self.type = kinds[given[0]]
-        key = {v: k for k, v in kinds.items()}[self.type]
-        if getattr(self, key) is None:
-            raise ValueError(f"type: {self.type} needs '{key}'")
-        extra = [k for k in given if k != key]
-        if extra:
-            raise ValueError(f"type: {self.type} takes '{key}', not {', '.join(repr(k) for k in extra)}")
-        if self.type == "http":
-            from urllib.parse import urlparse
-
-            if urlparse(self.url).scheme not in ("http", "https") or not urlparse(self.url).netloc:
-                raise ValueError(f"url {self.url!r} is not an http(s) URL")
-            self.timeout = self.timeout or 30.0
-        if self.batch_size is None:
-            self.batch_size = 256 if self.type == "http" else 32
-        if self.type != "model" and (self.heads is not None or self.num_gpus):
-            raise ValueError("'heads' and 'num_gpus' are for type: model")
+    def _policy(self):
         if self.on_failure is None:
             self.on_failure = self.nan_policy or "error"
         elif self.nan_policy is not None and self.nan_policy != self.on_failure:
             raise ValueError(f"nan_policy: {self.nan_policy} contradicts on_failure: {self.on_failure}; keep on_failure")
         self.nan_policy = None
-        if self.name is None:
-            if self.type == "function":
-                self.name = self.fn.rpartition(":")[2] or self.fn
-            elif self.type == "model":
-                self.name = self.model.rstrip("/").rpartition("/")[2] or "reward_model"
-            else:
-                self.name = "http"
         return self
+
+
+class FunctionReward(_RewardBase):
+    """type: function: a Python function (TRL's reward-function convention)."""
+
+    type: Literal["function"] = Field("function", description="function (fn), model (a local HF sequence-classification "
+                                      "model) or http (a reward server); default: from the key given.")
+    fn: str = Field(description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'.")
+
+    @model_validator(mode="after")
+    def _name(self):
+        self.name = self.name or self.fn.rpartition(":")[2] or self.fn
+        return self
+
+
+class ModelReward(_RewardBase):
+    """type: model: a local HF AutoModelForSequenceClassification (a reward_model run's output)."""
+
+    type: Literal["model"] = Field("model", description="model.")
+    model: str = Field(description="model: a local HF AutoModelForSequenceClassification directory "
+                       "(e.g. a reward_model run's runs/<name>/reward_model).")
+    heads: Optional[list[str]] = Field(None, description="model: names of the model's outputs (num_labels > 1), one "
+                                       "objective each.")
+    template: Literal["auto", "chat", "plain"] = Field("auto", description="model: how prompt and response are put "
+                                                       "together (rewards/model.py).")
+    batch_size: int = Field(32, ge=1, description="model: sequences per forward pass.")
+    max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
+    threads: int = Field(0, ge=0, description="model on CPU: torch threads (0: every core).")
+    num_gpus: float = Field(0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one).")
+
+    @model_validator(mode="after")
+    def _name(self):
+        self.name = self.name or self.model.rstrip("/").rpartition("/")[2] or "reward_model"
+        return self
+
+
+class HttpReward(_RewardBase):
+    """type: http: a reward server (POST <url>/score; rewards/http.py)."""
+
+    type: Literal["http"] = Field("http", description="http.")
+    url: str = Field(description="http: the server's base URL (POST <url>/score; see rewards/http.py).")
+    token_env: str = Field("ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token.")
+    batch_size: int = Field(256, ge=1, description="http: completions per request (fewer when the server's max_batch says so).")
+
+    @model_validator(mode="after")
+    def _url(self):
+        from urllib.parse import urlparse
+
+        if urlparse(self.url).scheme not in ("http", "https") or not urlparse(self.url).netloc:
+            raise ValueError(f"url {self.url!r} is not an http(s) URL")
+        self.timeout = self.timeout or 30.0
+        self.name = self.name or "http"
+        return self
+
+
+REWARD_TYPES = {"function": FunctionReward, "model": ModelReward, "http": HttpReward}
+_REWARD_KEYS = {"fn": "function", "model": "model", "url": "http"}
+
+
+def _reward_type(entry):
+    """Before validation: a reward's ``type`` follows from the key given (``fn``, ``model`` or ``url``)."""
+    if not isinstance(entry, dict):
+        return entry
+    given = [k for k in _REWARD_KEYS if entry.get(k) is not None]
+    kind = entry.get("type")
+    if kind is None:
+        if len(given) != 1:
+            raise ValueError("a reward needs exactly one of 'fn' (a function), 'model' (a reward model directory) or "
+                             f"'url' (a reward server){'; got ' + ', '.join(given) if given else ''}")
+        return {**entry, "type": _REWARD_KEYS[given[0]]}
+    if kind in REWARD_TYPES:
+        key = {v: k for k, v in _REWARD_KEYS.items()}[kind]
+        if entry.get(key) is None:
+            raise ValueError(f"type: {kind} needs '{key}'")
+        extra = [k for k in given if k != key]
+        if extra:
+            raise ValueError(f"type: {kind} takes '{key}', not {', '.join(repr(k) for k in extra)}")
+    return entry
+
+
+# A reward entry: a union tagged by ``type`` (inferred from the key given), each type with only its own keys.
+RewardEntry = Annotated[Annotated[Union[FunctionReward, ModelReward, HttpReward], Field(discriminator="type")],
+                        BeforeValidator(_reward_type)]
+
+
+def reward_entry(**values) -> FunctionReward | ModelReward | HttpReward:
+    """A validated reward entry (``type`` from the key given)."""
+    return TypeAdapter(RewardEntry).validate_python(values)
 
 
 class HypervolumeSection(Section):
@@ -541,16 +656,22 @@ class Config(Section):
     """A whole run."""
 
     model: ModelSection = Field(default_factory=ModelSection, description="The policy model.")
-    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection, description="Algorithm and loss.")
+    algorithm: AlgorithmSection = Field(default_factory=GRPOFamilyAlgorithm, description="Algorithm and loss: a section "
+                                        "per method, chosen by algorithm.name.")
     trainer: TrainerSection = Field(default_factory=TrainerSection, description="Loop, output and seed.")
     data: DataSection = Field(default_factory=DataSection, description="Datasets.")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="Generation.")
     learner: LearnerSection = Field(default_factory=LearnerSection, description="Training ranks.")
     objective: ObjectiveSection = Field(default_factory=ObjectiveSection, description="Reward shaping.")
     rewards: list[RewardEntry] = Field(
-        default_factory=lambda: [RewardEntry(fn="correctness")],
+        default_factory=lambda: [FunctionReward(fn="correctness")],
         description="Rewards (objectives): functions, reward models, reward servers; each in its own actor.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _algorithm_keys(cls, data):
+        return _sort_algorithm(data)
 
     @model_validator(mode="after")
     def _unique_reward_names(self):
@@ -582,7 +703,7 @@ class Config(Section):
             if pref.domains:
                 known(pref.cofs.score, "algorithm.preference.cofs.score")
                 self.trainer.max_steps = sum(d.steps for d in pref.domains)  # the domains' steps, in order
-        if alg.apo.dads or alg.apo.stcr:
+        if isinstance(alg, GRPOFamilyAlgorithm) and (alg.apo.dads or alg.apo.stcr):
             known(alg.apo.accuracy, "algorithm.apo.accuracy")
         if alg.name == "adaptthink":
             if obj.name != "static":
@@ -598,7 +719,7 @@ class Config(Section):
                     alg.group_size)
         if obj.name == "lagrangian":
             known(obj.lagrangian.task, "objective.lagrangian.task", ("kl",))
-            if obj.lagrangian.task == "kl" and not (self.algorithm.kl.coef > 0 and self.algorithm.kl.where == "reward"):
+            if obj.lagrangian.task == "kl" and not (isinstance(alg, GRPOFamilyAlgorithm) and alg.kl.coef > 0 and alg.kl.where == "reward"):
                 raise ValueError("objective.lagrangian.task: 'kl' needs algorithm.kl.coef > 0 and algorithm.kl.where: reward")
             for i, c in enumerate(obj.lagrangian.constraints):
                 known(c.name, f"objective.lagrangian.constraints.{i}.name")

@@ -13,8 +13,14 @@ import numpy as np
 import ray
 import torch
 
+from typing import TYPE_CHECKING
+
 from align import interrupts
 from align.batch import shard_indices
+
+if TYPE_CHECKING:
+    from align.workers.learner import LearnerSpec
+    from align.workers.rollout import RolloutSpec
 
 log = logging.getLogger(__name__)
 

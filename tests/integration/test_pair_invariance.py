@@ -46,7 +46,7 @@ def test_pair_step_is_the_same_on_one_rank_two_ranks_and_accumulated(groups, los
     stats = [g.train_step(dict(batch), cfg) for g in (one, two, acc)]
     for s in stats[1:]:
         assert s["pairs"] == 8.0
-        assert s["loss"] == pytest.approx(stats[0]["loss"], abs=1e-5), loss
+        assert s["loss"] == pytest.approx(stats[0]["loss"], rel=1e-6, abs=1e-6), loss  # float32 sums of 8 pairs
         assert s["accuracy"] == stats[0]["accuracy"]
         assert s["grad_norm"] == pytest.approx(stats[0]["grad_norm"], rel=1e-5), loss
     adapters = [g.adapter()[0] for g in (one, two, acc)]

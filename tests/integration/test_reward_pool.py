@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from align.workers.reward import RewardPool
-from align.config.schema import RewardEntry
+from align.config.schema import reward_entry
 from rewards import RewardError
 from tests.integration.reward_server import RewardServer
 
@@ -25,7 +25,7 @@ COLUMNS = {"answer": [str(a + b) for a in range(4) for b in range(4)]}
 
 
 def entries(*raw) -> list[dict]:
-    return [RewardEntry(**e).model_dump() for e in raw]
+    return [reward_entry(**e).model_dump() for e in raw]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from align.workers.reward import RewardPool
-from align.config.schema import RewardEntry
+from align.config.schema import reward_entry
 from rewards import RewardError
 from tests.reliability.report import record
 
@@ -58,7 +58,7 @@ def plugin(tmp_path_factory):
 
 
 def _pool(plugin: str, fn: str, **options) -> RewardPool:
-    return RewardPool([RewardEntry(fn=f"{plugin}:{fn}", name=fn, **options).model_dump()], str(Path(plugin).parent))
+    return RewardPool([reward_entry(fn=f"{plugin}:{fn}", name=fn, **options).model_dump()], str(Path(plugin).parent))
 
 
 ERROR_CASES = [

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from align.algorithms.ofs import Chase, combine_lora, delta_w, fast_slow_losses, truncate_lora
+from align.algorithms.ofs import Chase, combine_lora, delta_w, truncate_lora
+from align.losses.preference import fast_slow_losses
 from align.algorithms.dpo import best_worst_pairs
 
 

@@ -114,7 +114,9 @@ def test_resolved_config_round_trips(tmp_path):
 def test_help_lists_every_key_with_help_text():
     rows = config_help()
     assert any(r.startswith("trainer.max_steps  (int, default 20)") for r in rows)
-    assert any(r.startswith("rewards[i].fn  (str|null, default None)") for r in rows)
+    assert any(r.startswith("rewards[i].fn  (str, required)") for r in rows)
+    assert any(r.startswith("rewards[i].url  (str, required)") and r.endswith("[type: http]") for r in rows)
+    assert any(r.startswith("algorithm.preference.beta") and r.endswith("[name: dpo|simpo|reward_model]") for r in rows)
     assert all(not r.rstrip().endswith("None") for r in rows)  # every key has a description
 
 
@@ -217,7 +219,7 @@ def test_preference_options_are_checked():
         (["algorithm.name=dpo", "algorithm.preference.num_completions=1"], "num_completions"),
         (["algorithm.name=dpo", "algorithm.preference.ofs.lr_ratio=1"], "lr_ratio"),
         (["algorithm.name=dpo", "objective.name=hypervolume"], "ranks completions by static reward weights"),
-        (["algorithm.name=dpo", "algorithm.apo.stcr=true"], "not on preference pairs"),
+        (["algorithm.name=dpo", "algorithm.apo.stcr=true"], "algorithm.apo is a setting of grpo, .*not of algorithm.name dpo"),
         (["algorithm.name=dpo", "algorithm.preference.online=true", "rollout.temperature=0"], "rollout.temperature > 0"),
         (["algorithm.name=dpo", "algorithm.preference.domains=[{name: a, train: x, eval: y}]"], "two or more domains"),
         (["algorithm.name=dpo", "algorithm.preference.cofs.grid=[0.5, 2]"], "lambdas must lie in"),
@@ -252,7 +254,7 @@ def test_reward_entries_of_each_type(tmp_path):
     ({"fn": "correctness", "url": "http://x:1"}, "exactly one of 'fn'"),
     ({"name": "nothing"}, "exactly one of 'fn'"),
     ({"url": "127.0.0.1:8000"}, "not an http(s) URL"),
-    ({"fn": "correctness", "heads": ["a"]}, "'heads' and 'num_gpus' are for type: model"),
+    ({"fn": "correctness", "heads": ["a"]}, "'rewards[0].heads' is a setting of type model, not of this reward's type function"),
     ({"fn": "correctness", "on_failure": "ignore"}, "on_failure"),
     ({"fn": "correctness", "on_failure": "skip", "nan_policy": "error"}, "contradicts"),
     ({"type": "http", "fn": "correctness"}, "type: http needs 'url'"),
