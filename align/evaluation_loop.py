@@ -8,12 +8,16 @@ import numpy as np
 from align.models.tokenizer import END_THINK
 
 
+def correct_from_raw(raw: np.ndarray) -> np.ndarray:
+    """Correctness ``(N,)`` bool from a raw accuracy reward (APO's authors' ``trunc(reward)``); NaN is wrong."""
+    raw = np.asarray(raw, dtype=np.float64)
+    return np.nan_to_num(np.trunc(raw), nan=0.0) >= 1.0
+
+
 def evaluate(rollouts, rewards, rows: list[dict], tokenizer, cfg, use_adapter: bool = True) -> dict[str, float]:
     """Greedy generation of every row; per objective its mean, ``length``, ``length_wrong`` (mean
     length of the responses the accuracy reward ``algorithm.apo.accuracy`` calls wrong, when there
     are any) and ``nothink_rate``; overall and with a ``/level_N`` suffix per level."""
-    from align.algorithms.apo import correct_from_raw
-
     prompts = [r["prompt"] for r in rows]
     groups = rollouts.generate(prompts, [0] * len(prompts), n=1, max_tokens=cfg.rollout.max_new_tokens,
                                temperature=0.0, top_p=1.0, use_adapter=use_adapter)

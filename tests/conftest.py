@@ -11,3 +11,18 @@ def pytest_runtest_logreport(report):
     if path and report.when == "call":
         with open(path, "a") as f:
             f.write(f"{report.duration:8.1f}  {report.outcome:7}  {report.nodeid}\n")
+
+
+TIERS = ("unit", "integration", "reliability")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test carries its tier as a marker, from its folder (tests/<tier>/...): ``make test-unit``,
+    ``test-integration``, ``test-reliability`` select them; ``slow`` is set by the test itself."""
+    import pytest
+
+    for item in items:
+        parts = item.nodeid.replace("\\", "/").split("/")
+        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))

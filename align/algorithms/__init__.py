@@ -1,1 +1,1 @@
-"""What a step does, per algorithm: advantage estimators and sample filters."""
+"""The training methods, one file each, looked up by ``algorithm.name`` (``align.algorithms.base``)."""

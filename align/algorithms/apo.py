@@ -17,11 +17,7 @@ import math
 
 import numpy as np
 
-
-def correct_from_raw(raw: np.ndarray) -> np.ndarray:
-    """Correctness ``(N,)`` bool from a raw accuracy reward (the authors' ``trunc(reward)``); NaN is wrong."""
-    raw = np.asarray(raw, dtype=np.float64)
-    return np.nan_to_num(np.trunc(raw), nan=0.0) >= 1.0
+from align.evaluation_loop import correct_from_raw  # "correct": what evaluation reports too
 
 
 def dads_weight(p: float | np.ndarray, scale: float = math.e) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from align.algorithms.apo import APOHook, correct_from_raw
 from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics
 from align.batch import pack
-from align.config.schema import GRPO_FAMILY
+from align.config.schema import GRPO_FAMILY, GRPO_NAMES
 from align.losses import group_advantages, mismatch_weights, reinforce_pp_advantages, rloo_advantages
 from align.metrics import PANELS
 from align.sampling import sample_seed
@@ -61,7 +61,7 @@ LEARNER_KEYS = ("input_ids", "attention_mask", "completion_mask", "advantages", 
                 "first_logp", "forced_first", "is_weights")
 
 
-@register_algorithm("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "gspo", "cispo")
+@register_algorithm(*GRPO_NAMES)  # every row of GRPO_FAMILY but adaptthink (its own file)
 class GRPO(Algorithm):
     panels = PANELS
 

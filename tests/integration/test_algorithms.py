@@ -24,6 +24,13 @@ CASES = {
     # (per-sample KL weights into the learner loss) and STCR (a base that matters at our lengths)
     "rloo": ["algorithm.name=rloo", "algorithm.ppo_epochs=2", "algorithm.num_minibatches=2", "learner.lr=0.005",
              "algorithm.kl.coef=0.01", "algorithm.apo.dads=true", "algorithm.apo.stcr=true", "algorithm.apo.stcr_base=1.05"],
+    # GSPO off-policy (4 minibatches): after the first update the sequence ratios leave its narrow
+    # clip range (3e-4 / 4e-4), so clipping acts
+    "gspo": ["algorithm.name=gspo", "algorithm.num_minibatches=4", "data.prompts_per_step=8", "learner.lr=0.005"],
+    # CISPO off-policy: weights away from 1, every token keeps its gradient
+    "cispo": ["algorithm.name=cispo", "algorithm.num_minibatches=2", "data.prompts_per_step=8", "learner.lr=0.005"],
+    # GDPO-style advantages with token-level mismatch correction (vLLM log-probs for every sample)
+    "gdpo_tis": ["objective.name=gdpo", "algorithm.mismatch.level=token", "data.prompts_per_step=8"],
 }
 # REINFORCE++ runs in tests/integration/test_multi_objective.py (with the Lagrangian objective).
 
@@ -55,6 +62,15 @@ def test_algorithm_runs(name, tmp_path):
         assert all(r["rollout/rounds"] > 1 or r["rollout/prompts"] == 16 for r in rows)
     if name == "dr_grpo":
         assert all("kl/mean" in r for r in rows) and rows[1]["kl/mean"] != 0
+    if name == "gspo":
+        assert (cfg.algorithm.loss, cfg.algorithm.clip_low, cfg.algorithm.clip_high) == ("clip_sequence_mean", 3e-4, 4e-4)
+        assert all(r["loss/clip_frac"] > 0 for r in rows)
+    if name == "cispo":
+        assert cfg.algorithm.loss == "cispo" and all(r["loss/ratio_mean"] != 1.0 for r in rows)
+    if name == "gdpo_tis":
+        # the learner and vLLM agree to float precision, so the weights stay near 1 and none is truncated
+        assert all(abs(r["mismatch/ratio_mean"] - 1) < 1e-2 and r["mismatch/outside"] == 0 for r in rows)
+        assert all("objective/weight/correctness" in r for r in rows)
     if name == "rloo":
         assert rows[1]["loss/ratio_mean"] != 1.0 and rows[1]["loss/kl"] > 0
         assert all(0 < r["apo/dads_weight_mean"] <= 1 and r["apo/stcr_c_max"] >= 1 and r["policy/entropy"] > 0 for r in rows)
