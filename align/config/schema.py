@@ -341,10 +341,10 @@ def algorithm_section(**values) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | P
 
 
 def _sort_algorithm(data):
-    """Before validation: ``name`` defaults to grpo. A key of another method's section at its default
-    value (resolved configs written before the sections were split carried every one) is dropped
-    with a warning; set to anything else it is an error (the setting would do nothing); a key no
-    method knows stays, so it is reported as unknown."""
+    """Before validation: ``name`` defaults to grpo. A key of another method's section (configs written
+    before the sections were split carried every one) is dropped with a warning naming it and the
+    methods it belongs to: it would do nothing here. A key no method knows stays, so it is reported
+    as unknown."""
     if not isinstance(data, dict) or not isinstance(data.get("algorithm"), dict):
         return data
     alg = dict(data["algorithm"])
@@ -352,29 +352,18 @@ def _sort_algorithm(data):
     cls = ALGORITHM_NAMES.get(name)
     if cls is None:
         return {**data, "algorithm": alg}
-    dropped = []
+    dropped = {}
     for key in [k for k in alg if k not in cls.model_fields]:
-        owners = [c for c in ALGORITHM_VARIANTS if key in c.model_fields]
-        if not owners:
-            continue
-        field = owners[0].model_fields[key]
-        default = field.get_default(call_default_factory=True)
-        try:
-            same = TypeAdapter(field.annotation).dump_python(TypeAdapter(field.annotation).validate_python(alg[key])) == \
-                TypeAdapter(field.annotation).dump_python(default)
-        except Exception:
-            same = False
-        if not same:
-            users = ", ".join(n for n, c in ALGORITHM_NAMES.items() if c in owners)
-            raise ValueError(f"algorithm.{key} is a setting of {users}, not of algorithm.name {name}: remove it or change "
-                             f"algorithm.name")
-        dropped.append(key)
+        owners = [n for n, c in ALGORITHM_NAMES.items() if key in c.model_fields]
+        if owners:
+            dropped[key] = owners
     if dropped:
         import logging
 
-        logging.getLogger("align.config").warning(
-            "algorithm.%s: settings of other methods, at their defaults (an older resolved config?); ignored for %s",
-            ", algorithm.".join(dropped), name)
+        for key, owners in dropped.items():
+            logging.getLogger("align.config").warning(
+                "algorithm.%s is a setting of %s, not of algorithm.name %s: ignored (an older config carried every "
+                "method's settings; remove it)", key, ", ".join(owners), name)
     return {**data, "algorithm": {k: v for k, v in alg.items() if k not in dropped}}
 
 

@@ -208,6 +208,19 @@ def test_adaptthink_and_apo_options_are_checked():
         load_config(None, ["algorithm.apo.stcr_base=0.9"])
 
 
+def test_another_methods_settings_load_with_a_warning(caplog):
+    """Old configs carried every method's section: they still load; what does nothing is named."""
+    with caplog.at_level("WARNING", logger="align.config"):
+        cfg = load_config(None, ["algorithm.name=dpo", "algorithm.apo.stcr=true", "algorithm.group_size=4"])
+    assert cfg.algorithm.name == "dpo" and not hasattr(cfg.algorithm, "apo")
+    assert "algorithm.apo is a setting of grpo" in caplog.text and "not of algorithm.name dpo" in caplog.text
+    assert "algorithm.group_size is a setting of" in caplog.text
+    with pytest.raises(ConfigError, match="unknown key 'algorithm.grop_size'; did you mean 'algorithm.group_size'"):
+        load_config(None, ["algorithm.grop_size=4"])
+    with pytest.raises(ConfigError, match="'algorithm.name': 'grpoo' is not an algorithm.*did you mean 'grpo'"):
+        load_config(None, ["algorithm.name=grpoo"])
+
+
 def test_preference_options_are_checked():
     dpo = load_config(None, ["algorithm.name=dpo"])
     assert dpo.algorithm.preference.beta == 0.1 and dpo.algorithm.preference.loss_type == "sigmoid"
