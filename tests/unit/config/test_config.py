@@ -232,7 +232,6 @@ def test_preference_options_are_checked():
         (["algorithm.name=dpo", "algorithm.preference.num_completions=1"], "num_completions"),
         (["algorithm.name=dpo", "algorithm.preference.ofs.lr_ratio=1"], "lr_ratio"),
         (["algorithm.name=dpo", "objective.name=hypervolume"], "ranks completions by static reward weights"),
-        (["algorithm.name=dpo", "algorithm.apo.stcr=true"], "algorithm.apo is a setting of grpo, .*not of algorithm.name dpo"),
         (["algorithm.name=dpo", "algorithm.preference.online=true", "rollout.temperature=0"], "rollout.temperature > 0"),
         (["algorithm.name=dpo", "algorithm.preference.domains=[{name: a, train: x, eval: y}]"], "two or more domains"),
         (["algorithm.name=dpo", "algorithm.preference.cofs.grid=[0.5, 2]"], "lambdas must lie in"),
