@@ -35,14 +35,24 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         cmask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1
         if s.get("logprobs") is not None:  # None entries (a forced token) have no rollout log-prob
             lp = s["logprobs"]
-            rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor([0.0 if x is None else x for x in lp], dtype=torch.float32)
-            rmask[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor([x is not None for x in lp], dtype=torch.float32)
+            rlogps[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(
+                [0.0 if x is None else x for x in lp], dtype=torch.float32
+            )
+            rmask[i, len(p) - 1 : len(p) - 1 + len(c)] = torch.tensor(
+                [x is not None for x in lp], dtype=torch.float32
+            )
             has[i] = 1.0
         if s.get("first_logp") is not None:  # AdaptThink: log pi_IS of the forced first token
             first[i] = s["first_logp"]
             forced[i] = 1.0
-    out = {"input_ids": ids, "attention_mask": att, "completion_mask": cmask, "rollout_logps": rlogps,
-           "rollout_logp_mask": rmask, "has_rollout_logps": has}
+    out = {
+        "input_ids": ids,
+        "attention_mask": att,
+        "completion_mask": cmask,
+        "rollout_logps": rlogps,
+        "rollout_logp_mask": rmask,
+        "has_rollout_logps": has,
+    }
     if forced.any():
         out["first_logp"], out["forced_first"] = first, forced
     return out

@@ -77,7 +77,9 @@ def unflatten_state(template, arrays: dict[str, np.ndarray]):
             last = i == len(tokens) - 1
             if isinstance(node, list):
                 if key >= len(node):
-                    raise CheckpointError(f"optimizer state path {path!r} does not fit this optimizer (index {key})")
+                    raise CheckpointError(
+                        f"optimizer state path {path!r} does not fit this optimizer (index {key})"
+                    )
             elif not last and key not in node:
                 node[key] = {}
             if last:
@@ -85,7 +87,9 @@ def unflatten_state(template, arrays: dict[str, np.ndarray]):
                 value = torch.from_numpy(array.copy())
                 if torch.is_tensor(old):
                     if tuple(value.shape) != tuple(old.shape):
-                        raise CheckpointError(f"optimizer tensor {path!r} has shape {tuple(value.shape)}, expected {tuple(old.shape)}")
+                        raise CheckpointError(
+                            f"optimizer tensor {path!r} has shape {tuple(value.shape)}, expected {tuple(old.shape)}"
+                        )
                     value = value.to(old.dtype)
                 node[key] = value
             else:
@@ -160,12 +164,20 @@ def save_checkpoint(
     final = root / f"step_{step}"
     try:
         _write_checkpoint(final, adapter, adapter_config, optimizer_states, state, step, extra_adapters)
-    except OSError as exc:  # disk full, a size limit, permissions: say so; the earlier checkpoints are untouched
+    except (
+        OSError
+    ) as exc:  # disk full, a size limit, permissions: say so; the earlier checkpoints are untouched
         earlier = [p for p in list_checkpoints(root) if p != final]
-        kept = f"the previous checkpoint {earlier[-1]} is intact" if earlier else "there is no earlier checkpoint"
+        kept = (
+            f"the previous checkpoint {earlier[-1]} is intact"
+            if earlier
+            else "there is no earlier checkpoint"
+        )
         what = exc.strerror or str(exc)
-        raise CheckpointError(f"could not write checkpoint {final}: {what}{f' ({exc.filename})' if exc.filename else ''}; "
-                              f"{kept}; free space (or raise the limit) and continue with --resume") from exc
+        raise CheckpointError(
+            f"could not write checkpoint {final}: {what}{f' ({exc.filename})' if exc.filename else ''}; "
+            f"{kept}; free space (or raise the limit) and continue with --resume"
+        ) from exc
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -188,7 +200,9 @@ def _tensors(tensors: dict[str, np.ndarray]) -> bytes:
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
 
 
-def _write_checkpoint(final: Path, adapter, adapter_config, optimizer_states, state, step, extra_adapters) -> None:
+def _write_checkpoint(
+    final: Path, adapter, adapter_config, optimizer_states, state, step, extra_adapters
+) -> None:
     with atomic_dir(final) as tmp:
         write_adapter_dir(tmp / "adapter", adapter, adapter_config)
         for name, (tensors, config) in (extra_adapters or {}).items():
@@ -198,7 +212,9 @@ def _write_checkpoint(final: Path, adapter, adapter_config, optimizer_states, st
         _write(tmp / "state.json", json.dumps({"step": step, **state}, indent=2).encode())
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {str(p.relative_to(tmp)): sha256_file(p) for p in files}
-        _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())  # last: its presence marks a whole checkpoint
+        _write(
+            tmp / "manifest.json", json.dumps(manifest, indent=2).encode()
+        )  # last: its presence marks a whole checkpoint
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
@@ -206,7 +222,11 @@ def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
     root = Path(ckpt_root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / "manifest.json").exists()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := STEP_DIR.match(p.name)) and (p / "manifest.json").exists()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -229,14 +249,23 @@ def load_checkpoint(ckpt: str | Path) -> dict:
     """Verify and read a checkpoint: adapter, adapter_config, optimizer_states, state."""
     ckpt = Path(ckpt)
     verify(ckpt)
-    ranks = sorted(ckpt.glob("optimizer_rank*.safetensors"), key=lambda p: int(p.stem.removeprefix("optimizer_rank")))
+    ranks = sorted(
+        ckpt.glob("optimizer_rank*.safetensors"), key=lambda p: int(p.stem.removeprefix("optimizer_rank"))
+    )
     return {
         "adapter": load_file(str(ckpt / "adapter" / "adapter_model.safetensors")),
         "adapter_config": json.loads((ckpt / "adapter" / "adapter_config.json").read_text()),
         "optimizer_states": [load_file(str(p)) for p in ranks],
         "state": json.loads((ckpt / "state.json").read_text()),
-        "extra_adapters": {d.name: (load_file(str(d / "adapter_model.safetensors")), json.loads((d / "adapter_config.json").read_text()))
-                           for d in sorted((ckpt / "adapters").iterdir())} if (ckpt / "adapters").is_dir() else {},
+        "extra_adapters": {
+            d.name: (
+                load_file(str(d / "adapter_model.safetensors")),
+                json.loads((d / "adapter_config.json").read_text()),
+            )
+            for d in sorted((ckpt / "adapters").iterdir())
+        }
+        if (ckpt / "adapters").is_dir()
+        else {},
         "path": ckpt,
     }
 

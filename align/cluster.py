@@ -49,8 +49,10 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         return
     ok, why = _answers(*target, timeout)
     if not ok:
-        raise ValueError(f"--address {address}: no Ray cluster answers there ({why}); start one with "
-                         f"`ray start --head --port {target[1]}` or leave out --address")
+        raise ValueError(
+            f"--address {address}: no Ray cluster answers there ({why}); start one with "
+            f"`ray start --head --port {target[1]}` or leave out --address"
+        )
 
 
 class ClusterWatch:
@@ -60,7 +62,9 @@ class ClusterWatch:
     never gets there: ``exit_after`` seconds later the watcher prints the error line and ends the
     process itself (exit code 1)."""
 
-    def __init__(self, address: str, describe_state, grace: float = 15.0, every: float = 2.0, exit_after: float = 10.0):
+    def __init__(
+        self, address: str, describe_state, grace: float = 15.0, every: float = 2.0, exit_after: float = 10.0
+    ):
         self.address, self.describe_state, self.grace, self.every = address, describe_state, grace, every
         self.exit_after = exit_after
         self.target = _host_port(address)
@@ -85,8 +89,10 @@ class ClusterWatch:
                 continue
             silent_since = silent_since or time.time()
             if time.time() - silent_since >= self.grace:
-                self.lost = (f"the Ray cluster at {self.address} stopped answering ({why}) for {self.grace:g}s; "
-                             f"{self.describe_state()}; restart the cluster and continue with --resume")
+                self.lost = (
+                    f"the Ray cluster at {self.address} stopped answering ({why}) for {self.grace:g}s; "
+                    f"{self.describe_state()}; restart the cluster and continue with --resume"
+                )
                 log.error("%s", self.lost)
                 interrupts.post(ClusterLost(self.lost))  # raised at the main thread's next wait slice
                 if not self._stop.wait(self.exit_after):  # the main thread is stuck inside Ray: leave now

@@ -33,15 +33,21 @@ def _adapter_from(path: str) -> tuple[dict, dict]:
         ckpt = load_checkpoint(p)
         return ckpt["adapter"], ckpt["adapter_config"]
     if not (p / "adapter_model.safetensors").exists():
-        raise FileNotFoundError(f"--checkpoint {path}: neither a checkpoint (manifest.json) nor an adapter folder (adapter_model.safetensors)")
+        raise FileNotFoundError(
+            f"--checkpoint {path}: neither a checkpoint (manifest.json) nor an adapter folder (adapter_model.safetensors)"
+        )
     if (p.parent / "manifest.json").exists():
         verify(p.parent)  # the adapter folder of a checkpoint: check it too
-    return load_file(str(p / "adapter_model.safetensors")), json.loads((p / "adapter_config.json").read_text())
+    return load_file(str(p / "adapter_model.safetensors")), json.loads(
+        (p / "adapter_config.json").read_text()
+    )
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
     """Rows: model x metric; columns: overall and each level."""
-    keys = list(dict.fromkeys(k for res in results.values() for k in res))  # a model may lack one (no wrong answers)
+    keys = list(
+        dict.fromkeys(k for res in results.values() for k in res)
+    )  # a model may lack one (no wrong answers)
     levels = sorted({k.split("/level_")[1] for k in keys if "/level_" in k}, key=lambda x: (len(x), x))
     metrics = [k for k in keys if "/level_" not in k]
     header = f"{'model':<12}{'metric':<16}{'all':>8}" + "".join(f"{'L' + lv:>8}" for lv in levels)
@@ -53,13 +59,18 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, address: str | None = None,
-             labels: list[str] | None = None) -> dict:
+def run_eval(
+    cfg,
+    config_dir: str | None,
+    checkpoints: list[str] | str | None,
+    address: str | None = None,
+    labels: list[str] | None = None,
+) -> dict:
     from transformers import AutoTokenizer
 
+    from align.cluster import check_address
     from align.data.loading import load_eval_rows
     from align.models.builtin import resolve_model_path
-    from align.cluster import check_address
     from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
@@ -83,7 +94,9 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
         check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_eval_rows(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
-    ray.init(address=address, log_to_driver=False) if address else ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    ray.init(address=address, log_to_driver=False) if address else ray.init(
+        address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False
+    )
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
@@ -95,14 +108,20 @@ def run_eval(cfg, config_dir: str | None, checkpoints: list[str] | str | None, a
             results[label] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
     finally:
         ray.shutdown()
-    print(f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)"
-          + "".join(f"; {lb}: {c}" for lb, c in zip(labels, checkpoints)))
+    print(
+        f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)"
+        + "".join(f"; {lb}: {c}" for lb, c in zip(labels, checkpoints))
+    )
     print(table(results))
     out = Path(cfg.trainer.output_dir) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    plot = plot_levels(results, out.with_name("eval_levels.png"), LEVEL_METRICS + ("length_wrong",),
-                       title=f"{cfg.data.eval}, greedy, {len(rows)} prompts")
+    plot = plot_levels(
+        results,
+        out.with_name("eval_levels.png"),
+        LEVEL_METRICS + ("length_wrong",),
+        title=f"{cfg.data.eval}, greedy, {len(rows)} prompts",
+    )
     if plot:
         print(f"plot: {plot}")
     return results

@@ -14,19 +14,34 @@ def correct_from_raw(raw: np.ndarray) -> np.ndarray:
     return np.nan_to_num(np.trunc(raw), nan=0.0) >= 1.0
 
 
-def evaluate(rollouts, rewards, rows: list[dict], tokenizer, cfg, use_adapter: bool = True) -> dict[str, float]:
+def evaluate(
+    rollouts, rewards, rows: list[dict], tokenizer, cfg, use_adapter: bool = True
+) -> dict[str, float]:
     """Greedy generation of every row; per objective its mean, ``length``, ``length_wrong`` (mean
     length of the responses the accuracy reward ``algorithm.apo.accuracy`` calls wrong, when there
     are any) and ``nothink_rate``; overall and with a ``/level_N`` suffix per level."""
     prompts = [r["prompt"] for r in rows]
-    groups = rollouts.generate(prompts, [0] * len(prompts), n=1, max_tokens=cfg.rollout.max_new_tokens,
-                               temperature=0.0, top_p=1.0, use_adapter=use_adapter)
+    groups = rollouts.generate(
+        prompts,
+        [0] * len(prompts),
+        n=1,
+        max_tokens=cfg.rollout.max_new_tokens,
+        temperature=0.0,
+        top_p=1.0,
+        use_adapter=use_adapter,
+    )
     samples = [g[0] for g in groups]
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt" and not k.startswith("_")}
-    scores = rewards.score(prompts, [s["text"] for s in samples], {**columns, "completion_ids": [s["completion_ids"] for s in samples]})
+    scores = rewards.score(
+        prompts,
+        [s["text"] for s in samples],
+        {**columns, "completion_ids": [s["completion_ids"] for s in samples]},
+    )
     end_id = tokenizer.convert_tokens_to_ids(END_THINK) if END_THINK in tokenizer.get_vocab() else None
     lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)
-    nothink = np.array([bool(s["completion_ids"]) and s["completion_ids"][0] == end_id for s in samples], dtype=np.float64)
+    nothink = np.array(
+        [bool(s["completion_ids"]) and s["completion_ids"][0] == end_id for s in samples], dtype=np.float64
+    )
     levels = np.array([r.get("level") for r in rows], dtype=object)
     out: dict[str, float] = {}
     apo = getattr(cfg.algorithm, "apo", None)  # the GRPO family's; other methods: the default name

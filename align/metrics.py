@@ -53,14 +53,19 @@ class MetricsLog:
         os.replace(tmp, self.path)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=(resume_step + 1) if resume_step is not None else None)
+        self.tb = SummaryWriter(
+            str(self.run_dir / "tb"), purge_step=(resume_step + 1) if resume_step is not None else None
+        )
 
     @staticmethod
     def read(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
+        row = {
+            "step": step,
+            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in metrics.items():
@@ -85,8 +90,14 @@ class MetricsLog:
 
 PANELS = (
     ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
-    ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length")),
-    ("length (tokens)", lambda k: k in ("rollout/length", "eval/length", "rollout/length_wrong", "eval/length_wrong")),
+    (
+        "eval (greedy)",
+        lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length"),
+    ),
+    (
+        "length (tokens)",
+        lambda k: k in ("rollout/length", "eval/length", "rollout/length_wrong", "eval/length_wrong"),
+    ),
     ("policy entropy (nats/token)", lambda k: k == "policy/entropy"),
 )
 
@@ -117,7 +128,13 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANEL
     for ax, (title, ks) in zip(axes[0], panels):
         for key in ks:
             pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3, label=key)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o" if len(pts) < 30 else None,
+                ms=3,
+                label=key,
+            )
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -140,7 +157,9 @@ def _save(fig, out_png: str | Path) -> Path:
 LEVEL_METRICS = ("correctness", "length", "nothink_rate")
 
 
-def plot_levels(results: dict[str, dict[str, float]], out_png: str | Path, metrics=LEVEL_METRICS, title: str = "") -> Path | None:
+def plot_levels(
+    results: dict[str, dict[str, float]], out_png: str | Path, metrics=LEVEL_METRICS, title: str = ""
+) -> Path | None:
     """Per-difficulty-level eval metrics of several models side by side (one panel per metric, one
     line per model, the overall value in the legend): ``results`` maps a label to an eval result
     with ``<metric>/level_<N>`` keys (``align.evaluation_loop.evaluate``)."""
@@ -187,7 +206,9 @@ def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) 
     if not data:
         return None
     grids = {k: v for k, v in data.items() if any(r["grid"] for r in v["results"])}
-    fig, axes = plt.subplots(1, len(data) + bool(grids), figsize=(4.8 * (len(data) + bool(grids)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(data) + bool(grids), figsize=(4.8 * (len(data) + bool(grids)), 3.8), squeeze=False
+    )
     for ax, (label, d) in zip(axes[0], data.items()):
         results = d["results"]
         domains = list(results[0]["scores"])
@@ -197,8 +218,13 @@ def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) 
             ys = [r["scores"][dom] for r in results]
             bars = ax.bar(xs, ys, width, label=f"score on {dom}")
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
-        ax.set_xticks(range(len(results)), [f"after {r['after']}" + (f"\nlambda={r['lambda']:.1f}" if r["lambda"] is not None else "")
-                                            for r in results])
+        ax.set_xticks(
+            range(len(results)),
+            [
+                f"after {r['after']}" + (f"\nlambda={r['lambda']:.1f}" if r["lambda"] is not None else "")
+                for r in results
+            ],
+        )
         ax.set_ylim(0, 1.1)
         ax.set_title(f"{label} ({d['score']}, greedy)")
         ax.legend(fontsize=7)
@@ -209,7 +235,12 @@ def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) 
             for r in d["results"]:
                 if r["grid"]:
                     pts = sorted((float(k), v) for k, v in r["grid"].items())
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label}: after {r['after']}")
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        marker="o",
+                        label=f"{label}: after {r['after']}",
+                    )
         ax.set_xlabel("lambda (weight of the earlier adapter)")
         ax.set_title("held-out score, all domains so far")
         ax.grid(alpha=0.3)
@@ -217,8 +248,14 @@ def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) 
     return _save(fig, out_png)
 
 
-COMPARE_METRICS = ("reward/correctness", "eval/correctness", "rollout/length", "rollout/length_wrong", "policy/entropy",
-                   "eval/nothink_rate")
+COMPARE_METRICS = (
+    "reward/correctness",
+    "eval/correctness",
+    "rollout/length",
+    "rollout/length_wrong",
+    "policy/entropy",
+    "eval/nothink_rate",
+)
 
 
 def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None = None, metrics=None) -> str:
@@ -249,7 +286,7 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
         for m in metrics:
             pts = [r[m] for r in rows if isinstance(r.get(m), (int, float))]
             if pts:
-                tail = pts[-max(1, len(pts) // 4):]
+                tail = pts[-max(1, len(pts) // 4) :]
                 entry[m] = {"last": pts[-1], "last_quarter_mean": sum(tail) / len(tail)}
         last_eval = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), {})
         entry["final_eval"] = {k[5:]: v for k, v in last_eval.items() if k.startswith("eval/")}
@@ -260,12 +297,18 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
     for ax, m in zip(axes.flat, metrics):
         for label, rows in logs.items():
             pts = [(r["step"], r[m]) for r in rows if isinstance(r.get(m), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 15 else None, ms=3, label=label)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o" if len(pts) < 15 else None,
+                ms=3,
+                label=label,
+            )
         ax.set_title(m)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     out = _save(fig, out_png)
     out.with_suffix(".json").write_text(json.dumps(table, indent=2))
@@ -273,7 +316,10 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
     cw = max(10, *(len(lb) + 2 for lb in labels))
     lines = [f"{'metric (last-quarter mean)':<{width}}" + "".join(f"{lb:>{cw}}" for lb in labels)]
     for m in metrics:
-        cells = "".join(f"{table[lb][m]['last_quarter_mean']:>{cw}.4f}" if m in table[lb] else f"{'-':>{cw}}" for lb in labels)
+        cells = "".join(
+            f"{table[lb][m]['last_quarter_mean']:>{cw}.4f}" if m in table[lb] else f"{'-':>{cw}}"
+            for lb in labels
+        )
         lines.append(f"{m:<{width}}{cells}")
     lines.append(f"plot: {out}")
     return "\n".join(lines)

@@ -18,17 +18,17 @@ from pathlib import Path
 import ray
 import torch
 
-from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from align import interrupts
-from align.cluster import ClusterLost, ClusterWatch, check_address
-from align.interrupts import StopRequested
-from align.evaluation_loop import format_eval
 from align.algorithms.base import Algorithm, RunContext, algorithm_class
+from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from align.cluster import ClusterLost, ClusterWatch, check_address
+from align.config.loading import save_resolved
+from align.config.schema import Config
+from align.evaluation_loop import format_eval
+from align.interrupts import StopRequested
 from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, MetricsLog, StartupClock, plot_curves, plot_levels
 from align.sampling import PromptSampler
 from align.workers.groups import LearnerLost
-from align.config.loading import save_resolved
-from align.config.schema import Config
 
 log = logging.getLogger("align.train")
 
@@ -50,8 +50,10 @@ def rollout_spec(c: Config, model_path: str):
 def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None) -> None:
     """Refuse a run whose actors cannot all be placed (Ray would otherwise wait for ever)."""
     workers = c.rollout.num_workers if rollout_workers is None else rollout_workers
-    need = {"CPU": workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
-            "GPU": (workers + c.learner.num_ranks) * gpu_per_actor}
+    need = {
+        "CPU": workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
+        "GPU": (workers + c.learner.num_ranks) * gpu_per_actor,
+    }
     for kind, wanted in need.items():
         have = cluster.get(kind, 0.0)
         if wanted > have + 1e-9:
@@ -70,11 +72,15 @@ def check_context(c: Config, model_path: str) -> None:
     context = getattr(config, "max_position_embeddings", None)
     need = c.data.max_prompt_tokens + c.rollout.max_new_tokens
     if context and need > context:
-        raise ValueError(f"data.max_prompt_tokens ({c.data.max_prompt_tokens}) + rollout.max_new_tokens ({c.rollout.max_new_tokens}) "
-                         f"= {need} tokens exceed the model's context of {context} (max_position_embeddings): lower them")
+        raise ValueError(
+            f"data.max_prompt_tokens ({c.data.max_prompt_tokens}) + rollout.max_new_tokens ({c.rollout.max_new_tokens}) "
+            f"= {need} tokens exceed the model's context of {context} (max_position_embeddings): lower them"
+        )
 
 
-def make_trainer(config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False) -> "Trainer":
+def make_trainer(
+    config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False
+) -> "Trainer":
     """The runner of any ``algorithm.name`` (kept for callers of the earlier per-family trainers)."""
     return Trainer(config, config_dir, address=address, resume=resume)
 
@@ -82,7 +88,9 @@ def make_trainer(config: Config, config_dir: str | None = None, address: str | N
 class Trainer:
     """Runs one config: starts the actors the algorithm asks for, steps it, evaluates, checkpoints."""
 
-    def __init__(self, config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False):
+    def __init__(
+        self, config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False
+    ):
         self.cfg, self.config_dir, self.address, self.resume = config, config_dir, address, resume
         self.run_dir = Path(config.trainer.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -107,7 +115,9 @@ class Trainer:
         ctx.clock = self.clock
         ctx.model_path = self.model_path = resolve_model_path(cfg.model.path)
         if not Path(self.model_path, "config.json").exists():
-            raise FileNotFoundError(f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)")
+            raise FileNotFoundError(
+                f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)"
+            )
         ctx.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         check_context(cfg, self.model_path)
         alg.load_data(ctx)  # read and checked before any actor starts
@@ -115,8 +125,9 @@ class Trainer:
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
         rspec = alg.rollout_spec(ctx, rollout_spec(cfg, self.model_path))
-        ctx.learners, ctx.rollouts, ctx.rewards = self._start_actors(alg.learner_spec(ctx, learner_spec(cfg, self.model_path)), rspec,
-                                                                     rewards=alg.uses_rewards)
+        ctx.learners, ctx.rollouts, ctx.rewards = self._start_actors(
+            alg.learner_spec(ctx, learner_spec(cfg, self.model_path)), rspec, rewards=alg.uses_rewards
+        )
         alg.setup(ctx)
 
     def _start_actors(self, lspec: dict, rspec: dict | None, rewards: bool = True):
@@ -131,19 +142,37 @@ class Trainer:
         with clock.phase("ray"):
             gpu = self._init_ray(cfg.rollout.num_workers if rspec is not None else 0)
         t0 = time.time()
-        learners = LearnerGroup(lspec, cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed, wait=False)
-        rollouts = (RolloutGroup(rspec, cfg.rollout.num_workers, cfg.rollout.num_cpus, gpu, cfg.trainer.actor_restarts, wait=False)
-                    if rspec is not None else None)
+        learners = LearnerGroup(
+            lspec, cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed, wait=False
+        )
+        rollouts = (
+            RolloutGroup(
+                rspec,
+                cfg.rollout.num_workers,
+                cfg.rollout.num_cpus,
+                gpu,
+                cfg.trainer.actor_restarts,
+                wait=False,
+            )
+            if rspec is not None
+            else None
+        )
         pool = None
         if rewards:
             with clock.phase("reward actors", f"{len(cfg.rewards)}"):
-                pool = RewardPool([r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts)
+                pool = RewardPool(
+                    [r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts
+                )
         learners.ready()
         clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s)")
         if rollouts is not None:
             rollouts.ready()
-            clock.record("rollout workers", time.time() - t0, f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
-                         f"{rollouts.lora_mode}, started with the learners; the engine's own load {rollouts.start_seconds:.1f}s")
+            clock.record(
+                "rollout workers",
+                time.time() - t0,
+                f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
+                f"{rollouts.lora_mode}, started with the learners; the engine's own load {rollouts.start_seconds:.1f}s",
+            )
         return learners, rollouts, pool
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
@@ -161,7 +190,11 @@ class Trainer:
         # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
         # placement group, which Tune sized from the same config (see launch/sweep.py).
         self._owns_ray = not ray.is_initialized()
-        gpu = 1 if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available()) else 0
+        gpu = (
+            1
+            if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
+            else 0
+        )
         if self._owns_ray:
             if self.address:
                 check_address(self.address)
@@ -175,7 +208,11 @@ class Trainer:
         return gpu
 
     def _release_actors(self) -> None:
-        actors = [*getattr(self.rewards, "actors", []), *getattr(self.learners, "ranks", []), *getattr(self.rollouts, "workers", [])]
+        actors = [
+            *getattr(self.rewards, "actors", []),
+            *getattr(self.learners, "ranks", []),
+            *getattr(self.rollouts, "workers", []),
+        ]
         for actor in actors:
             if actor is not None:
                 ray.kill(actor)
@@ -186,14 +223,18 @@ class Trainer:
         if ckpt:
             from align.models.adapters import check_adapter
 
-            check_adapter(ckpt["adapter"], self.model_path, f"--resume {ckpt['path']}", self.cfg.model.trust_remote_code)
+            check_adapter(
+                ckpt["adapter"], self.model_path, f"--resume {ckpt['path']}", self.cfg.model.trust_remote_code
+            )
 
     # ------------------------------------------------------------------ a step
     def _step(self, step: int) -> dict:
         """The algorithm's step, then the sync of the adapter it serves (only LoRA tensors travel)."""
         t_step = time.time()
         metrics = self.algorithm.step(self.ctx, step)
-        if self.rollouts is not None and not metrics.get("rollout/empty"):  # nothing trained: nothing to serve
+        if self.rollouts is not None and not metrics.get(
+            "rollout/empty"
+        ):  # nothing trained: nothing to serve
             t0 = time.time()
             metrics["timing/sync_load"] = self._sync(step + 1)
             metrics["timing/sync"] = time.time() - t0
@@ -218,22 +259,35 @@ class Trainer:
         self._stop_signal = signum
         timeout = self.cfg.trainer.stop_timeout
         signal.alarm(max(1, math.ceil(timeout)))  # past trainer.stop_timeout: _on_alarm stops at once
-        log.warning("received %s: finishing this step, writing a checkpoint, then stopping (within %gs)",
-                    signal.Signals(signum).name, timeout)
+        log.warning(
+            "received %s: finishing this step, writing a checkpoint, then stopping (within %gs)",
+            signal.Signals(signum).name,
+            timeout,
+        )
 
     def _on_alarm(self, signum, frame) -> None:
-        interrupts.post(StopRequested(f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
-                                      f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; "
-                                      f"{self._state_line()}"))
+        interrupts.post(
+            StopRequested(
+                f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
+                f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; "
+                f"{self._state_line()}"
+            )
+        )
 
     def _state_line(self) -> str:
-        return f"the last checkpoint is {self._last_ckpt}" if self._last_ckpt else "no checkpoint of this run was written yet"
+        return (
+            f"the last checkpoint is {self._last_ckpt}"
+            if self._last_ckpt
+            else "no checkpoint of this run was written yet"
+        )
 
     def _fault_metrics(self) -> dict[str, int]:
         """Actors lost and recovered so far in this run (only when there were some)."""
-        counts = {"faults/rollout_restarts": getattr(self.rollouts, "restarts", 0) if self.rollouts else 0,
-                  "faults/reward_restarts": getattr(self.rewards, "restarts", 0) if self.rewards else 0,
-                  "faults/learner_restarts": self._learner_restarts}
+        counts = {
+            "faults/rollout_restarts": getattr(self.rollouts, "restarts", 0) if self.rollouts else 0,
+            "faults/reward_restarts": getattr(self.rewards, "restarts", 0) if self.rewards else 0,
+            "faults/learner_restarts": self._learner_restarts,
+        }
         return {k: v for k, v in counts.items() if v}
 
     def _recover_learners(self, exc: LearnerLost) -> int:
@@ -241,12 +295,22 @@ class Trainer:
         self._learner_restarts += 1
         limit = self.cfg.trainer.learner_restarts
         if self._learner_restarts > limit:
-            raise RuntimeError(f"{exc}; the learner group was already restarted {limit} time(s) "
-                               f"(trainer.learner_restarts={limit}); the last checkpoint is {self._last_ckpt}") from exc
+            raise RuntimeError(
+                f"{exc}; the learner group was already restarted {limit} time(s) "
+                f"(trainer.learner_restarts={limit}); the last checkpoint is {self._last_ckpt}"
+            ) from exc
         if self._last_ckpt is None:
-            raise RuntimeError(f"{exc}; no checkpoint of this run to restart the learners from yet "
-                               f"(trainer.save_every={self.cfg.trainer.save_every})") from exc
-        log.warning("%s; restarting the learner group (%d/%d) from %s", exc, self._learner_restarts, limit, self._last_ckpt)
+            raise RuntimeError(
+                f"{exc}; no checkpoint of this run to restart the learners from yet "
+                f"(trainer.save_every={self.cfg.trainer.save_every})"
+            ) from exc
+        log.warning(
+            "%s; restarting the learner group (%d/%d) from %s",
+            exc,
+            self._learner_restarts,
+            limit,
+            self._last_ckpt,
+        )
         self.learners.restart()
         self.ctx.objective = None  # rebuilt from the checkpoint's state at the next scores
         step = self._restore()
@@ -258,11 +322,27 @@ class Trainer:
     def _checkpoint(self, step: int) -> Path:
         ctx = self.ctx
         tensors, adapter_cfg = self.algorithm.served_adapter(ctx)
-        objective_state = ctx.objective.state_dict() if ctx.objective is not None else (ctx.objective_state or {})
-        state = {"version": step, "data_position": ctx.sampler.position, "seed": self.cfg.trainer.seed,
-                 "learner_ranks": self.cfg.learner.num_ranks, "objective": objective_state, **self.algorithm.state_dict()}
-        return save_checkpoint(self.ckpt_dir, step, tensors, adapter_cfg, self.learners.optimizer_states(), state,
-                               keep=self.cfg.trainer.keep_checkpoints, extra_adapters=self.algorithm.extra_adapters(ctx))
+        objective_state = (
+            ctx.objective.state_dict() if ctx.objective is not None else (ctx.objective_state or {})
+        )
+        state = {
+            "version": step,
+            "data_position": ctx.sampler.position,
+            "seed": self.cfg.trainer.seed,
+            "learner_ranks": self.cfg.learner.num_ranks,
+            "objective": objective_state,
+            **self.algorithm.state_dict(),
+        }
+        return save_checkpoint(
+            self.ckpt_dir,
+            step,
+            tensors,
+            adapter_cfg,
+            self.learners.optimizer_states(),
+            state,
+            keep=self.cfg.trainer.keep_checkpoints,
+            extra_adapters=self.algorithm.extra_adapters(ctx),
+        )
 
     def _save(self, step: int) -> None:
         self._last_ckpt = self._checkpoint(step)
@@ -339,13 +419,19 @@ class Trainer:
                     if ctx.eval_rows and (last or periodic or wanted):
                         result = self._evaluate()
                         m.update({f"eval/{k}": v for k, v in result.items()})
-                        if wanted:  # only the evaluations it asked for move the objective (a run extended later
+                        if (
+                            wanted
+                        ):  # only the evaluations it asked for move the objective (a run extended later
                             m.update(ctx.objective.observe_eval(step + 1, result))  # continues exactly)
                         after = result if last else after
                     if ctx.objective is not None:
                         m.update(ctx.objective.state_metrics())
                     m.update(self._fault_metrics())
-                    saved = bool(last or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0) or self._stop_signal)
+                    saved = bool(
+                        last
+                        or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0)
+                        or self._stop_signal
+                    )
                     if saved:  # before the metrics row: a row is never logged for a step a restart would redo
                         self._save(step + 1)
                 except LearnerLost as exc:
@@ -354,13 +440,21 @@ class Trainer:
                 self.metrics.log(step + 1, m)
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
-                    log.info("step %d/%d | %s | %.1fs/step | ETA %s", step + 1, cfg.trainer.max_steps, self.algorithm.progress(m),
-                             m.get("timing/step", 0.0), _hms(eta))
+                    log.info(
+                        "step %d/%d | %s | %.1fs/step | ETA %s",
+                        step + 1,
+                        cfg.trainer.max_steps,
+                        self.algorithm.progress(m),
+                        m.get("timing/step", 0.0),
+                        _hms(eta),
+                    )
                 if self._stop_signal and not last:
                     if not saved:  # the signal came while the row was being logged
                         self._save(step + 1)
-                    raise StopRequested(f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
-                                        f"checkpoint written to {self.ckpt_dir}; continue with --resume")
+                    raise StopRequested(
+                        f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
+                        f"checkpoint written to {self.ckpt_dir}; continue with --resume"
+                    )
                 step += 1
             return self._finish(before, after)
         except ClusterLost:
@@ -385,20 +479,37 @@ class Trainer:
     def _finish(self, before: dict | None, after: dict) -> dict:
         """Plots, the ranks' agreement, the algorithm's own end (exports), the summary."""
         cfg, alg = self.cfg, self.algorithm
-        adapters = self.learners.all_adapters(alg.train_adapter())  # data-parallel ranks must hold identical adapters
-        self.rank_max_abs_diff = max((float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0)
+        adapters = self.learners.all_adapters(
+            alg.train_adapter()
+        )  # data-parallel ranks must hold identical adapters
+        self.rank_max_abs_diff = max(
+            (float(abs(a[k] - adapters[0][k]).max()) for a in adapters[1:] for k in a), default=0.0
+        )
         plot = plot_curves(self.metrics.path, self.run_dir / "plots" / "reward_curves.png", alg.panels)
         # weights / multipliers / thresholds / hypervolume against step, when the objective has state
         plot_curves(self.metrics.path, self.run_dir / "plots" / "objective.png", OBJECTIVE_PANELS)
         if before and after:  # accuracy, length, length of wrong answers, NoThinking rate per level
-            plot_levels({"before": before, "after": after}, self.run_dir / "plots" / "levels.png",
-                        LEVEL_METRICS + ("length_wrong",), title=f"{cfg.algorithm.name}: {self.run_dir.name}")
+            plot_levels(
+                {"before": before, "after": after},
+                self.run_dir / "plots" / "levels.png",
+                LEVEL_METRICS + ("length_wrong",),
+                title=f"{cfg.algorithm.name}: {self.run_dir.name}",
+            )
         last = list_checkpoints(self.ckpt_dir)[-1]
-        summary = {"before": before, "after": after, "adapter": str(last / "adapter"), "plot": str(plot) if plot else None,
-                   "rank_max_abs_diff": self.rank_max_abs_diff}
+        summary = {
+            "before": before,
+            "after": after,
+            "adapter": str(last / "adapter"),
+            "plot": str(plot) if plot else None,
+            "rank_max_abs_diff": self.rank_max_abs_diff,
+        }
         summary.update(alg.finish(self.ctx, summary))
-        lines = ["", f"run directory: {self.run_dir}", f"adapter: {last / 'adapter'}",
-                 f"learner ranks agree: max |adapter difference| = {self.rank_max_abs_diff:.3g}"]
+        lines = [
+            "",
+            f"run directory: {self.run_dir}",
+            f"adapter: {last / 'adapter'}",
+            f"learner ranks agree: max |adapter difference| = {self.rank_max_abs_diff:.3g}",
+        ]
         if plot:
             lines.append(f"plots: {plot}")
         if after:

@@ -52,52 +52,105 @@ def run_trl(args) -> dict:
     rows = _rows(args)
     ds = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
-        steps_per_generation=1, max_completion_length=args.new_tokens, max_steps=args.steps, learning_rate=args.lr,
-        use_cpu=True, bf16=args.bf16, beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no",
-        seed=0, dataloader_num_workers=0, loss_type="dapo",
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.prompts * args.group,
+        num_generations=args.group,
+        steps_per_generation=1,
+        max_completion_length=args.new_tokens,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        use_cpu=True,
+        bf16=args.bf16,
+        beta=0.0,
+        temperature=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        loss_type="dapo",
     )
-    trainer = GRPOTrainer(model=path, reward_funcs=[number_match if args.task == "chat" else correctness], args=config, train_dataset=ds,
-                          processing_class=AutoTokenizer.from_pretrained(path),
-                          peft_config=LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
+    trainer = GRPOTrainer(
+        model=path,
+        reward_funcs=[number_match if args.task == "chat" else correctness],
+        args=config,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(path),
+        peft_config=LoraConfig(
+            r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+    )
     t_train = time.time()
     trainer.train()
     end = time.time()
     logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
     tokens = sum(h["completions/mean_length"] * args.prompts * args.group for h in logs)
-    return {"tokens": tokens, "train_seconds": end - t_train, "total_seconds": end - t_start, "steps": len(logs)}
+    return {
+        "tokens": tokens,
+        "train_seconds": end - t_train,
+        "total_seconds": end - t_start,
+        "steps": len(logs),
+    }
 
 
 def run_align(args) -> dict:
-    from align.trainer import Trainer
     from align.config.loading import load_config
+    from align.trainer import Trainer
 
     out = tempfile.mkdtemp()
-    data = Path(out) / "prompts.jsonl"  # the very prompts TRL gets (each used once over the run on both sides)
-    data.write_text("".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in _rows(args)))
-    cfg = load_config(None, [
-        f"model.path={args.model}", f"model.lora.r={args.lora_r}", f"model.lora.alpha={2 * args.lora_r}",
-        "algorithm.name=dapo", f"algorithm.group_size={args.group}", "algorithm.dynamic_sampling=false",
-        "algorithm.overlong_filter=false", f"trainer.max_steps={args.steps}", f"trainer.output_dir={out}",
-        "trainer.save_every=0", "data.eval=null", f"data.prompts_per_step={args.prompts}",
-        f"rollout.max_new_tokens={args.new_tokens}", f"learner.num_ranks={args.ranks}", f"learner.lr={args.lr}",
-        f"learner.num_cpus={1.0 / args.ranks}", f"learner.micro_batch_size={args.micro_batch}",
-        f"learner.autocast={'bf16' if args.bf16 else 'off'}", f"rollout.lora_mode={args.lora_mode}",
-        "rewards=[{fn: number_match}]" if args.task == "chat" else "rewards=[{fn: correctness}]",
-        f"data.train={data}",
-    ])
+    data = (
+        Path(out) / "prompts.jsonl"
+    )  # the very prompts TRL gets (each used once over the run on both sides)
+    data.write_text(
+        "".join(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in _rows(args))
+    )
+    cfg = load_config(
+        None,
+        [
+            f"model.path={args.model}",
+            f"model.lora.r={args.lora_r}",
+            f"model.lora.alpha={2 * args.lora_r}",
+            "algorithm.name=dapo",
+            f"algorithm.group_size={args.group}",
+            "algorithm.dynamic_sampling=false",
+            "algorithm.overlong_filter=false",
+            f"trainer.max_steps={args.steps}",
+            f"trainer.output_dir={out}",
+            "trainer.save_every=0",
+            "data.eval=null",
+            f"data.prompts_per_step={args.prompts}",
+            f"rollout.max_new_tokens={args.new_tokens}",
+            f"learner.num_ranks={args.ranks}",
+            f"learner.lr={args.lr}",
+            f"learner.num_cpus={1.0 / args.ranks}",
+            f"learner.micro_batch_size={args.micro_batch}",
+            f"learner.autocast={'bf16' if args.bf16 else 'off'}",
+            f"rollout.lora_mode={args.lora_mode}",
+            "rewards=[{fn: number_match}]" if args.task == "chat" else "rewards=[{fn: correctness}]",
+            f"data.train={data}",
+        ],
+    )
     t_start = time.time()
     Trainer(cfg).run()
     end = time.time()
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "timing/step" in r]
-    startup = {k[len("startup/"):]: v for k, v in json.loads((Path(out) / "startup.json").read_text()).items()}
+    startup = {
+        k[len("startup/") :]: v for k, v in json.loads((Path(out) / "startup.json").read_text()).items()
+    }
     tokens = sum(r["rollout/length"] * args.prompts * args.group for r in steps)
-    phases = {k: sum(r.get(f"timing/{k}", 0.0) for r in steps) / len(steps)
-              for k in ("rollout", "reward", "logprobs", "learner", "sync", "step")}
-    return {"tokens": tokens, "train_seconds": sum(r["timing/step"] for r in steps), "total_seconds": end - t_start,
-            "steps": len(steps), "phases": phases, "startup": startup}
+    phases = {
+        k: sum(r.get(f"timing/{k}", 0.0) for r in steps) / len(steps)
+        for k in ("rollout", "reward", "logprobs", "learner", "sync", "step")
+    }
+    return {
+        "tokens": tokens,
+        "train_seconds": sum(r["timing/step"] for r in steps),
+        "total_seconds": end - t_start,
+        "steps": len(steps),
+        "phases": phases,
+        "startup": startup,
+    }
 
 
 def main() -> None:
@@ -110,17 +163,30 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--ranks", type=int, default=1)
-    ap.add_argument("--micro-batch", type=int, default=16, help="align: sequences per forward/backward (sorted by length)")
-    ap.add_argument("--task", choices=["arithmetic", "chat"], default="arithmetic",
-                    help="arithmetic: plain-text prompts, reward correctness; chat: conversational prompts, reward number_match")
-    ap.add_argument("--bf16", action="store_true", help="both sides train under bf16 autocast (align learner.autocast=bf16, "
-                    "TRL bf16=True); weights, rollouts and generation stay float32")
-    ap.add_argument("--lora-mode", choices=["auto", "merged", "adapter"], default="auto", help="align: rollout.lora_mode")
+    ap.add_argument(
+        "--micro-batch", type=int, default=16, help="align: sequences per forward/backward (sorted by length)"
+    )
+    ap.add_argument(
+        "--task",
+        choices=["arithmetic", "chat"],
+        default="arithmetic",
+        help="arithmetic: plain-text prompts, reward correctness; chat: conversational prompts, reward number_match",
+    )
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="both sides train under bf16 autocast (align learner.autocast=bf16, "
+        "TRL bf16=True); weights, rollouts and generation stay float32",
+    )
+    ap.add_argument(
+        "--lora-mode", choices=["auto", "merged", "adapter"], default="auto", help="align: rollout.lora_mode"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "grpo_vs_trl.md"))
     ap.add_argument("--side", choices=["align", "trl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sides import emit, run_side, write_report
+
     if args.side:
         result = run_align(args) if args.side == "align" else run_trl(args)
         emit(result)
@@ -148,7 +214,8 @@ def main() -> None:
         f"**ratio (tokens/s over the training steps): {steady:.1f}x**; over the whole run including start-up: {whole:.1f}x "
         f"(targets: >= 2x over the steps, >= 1.2x with start-up)\n\n"
         f"align step-time breakdown (mean seconds per step, share of the step): "
-        + ", ".join(f"{k} {ph[k]:.2f} ({100 * share[k]:.0f}%)" for k in share) + f"; whole step {ph['step']:.2f}\n\n"
+        + ", ".join(f"{k} {ph[k]:.2f} ({100 * share[k]:.0f}%)" for k in share)
+        + f"; whole step {ph['step']:.2f}\n\n"
         f"align start-up (seconds): {startup}\n"
     )
     write_report(report, args.out)

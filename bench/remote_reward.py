@@ -46,7 +46,10 @@ def batches(n: int, size: int) -> list[tuple[list, list, dict]]:
     out = []
     for b in range(n):
         part = rows[b * size : (b + 1) * size]
-        comps = [f"{r['prompt'][:-1]},{r['answer']}</think>{r['answer'] if rng.random() < 0.7 else int(r['answer']) + 1}" for r in part]
+        comps = [
+            f"{r['prompt'][:-1]},{r['answer']}</think>{r['answer'] if rng.random() < 0.7 else int(r['answer']) + 1}"
+            for r in part
+        ]
         out.append(([r["prompt"] for r in part], comps, {"answer": [r["answer"] for r in part]}))
     return out
 
@@ -62,8 +65,8 @@ def main() -> None:
     import ray
     import yaml
 
-    from align.workers.reward import RewardPool
     from align.config.schema import reward_entry
+    from align.workers.reward import RewardPool
     from tests.integration.reward_server import RewardServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_remote_"))
@@ -72,17 +75,25 @@ def main() -> None:
     os.environ["ALIGN_REWARD_TOKEN"] = "bench-token"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     rows = []
-    for label, entry in (("correctness (function)", {"fn": "correctness"}),
-                         ("reward model (tiny, batch 64)", {"model": model, "name": "rm", "batch_size": 64})):
+    for label, entry in (
+        ("correctness (function)", {"fn": "correctness"}),
+        ("reward model (tiny, batch 64)", {"model": model, "name": "rm", "batch_size": 64}),
+    ):
         config = tmp / "serve.yaml"
         config.write_text(yaml.safe_dump({"rewards": [entry]}))
         server = RewardServer(str(config), token="bench-token")
         try:
             local = RewardPool([reward_entry(**entry).model_dump()])
-            remote = RewardPool([reward_entry(url=server.url, name="remote", batch_size=args.batch).model_dump()])
+            remote = RewardPool(
+                [reward_entry(url=server.url, name="remote", batch_size=args.batch).model_dump()]
+            )
             times = {"local": [], "remote": []}
             for i, (p, c, cols) in enumerate(data):
-                for side, pool in (("local", local), ("remote", remote)) if i % 2 == 0 else (("remote", remote), ("local", local)):
+                for side, pool in (
+                    (("local", local), ("remote", remote))
+                    if i % 2 == 0
+                    else (("remote", remote), ("local", local))
+                ):
                     t0 = time.perf_counter()
                     scores = pool.score(p, c, cols)
                     if i >= 2:  # two warm-up batches
@@ -92,24 +103,42 @@ def main() -> None:
         finally:
             server.kill()
         tput = {s: args.batch / statistics.median(t) for s, t in times.items()}
-        rows.append((label, tput["local"], tput["remote"], tput["remote"] / tput["local"],
-                     statistics.median(times["local"]) * 1e3, statistics.median(times["remote"]) * 1e3))
-        print(f"{label}: local {tput['local']:.0f}/s, remote {tput['remote']:.0f}/s, ratio {tput['remote'] / tput['local']:.3f}")
+        rows.append(
+            (
+                label,
+                tput["local"],
+                tput["remote"],
+                tput["remote"] / tput["local"],
+                statistics.median(times["local"]) * 1e3,
+                statistics.median(times["remote"]) * 1e3,
+            )
+        )
+        print(
+            f"{label}: local {tput['local']:.0f}/s, remote {tput['remote']:.0f}/s, ratio {tput['remote'] / tput['local']:.3f}"
+        )
     ray.shutdown()
     import platform
 
-    lines = ["# Remote (HTTP) versus local reward throughput", "",
-             f"`python bench/remote_reward.py --batches {args.batches} --batch {args.batch}"
-             + (f" --model {args.model}" if args.model else "") + f"` on {platform.machine()}, "
-             f"{os.cpu_count()} CPUs, CPU only. Each side scores the same {args.batches} batches of {args.batch} "
-             "completions (after 2 warm-up batches), alternating; median batch time. Local: the reward in its own Ray actor "
-             "(as in a run). Remote: an actor with the `http` reward calling `align serve-reward` (FastAPI/uvicorn, bearer "
-             "token) in another process on 127.0.0.1.", "",
-             "| reward | local samples/s | remote samples/s | remote / local | local ms/batch | remote ms/batch |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Remote (HTTP) versus local reward throughput",
+        "",
+        f"`python bench/remote_reward.py --batches {args.batches} --batch {args.batch}"
+        + (f" --model {args.model}" if args.model else "")
+        + f"` on {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, CPU only. Each side scores the same {args.batches} batches of {args.batch} "
+        "completions (after 2 warm-up batches), alternating; median batch time. Local: the reward in its own Ray actor "
+        "(as in a run). Remote: an actor with the `http` reward calling `align serve-reward` (FastAPI/uvicorn, bearer "
+        "token) in another process on 127.0.0.1.",
+        "",
+        "| reward | local samples/s | remote samples/s | remote / local | local ms/batch | remote ms/batch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     lines += [f"| {r[0]} | {r[1]:.0f} | {r[2]:.0f} | {r[3]:.3f} | {r[4]:.1f} | {r[5]:.1f} |" for r in rows]
-    lines += ["", "The remote path adds JSON encoding, one HTTP round trip per request and the server's decoding; "
-              "for a model reward the forward pass dominates and the ratio approaches 1."]
+    lines += [
+        "",
+        "The remote path adds JSON encoding, one HTTP round trip per request and the server's decoding; "
+        "for a model reward the forward pass dominates and the ratio approaches 1.",
+    ]
     write_report("\n".join(lines) + "\n", args.out)
 
 

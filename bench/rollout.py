@@ -36,8 +36,10 @@ def make_adapter(path: str, directory: str) -> str:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     gen = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -54,7 +56,10 @@ def prompts_for(path: str, n: int) -> list[str]:
 
     tok = AutoTokenizer.from_pretrained(path)
     if getattr(tok, "chat_template", None):
-        return [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in chat_dataset(n, 0)]
+        return [
+            tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+            for r in chat_dataset(n, 0)
+        ]
     return [r["prompt"] for r in arithmetic_dataset(n, 0)]
 
 
@@ -71,16 +76,25 @@ def side_hf(args, path: str, adapter_dir: str, prompts: list[str], peft: bool) -
     if peft:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_dir).eval()  # unmerged: what a LoRA trainer generates with
+        model = PeftModel.from_pretrained(
+            model, adapter_dir
+        ).eval()  # unmerged: what a LoRA trainer generates with
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    kw = dict(max_new_tokens=args.new_tokens, do_sample=True, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
-              eos_token_id=tok.eos_token_id, num_return_sequences=args.group)
+    kw = dict(
+        max_new_tokens=args.new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        num_return_sequences=args.group,
+    )
     with torch.no_grad():
         model.generate(**enc, **{**kw, "max_new_tokens": 4})  # warm-up
         t0 = time.time()
         out = model.generate(**enc, **kw)
     seconds = time.time() - t0
-    gen = out[:, enc.input_ids.shape[1]:]
+    gen = out[:, enc.input_ids.shape[1] :]
     tokens = int(((gen != tok.pad_token_id) & (gen != tok.eos_token_id)).sum())
     return {"tokens": tokens, "seconds": seconds}
 
@@ -91,14 +105,24 @@ def side_vllm_plain(args, path: str, prompts: list[str]) -> dict:
     from vllm import LLM, SamplingParams
 
     torch.set_num_threads(os.cpu_count() or 1)
-    llm = LLM(model=path, dtype="float32", max_model_len=512, gpu_memory_utilization=0.15, enforce_eager=True, seed=0)
+    llm = LLM(
+        model=path,
+        dtype="float32",
+        max_model_len=512,
+        gpu_memory_utilization=0.15,
+        enforce_eager=True,
+        seed=0,
+    )
     sp = SamplingParams(n=args.group, temperature=1.0, top_p=1.0, max_tokens=args.new_tokens)
     llm.generate(prompts, SamplingParams(n=args.group, max_tokens=4), use_tqdm=False)  # warm-up
     t0 = time.time()
     outs = llm.generate(prompts, sp, use_tqdm=False)
     seconds = time.time() - t0
     eos = llm.get_tokenizer().eos_token_id
-    return {"tokens": sum(sum(1 for t in c.token_ids if t != eos) for o in outs for c in o.outputs), "seconds": seconds}
+    return {
+        "tokens": sum(sum(1 for t in c.token_ids if t != eos) for o in outs for c in o.outputs),
+        "seconds": seconds,
+    }
 
 
 def side_align(args, path: str, adapter_dir: str, prompts: list[str], mode: str) -> dict:
@@ -108,13 +132,28 @@ def side_align(args, path: str, adapter_dir: str, prompts: list[str], mode: str)
 
     from align.workers.rollout import RolloutEngine
 
-    engine = RolloutEngine({"model_path": path, "dtype": "float32", "max_model_len": 512, "gpu_memory_utilization": 0.15,
-                            "lora_rank": 16, "lora_mode": mode})
+    engine = RolloutEngine(
+        {
+            "model_path": path,
+            "dtype": "float32",
+            "max_model_len": 512,
+            "gpu_memory_utilization": 0.15,
+            "lora_rank": 16,
+            "lora_mode": mode,
+        }
+    )
     tensors = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     sync = engine.load_adapter(1, tensors, config)
-    kw = dict(n=args.group, temperature=1.0, top_p=1.0, seeds=list(range(len(prompts))), use_adapter=True, adapter_version=1,
-              logprobs_for=1)  # as the trainer asks: sampling log-probs for one prompt (the parity check)
+    kw = dict(
+        n=args.group,
+        temperature=1.0,
+        top_p=1.0,
+        seeds=list(range(len(prompts))),
+        use_adapter=True,
+        adapter_version=1,
+        logprobs_for=1,
+    )  # as the trainer asks: sampling log-probs for one prompt (the parity check)
     engine.generate(prompts, **{**kw, "max_tokens": 4})  # warm-up
     t0 = time.time()
     groups = engine.generate(prompts, max_tokens=args.new_tokens, **kw)
@@ -150,8 +189,18 @@ def main() -> None:
             emit(side_align(args, path, args.adapter_dir, prompts, args.side))
         return
     adapter_dir = make_adapter(path, tempfile.mkdtemp(prefix="bench-adapter-"))
-    argv = ["--model", args.model, "--prompts", str(args.prompts), "--group", str(args.group), "--new-tokens", str(args.new_tokens),
-            "--adapter-dir", adapter_dir]
+    argv = [
+        "--model",
+        args.model,
+        "--prompts",
+        str(args.prompts),
+        "--group",
+        str(args.group),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--adapter-dir",
+        adapter_dir,
+    ]
     from align.workers.rollout import cpu_preload_env
 
     os.environ.update(cpu_preload_env())  # as the trainer starts its rollout actors (the sides inherit it)
@@ -166,13 +215,21 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores, each side in its own process after a warm-up call; LoRA r=16 on every linear layer "
         f"(random small B, the same adapter on every side); align asks sampling log-probs for 1 prompt and seeds every "
         f"request, as the trainer does.\n",
-        "| engine | completion tokens | seconds | tokens/s |", "|---|---:|---:|---:|",
+        "| engine | completion tokens | seconds | tokens/s |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {label} | {res[k]['tokens']} | {res[k]['seconds']:.2f} | {rate[k]:.0f} |" for k, label in SIDES.items()]
-    lines += ["", f"**merged adapter vs HF generate with the peft adapter: {rate['merged'] / rate['hf_peft']:.1f}x** (target >= 3x); "
-              f"vs the vLLM engine without LoRA: {rate['merged'] / rate['vllm_plain']:.2f} (target >= 0.85); "
-              f"vs vLLM's own LoRA path: {rate['merged'] / rate['adapter']:.1f}x. Adapter sync: merged "
-              f"{res['merged']['sync_seconds']:.2f} s, vLLM LoRA request {res['adapter']['sync_seconds']:.2f} s.", ""]
+    lines += [
+        f"| {label} | {res[k]['tokens']} | {res[k]['seconds']:.2f} | {rate[k]:.0f} |"
+        for k, label in SIDES.items()
+    ]
+    lines += [
+        "",
+        f"**merged adapter vs HF generate with the peft adapter: {rate['merged'] / rate['hf_peft']:.1f}x** (target >= 3x); "
+        f"vs the vLLM engine without LoRA: {rate['merged'] / rate['vllm_plain']:.2f} (target >= 0.85); "
+        f"vs vLLM's own LoRA path: {rate['merged'] / rate['adapter']:.1f}x. Adapter sync: merged "
+        f"{res['merged']['sync_seconds']:.2f} s, vLLM LoRA request {res['adapter']['sync_seconds']:.2f} s.",
+        "",
+    ]
     name = args.model.removeprefix("builtin:").replace("/", "_")
     write_report("\n".join(lines), args.out or Path(__file__).parent / "results" / f"rollout_{name}.md")
 

@@ -20,7 +20,7 @@ def run_side(script: str, side: str, argv: list[str]) -> dict:
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode or not line:
         raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
-    return json.loads(line[-1][len("RESULT "):])
+    return json.loads(line[-1][len("RESULT ") :])
 
 
 def write_report(report: str, out: str | Path) -> None:

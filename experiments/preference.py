@@ -24,11 +24,21 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+
 from runs import ALIGN, OUT, ROOT, train  # experiments/runs.py
 
-ONLINE = ["algorithm.preference.online=true", "data.train=builtin:arithmetic", "data.eval=builtin:arithmetic-eval",
-          "data.eval_size=200", "data.prompts_per_step=16", "algorithm.preference.num_completions=4", "rollout.temperature=1.0",
-          "trainer.max_steps=40", "trainer.eval_every=10", "trainer.save_every=40"]
+ONLINE = [
+    "algorithm.preference.online=true",
+    "data.train=builtin:arithmetic",
+    "data.eval=builtin:arithmetic-eval",
+    "data.eval_size=200",
+    "data.prompts_per_step=16",
+    "algorithm.preference.num_completions=4",
+    "rollout.temperature=1.0",
+    "trainer.max_steps=40",
+    "trainer.eval_every=10",
+    "trainer.save_every=40",
+]
 ARMS_A = {"dpo": [], "ofs_dpo": ["algorithm.preference.ofs.enabled=true"]}
 ARMS_B = {  # label -> overrides of configs/cofs_dpo_tiny.yaml
     "cofs_dpo": [],
@@ -39,7 +49,9 @@ ARMS_B = {  # label -> overrides of configs/cofs_dpo_tiny.yaml
 
 
 def served(run: Path) -> Path:
-    return sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[-1] / "adapter"
+    return (
+        sorted((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[-1] / "adapter"
+    )
 
 
 def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> dict[str, np.ndarray]:
@@ -49,12 +61,12 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     from safetensors.numpy import load_file
     from transformers import AutoTokenizer
 
+    from align.config.loading import load_config
     from align.data.loading import load_prompts
     from align.models.builtin import resolve_model_path
     from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
-    from align.config.loading import load_config
 
     cfg = load_config(ROOT / "configs" / "dpo_tiny.yaml", ONLINE)
     path = resolve_model_path(cfg.model.path)
@@ -66,14 +78,28 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
         out = {}
         for version, (label, run) in enumerate(runs.items(), start=1):
             adapter = served(run)
-            rollouts.load_adapter(version, ray.put(load_file(str(adapter / "adapter_model.safetensors"))),
-                                  json.loads((adapter / "adapter_config.json").read_text()))
-            groups = rollouts.generate([r["prompt"] for r in rows], list(range(len(rows))), n=n, max_tokens=cfg.rollout.max_new_tokens,
-                                       temperature=1.0, top_p=1.0)
+            rollouts.load_adapter(
+                version,
+                ray.put(load_file(str(adapter / "adapter_model.safetensors"))),
+                json.loads((adapter / "adapter_config.json").read_text()),
+            )
+            groups = rollouts.generate(
+                [r["prompt"] for r in rows],
+                list(range(len(rows))),
+                n=n,
+                max_tokens=cfg.rollout.max_new_tokens,
+                temperature=1.0,
+                top_p=1.0,
+            )
             flat = [r for r in rows for _ in range(n)]
             samples = [s for g in groups for s in g]
-            scores = ray.get(rewards.score.remote([r["prompt"] for r in flat], [s["text"] for s in samples],
-                                                  {"answer": [r["answer"] for r in flat]}))
+            scores = ray.get(
+                rewards.score.remote(
+                    [r["prompt"] for r in flat],
+                    [s["text"] for s in samples],
+                    {"answer": [r["answer"] for r in flat]},
+                )
+            )
             out[label] = scores.scores[:, 0].reshape(-1, n).mean(axis=1)
     finally:
         ray.shutdown()
@@ -81,40 +107,82 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
 
 
 def part_a(seeds: list[int], reuse: bool) -> list[str]:
-    lines = ["## A. OFS-DPO vs DPO, online, in-domain (arithmetic)", "",
-             "Online: 16 prompts x 4 samples (T 1) per step, best vs worst by correctness (ties dropped), 40 steps, "
-             "beta 0.1, lr 5e-4 (OFS: fast 5e-4, slow 5e-5, alpha 0.5, swap window 10, the fast module served), "
-             "warm-started tiny model. Eval: 200 held-out prompts.", "",
-             "| seed | greedy acc DPO | greedy acc OFS-DPO | sampled reward DPO | sampled reward OFS-DPO | win-rate OFS vs DPO | OFS swaps |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## A. OFS-DPO vs DPO, online, in-domain (arithmetic)",
+        "",
+        "Online: 16 prompts x 4 samples (T 1) per step, best vs worst by correctness (ties dropped), 40 steps, "
+        "beta 0.1, lr 5e-4 (OFS: fast 5e-4, slow 5e-5, alpha 0.5, swap window 10, the fast module served), "
+        "warm-started tiny model. Eval: 200 held-out prompts.",
+        "",
+        "| seed | greedy acc DPO | greedy acc OFS-DPO | sampled reward DPO | sampled reward OFS-DPO | win-rate OFS vs DPO | OFS swaps |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     summary = []
     for seed in seeds:
-        runs = {label: train("dpo_tiny.yaml", f"{label}_online_s{seed}", ONLINE + sets + [f"trainer.seed={seed}"], reuse)
-                for label, sets in ARMS_A.items()}
-        final = {label: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1] for label, run in runs.items()}
+        runs = {
+            label: train(
+                "dpo_tiny.yaml", f"{label}_online_s{seed}", ONLINE + sets + [f"trainer.seed={seed}"], reuse
+            )
+            for label, sets in ARMS_A.items()
+        }
+        final = {
+            label: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+            for label, run in runs.items()
+        }
         acc = {label: final[label]["eval/correctness"] for label in runs}
         sampled = sampled_rewards(runs)
         diff = sampled["ofs_dpo"] - sampled["dpo"]
         win = float((diff > 0).mean() + 0.5 * (diff == 0).mean())
         swaps = final["ofs_dpo"].get("ofs/swaps", 0)
         summary.append((acc["dpo"], acc["ofs_dpo"], sampled["dpo"].mean(), sampled["ofs_dpo"].mean(), win))
-        lines.append(f"| {seed} | {acc['dpo']:.3f} | {acc['ofs_dpo']:.3f} | {sampled['dpo'].mean():.3f} | "
-                     f"{sampled['ofs_dpo'].mean():.3f} | {win:.3f} ({(diff > 0).sum()} won, {(diff < 0).sum()} lost, "
-                     f"{(diff == 0).sum()} tied) | {swaps} |")
-        subprocess.run([*ALIGN, "compare", *[str(r) for r in runs.values()], *[a for lb in runs for a in ("--label", lb)],
-                        "--metric", "reward/correctness", "--metric", "eval/correctness", "--metric", "dpo/loss",
-                        "--metric", "dpo/margin", "--metric", "online/pairs",
-                        "-o", str(OUT / f"preference_online_s{seed}.png")], check=True, cwd=ROOT)
+        lines.append(
+            f"| {seed} | {acc['dpo']:.3f} | {acc['ofs_dpo']:.3f} | {sampled['dpo'].mean():.3f} | "
+            f"{sampled['ofs_dpo'].mean():.3f} | {win:.3f} ({(diff > 0).sum()} won, {(diff < 0).sum()} lost, "
+            f"{(diff == 0).sum()} tied) | {swaps} |"
+        )
+        subprocess.run(
+            [
+                *ALIGN,
+                "compare",
+                *[str(r) for r in runs.values()],
+                *[a for lb in runs for a in ("--label", lb)],
+                "--metric",
+                "reward/correctness",
+                "--metric",
+                "eval/correctness",
+                "--metric",
+                "dpo/loss",
+                "--metric",
+                "dpo/margin",
+                "--metric",
+                "online/pairs",
+                "-o",
+                str(OUT / f"preference_online_s{seed}.png"),
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     m = np.mean(summary, axis=0)
-    lines += ["", f"Mean over seeds: greedy accuracy DPO {m[0]:.3f}, OFS-DPO {m[1]:.3f}; sampled reward DPO {m[2]:.3f}, "
-              f"OFS-DPO {m[3]:.3f}; win-rate {m[4]:.3f}. Curves: " + ", ".join(f"preference_online_s{s}.png" for s in seeds), ""]
+    lines += [
+        "",
+        f"Mean over seeds: greedy accuracy DPO {m[0]:.3f}, OFS-DPO {m[1]:.3f}; sampled reward DPO {m[2]:.3f}, "
+        f"OFS-DPO {m[3]:.3f}; win-rate {m[4]:.3f}. Curves: "
+        + ", ".join(f"preference_online_s{s}.png" for s in seeds),
+        "",
+    ]
     return lines
 
 
 SETTINGS_B = {  # tag -> (extra overrides, description)
     "": ([], "30 steps on arithmetic then 30 on string reversal, lr 5e-4 (the config's)"),
-    "_lr3e-3": (["learner.lr=3e-3", "algorithm.preference.domains.0.steps=40", "algorithm.preference.domains.1.steps=40"],
-                "40 steps on arithmetic then 40 on string reversal, lr 3e-3 (strong enough to forget)"),
+    "_lr3e-3": (
+        [
+            "learner.lr=3e-3",
+            "algorithm.preference.domains.0.steps=40",
+            "algorithm.preference.domains.1.steps=40",
+        ],
+        "40 steps on arithmetic then 40 on string reversal, lr 3e-3 (strong enough to forget)",
+    ),
 }
 
 
@@ -122,21 +190,31 @@ def part_b(reuse: bool, tag: str) -> list[str]:
     from align.metrics import plot_domains
 
     extra, description = SETTINGS_B[tag]
-    runs = {label: train("cofs_dpo_tiny.yaml", label + tag, sets + extra, reuse) for label, sets in ARMS_B.items()}
+    runs = {
+        label: train("cofs_dpo_tiny.yaml", label + tag, sets + extra, reuse) for label, sets in ARMS_B.items()
+    }
     results = {label: json.loads((run / "domains.json").read_text()) for label, run in runs.items()}
-    plot_domains({label: run / "domains.json" for label, run in runs.items()}, OUT / f"preference_domains{tag}.png")
-    lines = [f"## B{'2' if tag else '1'}. COFS-DPO vs sequential DPO over two domains: {description}", "",
-             f"Offline pairs, {description}, 32 pairs per step, beta 0.1, "
-             "warm-started tiny model. Score: greedy accuracy on 200 held-out prompts per domain (the first 32 held-out "
-             "rows of each domain choose lambda, not scored). Forgetting = arithmetic after domain 1 minus after domain 2.", "",
-             "| run | arithmetic after 1 | reversal after 1 | arithmetic after 2 | reversal after 2 | forgetting | lambda |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    plot_domains(
+        {label: run / "domains.json" for label, run in runs.items()}, OUT / f"preference_domains{tag}.png"
+    )
+    lines = [
+        f"## B{'2' if tag else '1'}. COFS-DPO vs sequential DPO over two domains: {description}",
+        "",
+        f"Offline pairs, {description}, 32 pairs per step, beta 0.1, "
+        "warm-started tiny model. Score: greedy accuracy on 200 held-out prompts per domain (the first 32 held-out "
+        "rows of each domain choose lambda, not scored). Forgetting = arithmetic after domain 1 minus after domain 2.",
+        "",
+        "| run | arithmetic after 1 | reversal after 1 | arithmetic after 2 | reversal after 2 | forgetting | lambda |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, res in results.items():
         r1, r2 = res["results"]
         lam = r2["lambda"]
-        lines.append(f"| {label} | {r1['scores']['arithmetic']:.3f} | {r1['scores']['reversal']:.3f} | "
-                     f"{r2['scores']['arithmetic']:.3f} | {r2['scores']['reversal']:.3f} | "
-                     f"{r1['scores']['arithmetic'] - r2['scores']['arithmetic']:+.3f} | {'-' if lam is None else f'{lam:.1f}'} |")
+        lines.append(
+            f"| {label} | {r1['scores']['arithmetic']:.3f} | {r1['scores']['reversal']:.3f} | "
+            f"{r2['scores']['arithmetic']:.3f} | {r2['scores']['reversal']:.3f} | "
+            f"{r1['scores']['arithmetic'] - r2['scores']['arithmetic']:+.3f} | {'-' if lam is None else f'{lam:.1f}'} |"
+        )
     lines += ["", "Held-out score (mean over both domains' 32 rows) per lambda, the runs that combine:", ""]
     for label, res in results.items():
         grid = res["results"][1]["grid"]
@@ -153,8 +231,12 @@ def main() -> None:
     ap.add_argument("--part", choices=["a", "b", "all"], default="all")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    lines = ["# Preference optimization: OFS-DPO and COFS-DPO (issue 7)", "",
-             "Generated by `experiments/preference.py`; 2-core CPU, one seed per row.", ""]
+    lines = [
+        "# Preference optimization: OFS-DPO and COFS-DPO (issue 7)",
+        "",
+        "Generated by `experiments/preference.py`; 2-core CPU, one seed per row.",
+        "",
+    ]
     if args.part in ("a", "all"):
         lines += part_a(args.seeds, args.reuse)
     if args.part in ("b", "all"):

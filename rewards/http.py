@@ -66,8 +66,17 @@ def _jsonable(x):
 class HttpReward:
     """Callable with TRL's reward signature that scores through a reward server."""
 
-    def __init__(self, url: str, name: str = "http", token_env: str = TOKEN_ENV, timeout: float = 30.0, retries: int = 2,
-                 backoff: float = 0.5, batch_size: int = 256, transport=None):
+    def __init__(
+        self,
+        url: str,
+        name: str = "http",
+        token_env: str = TOKEN_ENV,
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        batch_size: int = 256,
+        transport=None,
+    ):
         import httpx
 
         self.url, self.name = url.rstrip("/"), name
@@ -89,7 +98,9 @@ class HttpReward:
                     response = self.client.request(method, url)
                 else:
                     body = json.dumps(payload, default=_jsonable)
-                    response = self.client.request(method, url, content=body, headers={"Content-Type": "application/json"})
+                    response = self.client.request(
+                        method, url, content=body, headers={"Content-Type": "application/json"}
+                    )
             except httpx.TransportError as exc:  # refused, reset, timed out: the server may come back
                 last = f"{type(exc).__name__}: {exc}"
                 continue
@@ -97,22 +108,31 @@ class HttpReward:
                 try:
                     return response.json()
                 except ValueError:
-                    raise RewardError(f"reward {self.name!r}: {url} answered 200 with a body that is not JSON") from None
+                    raise RewardError(
+                        f"reward {self.name!r}: {url} answered 200 with a body that is not JSON"
+                    ) from None
             detail = _detail(response)
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {detail}"
                 continue
             hint = ""
             if response.status_code == 401:
-                hint = (f" (set the server's token in ${self.token_env})" if not os.environ.get(self.token_env or "")
-                        else f" (the token in ${self.token_env} is not the server's)")
-            raise RewardError(f"reward {self.name!r}: {url} answered HTTP {response.status_code}: {detail}{hint}")
+                hint = (
+                    f" (set the server's token in ${self.token_env})"
+                    if not os.environ.get(self.token_env or "")
+                    else f" (the token in ${self.token_env} is not the server's)"
+                )
+            raise RewardError(
+                f"reward {self.name!r}: {url} answered HTTP {response.status_code}: {detail}{hint}"
+            )
         raise RewardError(f"reward {self.name!r}: {url} failed after {self.retries + 1} tries: {last}")
 
     def info(self) -> dict:
         """The server's ``/info``: its rewards and limits (checks the URL and the token)."""
         info = self._request("GET", "/info")
-        self._max_batch = int(info.get("max_batch", self.batch_size)) if isinstance(info, dict) else self.batch_size
+        self._max_batch = (
+            int(info.get("max_batch", self.batch_size)) if isinstance(info, dict) else self.batch_size
+        )
         return info
 
     def __call__(self, prompts, completions, **columns):
@@ -124,26 +144,39 @@ class HttpReward:
         merged: dict[str, list] = {}
         for start in range(0, n, size):
             end = min(n, start + size)
-            payload = {"prompts": list(prompts[start:end]), "completions": list(completions[start:end]),
-                       "columns": {k: list(v[start:end]) for k, v in columns.items()}}
+            payload = {
+                "prompts": list(prompts[start:end]),
+                "completions": list(completions[start:end]),
+                "columns": {k: list(v[start:end]) for k, v in columns.items()},
+            }
             out = self._request("POST", "/score", payload)
             objectives = out.get("objectives") if isinstance(out, dict) else None
             if not isinstance(objectives, dict) or not objectives:
-                raise RewardError(f"reward {self.name!r}: {self.url}/score answered without 'objectives': {str(out)[:200]}")
+                raise RewardError(
+                    f"reward {self.name!r}: {self.url}/score answered without 'objectives': {str(out)[:200]}"
+                )
             if merged and list(objectives) != list(merged):
-                raise RewardError(f"reward {self.name!r}: {self.url}/score changed its objectives from {list(merged)} "
-                                  f"to {list(objectives)}")
+                raise RewardError(
+                    f"reward {self.name!r}: {self.url}/score changed its objectives from {list(merged)} "
+                    f"to {list(objectives)}"
+                )
             for key, values in objectives.items():
                 if not isinstance(values, list) or len(values) != end - start:
-                    raise RewardError(f"reward {self.name!r}: {self.url}/score objective {key!r}: expected {end - start} "
-                                      f"values, got {values if not isinstance(values, list) else len(values)}")
+                    raise RewardError(
+                        f"reward {self.name!r}: {self.url}/score objective {key!r}: expected {end - start} "
+                        f"values, got {values if not isinstance(values, list) else len(values)}"
+                    )
                 try:
                     merged.setdefault(key, []).extend(decode_value(v) for v in values)
                 except ValueError as exc:
-                    raise RewardError(f"reward {self.name!r}: {self.url}/score objective {key!r}: {exc}") from None
+                    raise RewardError(
+                        f"reward {self.name!r}: {self.url}/score objective {key!r}: {exc}"
+                    ) from None
         if not merged:  # an empty batch
             return []
-        return merged[next(iter(merged))] if len(merged) == 1 else merged  # one objective: named by this entry
+        return (
+            merged[next(iter(merged))] if len(merged) == 1 else merged
+        )  # one objective: named by this entry
 
 
 def _detail(response) -> str:

@@ -47,7 +47,9 @@ def _import_file(path: Path, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise RewardLoadError(f"reward {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        raise RewardLoadError(
+            f"reward {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     return module
 
 
@@ -63,10 +65,14 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
         return builtins[spec]
     target, func = _split(spec)
     if target.endswith(".py"):
-        candidates = [Path(target)] + ([Path(base_dir) / target] if base_dir and not Path(target).is_absolute() else [])
+        candidates = [Path(target)] + (
+            [Path(base_dir) / target] if base_dir and not Path(target).is_absolute() else []
+        )
         path = next((p.resolve() for p in candidates if p.is_file()), None)
         if path is None:
-            raise RewardLoadError(f"reward {spec!r}: file not found (looked for {', '.join(str(p) for p in candidates)})")
+            raise RewardLoadError(
+                f"reward {spec!r}: file not found (looked for {', '.join(str(p) for p in candidates)})"
+            )
         module = _import_file(path, spec)
     else:
         try:
@@ -74,12 +80,18 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
         except ImportError as exc:
             raise RewardLoadError(f"reward {spec!r}: cannot import module {target!r}: {exc}") from exc
         except Exception as exc:
-            raise RewardLoadError(f"reward {spec!r}: importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise RewardLoadError(
+                f"reward {spec!r}: importing {target!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     fn = getattr(module, func, None)
     if fn is None:
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         close = difflib.get_close_matches(func, names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; it defines: {', '.join(names) or 'no functions'}"
+        hint = (
+            f"; did you mean {close[0]!r}?"
+            if close
+            else f"; it defines: {', '.join(names) or 'no functions'}"
+        )
         raise RewardLoadError(f"reward {spec!r}: {target} has no function {func!r}{hint}")
     if not callable(fn):
         raise RewardLoadError(f"reward {spec!r}: {func!r} in {target} is not callable")
@@ -96,11 +108,18 @@ def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
 
         return Path(resolve_model_path(entry["model"]))
     path = Path(entry["model"])
-    if not path.is_absolute() and not path.exists() and base_dir is not None and (Path(base_dir) / path).exists():
+    if (
+        not path.is_absolute()
+        and not path.exists()
+        and base_dir is not None
+        and (Path(base_dir) / path).exists()
+    ):
         path = Path(base_dir) / path
     if not (path / "config.json").exists():
-        raise RewardLoadError(f"reward {entry.get('name')!r}: model {entry['model']!r} is not a HF model folder (no "
-                              f"config.json in {path.resolve()}); train one with algorithm.name: reward_model")
+        raise RewardLoadError(
+            f"reward {entry.get('name')!r}: model {entry['model']!r} is not a HF model folder (no "
+            f"config.json in {path.resolve()}); train one with algorithm.name: reward_model"
+        )
     return path
 
 
@@ -118,9 +137,21 @@ def build(entry, base_dir: str | Path | None = None):
     if e.type == "model":
         from rewards.model import ModelReward
 
-        fn = ModelReward(str(model_dir(e.model_dump(), base_dir)), heads=e.heads, batch_size=e.batch_size, max_length=e.max_length,
-                         template=e.template, device=e.device, dtype=e.dtype, threads=e.threads)
+        fn = ModelReward(
+            str(model_dir(e.model_dump(), base_dir)),
+            heads=e.heads,
+            batch_size=e.batch_size,
+            max_length=e.max_length,
+            template=e.template,
+            device=e.device,
+            dtype=e.dtype,
+            threads=e.threads,
+        )
         return Reward(e.name, fn, e.kwargs)
     from rewards.http import HttpReward
 
-    return Reward(e.name, HttpReward(e.url, e.name, e.token_env, e.timeout, e.retries, e.backoff, e.batch_size), e.kwargs)
+    return Reward(
+        e.name,
+        HttpReward(e.url, e.name, e.token_env, e.timeout, e.retries, e.backoff, e.batch_size),
+        e.kwargs,
+    )

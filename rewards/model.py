@@ -32,7 +32,9 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def sequence_ids(tokenizer, prompt: str, completion: str, templated: bool = False) -> tuple[list[int], list[int]]:
+def sequence_ids(
+    tokenizer, prompt: str, completion: str, templated: bool = False
+) -> tuple[list[int], list[int]]:
     """(prompt ids, completion ids) of one sequence, as TRL's DPOTrainer and RewardTrainer (1.16) build
     them; reward-model training (pairs) and scoring (``ModelReward``) use this one function.
 
@@ -56,9 +58,18 @@ def sequence_ids(tokenizer, prompt: str, completion: str, templated: bool = Fals
 class ModelReward:
     """Callable with TRL's reward signature; returns a list (one head) or ``{head: list}``."""
 
-    def __init__(self, path: str, heads: list[str] | None = None, batch_size: int = 32, max_length: int | None = None,
-                 template: str = "auto", device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
-                 threads: int = 0):
+    def __init__(
+        self,
+        path: str,
+        heads: list[str] | None = None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        template: str = "auto",
+        device: str = "auto",
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        threads: int = 0,
+    ):
         import os
 
         import torch
@@ -72,9 +83,18 @@ class ModelReward:
         if self.device == "cpu":  # a Ray actor with num_cpus=0 starts with one thread (OMP_NUM_THREADS=1)
             torch.set_num_threads(threads or os.cpu_count() or 1)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code).to(self.device).eval()
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            )
+            .to(self.device)
+            .eval()
+        )
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = pad
         self.pad_id = self.model.config.pad_token_id
@@ -88,16 +108,18 @@ class ModelReward:
     def _ids(self, prompt, completion, messages) -> list[int]:
         tok = self.tokenizer
         text = completion if isinstance(completion, str) else completion[-1]["content"]
-        chat = self.template == "chat" or (self.template == "auto" and messages is not None and getattr(tok, "chat_template", None))
+        chat = self.template == "chat" or (
+            self.template == "auto" and messages is not None and getattr(tok, "chat_template", None)
+        )
         if chat:
             turns = list(messages) if messages is not None else [{"role": "user", "content": prompt}]
             prefix = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             full = tok.apply_chat_template(turns + [{"role": "assistant", "content": text}], tokenize=False)
             if full.startswith(prefix):
-                p, c = sequence_ids(tok, prefix, full[len(prefix):], templated=True)
-                return (p + c)[-self.max_length:]
+                p, c = sequence_ids(tok, prefix, full[len(prefix) :], templated=True)
+                return (p + c)[-self.max_length :]
         p, c = sequence_ids(tok, prompt, text)
-        return (p + c)[-self.max_length:]  # the score is read at the end: keep the end
+        return (p + c)[-self.max_length :]  # the score is read at the end: keep the end
 
     def scores(self, ids: list[list[int]]):
         """Model outputs ``(n, num_labels)`` for token id lists, in batches of ``batch_size``."""
@@ -113,7 +135,9 @@ class ModelReward:
                 for i, x in enumerate(part):
                     input_ids[i, : len(x)] = torch.tensor(x)
                     mask[i, : len(x)] = 1
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+                ).logits
                 out.append(logits.float().cpu())
         return torch.cat(out) if out else torch.zeros((0, self.model.config.num_labels))
 

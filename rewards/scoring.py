@@ -111,19 +111,28 @@ def _columns_of(reward: Reward, out, n: int) -> tuple[list[str], list[np.ndarray
     names, cols, applicable = [], [], []
     for objective, values in outputs:
         if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-            raise RewardContractError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
-                              f"return a list with one value per completion")
+            raise RewardContractError(
+                f"reward {reward.name!r}{_obj(reward.name, objective)} returned {type(values).__name__}; "
+                f"return a list with one value per completion"
+            )
         if len(values) != n:
-            raise RewardContractError(f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
-                              f"for {n} completions")
+            raise RewardContractError(
+                f"reward {reward.name!r}{_obj(reward.name, objective)} returned {len(values)} values "
+                f"for {n} completions"
+            )
         names.append(objective)
-        cols.append(np.array([_to_float(reward.name, objective, v, i) for i, v in enumerate(values)], dtype=np.float64))
+        cols.append(
+            np.array(
+                [_to_float(reward.name, objective, v, i) for i, v in enumerate(values)], dtype=np.float64
+            )
+        )
         applicable.append(np.array([v is not None for v in values], dtype=bool))
     return names, cols, applicable
 
 
-def evaluate_reward(reward: Reward, prompts: list, completions: list, columns: dict | None = None,
-                    per_sample: bool = False) -> RewardValues:
+def evaluate_reward(
+    reward: Reward, prompts: list, completions: list, columns: dict | None = None, per_sample: bool = False
+) -> RewardValues:
     """One reward over a batch. A wrong shape or a non-number is a ``RewardError``. If the call
     raises: with ``per_sample`` the batch is re-scored one sample at a time and the samples that
     raise are marked ``failed`` (the others keep their values); without it, ``RewardError``."""
@@ -131,19 +140,27 @@ def evaluate_reward(reward: Reward, prompts: list, completions: list, columns: d
     n = len(completions)
     try:
         names, cols, app = _columns_of(reward, reward.call(prompts, completions, columns), n)
-        return RewardValues(names, np.stack(cols, axis=1) if cols else np.zeros((n, 0)),
-                            np.stack(app, axis=1) if app else np.zeros((n, 0), dtype=bool), np.zeros(n, dtype=bool))
+        return RewardValues(
+            names,
+            np.stack(cols, axis=1) if cols else np.zeros((n, 0)),
+            np.stack(app, axis=1) if app else np.zeros((n, 0), dtype=bool),
+            np.zeros(n, dtype=bool),
+        )
     except RewardError:
         raise
     except Exception as exc:
         if not per_sample:
-            raise RewardError(f"reward {reward.name!r} raised on a batch of {n}: {type(exc).__name__}: {exc}") from exc
+            raise RewardError(
+                f"reward {reward.name!r} raised on a batch of {n}: {type(exc).__name__}: {exc}"
+            ) from exc
         first = f"{type(exc).__name__}: {exc}"
     rows: list[tuple[list[str], list[np.ndarray], list[np.ndarray]] | None] = []
     error = None
     for i in range(n):
         try:
-            out = reward.call(prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()})
+            out = reward.call(
+                prompts[i : i + 1], completions[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()}
+            )
             rows.append(_columns_of(reward, out, 1))
         except RewardError:
             raise
@@ -152,15 +169,22 @@ def evaluate_reward(reward: Reward, prompts: list, completions: list, columns: d
             error = error or f"reward {reward.name!r} raised at sample {i}: {type(exc).__name__}: {exc}"
     ok = [r for r in rows if r is not None]
     if not ok:  # every sample fails: no objective names to report beyond the reward's own
-        return RewardValues([reward.name], np.full((n, 1), np.nan), np.ones((n, 1), dtype=bool), np.ones(n, dtype=bool),
-                            error or f"reward {reward.name!r} raised on the batch: {first}")
+        return RewardValues(
+            [reward.name],
+            np.full((n, 1), np.nan),
+            np.ones((n, 1), dtype=bool),
+            np.ones(n, dtype=bool),
+            error or f"reward {reward.name!r} raised on the batch: {first}",
+        )
     names = ok[0][0]
     values, applicable = np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool)
     failed = np.array([r is None for r in rows])
     for i, r in enumerate(rows):
         if r is not None:
             if r[0] != names:
-                raise RewardError(f"reward {reward.name!r} returned objectives {r[0]} at sample {i} but {names} before")
+                raise RewardError(
+                    f"reward {reward.name!r} returned objectives {r[0]} at sample {i} but {names} before"
+                )
             values[i], applicable[i] = [c[0] for c in r[1]], [a[0] for a in r[2]]
     if error is None:  # no sample fails alone: the batch as a whole made it raise
         failed[:] = True
@@ -178,10 +202,19 @@ def _snippet(x, limit: int = 80) -> str:
 Attempt = Callable[[int, np.ndarray, tuple], tuple["RewardValues | None", str, str]]
 
 
-def apply_failure_policy(name: str, policy: str, prompts: list, completions: list, columns: dict, attempt: Attempt,
-                         retries: int = 2, backoff: float = 0.5, known_names: list[str] | None = None,
-                         sleep: Callable[[float], None] = time.sleep, warn: Callable[..., None] | None = None,
-                         ) -> tuple[RewardValues, np.ndarray, dict[str, int], int]:
+def apply_failure_policy(
+    name: str,
+    policy: str,
+    prompts: list,
+    completions: list,
+    columns: dict,
+    attempt: Attempt,
+    retries: int = 2,
+    backoff: float = 0.5,
+    known_names: list[str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    warn: Callable[..., None] | None = None,
+) -> tuple[RewardValues, np.ndarray, dict[str, int], int]:
     """The one implementation of a reward's ``on_failure`` policy (the reward actors' pool and the
     in-process ``score_batch`` both call it). Samples fail when the reward raised on them, ran past
     its timeout, died, or gave NaN/inf; then ``error`` raises ``RewardError`` naming the reward, the
@@ -204,10 +237,16 @@ def apply_failure_policy(name: str, policy: str, prompts: list, completions: lis
         got, reason, message = attempt(k, rows, args)
         if got is not None:
             if result is None:
-                result = RewardValues(got.names, np.full((n, len(got.names)), np.nan), np.ones((n, len(got.names)), dtype=bool),
-                                      np.zeros(n, dtype=bool))
+                result = RewardValues(
+                    got.names,
+                    np.full((n, len(got.names)), np.nan),
+                    np.ones((n, len(got.names)), dtype=bool),
+                    np.zeros(n, dtype=bool),
+                )
             elif got.names != result.names:
-                raise RewardError(f"reward {name!r} returned objectives {got.names}, but {result.names} before")
+                raise RewardError(
+                    f"reward {name!r} returned objectives {got.names}, but {result.names} before"
+                )
             result.values[rows], result.applicable[rows] = got.values, got.applicable
             bad = got.bad()
             reason = "raised" if got.failed.any() else "nan"
@@ -228,25 +267,44 @@ def apply_failure_policy(name: str, policy: str, prompts: list, completions: lis
             if warn:
                 warn("%s on %d sample(s); retry %d/%d", message, failing.size, k + 1, tries - 1)
             rows = failing
-            args = ([prompts[i] for i in rows], [completions[i] for i in rows], {c: [v[i] for i in rows] for c, v in columns.items()})
+            args = (
+                [prompts[i] for i in rows],
+                [completions[i] for i in rows],
+                {c: [v[i] for i in rows] for c, v in columns.items()},
+            )
             continue
         first = int(failing[0])
-        where = (f"at sample {first} of {n} (prompt {_snippet(prompts[first])}, completion {_snippet(completions[first])}); "
-                 f"{failing.size} sample(s) failed")
+        where = (
+            f"at sample {first} of {n} (prompt {_snippet(prompts[first])}, completion {_snippet(completions[first])}); "
+            f"{failing.size} sample(s) failed"
+        )
         if policy in ("error", "retry"):
             after = f" after {tries} tries" if policy == "retry" else ""
-            raise RewardError(f"{message}{after} {where}. on_failure: {policy} stops the run; 'skip' would drop such samples")
+            raise RewardError(
+                f"{message}{after} {where}. on_failure: {policy} stops the run; 'skip' would drop such samples"
+            )
         if warn:
             warn("%s %s: skipped (on_failure: skip)", message, where)
         dropped[failing] = True
         skipped[f"{name}/{reason}"] = skipped.get(f"{name}/{reason}", 0) + int(failing.size)
     if result is None:  # every try failed as a whole (and was skipped): NaN under the known names
         names = known_names or [name]
-        result = RewardValues(names, np.full((n, len(names)), np.nan), np.ones((n, len(names)), dtype=bool), np.ones(n, dtype=bool))
+        result = RewardValues(
+            names,
+            np.full((n, len(names)), np.nan),
+            np.ones((n, len(names)), dtype=bool),
+            np.ones(n, dtype=bool),
+        )
     return result, dropped, skipped, spent
 
 
-def combine(n: int, results: list[tuple[str, RewardValues]], dropped: np.ndarray, skipped: dict, stats: dict | None = None) -> RewardScores:
+def combine(
+    n: int,
+    results: list[tuple[str, RewardValues]],
+    dropped: np.ndarray,
+    skipped: dict,
+    stats: dict | None = None,
+) -> RewardScores:
     """The rewards' values side by side as ``RewardScores`` (one column per objective; dropped
     samples NaN in every column); two rewards may not give the same objective name."""
     names, owners, cols = [], [], []
@@ -285,11 +343,20 @@ def score_batch(
     stats: dict[str, float] = {}
     results = []
     for reward in rewards:
+
         def attempt(k, rows, args, reward=reward):
             return evaluate_reward(reward, *args, per_sample=True), "", ""
 
-        values, drop, skip, spent = apply_failure_policy(reward.name, policies.get(reward.name, "error"), list(prompts),
-                                                         list(completions), columns, attempt, retries, backoff)
+        values, drop, skip, spent = apply_failure_policy(
+            reward.name,
+            policies.get(reward.name, "error"),
+            list(prompts),
+            list(completions),
+            columns,
+            attempt,
+            retries,
+            backoff,
+        )
         dropped |= drop
         skipped.update(skip)
         if spent:

@@ -38,11 +38,15 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback address without a token."""
     if not is_loopback(host) and not token:
-        raise ValueError(f"serve-reward: --host {host} is reachable from other machines; set a token "
-                         f"(${TOKEN_ENV} or --token-file) or bind 127.0.0.1")
+        raise ValueError(
+            f"serve-reward: --host {host} is reachable from other machines; set a token "
+            f"(${TOKEN_ENV} or --token-file) or bind 127.0.0.1"
+        )
 
 
-def create_app(rewards: list[Reward], token: str | None = None, max_batch: int = 1024, max_bytes: int = 16 * 2**20):
+def create_app(
+    rewards: list[Reward], token: str | None = None, max_batch: int = 1024, max_bytes: int = 16 * 2**20
+):
     app = FastAPI(title="align reward server", docs_url=None, redoc_url=None, openapi_url=None)
     lock = threading.Lock()
     stats = {"requests": 0, "samples": 0, "seconds": 0.0}
@@ -76,7 +80,10 @@ def create_app(rewards: list[Reward], token: str | None = None, max_batch: int =
                 for k, name in enumerate(values.names):
                     if name in out:
                         raise RewardError(f"objective {name!r} is given by two served rewards")
-                    out[name] = [encode_value(v) if a else None for v, a in zip(values.values[:, k], values.applicable[:, k])]
+                    out[name] = [
+                        encode_value(v) if a else None
+                        for v, a in zip(values.values[:, k], values.applicable[:, k])
+                    ]
             stats["requests"] += 1
             stats["samples"] += len(completions)
             stats["seconds"] += time.time() - t0
@@ -100,13 +107,25 @@ def create_app(rewards: list[Reward], token: str | None = None, max_batch: int =
             return error(400, f"body is not JSON: {exc}")
         if not isinstance(payload, dict):
             return error(400, "body must be a JSON object with 'prompts' and 'completions'")
-        prompts, completions, columns = payload.get("prompts"), payload.get("completions"), payload.get("columns") or {}
-        if not isinstance(prompts, list) or not isinstance(completions, list) or len(prompts) != len(completions):
+        prompts, completions, columns = (
+            payload.get("prompts"),
+            payload.get("completions"),
+            payload.get("columns") or {},
+        )
+        if (
+            not isinstance(prompts, list)
+            or not isinstance(completions, list)
+            or len(prompts) != len(completions)
+        ):
             return error(400, "'prompts' and 'completions' must be lists of the same length")
-        if not isinstance(columns, dict) or any(not isinstance(v, list) or len(v) != len(completions) for v in columns.values()):
+        if not isinstance(columns, dict) or any(
+            not isinstance(v, list) or len(v) != len(completions) for v in columns.values()
+        ):
             return error(400, "'columns' must map names to lists with one value per completion")
         if len(completions) > max_batch:
-            return error(413, f"batch of {len(completions)} completions is over the server's limit of {max_batch}")
+            return error(
+                413, f"batch of {len(completions)} completions is over the server's limit of {max_batch}"
+            )
         try:
             objectives = await run_in_threadpool(score, prompts, completions, columns)
         except RewardError as exc:
@@ -116,8 +135,14 @@ def create_app(rewards: list[Reward], token: str | None = None, max_batch: int =
     return app
 
 
-def serve(rewards: list[Reward], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_batch: int = 1024, max_bytes: int = 16 * 2**20) -> None:
+def serve(
+    rewards: list[Reward],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    max_batch: int = 1024,
+    max_bytes: int = 16 * 2**20,
+) -> None:
     """Run the server until interrupted. Refuses a non-loopback address without a token."""
     import uvicorn
 

@@ -35,10 +35,15 @@ def nothink_count(group_size: int, ratio: float) -> int:
     return int(round(group_size * ratio))
 
 
-def adaptthink_advantages(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, delta: float) -> np.ndarray:
+def adaptthink_advantages(
+    rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, delta: float
+) -> np.ndarray:
     """``R(x, y) - R_ref(x) + delta * 1[y is NoThinking]`` per sample, ``(N,)``."""
-    return (np.asarray(rewards, dtype=np.float64) - np.asarray(ref, dtype=np.float64)
-            + delta * np.asarray(nothink, dtype=np.float64))
+    return (
+        np.asarray(rewards, dtype=np.float64)
+        - np.asarray(ref, dtype=np.float64)
+        + delta * np.asarray(nothink, dtype=np.float64)
+    )
 
 
 def _fingerprint(parts: dict) -> str:
@@ -48,7 +53,9 @@ def _fingerprint(parts: dict) -> str:
 def model_fingerprint(model_path: str) -> dict:
     """What identifies a model directory's weights cheaply: its config and its weight files' names and sizes."""
     p = Path(model_path)
-    files = sorted((f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt"))
+    files = sorted(
+        (f.name, f.stat().st_size) for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt")
+    )
     cfg = (p / "config.json").read_text() if (p / "config.json").exists() else ""
     return {"path": str(p.resolve()), "config": hashlib.sha256(cfg.encode()).hexdigest(), "weights": files}
 
@@ -70,8 +77,10 @@ class ReferenceAccuracy:
         if self.path.exists():
             data = json.loads(self.path.read_text())
             if data.get("meta") != json.loads(json.dumps(meta, default=str)):
-                raise ValueError(f"{self.path}: reference-accuracy cache was made with other settings "
-                                 f"({data.get('meta')}); delete it or point algorithm.adaptthink.ref_cache elsewhere")
+                raise ValueError(
+                    f"{self.path}: reference-accuracy cache was made with other settings "
+                    f"({data.get('meta')}); delete it or point algorithm.adaptthink.ref_cache elsewhere"
+                )
             self.values = {k: float(v) for k, v in data["values"].items()}
         self.computed = 0
 
@@ -80,7 +89,9 @@ class ReferenceAccuracy:
         root = Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
         return root / "ref_accuracy" / f"{_fingerprint(meta)}.json"
 
-    def ensure(self, prompts: list[str], chunk: int | None = None, progress: Callable[..., None] | None = None) -> int:
+    def ensure(
+        self, prompts: list[str], chunk: int | None = None, progress: Callable[..., None] | None = None
+    ) -> int:
         """Compute and store the values of the prompts not yet cached, ``chunk`` prompts at a time (the
         file is saved after each); returns how many were computed."""
         missing = list(dict.fromkeys(p for p in prompts if p not in self.values))
@@ -109,7 +120,9 @@ class ReferenceAccuracy:
         os.replace(tmp, self.path)
 
 
-def adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, levels: np.ndarray) -> dict[str, float]:
+def adaptthink_metrics(
+    rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray, levels: np.ndarray
+) -> dict[str, float]:
     """Mean R of the forced NoThinking and Thinking samples (overall and per level, when the data
     has a level column) and the mean reference R: what the mode choice is weighing."""
     out = {"adaptthink/ref": float(ref.mean()), "adaptthink/nothink_share": float(nothink.mean())}
@@ -126,10 +139,10 @@ def adaptthink_metrics(rewards: np.ndarray, ref: np.ndarray, nothink: np.ndarray
 def _token_id(tokenizer, token: str, field: str) -> int:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(f"{field}: {token!r} is {len(ids)} tokens for this tokenizer ({ids}); it must be exactly one token")
+        raise ValueError(
+            f"{field}: {token!r} is {len(ids)} tokens for this tokenizer ({ids}); it must be exactly one token"
+        )
     return ids[0]
-
-
 
 
 @register_algorithm("adaptthink")
@@ -141,10 +154,19 @@ class AdaptThink(GRPO):
         super().load_data(ctx)
         cfg, at = self.cfg, self.cfg.algorithm.adaptthink
         # token ids looked up once, before any actor starts
-        self.forced = {"end_think_id": _token_id(ctx.tokenizer, at.end_think_token, "algorithm.adaptthink.end_think_token"),
-                       "think_id": _token_id(ctx.tokenizer, at.think_token, "algorithm.adaptthink.think_token") if at.think_token else None,
-                       "nothink_max_tokens": min(at.nothink_max_tokens or cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens),
-                       "max_tokens": cfg.rollout.max_new_tokens, "top_p": cfg.rollout.top_p}
+        self.forced = {
+            "end_think_id": _token_id(
+                ctx.tokenizer, at.end_think_token, "algorithm.adaptthink.end_think_token"
+            ),
+            "think_id": _token_id(ctx.tokenizer, at.think_token, "algorithm.adaptthink.think_token")
+            if at.think_token
+            else None,
+            "nothink_max_tokens": min(
+                at.nothink_max_tokens or cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens
+            ),
+            "max_tokens": cfg.rollout.max_new_tokens,
+            "top_p": cfg.rollout.top_p,
+        }
 
     def setup(self, ctx: RunContext) -> None:
         with ctx.clock.phase("reference accuracy"):
@@ -153,17 +175,34 @@ class AdaptThink(GRPO):
     def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
         """Importance-sampled: part of each group forced into each mode."""
         cfg = self.cfg
-        return ctx.rollouts.generate(prompts, seeds, forced=True, n=cfg.algorithm.group_size, temperature=cfg.rollout.temperature,
-                                     n_nothink=nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
-                                     logprobs_for=self.logprob_prompts(len(prompts)), **self.forced)
+        return ctx.rollouts.generate(
+            prompts,
+            seeds,
+            forced=True,
+            n=cfg.algorithm.group_size,
+            temperature=cfg.rollout.temperature,
+            n_nothink=nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
+            logprobs_for=self.logprob_prompts(len(prompts)),
+            **self.forced,
+        )
 
-    def advantages(self, ctx: RunContext, rows: list[dict], samples: list[dict], rewards: np.ndarray, kl_reward,
-                   dropped: np.ndarray, metrics: dict) -> np.ndarray:
+    def advantages(
+        self,
+        ctx: RunContext,
+        rows: list[dict],
+        samples: list[dict],
+        rewards: np.ndarray,
+        kl_reward,
+        dropped: np.ndarray,
+        metrics: dict,
+    ) -> np.ndarray:
         """``R - R_ref(x) + delta * 1[NoThinking]`` (+ the KL reward when asked), no group normalisation."""
         G = self.cfg.algorithm.group_size
         nothink = np.array([s["forced"] == "nothink" for s in samples])
         ref = np.repeat(self.ref_acc.get([r["prompt"] for r in rows]), G)
-        metrics.update(adaptthink_metrics(rewards, ref, nothink, np.repeat([r.get("level") for r in rows], G)))
+        metrics.update(
+            adaptthink_metrics(rewards, ref, nothink, np.repeat([r.get("level") for r in rows], G))
+        )
         adv = adaptthink_advantages(rewards, ref, nothink, self.cfg.algorithm.adaptthink.delta)
         return self.group_advantages(adv + (kl_reward if kl_reward is not None else 0.0), dropped)
 
@@ -173,16 +212,38 @@ class AdaptThink(GRPO):
 
         cfg, at = self.cfg, self.cfg.algorithm.adaptthink
         K, temp = at.ref_samples, at.ref_temperature or cfg.rollout.temperature
-        meta = {"model": model_fingerprint(ctx.model_path), "rewards": [r.model_dump() for r in cfg.rewards], "K": K,
-                "temperature": temp, "top_p": cfg.rollout.top_p, "max_tokens": cfg.rollout.max_new_tokens,
-                "think_token": at.think_token, "end_think_token": at.end_think_token, "seed": cfg.trainer.seed}
+        meta = {
+            "model": model_fingerprint(ctx.model_path),
+            "rewards": [r.model_dump() for r in cfg.rewards],
+            "K": K,
+            "temperature": temp,
+            "top_p": cfg.rollout.top_p,
+            "max_tokens": cfg.rollout.max_new_tokens,
+            "think_token": at.think_token,
+            "end_think_token": at.end_think_token,
+            "seed": cfg.trainer.seed,
+        }
         by_prompt = {r["prompt"]: r for r in ctx.train_rows}
 
         def compute(prompts: list[str]) -> list[float]:
-            seeds = [sample_seed(cfg.trainer.seed, 2**31, 0, int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)) for p in prompts]
-            groups = ctx.rollouts.generate(prompts, seeds, forced=True, n=K, n_nothink=0, temperature=temp, use_adapter=False,
-                                           logprobs_for=0, **self.forced)
-            scores = ctx.score([by_prompt[p] for p in prompts for _ in range(K)], [s for g in groups for s in g])
+            seeds = [
+                sample_seed(cfg.trainer.seed, 2**31, 0, int(hashlib.sha256(p.encode()).hexdigest()[:8], 16))
+                for p in prompts
+            ]
+            groups = ctx.rollouts.generate(
+                prompts,
+                seeds,
+                forced=True,
+                n=K,
+                n_nothink=0,
+                temperature=temp,
+                use_adapter=False,
+                logprobs_for=0,
+                **self.forced,
+            )
+            scores = ctx.score(
+                [by_prompt[p] for p in prompts for _ in range(K)], [s for g in groups for s in g]
+            )
             r = ctx.objective_for(scores).shape(scores.scores, {"group_size": K}).rewards
             return list(np.nanmean(r.reshape(-1, K), axis=1))
 
@@ -191,9 +252,19 @@ class AdaptThink(GRPO):
             wanted = [r["prompt"] for r in ctx.train_rows]
         else:  # exactly the prompts this run will draw (the prompt order is deterministic)
             probe = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
-            wanted = [ctx.train_rows[i]["prompt"] for i in probe.take(cfg.trainer.max_steps * cfg.data.prompts_per_step)]
+            wanted = [
+                ctx.train_rows[i]["prompt"]
+                for i in probe.take(cfg.trainer.max_steps * cfg.data.prompts_per_step)
+            ]
         t0 = time.time()
         done = ref.ensure(wanted, chunk=256, progress=log.info)
-        log.info("AdaptThink reference accuracy: %d prompts (%d cached, %d computed in %.1fs; K=%d) in %s", len(set(wanted)),
-                 len(set(wanted)) - done, done, time.time() - t0, K, ref.path)
+        log.info(
+            "AdaptThink reference accuracy: %d prompts (%d cached, %d computed in %.1fs; K=%d) in %s",
+            len(set(wanted)),
+            len(set(wanted)) - done,
+            done,
+            time.time() - t0,
+            K,
+            ref.path,
+        )
         return ref

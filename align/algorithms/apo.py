@@ -27,7 +27,9 @@ def dads_weight(p: float | np.ndarray, scale: float = math.e) -> np.ndarray:
     return np.where(inside, 1.0 - np.exp(-scale * p), 1.0)
 
 
-def dads_weights(advantages: np.ndarray, correct: np.ndarray, group_size: int, scale: float = math.e) -> np.ndarray:
+def dads_weights(
+    advantages: np.ndarray, correct: np.ndarray, group_size: int, scale: float = math.e
+) -> np.ndarray:
     """Per-sample KL weights ``(N,)``: :func:`dads_weight` of the group accuracy for samples with a
     positive advantage (the sign, not correctness, defines "positive", as in the authors' code); 1
     for the others."""
@@ -36,7 +38,9 @@ def dads_weights(advantages: np.ndarray, correct: np.ndarray, group_size: int, s
     return np.where(adv > 0, dads_weight(p, scale), 1.0)
 
 
-def stcr_scale(correct: np.ndarray, lengths: np.ndarray, group_size: int, base: float = 1.00001) -> np.ndarray:
+def stcr_scale(
+    correct: np.ndarray, lengths: np.ndarray, group_size: int, base: float = 1.00001
+) -> np.ndarray:
     """Advantage multipliers ``(N,)``: ``2 - base^(-(L_i - mean correct L))`` for a wrong response
     longer than its group's mean correct length; 1 for correct responses, shorter wrong ones, and
     every sample of a group without a correct response."""
@@ -60,8 +64,16 @@ class APOHook:
     def from_config(cls, opts) -> "APOHook | None":
         return cls(opts) if opts.dads or opts.stcr else None
 
-    def adjust(self, adv: np.ndarray, kl_weight, scores: np.ndarray, names: list[str], lengths: np.ndarray,
-               group_size: int, metrics: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    def adjust(
+        self,
+        adv: np.ndarray,
+        kl_weight,
+        scores: np.ndarray,
+        names: list[str],
+        lengths: np.ndarray,
+        group_size: int,
+        metrics: dict,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         opts = self.opts
         if opts.accuracy not in names:
             raise ValueError(f"algorithm.apo.accuracy: {opts.accuracy!r} is not among the objectives {names}")

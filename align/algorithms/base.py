@@ -85,8 +85,12 @@ class RunContext:
             from align.objectives import build_objective
 
             weights = {r.name: r.weight for r in self.cfg.rewards}
-            self.objective = build_objective(self.cfg.objective.name, scores.names,
-                                             {n: weights[o] for n, o in zip(scores.names, scores.owners)}, self.cfg)
+            self.objective = build_objective(
+                self.cfg.objective.name,
+                scores.names,
+                {n: weights[o] for n, o in zip(scores.names, scores.owners)},
+                self.cfg,
+            )
             if self.objective_state is not None:
                 self.objective.load_state_dict(self.objective_state)
             elif self.before_eval is not None:  # the initial model's validation (step 0)
@@ -105,8 +109,11 @@ class RunContext:
     def score(self, rows: list[dict], samples: list[dict], wait: bool = True):
         """Send the samples of ``rows`` (one row per sample) to the rewards; their scores, or with
         ``wait=False`` a pending handle for ``rewards.result``."""
-        args = ([r["prompt"] for r in rows], [s["text"] for s in samples],
-                {**columns(rows), "completion_ids": [s["completion_ids"] for s in samples]})
+        args = (
+            [r["prompt"] for r in rows],
+            [s["text"] for s in samples],
+            {**columns(rows), "completion_ids": [s["completion_ids"] for s in samples]},
+        )
         return self.rewards.score(*args) if wait else self.rewards.submit(*args)
 
 
@@ -142,9 +149,16 @@ class Algorithm:
         from align.data.loading import load_prompts
 
         cfg = self.cfg
-        ctx.train_rows = ctx.checked(load_prompts(cfg.data.train, ctx.tokenizer, ctx.config_dir), cfg.data.train)
-        ctx.eval_rows = (ctx.checked(load_prompts(cfg.data.eval, ctx.tokenizer, ctx.config_dir), cfg.data.eval)[: cfg.data.eval_size]
-                         if cfg.data.eval else [])
+        ctx.train_rows = ctx.checked(
+            load_prompts(cfg.data.train, ctx.tokenizer, ctx.config_dir), cfg.data.train
+        )
+        ctx.eval_rows = (
+            ctx.checked(load_prompts(cfg.data.eval, ctx.tokenizer, ctx.config_dir), cfg.data.eval)[
+                : cfg.data.eval_size
+            ]
+            if cfg.data.eval
+            else []
+        )
 
     def learner_spec(self, ctx: RunContext, spec):
         """The ``LearnerSpec`` built from the config, with this method's parts."""

@@ -30,7 +30,9 @@ def write_adapter_atomic(directory: Path, tensors: dict, config: dict) -> Path:
 def read_adapter(directory: Path) -> tuple[dict, dict]:
     from safetensors.numpy import load_file
 
-    return load_file(str(directory / "adapter_model.safetensors")), json.loads((directory / "adapter_config.json").read_text())
+    return load_file(str(directory / "adapter_model.safetensors")), json.loads(
+        (directory / "adapter_config.json").read_text()
+    )
 
 
 class Domains:
@@ -49,8 +51,10 @@ class Domains:
         evals = [self.method.eval_data(ctx, d.eval) for d in pref.domains]
         for d, rows in zip(pref.domains, evals):
             if len(rows) <= pref.cofs.heldout:
-                raise ValueError(f"algorithm.preference.domains {d.name}: eval {d.eval!r} has {len(rows)} rows, "
-                                 f"not more than cofs.heldout={pref.cofs.heldout}")
+                raise ValueError(
+                    f"algorithm.preference.domains {d.name}: eval {d.eval!r} has {len(rows)} rows, "
+                    f"not more than cofs.heldout={pref.cofs.heldout}"
+                )
         self.heldout = [rows[: pref.cofs.heldout] for rows in evals]
         self.eval = [rows[pref.cofs.heldout : pref.cofs.heldout + self.cfg.data.eval_size] for rows in evals]
         ctx.train_rows, ctx.eval_rows = self.train[0], self.eval[0]
@@ -81,12 +85,22 @@ class Domains:
             if int(config["r"]) != self.cfg.model.lora.r:  # a combination: the learner's rank is fixed
                 lora = self.cfg.model.lora
                 tensors, config, err = truncate_lora(tensors, config, lora.r, lora.alpha)
-                log.info("domain %s starts from the combination truncated to rank %d (relative error %.3g)",
-                         self.pref.domains[d].name, lora.r, err)
+                log.info(
+                    "domain %s starts from the combination truncated to rank %d (relative error %.3g)",
+                    self.pref.domains[d].name,
+                    lora.r,
+                    err,
+                )
             for name in self.method.adapter_modules:
                 ctx.learners.load_state(tensors, None, name)
             self.served = None
-        log.info("domain %d/%d: %s (%d steps)", d + 1, len(self.pref.domains), self.pref.domains[d].name, self.pref.domains[d].steps)
+        log.info(
+            "domain %d/%d: %s (%d steps)",
+            d + 1,
+            len(self.pref.domains),
+            self.pref.domains[d].name,
+            self.pref.domains[d].steps,
+        )
 
     def after_step(self, ctx: RunContext, step: int) -> dict[str, float]:
         return self.finish_domain(ctx, step + 1) if step + 1 == self.end(self.domain) else {}
@@ -100,8 +114,12 @@ class Domains:
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
         from align.evaluation_loop import evaluate
 
-        return {f"{d.name}/{k}": v for d, rows in zip(self.pref.domains, self.eval)
-                for k, v in evaluate(ctx.rollouts, ctx.rewards, rows, ctx.tokenizer, self.cfg).items() if "/level_" not in k}
+        return {
+            f"{d.name}/{k}": v
+            for d, rows in zip(self.pref.domains, self.eval)
+            for k, v in evaluate(ctx.rollouts, ctx.rewards, rows, ctx.tokenizer, self.cfg).items()
+            if "/level_" not in k
+        }
 
     def finish_domain(self, ctx: RunContext, step: int) -> dict[str, float]:
         """Store this domain's fast module; with cofs.combine choose lambda for the combination with
@@ -119,8 +137,14 @@ class Domains:
                 ctx.rollouts.load_adapter(10_000 * (d + 1) + v, ray.put(candidate[0]), candidate[1])
                 per_domain = [self.score(ctx, rows) for rows in self.heldout[: d + 1]]
                 grid_scores[lam] = float(np.mean(per_domain))
-                log.info("COFS domain %s: lambda %.2f -> held-out %s %.3f (%s)", pref.domains[d].name, lam, pref.cofs.score,
-                         grid_scores[lam], ", ".join(f"{s:.3f}" for s in per_domain))
+                log.info(
+                    "COFS domain %s: lambda %.2f -> held-out %s %.3f (%s)",
+                    pref.domains[d].name,
+                    lam,
+                    pref.cofs.score,
+                    grid_scores[lam],
+                    ", ".join(f"{s:.3f}" for s in per_domain),
+                )
                 if best is None or grid_scores[lam] > grid_scores[best[0]]:
                     best = (lam, candidate)
             lam, self.served = best[0], best[1]
@@ -134,15 +158,37 @@ class Domains:
         scores = {x.name: self.score(ctx, rows) for x, rows in zip(pref.domains, self.eval)}
         for name, value in scores.items():
             metrics[f"domain/{name}"] = value
-        self.results.append({"after": pref.domains[d].name, "step": step, "lambda": lam,
-                             "grid": {str(k): v for k, v in grid_scores.items()}, "scores": scores})
-        (ctx.run_dir / "domains.json").write_text(json.dumps({"score": pref.cofs.score, "combine": pref.cofs.combine,
-                                                              "ofs": pref.ofs.enabled, "results": self.results}, indent=2))
-        log.info("after domain %s: %s", pref.domains[d].name, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        self.results.append(
+            {
+                "after": pref.domains[d].name,
+                "step": step,
+                "lambda": lam,
+                "grid": {str(k): v for k, v in grid_scores.items()},
+                "scores": scores,
+            }
+        )
+        (ctx.run_dir / "domains.json").write_text(
+            json.dumps(
+                {
+                    "score": pref.cofs.score,
+                    "combine": pref.cofs.combine,
+                    "ofs": pref.ofs.enabled,
+                    "results": self.results,
+                },
+                indent=2,
+            )
+        )
+        log.info(
+            "after domain %s: %s", pref.domains[d].name, ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        )
         return metrics
 
     def state_dict(self) -> dict:
-        return {"domain": self.domain, "domain_results": self.results, "served_is_combination": self.served is not None}
+        return {
+            "domain": self.domain,
+            "domain_results": self.results,
+            "served_is_combination": self.served is not None,
+        }
 
     def restore(self, ctx: RunContext, ckpt: dict) -> None:
         st = ckpt["state"]
@@ -151,5 +197,7 @@ class Domains:
         step = st["step"]
         # at a domain's end the next step enters the next domain, which precomputes its own
         if self.method.precomputes_reference() and step != self.end(self.domain):
-            self.method.precompute_reference(ctx, ctx.train_rows, ctx.sampler, self.pref.domains[self.domain].steps)
+            self.method.precompute_reference(
+                ctx, ctx.train_rows, ctx.sampler, self.pref.domains[self.domain].steps
+            )
         self.served = (ckpt["adapter"], ckpt["adapter_config"]) if st.get("served_is_combination") else None

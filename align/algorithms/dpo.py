@@ -36,11 +36,30 @@ MODULES = ("default", "second")  # OFS-DPO's two LoRA modules in each learner ra
 
 PREFERENCE_PANELS = (
     ("DPO loss", lambda k: k in ("dpo/loss", "ofs/dpo_fast", "ofs/dpo_slow", "ofs/fs", "eval/pairs_loss")),
-    ("implicit rewards", lambda k: k in ("dpo/rewards_chosen", "dpo/rewards_rejected", "dpo/margin", "eval/pairs_margin")),
-    ("preference accuracy", lambda k: k in ("dpo/accuracy", "eval/pairs_accuracy", "eval/pairs_logp_accuracy", "ofs/slow_accuracy")),
-    ("eval (greedy)", lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/pairs")
-     and not k.startswith("eval/length") and not k.startswith("eval/nothink")),
-    ("train reward (online)", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
+    (
+        "implicit rewards",
+        lambda k: k in ("dpo/rewards_chosen", "dpo/rewards_rejected", "dpo/margin", "eval/pairs_margin"),
+    ),
+    (
+        "preference accuracy",
+        lambda k: (
+            k in ("dpo/accuracy", "eval/pairs_accuracy", "eval/pairs_logp_accuracy", "ofs/slow_accuracy")
+        ),
+    ),
+    (
+        "eval (greedy)",
+        lambda k: (
+            k.startswith("eval/")
+            and "/level_" not in k
+            and not k.startswith("eval/pairs")
+            and not k.startswith("eval/length")
+            and not k.startswith("eval/nothink")
+        ),
+    ),
+    (
+        "train reward (online)",
+        lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k,
+    ),
 )
 
 
@@ -54,7 +73,9 @@ def tokenize_pair(tokenizer, prompt: str, chosen: str, rejected: str, templated:
 
 def tokenize_row(tokenizer, row: dict) -> dict:
     """``tokenize_pair`` of a loaded preference row (templated when it was conversational)."""
-    return tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], templated="prompt_messages" in row)
+    return tokenize_pair(
+        tokenizer, row["prompt"], row["chosen"], row["rejected"], templated="prompt_messages" in row
+    )
 
 
 def pack_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -111,9 +132,15 @@ class PairMethod(Algorithm):
 
     def loss_cfg(self) -> dict:
         pref = self.pref
-        return {"kind": "pair", "loss": self.loss_name(), "beta": pref.beta, "gamma": pref.gamma,
-                "label_smoothing": pref.label_smoothing, "fast": self.chase.fast if self.chase else 0,
-                "fast_slow": {"alpha": pref.ofs.alpha, "slow_term": pref.ofs.slow_term} if self.chase else None}
+        return {
+            "kind": "pair",
+            "loss": self.loss_name(),
+            "beta": pref.beta,
+            "gamma": pref.gamma,
+            "label_smoothing": pref.label_smoothing,
+            "fast": self.chase.fast if self.chase else 0,
+            "fast_slow": {"alpha": pref.ofs.alpha, "slow_term": pref.ofs.slow_term} if self.chase else None,
+        }
 
     # ---------------------------------------------------------------- data and actors
     def train_data(self, ctx: RunContext, source: str) -> list[dict]:
@@ -121,7 +148,9 @@ class PairMethod(Algorithm):
 
         if self.pref.online:
             return ctx.checked(load_prompts(source, ctx.tokenizer, ctx.config_dir), source)
-        rows = load_preferences(source, ctx.tokenizer, ctx.config_dir, on_bad=self.cfg.data.bad_rows, skipped=self.data_skipped)
+        rows = load_preferences(
+            source, ctx.tokenizer, ctx.config_dir, on_bad=self.cfg.data.bad_rows, skipped=self.data_skipped
+        )
         return ctx.checked(rows, source)
 
     def eval_data(self, ctx: RunContext, source: str | None) -> list[dict]:
@@ -137,9 +166,15 @@ class PairMethod(Algorithm):
             ctx.train_rows = self.train_data(ctx, cfg.data.train)
             ctx.eval_rows = self.eval_data(ctx, cfg.data.eval)[: cfg.data.eval_size]
         if self.data_skipped:
-            log.warning("preference data: skipped %s rows (data.bad_rows: skip): %s", sum(self.data_skipped.values()), self.data_skipped)
+            log.warning(
+                "preference data: skipped %s rows (data.bad_rows: skip): %s",
+                sum(self.data_skipped.values()),
+                self.data_skipped,
+            )
         # held-out pairs for the pair metrics: eval rows that are preference rows
-        pair_rows = [r for r in (ctx.eval_rows if not self.domains else []) if "chosen" in r and "rejected" in r]
+        pair_rows = [
+            r for r in (ctx.eval_rows if not self.domains else []) if "chosen" in r and "rejected" in r
+        ]
         self.eval_pair_rows = pair_rows[: pref.eval_pairs]
         self.eval_pairs = [tokenize_row(ctx.tokenizer, r) for r in self.eval_pair_rows]
         self.generates = pref.online or bool(self.domains) or pref.generate_eval
@@ -162,7 +197,9 @@ class PairMethod(Algorithm):
     def rollout_spec(self, ctx: RunContext, spec):
         if not self.generates:
             return None
-        spec.lora_rank = self.cfg.model.lora.r * max(1, len(self.pref.domains))  # COFS combinations add ranks up
+        spec.lora_rank = self.cfg.model.lora.r * max(
+            1, len(self.pref.domains)
+        )  # COFS combinations add ranks up
         spec.max_model_len = max(spec.max_model_len, self._longest_pair(ctx) + 8)
         return spec
 
@@ -170,7 +207,10 @@ class PairMethod(Algorithm):
         if self.pref.online:
             return 0
         rows = [r for rows in (self.domains.train if self.domains else [ctx.train_rows]) for r in rows]
-        return max(len(ctx.tokenizer(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"]) for r in rows[:2000])
+        return max(
+            len(ctx.tokenizer(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"])
+            for r in rows[:2000]
+        )
 
     def setup(self, ctx: RunContext) -> None:
         if self.precomputes_reference() and not self.domains:  # domains precompute on entering each one
@@ -185,10 +225,14 @@ class PairMethod(Algorithm):
             r = rows[i]
             if "_ids" not in r:
                 r["_ids"] = tokenize_row(ctx.tokenizer, r)
-                longest = len(r["_ids"]["prompt_ids"]) + max(len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"]))
+                longest = len(r["_ids"]["prompt_ids"]) + max(
+                    len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"])
+                )
                 if longest > self.context:
-                    raise ValueError(f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
-                                     f"context ({self.context}); shorten or drop it")
+                    raise ValueError(
+                        f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
+                        f"context ({self.context}); shorten or drop it"
+                    )
             out.append(r["_ids"])
         return out
 
@@ -196,9 +240,15 @@ class PairMethod(Algorithm):
         """Offline with ``reference: precompute`` and a loss that reads the reference (not SimPO's)."""
         from align.losses import PAIR_LOSSES
 
-        return PAIR_LOSSES[self.loss_name()].reference and self.pref.reference == "precompute" and not self.pref.online
+        return (
+            PAIR_LOSSES[self.loss_name()].reference
+            and self.pref.reference == "precompute"
+            and not self.pref.online
+        )
 
-    def precompute_reference(self, ctx: RunContext, rows: list[dict], sampler: PromptSampler, steps: int) -> None:
+    def precompute_reference(
+        self, ctx: RunContext, rows: list[dict], sampler: PromptSampler, steps: int
+    ) -> None:
         """Reference log-prob sums (adapter off) of every pair the run will draw, computed once, one
         batch per step's new pairs: a pair's value depends on the batch it was computed in (padding,
         at float precision), so batches are fixed by the step order and a longer or resumed run
@@ -215,17 +265,29 @@ class PairMethod(Algorithm):
                 done += len(idx)
             if (step + 1) % 50 == 0 or step + 1 == steps:
                 eta = (time.time() - t0) / (step + 1) * (steps - step - 1)
-                log.info("reference log-probs: %d pairs for %d/%d steps (%.1fs, ETA %.0fs)", done, step + 1, steps, time.time() - t0, eta)
+                log.info(
+                    "reference log-probs: %d pairs for %d/%d steps (%.1fs, ETA %.0fs)",
+                    done,
+                    step + 1,
+                    steps,
+                    time.time() - t0,
+                    eta,
+                )
         self._precompute_seconds += time.time() - t0
 
     def progress(self, m: dict) -> str:
         p = self.prefix
-        parts = [f"loss {m.get(f'{p}/loss', float('nan')):.4f}", f"acc {m.get(f'{p}/accuracy', float('nan')):.2f}",
-                 f"margin {m.get(f'{p}/margin', float('nan')):.4f}"]
+        parts = [
+            f"loss {m.get(f'{p}/loss', float('nan')):.4f}",
+            f"acc {m.get(f'{p}/accuracy', float('nan')):.2f}",
+            f"margin {m.get(f'{p}/margin', float('nan')):.4f}",
+        ]
         if "reward/total" in m:
             parts.append(f"reward {m['reward/total']:.3f} ({m.get('online/pairs', 0)} pairs)")
         if "ofs/dpo_fast" in m:
-            parts.append(f"fast/slow {m['ofs/dpo_fast']:.4f}/{m['ofs/dpo_slow']:.4f} fs {m['ofs/fs']:.4f} swaps {m['ofs/swaps']}")
+            parts.append(
+                f"fast/slow {m['ofs/dpo_fast']:.4f}/{m['ofs/dpo_slow']:.4f} fs {m['ofs/fs']:.4f} swaps {m['ofs/swaps']}"
+            )
         if "eval/pairs_accuracy" in m and p != "dpo":
             parts.append(f"eval acc {m['eval/pairs_accuracy']:.3f}")
         return " | ".join(parts)
@@ -263,7 +325,9 @@ class PairMethod(Algorithm):
             ctx.learners.load_state(extra["default"][0], ckpt["optimizer_states"], "default")
             ctx.learners.set_fast(self.chase.fast)
         else:
-            ctx.learners.load_state(extra["default"][0] if "default" in extra else ckpt["adapter"], ckpt["optimizer_states"])
+            ctx.learners.load_state(
+                extra["default"][0] if "default" in extra else ckpt["adapter"], ckpt["optimizer_states"]
+            )
         if self.domains:
             self.domains.restore(ctx, ckpt)
 
@@ -287,11 +351,21 @@ class PairMethod(Algorithm):
         batch = pack_pairs(self.eval_pairs, ctx.tokenizer.pad_token_id)
         lp = ctx.learners.sequence_logps(batch, [self.train_adapter(), "reference"])
         spec, counts = PAIR_LOSSES[self.loss_name()], batch["completion_mask"].sum(dim=1).clamp(min=1)
-        pol, ref = (lp[self.train_adapter()] / counts, lp["reference"] / counts) if spec.average else (lp[self.train_adapter()], lp["reference"])
+        pol, ref = (
+            (lp[self.train_adapter()] / counts, lp["reference"] / counts)
+            if spec.average
+            else (lp[self.train_adapter()], lp["reference"])
+        )
         losses, cr, rr = spec.fn(pol[0::2], pol[1::2], ref[0::2], ref[1::2], self.loss_cfg())
-        summed = lp[self.train_adapter()]  # the policy's summed log-probs (pol may be length-normalised above)
-        return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((cr > rr).float().mean()),
-                "pairs_margin": float((cr - rr).mean()), "pairs_logp_accuracy": float((summed[0::2] > summed[1::2]).float().mean())}
+        summed = lp[
+            self.train_adapter()
+        ]  # the policy's summed log-probs (pol may be length-normalised above)
+        return {
+            "pairs_loss": float(losses.mean()),
+            "pairs_accuracy": float((cr > rr).float().mean()),
+            "pairs_margin": float((cr - rr).mean()),
+            "pairs_logp_accuracy": float((summed[0::2] > summed[1::2]).float().mean()),
+        }
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
         from align.evaluation_loop import evaluate
@@ -312,7 +386,9 @@ class PairMethod(Algorithm):
         idx = ctx.sampler.take(self.pref.pairs_per_step)
         batch = self.pack(ctx, ctx.train_rows, idx)
         if self.ref_cache and all(i in self.ref_cache for i in idx):
-            batch["ref_seq_logps"] = torch.tensor([v for i in idx for v in self.ref_cache[i]], dtype=torch.float32)
+            batch["ref_seq_logps"] = torch.tensor(
+                [v for i in idx for v in self.ref_cache[i]], dtype=torch.float32
+            )
         metrics[f"{self.prefix}/pairs"] = len(idx)
         return batch
 
@@ -320,9 +396,15 @@ class PairMethod(Algorithm):
         cfg, k = self.cfg, self.pref.num_completions
         rows = [ctx.train_rows[i] for i in ctx.sampler.take(cfg.data.prompts_per_step)]
         t0 = time.time()
-        groups = ctx.rollouts.generate([r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, 0, j) for j in range(len(rows))],
-                                       n=k, max_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                                       top_p=cfg.rollout.top_p, logprobs_for=0)
+        groups = ctx.rollouts.generate(
+            [r["prompt"] for r in rows],
+            [sample_seed(cfg.trainer.seed, step, 0, j) for j in range(len(rows))],
+            n=k,
+            max_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            logprobs_for=0,
+        )
         metrics["timing/rollout"] = time.time() - t0
         samples = [s for g in groups for s in g]
         t0 = time.time()
@@ -332,9 +414,14 @@ class PairMethod(Algorithm):
         valid = ~scores.dropped & np.isfinite(rewards)
         chosen_rejected, dropped = best_worst_pairs(rewards, valid, k)
         metrics.update(reward_metrics(ctx.objective.names, scores.scores))
-        metrics.update({"reward/total": float(np.nanmean(rewards)), "online/pairs": len(chosen_rejected),
-                        "online/groups_dropped": dropped,
-                        "rollout/length": float(np.mean([len(s["completion_ids"]) for s in samples]))})
+        metrics.update(
+            {
+                "reward/total": float(np.nanmean(rewards)),
+                "online/pairs": len(chosen_rejected),
+                "online/groups_dropped": dropped,
+                "rollout/length": float(np.mean([len(s["completion_ids"]) for s in samples])),
+            }
+        )
         for key, n in scores.skipped_by.items():
             metrics[f"reward/skipped/{key}"] = n
         metrics.update(scores.stats)  # reward/retries/<name>
@@ -342,23 +429,38 @@ class PairMethod(Algorithm):
             return None
         metrics["online/reward_chosen"] = float(np.mean([rewards[c] for c, _ in chosen_rejected]))
         metrics["online/reward_rejected"] = float(np.mean([rewards[r] for _, r in chosen_rejected]))
-        pairs = [{"prompt_ids": samples[c]["prompt_ids"], "chosen_ids": samples[c]["completion_ids"],
-                  "rejected_ids": samples[r]["completion_ids"]} for c, r in chosen_rejected]
+        pairs = [
+            {
+                "prompt_ids": samples[c]["prompt_ids"],
+                "chosen_ids": samples[c]["completion_ids"],
+                "rejected_ids": samples[r]["completion_ids"],
+            }
+            for c, r in chosen_rejected
+        ]
         return pack_pairs(pairs, ctx.tokenizer.pad_token_id)
 
     def step_metrics(self, stats: dict) -> dict[str, float]:
         """The learner's summed statistics as per-pair means in this method's namespace."""
         n, p = max(stats["pairs"], 1.0), self.prefix
-        return {f"{p}/loss": stats["loss"] / n, f"{p}/accuracy": stats["accuracy"] / n, f"{p}/margin": stats["margin"] / n,
-                f"{p}/rewards_chosen": stats["chosen_rewards"] / n, f"{p}/rewards_rejected": stats["rejected_rewards"] / n,
-                f"{p}/logps_chosen": stats["chosen_logps"] / n, f"{p}/logps_rejected": stats["rejected_logps"] / n,
-                "loss/grad_norm": stats["grad_norm"], "timing/learner_compute": stats["seconds"]}
+        return {
+            f"{p}/loss": stats["loss"] / n,
+            f"{p}/accuracy": stats["accuracy"] / n,
+            f"{p}/margin": stats["margin"] / n,
+            f"{p}/rewards_chosen": stats["chosen_rewards"] / n,
+            f"{p}/rewards_rejected": stats["rejected_rewards"] / n,
+            f"{p}/logps_chosen": stats["chosen_logps"] / n,
+            f"{p}/logps_rejected": stats["rejected_logps"] / n,
+            "loss/grad_norm": stats["grad_norm"],
+            "timing/learner_compute": stats["seconds"],
+        }
 
     def step(self, ctx: RunContext, step: int) -> dict[str, float]:
         metrics: dict = {}
         if self.domains:
             self.domains.enter(ctx, step)
-        batch = self.online_batch(ctx, step, metrics) if self.pref.online else self.offline_batch(ctx, metrics)
+        batch = (
+            self.online_batch(ctx, step, metrics) if self.pref.online else self.offline_batch(ctx, metrics)
+        )
         if batch is not None:
             t0 = time.time()
             stats = ctx.learners.train_step(batch, self.loss_cfg())
@@ -367,11 +469,22 @@ class PairMethod(Algorithm):
             if self.chase is not None:
                 n = max(stats["pairs"], 1.0)
                 fast, slow = stats["dpo_fast"] / n, stats["dpo_slow"] / n
-                metrics.update({"ofs/total": metrics["dpo/loss"], "dpo/loss": fast, "ofs/dpo_fast": fast, "ofs/dpo_slow": slow,
-                                "ofs/fs": stats["fs"] / n, "ofs/slow_accuracy": stats["slow_accuracy"] / n})
+                metrics.update(
+                    {
+                        "ofs/total": metrics["dpo/loss"],
+                        "dpo/loss": fast,
+                        "ofs/dpo_fast": fast,
+                        "ofs/dpo_slow": slow,
+                        "ofs/fs": stats["fs"] / n,
+                        "ofs/slow_accuracy": stats["slow_accuracy"] / n,
+                    }
+                )
                 if self.chase.update(fast, slow):
                     ctx.learners.set_fast(self.chase.fast)
-                    log.info("OFS-DPO: the slow module overtook the fast one; roles swapped (swap %d)", self.chase.swaps)
+                    log.info(
+                        "OFS-DPO: the slow module overtook the fast one; roles swapped (swap %d)",
+                        self.chase.swaps,
+                    )
                 metrics.update({"ofs/fast_module": self.chase.fast, "ofs/swaps": self.chase.swaps})
         else:
             metrics["online/empty"] = 1

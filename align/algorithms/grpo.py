@@ -31,7 +31,9 @@ ESTIMATORS = {
     "group_none": lambda r, g: group_advantages(r, g, normalize="none"),
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
-    "naive": lambda r, g: r.clone(),  # AdaptThink: the shaped reward is the advantage (its baseline is inside)
+    "naive": lambda r, g: (
+        r.clone()
+    ),  # AdaptThink: the shaped reward is the advantage (its baseline is inside)
 }
 
 
@@ -57,8 +59,18 @@ def fill_group_mean(r: np.ndarray, invalid: np.ndarray, group_size: int) -> np.n
 
 
 # what the learner reads of a step's batch
-LEARNER_KEYS = ("input_ids", "attention_mask", "completion_mask", "advantages", "old_logps", "ref_logps", "kl_weight",
-                "first_logp", "forced_first", "is_weights")
+LEARNER_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "completion_mask",
+    "advantages",
+    "old_logps",
+    "ref_logps",
+    "kl_weight",
+    "first_logp",
+    "forced_first",
+    "is_weights",
+)
 
 
 @register_algorithm(*GRPO_NAMES)  # every row of GRPO_FAMILY but adaptthink (its own file)
@@ -70,14 +82,27 @@ class GRPO(Algorithm):
         alg = cfg.algorithm
         self.estimator = GRPO_FAMILY[alg.name][0]
         self.hooks = [h for h in (APOHook.from_config(alg.apo),) if h is not None]
-        self.loss_cfg = {"kind": "policy", "loss": alg.loss, "temperature": cfg.rollout.temperature, "clip_low": alg.clip_low,
-                         "clip_high": alg.clip_high, "agg": alg.loss_agg, "kl_coef": alg.kl.coef,
-                         "kl_in_loss": alg.kl.where == "loss", "kl_estimator": alg.kl.estimator, "max_len": cfg.rollout.max_new_tokens}
+        self.loss_cfg = {
+            "kind": "policy",
+            "loss": alg.loss,
+            "temperature": cfg.rollout.temperature,
+            "clip_low": alg.clip_low,
+            "clip_high": alg.clip_high,
+            "agg": alg.loss_agg,
+            "kl_coef": alg.kl.coef,
+            "kl_in_loss": alg.kl.where == "loss",
+            "kl_estimator": alg.kl.estimator,
+            "max_len": cfg.rollout.max_new_tokens,
+        }
 
     def progress(self, m: dict) -> str:
-        rewards = " ".join(f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total")
-        return (f"reward {m.get('reward/total', float('nan')):.3f} | {rewards} | kl {m.get('kl/mean', m.get('loss/kl', 0.0)):.4f} | "
-                f"len {m.get('rollout/length', 0.0):.1f}")
+        rewards = " ".join(
+            f"{k[7:]} {v:.3f}" for k, v in m.items() if k.startswith("reward/") and k != "reward/total"
+        )
+        return (
+            f"reward {m.get('reward/total', float('nan')):.3f} | {rewards} | kl {m.get('kl/mean', m.get('loss/kl', 0.0)):.4f} | "
+            f"len {m.get('rollout/length', 0.0):.1f}"
+        )
 
     # ---------------------------------------------------------------- sample
     def logprob_prompts(self, n: int) -> int:
@@ -87,9 +112,15 @@ class GRPO(Algorithm):
 
     def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
         cfg = self.cfg
-        return ctx.rollouts.generate(prompts, seeds, n=cfg.algorithm.group_size, max_tokens=cfg.rollout.max_new_tokens,
-                                     temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                     logprobs_for=self.logprob_prompts(len(prompts)))
+        return ctx.rollouts.generate(
+            prompts,
+            seeds,
+            n=cfg.algorithm.group_size,
+            max_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            logprobs_for=self.logprob_prompts(len(prompts)),
+        )
 
     def sample(self, ctx: RunContext, step: int):
         """Sample prompts and G completions each, and send them to the rewards. Returns the rows, the
@@ -98,7 +129,12 @@ class GRPO(Algorithm):
         waits for them. With dynamic sampling each round's rewards decide which groups to keep."""
         cfg, G = self.cfg, self.cfg.algorithm.group_size
         want = cfg.data.prompts_per_step
-        kept_rows, kept_samples, kept_scores, stats = [], [], [], {"rollout/rounds": 0, "rollout/groups_dropped": 0}
+        kept_rows, kept_samples, kept_scores, stats = (
+            [],
+            [],
+            [],
+            {"rollout/rounds": 0, "rollout/groups_dropped": 0},
+        )
         t_roll = 0.0
 
         def scored(pending, t_submit: float):
@@ -107,7 +143,10 @@ class GRPO(Algorithm):
             stats["timing/reward_wait"] = stats.get("timing/reward_wait", 0.0) + time.time() - t0
             stats["timing/reward"] = stats.get("timing/reward", 0.0) + time.time() - t_submit
             ctx.objective_for(scores)
-            for key, n in [*((f"reward/skipped/{k}", n) for k, n in scores.skipped_by.items()), *scores.stats.items()]:
+            for key, n in [
+                *((f"reward/skipped/{k}", n) for k, n in scores.skipped_by.items()),
+                *scores.stats.items(),
+            ]:
                 stats[key] = stats.get(key, 0) + n
             return scores
 
@@ -115,7 +154,11 @@ class GRPO(Algorithm):
             need = want - len(kept_rows)
             rows = [ctx.train_rows[i] for i in ctx.sampler.take(need)]
             t0 = time.time()
-            groups = self.generate(ctx, [r["prompt"] for r in rows], [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)])
+            groups = self.generate(
+                ctx,
+                [r["prompt"] for r in rows],
+                [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
+            )
             t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
             t_submit = time.time()
@@ -141,7 +184,11 @@ class GRPO(Algorithm):
         if not kept_rows:  # every group was uninformative in every round: train on nothing, say so
             stats["rollout/empty"] = 1
         stats.update({"timing/rollout": t_roll, "rollout/prompts": len(kept_rows)})
-        scores = np.concatenate([s for s, _ in kept_scores]) if kept_scores else np.zeros((0, len(ctx.objective.names)))
+        scores = (
+            np.concatenate([s for s, _ in kept_scores])
+            if kept_scores
+            else np.zeros((0, len(ctx.objective.names)))
+        )
         dropped = np.concatenate([d for _, d in kept_scores]) if kept_scores else np.zeros(0, dtype=bool)
         return kept_rows, kept_samples, lambda: (scores, dropped), stats
 
@@ -153,20 +200,40 @@ class GRPO(Algorithm):
         alg, cfg = self.cfg.algorithm, self.cfg
         t0 = time.time()
         need_ref = alg.kl.coef > 0
-        need_old = (alg.ppo_epochs * alg.num_minibatches > 1 or (need_ref and alg.kl.where == "reward")
-                    or alg.mismatch.level != "off")
+        need_old = (
+            alg.ppo_epochs * alg.num_minibatches > 1
+            or (need_ref and alg.kl.where == "reward")
+            or alg.mismatch.level != "off"
+        )
         if need_ref or need_old:
-            batch.update(ctx.learners.compute_logprobs(batch, cfg.rollout.temperature, reference=need_ref, policy=need_old))
+            batch.update(
+                ctx.learners.compute_logprobs(
+                    batch, cfg.rollout.temperature, reference=need_ref, policy=need_old
+                )
+            )
         check = torch.nonzero(batch["has_rollout_logps"]).flatten()  # parity: vLLM vs learner on these rows
         if len(check):
             sub = {k: v[check] for k, v in batch.items()}
-            learner_lp = sub["old_logps"] if need_old else ctx.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
+            learner_lp = (
+                sub["old_logps"]
+                if need_old
+                else ctx.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
+            )
             m = sub["rollout_logp_mask"]
-            metrics["rollout/logprob_abs_diff"] = float(((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1))
+            metrics["rollout/logprob_abs_diff"] = float(
+                ((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1)
+            )
         if alg.mismatch.level != "off":
             mm = alg.mismatch
-            w, stats = mismatch_weights(batch["old_logps"], batch["rollout_logps"], batch["completion_mask"] * batch["rollout_logp_mask"],
-                                        mm.level, mm.mode, mm.cap, mm.floor)
+            w, stats = mismatch_weights(
+                batch["old_logps"],
+                batch["rollout_logps"],
+                batch["completion_mask"] * batch["rollout_logp_mask"],
+                mm.level,
+                mm.mode,
+                mm.cap,
+                mm.floor,
+            )
             # tokens without a rollout log-prob (a forced first token) keep weight 1
             batch["is_weights"] = torch.where(batch["rollout_logp_mask"] > 0, w, torch.ones_like(w))
             metrics.update({"mismatch/ratio_mean": stats["ratio_mean"], "mismatch/outside": stats["outside"]})
@@ -179,11 +246,25 @@ class GRPO(Algorithm):
         G = self.cfg.algorithm.group_size
         r = np.asarray(r, dtype=np.float64)
         cols = r[:, None] if r.ndim == 1 else r
-        out = np.stack([compute_advantages(self.estimator, fill_group_mean(c, dropped | np.isnan(c), G), G) for c in cols.T], axis=1)
+        out = np.stack(
+            [
+                compute_advantages(self.estimator, fill_group_mean(c, dropped | np.isnan(c), G), G)
+                for c in cols.T
+            ],
+            axis=1,
+        )
         return out[:, 0] if r.ndim == 1 else out
 
-    def advantages(self, ctx: RunContext, rows: list[dict], samples: list[dict], rewards: np.ndarray, kl_reward,
-                   dropped: np.ndarray, metrics: dict) -> np.ndarray:
+    def advantages(
+        self,
+        ctx: RunContext,
+        rows: list[dict],
+        samples: list[dict],
+        rewards: np.ndarray,
+        kl_reward,
+        dropped: np.ndarray,
+        metrics: dict,
+    ) -> np.ndarray:
         """The advantage of each sample from its shaped reward and the KL reward (None: none)."""
         return self.group_advantages(rewards + (kl_reward if kl_reward is not None else 0.0), dropped)
 
@@ -219,7 +300,13 @@ class GRPO(Algorithm):
             part = {k: batch[k] for k in LEARNER_KEYS if k in batch and k != "advantages"}
             return ctx.learners.objective_gradients(part, adv, self.loss_cfg, param_pattern, clip)
 
-        octx = {"group_size": G, "lengths": lengths, "step": step, "advantages": advantages, "kl_reward": kl_reward}
+        octx = {
+            "group_size": G,
+            "lengths": lengths,
+            "step": step,
+            "advantages": advantages,
+            "kl_reward": kl_reward,
+        }
         t0 = time.time()
         metrics.update(objective.before_update(scores, {**octx, "gradient_gram": gradient_gram}))
         metrics["timing/objective"] = time.time() - t0
@@ -238,7 +325,11 @@ class GRPO(Algorithm):
         # -- update: ppo_epochs x num_minibatches optimizer steps
         t0 = time.time()
         n = len(samples)
-        order = np.random.default_rng([cfg.trainer.seed, step]).permutation(n) if alg.num_minibatches > 1 else np.arange(n)
+        order = (
+            np.random.default_rng([cfg.trainer.seed, step]).permutation(n)
+            if alg.num_minibatches > 1
+            else np.arange(n)
+        )
         learn_stats: list[dict] = []
         for _ in range(alg.ppo_epochs):
             for mb in np.array_split(order, alg.num_minibatches):

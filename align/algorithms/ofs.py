@@ -58,7 +58,12 @@ class Chase:
         return False
 
     def state_dict(self) -> dict:
-        return {"window": self.window, "fast": self.fast, "swaps": self.swaps, "history": [list(h) for h in self.history]}
+        return {
+            "window": self.window,
+            "fast": self.fast,
+            "swaps": self.swaps,
+            "history": [list(h) for h in self.history],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.fast, self.swaps = int(state["fast"]), int(state["swaps"])
@@ -93,10 +98,15 @@ def _scale(config: dict) -> float:
 def delta_w(tensors: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
     """``scale * B A`` per adapted module (float64): what the adapter adds to each weight."""
     s = _scale(config)
-    return {p: s * (tensors[b].astype(np.float64) @ tensors[a].astype(np.float64)) for p, (a, b) in _pairs(tensors).items()}
+    return {
+        p: s * (tensors[b].astype(np.float64) @ tensors[a].astype(np.float64))
+        for p, (a, b) in _pairs(tensors).items()
+    }
 
 
-def combine_lora(adapters: list[tuple[dict[str, np.ndarray], dict]], coeffs: list[float]) -> tuple[dict[str, np.ndarray], dict]:
+def combine_lora(
+    adapters: list[tuple[dict[str, np.ndarray], dict]], coeffs: list[float]
+) -> tuple[dict[str, np.ndarray], dict]:
     """The adapter whose ``delta W`` is ``sum_j coeffs[j] * delta W_j``, exactly, as one LoRA adapter.
 
     Factors are concatenated along the rank (``A = [A_1; A_2; ...]``, ``B = [c_1 s_1/s B_1, ...]``,
@@ -131,7 +141,9 @@ def combine_lora(adapters: list[tuple[dict[str, np.ndarray], dict]], coeffs: lis
     return out, config
 
 
-def truncate_lora(tensors: dict[str, np.ndarray], config: dict, rank: int, alpha: float) -> tuple[dict[str, np.ndarray], dict, float]:
+def truncate_lora(
+    tensors: dict[str, np.ndarray], config: dict, rank: int, alpha: float
+) -> tuple[dict[str, np.ndarray], dict, float]:
     """The best rank-``rank`` adapter (scale ``alpha / rank``) for each module's ``delta W`` (truncated
     SVD), so a learner of that rank can start from a combination. Returns the relative Frobenius
     error over all modules too (0 when the combination's rank is at most ``rank``)."""
@@ -142,10 +154,15 @@ def truncate_lora(tensors: dict[str, np.ndarray], config: dict, rank: int, alpha
         u, s, vt = np.linalg.svd(dw, full_matrices=False)
         k = min(rank, len(s))
         root = np.sqrt(s[:k])
-        a = np.zeros((rank, dw.shape[1])); b = np.zeros((dw.shape[0], rank))
+        a = np.zeros((rank, dw.shape[1]))
+        b = np.zeros((dw.shape[0], rank))
         a[:k] = root[:, None] * vt[:k]
         b[:, :k] = u[:, :k] * root[None, :] / scale
         out[a_key], out[b_key] = a.astype(np.float32), b.astype(np.float32)
         err2 += float((s[k:] ** 2).sum())
         total2 += float((s**2).sum())
-    return out, {**config, "r": rank, "lora_alpha": alpha, "use_rslora": False}, (err2 / total2) ** 0.5 if total2 else 0.0
+    return (
+        out,
+        {**config, "r": rank, "lora_alpha": alpha, "use_rslora": False},
+        (err2 / total2) ** 0.5 if total2 else 0.0,
+    )

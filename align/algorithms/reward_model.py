@@ -35,14 +35,22 @@ RM_PANELS = (
 )
 
 
-def export_reward_model(base_path: str, tensors: dict, adapter_config: dict, out_dir: Path, finetune: str,
-                        pad_token_id: int | None, trust_remote_code: bool = False) -> Path:
+def export_reward_model(
+    base_path: str,
+    tensors: dict,
+    adapter_config: dict,
+    out_dir: Path,
+    finetune: str,
+    pad_token_id: int | None,
+    trust_remote_code: bool = False,
+) -> Path:
     """Write the trained reward model, merged, as a plain HF sequence-classification directory."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, dtype=torch.float32,
-                                                               trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     with atomic_dir(out_dir) as tmp:
@@ -73,13 +81,19 @@ class RewardModel(PairMethod):
 
     def learner_spec(self, ctx: RunContext, spec):
         spec = super().learner_spec(ctx, spec)
-        spec.task, spec.finetune, spec.pad_token_id = "reward_model", self.cfg.algorithm.reward_model.finetune, ctx.tokenizer.pad_token_id
+        spec.task, spec.finetune, spec.pad_token_id = (
+            "reward_model",
+            self.cfg.algorithm.reward_model.finetune,
+            ctx.tokenizer.pad_token_id,
+        )
         return spec
 
     def with_margin(self, batch: dict, rows: list[dict]) -> dict:
         """``batch`` with the data's ``margin`` column (both rows of a pair) when every pair has one."""
         if self.cfg.algorithm.reward_model.margin and rows and all(r.get("margin") is not None for r in rows):
-            batch["margin"] = torch.tensor([float(r["margin"]) for r in rows for _ in range(2)], dtype=torch.float32)
+            batch["margin"] = torch.tensor(
+                [float(r["margin"]) for r in rows for _ in range(2)], dtype=torch.float32
+            )
         return batch
 
     def pack(self, ctx: RunContext, rows: list[dict], idx: list[int]) -> dict:
@@ -95,17 +109,39 @@ class RewardModel(PairMethod):
         batch = self.with_margin(pack_pairs(self.eval_pairs, ctx.tokenizer.pad_token_id), self.eval_pair_rows)
         s = ctx.learners.sequence_logps(batch, ["score"])["score"]
         c, r = s[0::2], s[1::2]
-        losses = bradley_terry(c, r, batch["margin"][0::2] if "margin" in batch else None, self.cfg.algorithm.reward_model.center_coef)
-        return {"pairs_loss": float(losses.mean()), "pairs_accuracy": float((c > r).float().mean()),
-                "pairs_margin": float((c - r).mean()), "pairs_chosen": float(c.mean()), "pairs_rejected": float(r.mean())}
+        losses = bradley_terry(
+            c,
+            r,
+            batch["margin"][0::2] if "margin" in batch else None,
+            self.cfg.algorithm.reward_model.center_coef,
+        )
+        return {
+            "pairs_loss": float(losses.mean()),
+            "pairs_accuracy": float((c > r).float().mean()),
+            "pairs_margin": float((c - r).mean()),
+            "pairs_chosen": float(c.mean()),
+            "pairs_rejected": float(r.mean()),
+        }
 
     def finish(self, ctx: RunContext, summary: dict) -> dict:
         cfg = self.cfg
         tensors, adapter_cfg = ctx.learners.adapter("default")
-        out_dir = export_reward_model(ctx.model_path, tensors, adapter_cfg, ctx.run_dir / cfg.algorithm.reward_model.output,
-                                      cfg.algorithm.reward_model.finetune, ctx.tokenizer.pad_token_id, cfg.model.trust_remote_code)
+        out_dir = export_reward_model(
+            ctx.model_path,
+            tensors,
+            adapter_cfg,
+            ctx.run_dir / cfg.algorithm.reward_model.output,
+            cfg.algorithm.reward_model.finetune,
+            ctx.tokenizer.pad_token_id,
+            cfg.model.trust_remote_code,
+        )
         before, after = summary.get("before"), summary.get("after")
-        log.info("reward model: %s (eval accuracy %s -> %s)", out_dir, _fmt(before, "pairs_accuracy"), _fmt(after, "pairs_accuracy"))
+        log.info(
+            "reward model: %s (eval accuracy %s -> %s)",
+            out_dir,
+            _fmt(before, "pairs_accuracy"),
+            _fmt(after, "pairs_accuracy"),
+        )
         return {"reward_model": str(out_dir)}
 
 

@@ -55,7 +55,9 @@ def _model_at(loc: tuple, root: type[BaseModel] = Config) -> type[BaseModel] | N
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = (
+            model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        )
         if field is None:
             return None
         model = _unwrap(field.annotation)
@@ -104,8 +106,10 @@ def _describe(err: dict, root: type[BaseModel] = Config) -> str:
 
         tag = str(err.get("ctx", {}).get("tag", ""))
         close = difflib.get_close_matches(tag, list(ALGORITHM_NAMES), n=1)
-        return (f"'{_dotted(loc + ('name',))}': {tag!r} is not an algorithm; choose one of {', '.join(ALGORITHM_NAMES)}"
-                + (f"; did you mean {close[0]!r}?" if close else ""))
+        return (
+            f"'{_dotted(loc + ('name',))}': {tag!r} is not an algorithm; choose one of {', '.join(ALGORITHM_NAMES)}"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+        )
     if kind == "extra_forbidden":
         model = _model_at(loc[start:], member) if member is not None else _model_at(loc, root)
         if model is member and member is not None:  # a key of another method / reward type?
@@ -116,8 +120,10 @@ def _describe(err: dict, root: type[BaseModel] = Config) -> str:
             if owners:
                 this = [t for t, c in tags.items() if c is member]
                 what = "algorithm.name" if start == 1 else "type"
-                return (f"'{key}' is a setting of {what} {'|'.join(owners)}, not of this {'config' if start == 1 else 'reward'}'s "
-                        f"{what} {'|'.join(this)}")
+                return (
+                    f"'{key}' is a setting of {what} {'|'.join(owners)}, not of this {'config' if start == 1 else 'reward'}'s "
+                    f"{what} {'|'.join(this)}"
+                )
         close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1) if model else []
         hint = f"; did you mean '{_dotted(loc[:-1] + (close[0],))}'?" if close else ""
         if model and not close:
@@ -142,7 +148,9 @@ def _set_path(data: dict, path: list[str], value, raw: str) -> tuple:
         last = i == len(path) - 1
         if isinstance(node, list):
             if not isinstance(key, int) or key >= len(node):
-                raise ConfigError(f"--set {raw}: '{_dotted(tuple(loc[:-1]))}' is a list; index {part!r} is not in it")
+                raise ConfigError(
+                    f"--set {raw}: '{_dotted(tuple(loc[:-1]))}' is a list; index {part!r} is not in it"
+                )
             if last:
                 node[key] = value
             else:
@@ -177,7 +185,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[tuple, str]:
     return origin
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = Config):
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = Config
+):
     """Read ``path`` (YAML; None for all defaults), apply ``overrides``, validate as ``model`` (a run
     :class:`Config` by default; the sweep file uses its own model); raise ConfigError."""
     text, source = "", ""
@@ -206,7 +216,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text_ = _describe(e, model)
             loc = _untagged(tuple(e["loc"]))[0] + (("name",) if e["type"] == "union_tag_invalid" else ())
             if not loc:  # a check across sections: the first config key its message names
-                keys = [tuple(int(p) if p.isdigit() else p for p in k.split(".")) for k in re.findall(r"[a-z_]+(?:\.[a-z_0-9]+)+", text_)]
+                keys = [
+                    tuple(int(p) if p.isdigit() else p for p in k.split("."))
+                    for k in re.findall(r"[a-z_]+(?:\.[a-z_0-9]+)+", text_)
+                ]
                 loc = next((k for k in keys if k in lines or k in origin), ())
             problems.append(text_ + _where(loc, lines, source, origin))
         if len(problems) == 1:  # one line: what to change, and where
@@ -243,13 +256,18 @@ def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        unions = {"algorithm": ("name", ALGORITHM_NAMES, "algorithm.name"), "rewards": ("type", REWARD_TYPES, "rewards[i].type")}
+        unions = {
+            "algorithm": ("name", ALGORITHM_NAMES, "algorithm.name"),
+            "rewards": ("type", REWARD_TYPES, "rewards[i].type"),
+        }
         if model is Config and name in unions:  # a section per method / reward type: each one's keys, once
             tag, members, full = unions[name]
             base = key + ("[i]." if name == "rewards" else ".")
             if name == "rewards":
                 rows.append(f"{key}  (list)  {field.description}")
-            tagged: dict[str, list[str]] = {}  # row -> the member names that have it (same type, default, help)
+            tagged: dict[
+                str, list[str]
+            ] = {}  # row -> the member names that have it (same type, default, help)
             for variant in dict.fromkeys(members.values()):
                 names = [n for n, c in members.items() if c is variant]
                 for row in config_help(variant, base):
@@ -263,13 +281,23 @@ def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
                     rows.append(f"{row}  [{tag}: {'|'.join(names)}]")
             continue
         sub = _unwrap(field.annotation)
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and typing.get_origin(field.annotation) is not list:
+        if (
+            isinstance(sub, type)
+            and issubclass(sub, BaseModel)
+            and typing.get_origin(field.annotation) is not list
+        ):
             rows.extend(config_help(sub, key + "."))
             continue
-        if typing.get_origin(field.annotation) is list and isinstance(sub, type) and issubclass(sub, BaseModel):
+        if (
+            typing.get_origin(field.annotation) is list
+            and isinstance(sub, type)
+            and issubclass(sub, BaseModel)
+        ):
             rows.append(f"{key}  (list)  {field.description}")
             rows.extend(config_help(sub, key + "[i]."))
             continue
-        default = "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        default = (
+            "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        )
         rows.append(f"{key}  ({_type_name(field.annotation)}, {default})  {field.description}")
     return rows

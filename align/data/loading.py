@@ -60,21 +60,27 @@ def iter_raw_rows(source: str, base_dir: str | Path | None = None) -> Iterator[t
     if not path.exists() and base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / source
     if not path.exists():
-        raise DataError(f"dataset {source!r} not found (a .jsonl file, a local HF dataset folder, or builtin:...)")
+        raise DataError(
+            f"dataset {source!r} not found (a .jsonl file, a local HF dataset folder, or builtin:...)"
+        )
     if path.is_file():
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM may open the file
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
-                                    f"of the line); save the file as UTF-8") from None
+                    raise DataError(
+                        f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                        f"of the line); save the file as UTF-8"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+                    raise DataError(
+                        f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})"
+                    ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
                 yield f"{path}:{lineno}", row
@@ -82,7 +88,11 @@ def iter_raw_rows(source: str, base_dir: str | Path | None = None) -> Iterator[t
     import datasets
 
     try:
-        ds = datasets.load_from_disk(str(path)) if (path / "state.json").exists() or (path / "dataset_dict.json").exists() else datasets.load_dataset(str(path), split="train")
+        ds = (
+            datasets.load_from_disk(str(path))
+            if (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+            else datasets.load_dataset(str(path), split="train")
+        )
     except Exception as exc:
         raise DataError(f"{path}: cannot load as a local HF dataset: {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, datasets.DatasetDict):
@@ -98,9 +108,13 @@ def _check_messages(where: str, field: str, value) -> list[dict]:
         raise DataError(f"{where}: field {field!r} must be a non-empty string or a list of messages")
     for j, msg in enumerate(value):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise DataError(f"{where}: field {field!r}: message {j} must be an object with 'role' and 'content'")
+            raise DataError(
+                f"{where}: field {field!r}: message {j} must be an object with 'role' and 'content'"
+            )
         if msg["role"] not in ROLES:
-            raise DataError(f"{where}: field {field!r}: message {j} has role {msg['role']!r}; use one of {ROLES}")
+            raise DataError(
+                f"{where}: field {field!r}: message {j} has role {msg['role']!r}; use one of {ROLES}"
+            )
         if not isinstance(msg["content"], str):
             raise DataError(f"{where}: field {field!r}: message {j} content must be a string")
     return value
@@ -128,14 +142,20 @@ def _render_prompt(where: str, prompt, tokenizer) -> str:
 def _render_completion(where: str, field: str, prompt, completion, tokenizer) -> str:
     if isinstance(completion, str):
         if not isinstance(prompt, str):
-            raise DataError(f"{where}: prompt is conversational but {field!r} is a string; use a message list")
+            raise DataError(
+                f"{where}: prompt is conversational but {field!r} is a string; use a message list"
+            )
         return completion
     if isinstance(prompt, str):
-        raise DataError(f"{where}: {field!r} is a message list but the prompt is a string; use one format per row")
+        raise DataError(
+            f"{where}: {field!r} is a message list but the prompt is a string; use one format per row"
+        )
     prefix = _render_prompt(where, prompt, tokenizer)
     full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
     if not full.startswith(prefix):
-        raise DataError(f"{where}: the chat template does not render {field!r} as a continuation of the prompt")
+        raise DataError(
+            f"{where}: the chat template does not render {field!r} as a continuation of the prompt"
+        )
     return full[len(prefix) :]
 
 
@@ -159,11 +179,15 @@ def _pair(where: str, row: dict) -> tuple:
     if row.get("prompt") is not None:
         return _text(where, "prompt", row), chosen, rejected
     if isinstance(chosen, str) != isinstance(rejected, str):
-        raise DataError(f"{where}: implicit prompt: 'chosen' and 'rejected' must both be strings or both message lists")
+        raise DataError(
+            f"{where}: implicit prompt: 'chosen' and 'rejected' must both be strings or both message lists"
+        )
     prompt, chosen, rejected = extract_prompt(chosen, rejected)
     if not prompt:
-        raise DataError(f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prefix to take as "
-                        f"the implicit prompt")
+        raise DataError(
+            f"{where}: missing field 'prompt', and 'chosen' and 'rejected' share no prefix to take as "
+            f"the implicit prompt"
+        )
     for field, value in (("chosen", chosen), ("rejected", rejected)):
         if not value or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{where}: implicit prompt: field {field!r} is empty after the shared prefix")
@@ -206,8 +230,9 @@ def _reason(message: str) -> str:
     return "bad_format"
 
 
-def load_preferences(source: str, tokenizer=None, base_dir=None, on_bad: str = "error",
-                     skipped: dict[str, int] | None = None) -> list[dict]:
+def load_preferences(
+    source: str, tokenizer=None, base_dir=None, on_bad: str = "error", skipped: dict[str, int] | None = None
+) -> list[dict]:
     """Rows with rendered ``prompt``, ``chosen`` and ``rejected`` strings plus the other columns.
 
     Policy for a bad row (a missing or empty field, a malformed message list, chosen equal to
@@ -235,7 +260,17 @@ def load_preferences(source: str, tokenizer=None, base_dir=None, on_bad: str = "
                 skipped[reason] = skipped.get(reason, 0) + 1
             continue
         messages = {"prompt_messages": prompt} if isinstance(prompt, list) else {}
-        rows.append({**row, **messages, "prompt": _render_prompt(where, prompt, tokenizer), "chosen": chosen, "rejected": rejected})
+        rows.append(
+            {
+                **row,
+                **messages,
+                "prompt": _render_prompt(where, prompt, tokenizer),
+                "chosen": chosen,
+                "rejected": rejected,
+            }
+        )
     if not rows:
-        raise DataError(f"dataset {source!r} has no usable rows" + (f" (skipped: {skipped})" if skipped else ""))
+        raise DataError(
+            f"dataset {source!r} has no usable rows" + (f" (skipped: {skipped})" if skipped else "")
+        )
     return rows

@@ -73,7 +73,13 @@ def reversal_row(rng: random.Random, split: str = "train", min_len: int = 3, max
         question = f"rev:{word}="
         if _wanted(question, split):
             break
-    return {"prompt": question + THINK, "answer": word[::-1], "level": len(word) - 2, "task": "reversal", "thinking": ""}
+    return {
+        "prompt": question + THINK,
+        "answer": word[::-1],
+        "level": len(word) - 2,
+        "task": "reversal",
+        "thinking": "",
+    }
 
 
 def response(row: dict, thinking: bool) -> str:

@@ -5,8 +5,16 @@ No I/O, no state, no Ray / vLLM / DeepSpeed imports (a test checks it).
 
 from align.losses.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
 from align.losses.aggregation import AGG_MODES, aggregate
-from align.losses.policy import (POLICY_LOSSES, cispo_loss, kl_penalty, mismatch_weights, policy_loss, policy_loss_name,
-                                 sequence_policy_loss, token_logprobs)
+from align.losses.policy import (
+    POLICY_LOSSES,
+    cispo_loss,
+    kl_penalty,
+    mismatch_weights,
+    policy_loss,
+    policy_loss_name,
+    sequence_policy_loss,
+    token_logprobs,
+)
 from align.losses.preference import DPO_KINDS, PAIR_LOSSES, dpo_loss, fast_slow_losses, simpo_loss
 
 __all__ = [

@@ -18,7 +18,9 @@ def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return rewards.view(-1, group_size)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, normalize: str = "std", eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, normalize: str = "std", eps: float = 1e-6
+) -> torch.Tensor:
     """GRPO (``normalize="std"``): ``(r - mean_g) / (std_g + eps)``; Dr.GRPO (``"none"``): ``r - mean_g``.
 
     The std is the unbiased sample std (``torch.std``), as in TRL and verl; with a group of one

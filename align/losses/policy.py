@@ -118,8 +118,11 @@ def sequence_policy_loss(
     with torch.no_grad():
         has = n_tok > 0
         k = has.sum().clamp(min=1)
-        stats = {"clip_frac": ((clipped < unclipped) & has).sum() / k, "ratio_mean": (rho * has).sum() / k,
-                 "ratio_max": rho[has].max() if has.any() else torch.tensor(1.0)}
+        stats = {
+            "clip_frac": ((clipped < unclipped) & has).sum() / k,
+            "ratio_mean": (rho * has).sum() / k,
+            "ratio_max": rho[has].max() if has.any() else torch.tensor(1.0),
+        }
     return loss, stats
 
 
@@ -153,13 +156,23 @@ def cispo_loss(
     m = mask.bool()
     with torch.no_grad():
         n = m.sum().clamp(min=1)
-        stats = {"clip_frac": ((weight != ratio) & m).sum() / n, "ratio_mean": (ratio * m).sum() / n,
-                 "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0)}
+        stats = {
+            "clip_frac": ((weight != ratio) & m).sum() / n,
+            "ratio_mean": (ratio * m).sum() / n,
+            "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
+        }
     return loss, stats
 
 
-def mismatch_weights(learner_logps: torch.Tensor, rollout_logps: torch.Tensor, mask: torch.Tensor, level: str = "token",
-                     mode: str = "truncate", cap: float = 3.0, floor: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def mismatch_weights(
+    learner_logps: torch.Tensor,
+    rollout_logps: torch.Tensor,
+    mask: torch.Tensor,
+    level: str = "token",
+    mode: str = "truncate",
+    cap: float = 3.0,
+    floor: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Train/inference mismatch correction (truncated importance sampling, as TRL's
     ``vllm_importance_sampling_*`` and verl's rollout correction): the samples came from the rollout
     engine's distribution, the loss is computed under the learner's; weight each token by
@@ -177,10 +190,18 @@ def mismatch_weights(learner_logps: torch.Tensor, rollout_logps: torch.Tensor, m
     raw = torch.exp(diff.sum(dim=1, keepdim=True)) if level == "sequence" else torch.exp(diff)
     lo = 0.0 if floor is None else floor
     outside = (raw > cap) | (raw < lo)
-    w = torch.clamp(raw, min=lo, max=cap) if mode == "truncate" else torch.where(outside, torch.zeros_like(raw), raw)
+    w = (
+        torch.clamp(raw, min=lo, max=cap)
+        if mode == "truncate"
+        else torch.where(outside, torch.zeros_like(raw), raw)
+    )
     w = w.expand_as(mask) * mask
     unit = mask.sum(dim=1).clamp(max=1.0) if level == "sequence" else mask
-    out = outside.to(mask.dtype).expand_as(unit) * unit if level == "token" else outside.squeeze(1).to(mask.dtype) * unit
+    out = (
+        outside.to(mask.dtype).expand_as(unit) * unit
+        if level == "token"
+        else outside.squeeze(1).to(mask.dtype) * unit
+    )
     n = unit.sum().clamp(min=1.0)
     ratio = raw.expand_as(mask) if level == "token" else raw.squeeze(1)
     return w, {"ratio_mean": float((ratio * unit).sum() / n), "outside": float(out.sum() / n)}

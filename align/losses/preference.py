@@ -64,19 +64,32 @@ def simpo_loss(
     return losses, beta * chosen_avg_logps.detach(), beta * rejected_avg_logps.detach()
 
 
-def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
-                  center_coef: float = 0.0) -> torch.Tensor:
+def bradley_terry(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None, center_coef: float = 0.0
+) -> torch.Tensor:
     """Per-pair reward-model loss (TRL's ``RewardTrainer``)."""
     margin = torch.zeros_like(chosen) if margin is None else margin
-    return -torch.nn.functional.logsigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2
+    return (
+        -torch.nn.functional.logsigmoid(chosen - rejected - margin) + center_coef * (chosen + rejected) ** 2
+    )
 
 
 SLOW_TERMS = ("neg_fs", "sf")
 
 
-def fast_slow_losses(fast_w: torch.Tensor, fast_l: torch.Tensor, slow_w: torch.Tensor, slow_l: torch.Tensor,
-                     ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float = 0.1, alpha: float = 0.5,
-                     slow_term: str = "neg_fs", kind: str = "sigmoid", label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+def fast_slow_losses(
+    fast_w: torch.Tensor,
+    fast_l: torch.Tensor,
+    slow_w: torch.Tensor,
+    slow_l: torch.Tensor,
+    ref_w: torch.Tensor,
+    ref_l: torch.Tensor,
+    beta: float = 0.1,
+    alpha: float = 0.5,
+    slow_term: str = "neg_fs",
+    kind: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict]:
     """Per-pair OFS-DPO loss of both modules ``(b,)``, given sequence log-probs of chosen (w) and
     rejected (l) responses under the fast module, the slow module and the reference.
 
@@ -89,14 +102,21 @@ def fast_slow_losses(fast_w: torch.Tensor, fast_l: torch.Tensor, slow_w: torch.T
         raise ValueError(f"slow_term must be one of {SLOW_TERMS}, got {slow_term!r}")
     dpo_fast, chosen_r, rejected_r = dpo_loss(fast_w, fast_l, ref_w, ref_l, beta, kind, label_smoothing)
     dpo_slow, _, _ = dpo_loss(slow_w, slow_l, ref_w, ref_l, beta, kind, label_smoothing)
-    fs, _, _ = dpo_loss(fast_w, fast_l, slow_w.detach(), slow_l.detach(), beta)  # the fast module widens its lead
+    fs, _, _ = dpo_loss(
+        fast_w, fast_l, slow_w.detach(), slow_l.detach(), beta
+    )  # the fast module widens its lead
     if slow_term == "neg_fs":
         slow_extra = -dpo_loss(fast_w.detach(), fast_l.detach(), slow_w, slow_l, beta)[0]
     else:
         slow_extra = dpo_loss(slow_w, slow_l, fast_w.detach(), fast_l.detach(), beta)[0]
     total = dpo_fast + alpha * fs + dpo_slow + alpha * slow_extra
-    return total, {"dpo_fast": dpo_fast.detach(), "dpo_slow": dpo_slow.detach(), "fs": fs.detach(),
-                   "chosen_rewards": chosen_r, "rejected_rewards": rejected_r}
+    return total, {
+        "dpo_fast": dpo_fast.detach(),
+        "dpo_slow": dpo_slow.detach(),
+        "fs": fs.detach(),
+        "chosen_rewards": chosen_r,
+        "rejected_rewards": rejected_r,
+    }
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,9 @@ class PairLoss:
 
 
 def _dpo(kind: str) -> Callable:
-    return lambda c, r, rc, rr, cfg, margin=None: dpo_loss(c, r, rc, rr, cfg["beta"], kind, cfg.get("label_smoothing", 0.0))
+    return lambda c, r, rc, rr, cfg, margin=None: dpo_loss(
+        c, r, rc, rr, cfg["beta"], kind, cfg.get("label_smoothing", 0.0)
+    )
 
 
 def _bradley_terry(c, r, rc, rr, cfg, margin=None):
@@ -126,6 +148,10 @@ PAIR_LOSSES: dict[str, PairLoss] = {
     "sigmoid": PairLoss(_dpo("sigmoid")),
     "ipo": PairLoss(_dpo("ipo"), average=True),  # token-averaged log-probs, as TRL
     "hinge": PairLoss(_dpo("hinge")),
-    "simpo": PairLoss(lambda c, r, rc, rr, cfg, margin=None: simpo_loss(c, r, cfg["beta"], cfg["gamma"]), reference=False, average=True),
+    "simpo": PairLoss(
+        lambda c, r, rc, rr, cfg, margin=None: simpo_loss(c, r, cfg["beta"], cfg["gamma"]),
+        reference=False,
+        average=True,
+    ),
     "bradley_terry": PairLoss(_bradley_terry, reference=False, scores=True),
 }

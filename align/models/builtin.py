@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
 from align.checkpoint import build_once
 from align.models.tokenizer import build_tokenizer
 
@@ -27,9 +28,21 @@ log = logging.getLogger(__name__)
 
 # head_dim must be 32 or 64: vLLM's CPU attention rejects 16 (STACK.md).
 SIZES = {
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                  max_position_embeddings=512),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    ),
 }
 
 
@@ -92,7 +105,9 @@ def parse_builtin(path: str) -> tuple[str, bool] | None:
     if size not in SIZES:
         from align.models.pretrained import PRETRAINED
 
-        choices = ", ".join([f"builtin:{s}, builtin:{s}-init" for s in SIZES] + [f"builtin:{p}" for p in PRETRAINED])
+        choices = ", ".join(
+            [f"builtin:{s}, builtin:{s}-init" for s in SIZES] + [f"builtin:{p}" for p in PRETRAINED]
+        )
         raise ValueError(f"unknown built-in model {path!r}; choose one of {choices}")
     return size, warm
 
@@ -119,7 +134,9 @@ def ensure_builtin(size: str, warm: bool = True) -> Path:
         report = warm_start(model, recipe) if recipe else {}
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer().save_pretrained(tmp)
-        (tmp / "align_build.json").write_text(json.dumps({"size": size, "warm_start": asdict(recipe) if recipe else None, **report}, indent=2))
+        (tmp / "align_build.json").write_text(
+            json.dumps({"size": size, "warm_start": asdict(recipe) if recipe else None, **report}, indent=2)
+        )
 
     return build_once(target, "config.json", build)
 
@@ -150,8 +167,8 @@ def sft_batch(tok, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
     ids = torch.full((len(seqs), width), tok.pad_token_id)
     lab = torch.full((len(seqs), width), -100)
     att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, l) in enumerate(zip(seqs, labels)):
-        ids[i, : len(s)], lab[i, : len(l)], att[i, : len(s)] = torch.tensor(s), torch.tensor(l), 1
+    for i, (s, y) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)], lab[i, : len(y)], att[i, : len(s)] = torch.tensor(s), torch.tensor(y), 1
     return {"input_ids": ids, "attention_mask": att, "labels": lab}
 
 
@@ -161,7 +178,9 @@ def warm_start(model, recipe: WarmStart) -> dict:
     rng = random.Random(f"warm-start/{recipe.seed}")
     torch.manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / recipe.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / recipe.steps)
+    )
     model.train()
     start, loss = time.time(), float("nan")
     for step in range(recipe.steps):
@@ -172,6 +191,8 @@ def warm_start(model, recipe: WarmStart) -> dict:
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         loss = out.loss.item()
         if step % 100 == 0 or step == recipe.steps - 1:
-            log.info("warm-start step %d/%d loss %.4f (%.0fs)", step + 1, recipe.steps, loss, time.time() - start)
+            log.info(
+                "warm-start step %d/%d loss %.4f (%.0fs)", step + 1, recipe.steps, loss, time.time() - start
+            )
     model.eval()
     return {"final_loss": loss, "seconds": round(time.time() - start, 1)}

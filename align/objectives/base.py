@@ -123,8 +123,10 @@ def simplex_weights(names: list[str], weights: dict[str, float]) -> tuple[np.nda
     w = np.array([weights[n] for n in names], dtype=np.float64)
     if np.any(w < 0):
         bad = [n for n, x in zip(names, w) if x < 0]
-        raise ValueError(f"dynamic weighting keeps weights on the simplex: rewards {bad} have negative weights "
-                         "(use a reward that grows with what you want, e.g. brevity instead of -length)")
+        raise ValueError(
+            f"dynamic weighting keeps weights on the simplex: rewards {bad} have negative weights "
+            "(use a reward that grows with what you want, e.g. brevity instead of -length)"
+        )
     active = w > 0
     if not active.any():
         raise ValueError("every reward has weight 0: nothing to optimise")
@@ -148,6 +150,11 @@ def build_objective(name: str, names: list[str], weights: dict[str, float], conf
     from align.config.schema import GRPO_FAMILY
 
     family = GRPO_FAMILY.get(config.algorithm.name)
-    run = RunInfo(config.algorithm.name, family[0] if family else None, config.learner.lr, config.learner.grad_clip or None,
-                  config.trainer.seed)
+    run = RunInfo(
+        config.algorithm.name,
+        family[0] if family else None,
+        config.learner.lr,
+        config.learner.grad_clip or None,
+        config.trainer.seed,
+    )
     return OBJECTIVES[name](names, weights, getattr(config.objective, name, None), run)

@@ -17,8 +17,9 @@ import numpy as np
 from align.objectives.base import Objective, Shaped, register_objective, weighted_sum
 
 
-def gdpo_advantages(scores: np.ndarray, weights: np.ndarray, group_size: int, batch_norm: bool = True,
-                    eps: float = 1e-6) -> np.ndarray:
+def gdpo_advantages(
+    scores: np.ndarray, weights: np.ndarray, group_size: int, batch_norm: bool = True, eps: float = 1e-6
+) -> np.ndarray:
     """Advantages ``(N,)`` of ``scores`` ``(N, K)`` (samples laid out group by group): per reward the
     group-normalised value (unbiased std, as GRPO's), weighted and summed, then batch-normalised."""
     n, k = scores.shape
@@ -34,7 +35,9 @@ def gdpo_advantages(scores: np.ndarray, weights: np.ndarray, group_size: int, ba
         std = np.sqrt((centered**2).sum(axis=1, keepdims=True) / np.maximum(count - 1, 1))
         scale = np.broadcast_to(std + eps, centered.shape)
         # a group where the reward ties has no spread: advantage 0 from it
-        adv += weights[j] * np.divide(centered, scale, out=np.zeros_like(centered), where=scale > 0).reshape(-1)
+        adv += weights[j] * np.divide(centered, scale, out=np.zeros_like(centered), where=scale > 0).reshape(
+            -1
+        )
     if batch_norm and n > 1:
         adv = (adv - adv.mean()) / (adv.std(ddof=1) + eps)
     return adv
@@ -50,7 +53,10 @@ class GDPO(Objective):
         rewards = weighted_sum(scores, self.weight_vector())
         if "group_size" not in ctx or len(scores) == 0:
             return Shaped(rewards=rewards)
-        return Shaped(rewards=rewards, advantages=gdpo_advantages(scores, self.weight_vector(), ctx["group_size"], self.batch_norm))
+        return Shaped(
+            rewards=rewards,
+            advantages=gdpo_advantages(scores, self.weight_vector(), ctx["group_size"], self.batch_norm),
+        )
 
     def state_metrics(self) -> dict[str, float]:
         return {f"objective/weight/{n}": float(self.weights[n]) for n in self.names}

@@ -40,7 +40,12 @@ class GradientWeighting(Objective):
             influence = influence / max(float(np.mean(np.diag(gram))), 1e-12)
         self.accumulated.append(influence.tolist())
         out = {f"objective/influence/{self.names[k]}": float(i) for k, i in zip(idx, influence)}
-        out.update({f"objective/grad_norm/{self.names[k]}": float(np.sqrt(max(g, 0.0))) for k, g in zip(idx, np.diag(gram))})
+        out.update(
+            {
+                f"objective/grad_norm/{self.names[k]}": float(np.sqrt(max(g, 0.0)))
+                for k, g in zip(idx, np.diag(gram))
+            }
+        )
         # |sum_k w_k g_k|: the norm of the combined gradient the update is about to follow
         wa = self.w[idx]
         out["objective/combined_grad_norm"] = float(np.sqrt(max(wa @ gram @ wa, 0.0)))

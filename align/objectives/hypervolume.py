@@ -35,12 +35,16 @@ from align.objectives.simplex import exponentiated_gradient_step
 
 log = logging.getLogger(__name__)
 
-SCALE_INVARIANT = {"group_std": "grpo/dapo std-normalised group advantages",
-                   "reinforce_pp": "reinforce_pp's batch-normalised advantages"}
+SCALE_INVARIANT = {
+    "group_std": "grpo/dapo std-normalised group advantages",
+    "reinforce_pp": "reinforce_pp's batch-normalised advantages",
+}
 FD_STEP = 0.05  # finite-difference step of the hypervolume gradient, in relative units
 
 
-def hypervolume_gradient(buffer: np.ndarray, point: np.ndarray, ref: np.ndarray, step: float = FD_STEP) -> np.ndarray:
+def hypervolume_gradient(
+    buffer: np.ndarray, point: np.ndarray, ref: np.ndarray, step: float = FD_STEP
+) -> np.ndarray:
     """``d HV(buffer + point) / d point_k`` (all maximised) by forward differences, ``(K,)``."""
     pts = [*buffer] if len(buffer) else []
     base = hypervolume([*pts, point], ref, True)
@@ -67,19 +71,26 @@ class HypervolumeWeighting(Objective):
             self.optimised = [n for n, a in zip(names, self.active) if a]
             missing = [m for m in self.metric_names if m not in self.optimised]
             if missing:
-                raise ValueError(f"objective.hypervolume.metrics {missing}: the weights variant moves the weights of "
-                                 f"optimised rewards ({self.optimised}); each metric must be one of them")
+                raise ValueError(
+                    f"objective.hypervolume.metrics {missing}: the weights variant moves the weights of "
+                    f"optimised rewards ({self.optimised}); each metric must be one of them"
+                )
         else:
             self.w = self.weight_vector()
             estimator = self.run.estimator
             if estimator in SCALE_INVARIANT:
-                log.warning("objective hypervolume, variant meta_reward: the meta reward scales every reward by one positive "
-                            "number, which %s cancel exactly, so it changes nothing with algorithm %s. Use "
-                            "variant: weights, or dr_grpo / rloo, whose advantages keep the scale.",
-                            SCALE_INVARIANT[estimator], self.run.algorithm)
+                log.warning(
+                    "objective hypervolume, variant meta_reward: the meta reward scales every reward by one positive "
+                    "number, which %s cancel exactly, so it changes nothing with algorithm %s. Use "
+                    "variant: weights, or dr_grpo / rloo, whose advantages keep the scale.",
+                    SCALE_INVARIANT[estimator],
+                    self.run.algorithm,
+                )
             else:
-                log.info("objective hypervolume, variant meta_reward: Adam normalises the gradient scale too, so a meta "
-                         "reward that stays constant for many steps acts mostly through its changes between steps")
+                log.info(
+                    "objective hypervolume, variant meta_reward: Adam normalises the gradient scale too, so a meta "
+                    "reward that stays constant for many steps acts mostly through its changes between steps"
+                )
         self.p0: np.ndarray | None = None
         self.buffer: list[list[float]] = []
         self.meta, self.last_hvc = 1.0, 0.0
@@ -88,11 +99,15 @@ class HypervolumeWeighting(Objective):
     def _point(self, result: dict[str, float]) -> np.ndarray:
         missing = [m for m in self.metric_names if m not in result]
         if missing:
-            raise KeyError(f"objective.hypervolume.metrics {missing} are not eval metrics (have: {', '.join(sorted(result))})")
+            raise KeyError(
+                f"objective.hypervolume.metrics {missing} are not eval metrics (have: {', '.join(sorted(result))})"
+            )
         return np.array([result[m] for m in self.metric_names], dtype=np.float64)
 
     def _relative(self, p: np.ndarray) -> np.ndarray:
-        scale = np.array([(self.opts.scale or {}).get(m, max(abs(v), 1e-3)) for m, v in zip(self.metric_names, self.p0)])
+        scale = np.array(
+            [(self.opts.scale or {}).get(m, max(abs(v), 1e-3)) for m, v in zip(self.metric_names, self.p0)]
+        )
         sign = np.where(self.maximize, 1.0, -1.0)
         return sign * (p - self.p0) / scale
 
@@ -116,13 +131,19 @@ class HypervolumeWeighting(Objective):
         if self.opts.variant == "meta_reward":
             self.meta = meta_reward(hvc, self.opts.meta_base, self.opts.meta_scale)
         else:
-            rel_buffer = np.array([self._relative(np.array(b)) for b in self.buffer]) if self.buffer else np.zeros((0, len(p)))
+            rel_buffer = (
+                np.array([self._relative(np.array(b)) for b in self.buffer])
+                if self.buffer
+                else np.zeros((0, len(p)))
+            )
             grad = hypervolume_gradient(rel_buffer, self._relative(p), -np.ones(len(p)))
             if grad.sum() > 0:
                 g = np.zeros(len(self.names))
                 for m, gk in zip(self.metric_names, grad):
                     g[self.names.index(m)] = gk / grad.sum()
-                self.w[self.active] = exponentiated_gradient_step(self.w[self.active], g[self.active], self.opts.weight_lr)
+                self.w[self.active] = exponentiated_gradient_step(
+                    self.w[self.active], g[self.active], self.opts.weight_lr
+                )
             out.update({f"objective/hv_gradient/{m}": float(gk) for m, gk in zip(self.metric_names, grad)})
         if hvc > 0:
             self.buffer.append(p.tolist())
@@ -133,13 +154,23 @@ class HypervolumeWeighting(Objective):
 
     def state_metrics(self) -> dict[str, float]:
         out = {f"objective/weight/{n}": float(x) for n, x in zip(self.names, self.w)}
-        out.update({"objective/meta_reward": float(self.meta), "objective/hypervolume": self.hypervolume(),
-                    "objective/buffer_size": float(len(self.buffer))})
+        out.update(
+            {
+                "objective/meta_reward": float(self.meta),
+                "objective/hypervolume": self.hypervolume(),
+                "objective/buffer_size": float(len(self.buffer)),
+            }
+        )
         return out
 
     def state_dict(self) -> dict:
-        return {"p0": None if self.p0 is None else self.p0.tolist(), "buffer": self.buffer, "w": self.w.tolist(),
-                "meta": float(self.meta), "last_hvc": float(self.last_hvc)}
+        return {
+            "p0": None if self.p0 is None else self.p0.tolist(),
+            "buffer": self.buffer,
+            "w": self.w.tolist(),
+            "meta": float(self.meta),
+            "last_hvc": float(self.last_hvc),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.p0 = None if state.get("p0") is None else np.asarray(state["p0"], dtype=np.float64)

@@ -43,15 +43,28 @@ class LagrangianConstraints(Objective):
         squash = opts.squash
         if squash == "auto":
             if len(kinds) > 1:
-                raise ValueError("objective.lagrangian.squash: auto picks tanh for equality and sigmoid for inequality "
-                                 "constraints; with both kinds, set squash explicitly")
+                raise ValueError(
+                    "objective.lagrangian.squash: auto picks tanh for equality and sigmoid for inequality "
+                    "constraints; with both kinds, set squash explicitly"
+                )
             squash = "tanh" if kinds == {True} else "sigmoid"
         self.squash = squash
         rng = np.random.default_rng(self.run.seed)
-        init = rng.normal(0.0, opts.init_std, len(self.cons)) if squash != "none" else np.full(len(self.cons), 0.5)
+        init = (
+            rng.normal(0.0, opts.init_std, len(self.cons))
+            if squash != "none"
+            else np.full(len(self.cons), 0.5)
+        )
         self.init_raw = init.copy()
-        self.multipliers = Multipliers(len(self.cons), squash, opts.lr, opts.momentum, opts.max_grad_norm, init,
-                                       clamp_nonnegative=squash == "none")
+        self.multipliers = Multipliers(
+            len(self.cons),
+            squash,
+            opts.lr,
+            opts.momentum,
+            opts.max_grad_norm,
+            init,
+            clamp_nonnegative=squash == "none",
+        )
         self.thresholds = np.array([c.threshold for c in opts.constraints], dtype=np.float64)
         self.search = opts.threshold_search
         self.nm: NelderMead | None = None
@@ -59,10 +72,17 @@ class LagrangianConstraints(Objective):
         if self.search:
             low = np.array([c.search_low for c in opts.constraints])
             high = np.array([c.search_high for c in opts.constraints])
-            simplex = low + (high - low) * np.random.default_rng([self.run.seed, 1]).random((len(self.cons) + 1, len(self.cons)))
+            simplex = low + (high - low) * np.random.default_rng([self.run.seed, 1]).random(
+                (len(self.cons) + 1, len(self.cons))
+            )
             # bounds: every point Nelder-Mead hands out (and so every threshold) is in [search_low, search_high]
-            self.nm = NelderMead(simplex, tol=self.search.tol, max_evals=self.search.max_evals, cache_tol=self.search.cache_tol,
-                                 bounds=(low, high))
+            self.nm = NelderMead(
+                simplex,
+                tol=self.search.tol,
+                max_evals=self.search.max_evals,
+                cache_tol=self.search.cache_tol,
+                bounds=(low, high),
+            )
             self.thresholds = self.nm.ask()
 
     def _new_segment(self) -> None:
@@ -79,7 +99,9 @@ class LagrangianConstraints(Objective):
         if self.task == "kl":
             task = ctx.get("kl_reward")
             if task is None:
-                raise RuntimeError("objective.lagrangian.task: kl needs the KL reward (algorithm.kl.where: reward)")
+                raise RuntimeError(
+                    "objective.lagrangian.task: kl needs the KL reward (algorithm.kl.where: reward)"
+                )
         else:
             task = scores[:, self.names.index(self.task)]
             if ctx.get("kl_reward") is not None:
@@ -91,7 +113,9 @@ class LagrangianConstraints(Objective):
         task, cons = self._columns(scores, ctx)
         s = self.multipliers.weights
         squashed = self.squash != "none"
-        rewards = mixed_advantage(task, np.nan_to_num(cons), s, squashed)  # the same mix of raw rewards, for logging
+        rewards = mixed_advantage(
+            task, np.nan_to_num(cons), s, squashed
+        )  # the same mix of raw rewards, for logging
         if "advantages" not in ctx:  # e.g. DAPO's informative-group filter: the mixed reward is enough
             return Shaped(rewards=rewards)
         adv_task = ctx["advantages"](task)
@@ -103,14 +127,19 @@ class LagrangianConstraints(Objective):
         values = np.nanmean(cons, axis=0)
         self.multipliers.step(values, self.thresholds * self.sign)
         self.segment_steps += 1
-        return {f"objective/violation/{n}": float(self.sign[i] * (values[i] - self.thresholds[i] * self.sign[i]))
-                for i, n in enumerate(self.cons)}
+        return {
+            f"objective/violation/{n}": float(self.sign[i] * (values[i] - self.thresholds[i] * self.sign[i]))
+            for i, n in enumerate(self.cons)
+        }
 
     # -- threshold search
     def wants_eval(self, step: int) -> bool:
         if self.nm is None or self.nm.done:
             return False
-        return self.segment_steps % self.search.check_every == 0 or self.segment_steps >= self.search.steps_per_eval
+        return (
+            self.segment_steps % self.search.check_every == 0
+            or self.segment_steps >= self.search.steps_per_eval
+        )
 
     def reached(self, result: dict[str, float]) -> bool:
         tol = self.search.reached_tol
@@ -120,14 +149,20 @@ class LagrangianConstraints(Objective):
         if self.nm is None or self.nm.done or step == 0:
             return {}
         if self.search.true_score not in result:
-            raise KeyError(f"objective.lagrangian.threshold_search.true_score {self.search.true_score!r} is not an eval metric "
-                           f"(have: {', '.join(sorted(result))})")
+            raise KeyError(
+                f"objective.lagrangian.threshold_search.true_score {self.search.true_score!r} is not an eval metric "
+                f"(have: {', '.join(sorted(result))})"
+            )
         if not (self.reached(result) or self.segment_steps >= self.search.steps_per_eval):
             return {}
         value = -float(result[self.search.true_score])
         self.nm.tell(value)
-        out = {"objective/nm/f": value, "objective/nm/evals": float(len(self.nm.history)),
-               "objective/nm/cache_hits": float(self.nm.cache_hits), "objective/nm/segment_steps": float(self.segment_steps)}
+        out = {
+            "objective/nm/f": value,
+            "objective/nm/evals": float(len(self.nm.history)),
+            "objective/nm/cache_hits": float(self.nm.cache_hits),
+            "objective/nm/segment_steps": float(self.segment_steps),
+        }
         self._new_segment()
         nxt = self.nm.ask()
         if nxt is None:  # finished: keep the best thresholds found
@@ -143,12 +178,18 @@ class LagrangianConstraints(Objective):
         for i, n in enumerate(self.cons):
             out[f"objective/multiplier/{n}"] = float(self.multipliers.weights[i])
             out[f"objective/threshold/{n}"] = float(self.thresholds[i])
-        out["objective/task_weight"] = float(len(self.cons) - self.multipliers.weights.sum()) if self.squash != "none" else 1.0
+        out["objective/task_weight"] = (
+            float(len(self.cons) - self.multipliers.weights.sum()) if self.squash != "none" else 1.0
+        )
         return out
 
     def state_dict(self) -> dict:
-        return {"multipliers": self.multipliers.state_dict(), "thresholds": self.thresholds.tolist(),
-                "segment_steps": self.segment_steps, "nm": self.nm.state_dict() if self.nm else None}
+        return {
+            "multipliers": self.multipliers.state_dict(),
+            "thresholds": self.thresholds.tolist(),
+            "segment_steps": self.segment_steps,
+            "nm": self.nm.state_dict() if self.nm else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.multipliers.load_state_dict(state["multipliers"])

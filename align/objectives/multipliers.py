@@ -30,10 +30,14 @@ def squash(raw: np.ndarray, kind: str) -> np.ndarray:
 def squash_grad(raw: np.ndarray, kind: str) -> np.ndarray:
     """``d s / d lambda``."""
     s = squash(raw, kind)
-    return {"tanh": lambda: 1.0 - s**2, "sigmoid": lambda: s * (1.0 - s), "none": lambda: np.ones_like(s)}[kind]()
+    return {"tanh": lambda: 1.0 - s**2, "sigmoid": lambda: s * (1.0 - s), "none": lambda: np.ones_like(s)}[
+        kind
+    ]()
 
 
-def mixed_advantage(task_adv: np.ndarray, constraint_adv: np.ndarray, s: np.ndarray, squashed: bool = True) -> np.ndarray:
+def mixed_advantage(
+    task_adv: np.ndarray, constraint_adv: np.ndarray, s: np.ndarray, squashed: bool = True
+) -> np.ndarray:
     """Advantage ``(N,)`` from the task advantage ``(N,)`` and constraint advantages ``(N, C)``."""
     task_adv, constraint_adv, s = (np.asarray(x, dtype=np.float64) for x in (task_adv, constraint_adv, s))
     if squashed:
@@ -44,8 +48,16 @@ def mixed_advantage(task_adv: np.ndarray, constraint_adv: np.ndarray, s: np.ndar
 class Multipliers:
     """Raw multipliers with their momentum buffer; ``step`` applies one update."""
 
-    def __init__(self, num: int, kind: str = "tanh", lr: float = 0.1, momentum: float = 0.1,
-                 max_grad_norm: float | None = None, init: np.ndarray | None = None, clamp_nonnegative: bool = False):
+    def __init__(
+        self,
+        num: int,
+        kind: str = "tanh",
+        lr: float = 0.1,
+        momentum: float = 0.1,
+        max_grad_norm: float | None = None,
+        init: np.ndarray | None = None,
+        clamp_nonnegative: bool = False,
+    ):
         if kind not in SQUASH:
             raise ValueError(f"squash must be one of {SQUASH}, got {kind!r}")
         self.kind, self.lr, self.momentum, self.max_grad_norm = kind, lr, momentum, max_grad_norm
@@ -59,7 +71,9 @@ class Multipliers:
 
     def step(self, values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """One momentum-SGD step on ``sum s(lambda) (v - theta)``; returns the new ``s(lambda)``."""
-        grad = squash_grad(self.raw, self.kind) * (np.asarray(values, dtype=np.float64) - np.asarray(thresholds, dtype=np.float64))
+        grad = squash_grad(self.raw, self.kind) * (
+            np.asarray(values, dtype=np.float64) - np.asarray(thresholds, dtype=np.float64)
+        )
         if self.max_grad_norm is not None:
             norm = np.linalg.norm(grad)
             if norm > self.max_grad_norm:

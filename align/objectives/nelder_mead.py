@@ -27,9 +27,23 @@ class _Budget(Exception):
 
 
 class NelderMead:
-    def __init__(self, simplex, tol: float = 0.01, max_evals: int = 50, cache_tol: float = 5e-3,
-                 alpha: float = 1.0, gamma: float = 2.0, rho: float = 0.5, sigma: float = 0.5, bounds=None):
-        self.bounds = None if bounds is None else (np.asarray(bounds[0], dtype=np.float64), np.asarray(bounds[1], dtype=np.float64))
+    def __init__(
+        self,
+        simplex,
+        tol: float = 0.01,
+        max_evals: int = 50,
+        cache_tol: float = 5e-3,
+        alpha: float = 1.0,
+        gamma: float = 2.0,
+        rho: float = 0.5,
+        sigma: float = 0.5,
+        bounds=None,
+    ):
+        self.bounds = (
+            None
+            if bounds is None
+            else (np.asarray(bounds[0], dtype=np.float64), np.asarray(bounds[1], dtype=np.float64))
+        )
         self.initial = np.atleast_2d(np.asarray(simplex, dtype=np.float64))
         n = self.initial.shape[1]
         if self.initial.shape[0] != n + 1:
@@ -73,7 +87,9 @@ class NelderMead:
         self._reset()
         for x, f in state["history"]:
             if self._pending is None or not np.allclose(self._pending, x, rtol=0, atol=1e-12):
-                raise ValueError("the saved Nelder-Mead history does not replay on this simplex (config changed?)")
+                raise ValueError(
+                    "the saved Nelder-Mead history does not replay on this simplex (config changed?)"
+                )
             self.tell(f)
 
     # -- the algorithm

@@ -25,7 +25,11 @@ def hypervolume(points, ref, maximize: bool | Sequence[bool] = True) -> float:
     pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
     if pts.size == 0:
         return 0.0
-    flags = [bool(maximize)] * pts.shape[1] if isinstance(maximize, (bool, np.bool_)) else [bool(m) for m in maximize]
+    flags = (
+        [bool(maximize)] * pts.shape[1]
+        if isinstance(maximize, (bool, np.bool_))
+        else [bool(m) for m in maximize]
+    )
     return float(moocore.hypervolume(pts, ref=np.asarray(ref, dtype=np.float64), maximise=flags))
 
 

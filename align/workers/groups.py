@@ -8,12 +8,11 @@ import logging
 import math
 import socket
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 import torch
-
-from typing import TYPE_CHECKING
 
 from align import interrupts
 from align.batch import shard_indices
@@ -54,19 +53,33 @@ class RolloutGroup:
     the call; requests carry their seeds, so the repeat samples what the lost call would have.
     """
 
-    def __init__(self, spec: "RolloutSpec | dict", num_workers: int, num_cpus: float, num_gpus: float = 0, max_restarts: int = 3,
-                 wait: bool = True):
+    def __init__(
+        self,
+        spec: "RolloutSpec | dict",
+        num_workers: int,
+        num_cpus: float,
+        num_gpus: float = 0,
+        max_restarts: int = 3,
+        wait: bool = True,
+    ):
         from align.workers.rollout import RolloutEngine, RolloutSpec, cpu_preload_env
 
         spec = RolloutSpec.of(spec)
         env = cpu_preload_env() if not num_gpus else {}
-        actor = ray.remote(RolloutEngine).options(num_cpus=num_cpus, num_gpus=num_gpus, max_concurrency=1,
-                                                  max_restarts=max_restarts, max_task_retries=0,
-                                                  **({"runtime_env": {"env_vars": env}} if env else {}))
+        actor = ray.remote(RolloutEngine).options(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            max_concurrency=1,
+            max_restarts=max_restarts,
+            max_task_retries=0,
+            **({"runtime_env": {"env_vars": env}} if env else {}),
+        )
         self.max_restarts = max_restarts
         self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
-        self.workers = [actor.remote(dataclasses.replace(spec, seed=spec.seed + i)) for i in range(num_workers)]
+        self.workers = [
+            actor.remote(dataclasses.replace(spec, seed=spec.seed + i)) for i in range(num_workers)
+        ]
         self._starting = [w.info.remote() for w in self.workers]
         self.start_seconds = 0.0  # the slowest engine's own start (vLLM load and warm-up)
         self.lora_mode = spec.lora_mode
@@ -86,10 +99,15 @@ class RolloutGroup:
     def _recover(self, exc: Exception, attempt: int) -> None:
         """After a failed call: wait for every worker (restarted ones come back), serve the adapter again."""
         if attempt >= self.max_restarts:
-            raise RuntimeError(f"rollout workers failed {attempt + 1} times in one call (trainer.actor_restarts="
-                               f"{self.max_restarts}): {exc}") from exc
+            raise RuntimeError(
+                f"rollout workers failed {attempt + 1} times in one call (trainer.actor_restarts="
+                f"{self.max_restarts}): {exc}"
+            ) from exc
         self.restarts += 1
-        log.warning("rollout worker lost (%s); waiting for its restart, then repeating the call", str(exc).splitlines()[0][:200])
+        log.warning(
+            "rollout worker lost (%s); waiting for its restart, then repeating the call",
+            str(exc).splitlines()[0][:200],
+        )
         self.pids = [self._wait_alive(w) for w in self.workers]
         if self._adapter is not None:
             self._serve(*self._adapter)
@@ -124,10 +142,18 @@ class RolloutGroup:
         return self._retrying(lambda: self._serve(version, tensors_ref, adapter_config))
 
     def _serve(self, version: int, tensors_ref, adapter_config: dict) -> float:
-        return max(gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers]))
+        return max(
+            gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])
+        )
 
-    def generate(self, prompts: list[str], seeds: list[int], logprobs_for: int | None = None, forced: bool = False,
-                 **sampling) -> list[list[dict]]:
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        logprobs_for: int | None = None,
+        forced: bool = False,
+        **sampling,
+    ) -> list[list[dict]]:
         """Groups of samples per prompt; sampling log-probs for the first ``logprobs_for`` prompts.
         ``forced``: AdaptThink's forced-mode rollouts (``RolloutEngine.generate_forced``)."""
         shares = shard_indices(len(prompts), len(self.workers))
@@ -136,9 +162,16 @@ class RolloutGroup:
             sampling["adapter_version"] = self._adapter[0]
 
         def call():
-            futures = [(w.generate_forced if forced else w.generate).remote(
-                           [prompts[i] for i in idx], seeds=[seeds[i] for i in idx], logprobs_for=sum(i < k for i in idx), **sampling)
-                       for w, idx in zip(self.workers, shares) if idx]
+            futures = [
+                (w.generate_forced if forced else w.generate).remote(
+                    [prompts[i] for i in idx],
+                    seeds=[seeds[i] for i in idx],
+                    logprobs_for=sum(i < k for i in idx),
+                    **sampling,
+                )
+                for w, idx in zip(self.workers, shares)
+                if idx
+            ]
             return [group for part in gather(futures) for group in part]
 
         return self._retrying(call)
@@ -156,8 +189,15 @@ class LearnerGroup:
     :meth:`restart` and restores the last checkpoint (``Trainer._recover_learners``).
     """
 
-    def __init__(self, spec: "LearnerSpec | dict", num_ranks: int, num_cpus: float, num_gpus: float = 0, seed: int = 0,
-                 wait: bool = True):
+    def __init__(
+        self,
+        spec: "LearnerSpec | dict",
+        num_ranks: int,
+        num_cpus: float,
+        num_gpus: float = 0,
+        seed: int = 0,
+        wait: bool = True,
+    ):
         from align.workers.learner import LearnerSpec
 
         spec = LearnerSpec.of(spec)
@@ -192,8 +232,10 @@ class LearnerGroup:
             # a surviving rank's collective failed first ("connection closed by peer"): was a rank lost?
             dead = self._dead_ranks()
             if dead:
-                raise LearnerLost(f"learner rank(s) {dead} died (a surviving rank's collective then failed: "
-                                  f"{str(getattr(exc, 'cause', exc)).splitlines()[0][:200]})") from exc
+                raise LearnerLost(
+                    f"learner rank(s) {dead} died (a surviving rank's collective then failed: "
+                    f"{str(getattr(exc, 'cause', exc)).splitlines()[0][:200]})"
+                ) from exc
             raise
 
     def _dead_ranks(self, timeout: float = 30.0) -> list[int]:
@@ -218,9 +260,16 @@ class LearnerGroup:
         n = batch["input_ids"].shape[0]
         return [(idx, {k: v[idx] for k, v in batch.items()}) for idx in shard_indices(n, len(self.ranks))]
 
-    def compute_logprobs(self, batch: dict, temperature: float, reference: bool, policy: bool = True) -> dict[str, torch.Tensor]:
+    def compute_logprobs(
+        self, batch: dict, temperature: float, reference: bool, policy: bool = True
+    ) -> dict[str, torch.Tensor]:
         shares = self._shares(batch)
-        outs = self._gather([r.compute_logprobs.remote(share, temperature, reference, policy) for r, (_, share) in zip(self.ranks, shares)])
+        outs = self._gather(
+            [
+                r.compute_logprobs.remote(share, temperature, reference, policy)
+                for r, (_, share) in zip(self.ranks, shares)
+            ]
+        )
         width = batch["input_ids"].shape[1] - 1
         merged = {}
         for key in outs[0]:
@@ -240,60 +289,94 @@ class LearnerGroup:
             per_micro = max(2, self.micro_batch_size - self.micro_batch_size % 2)
             num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / per_micro) for s in shares))
             normalizers = {"num_pairs": batch["input_ids"].shape[0] / 2}
-            stats = self._gather([r.train_step.remote(share, loss_cfg, normalizers, num_micro) for r, share in zip(self.ranks, shares)])
-            out = {k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")}
+            stats = self._gather(
+                [
+                    r.train_step.remote(share, loss_cfg, normalizers, num_micro)
+                    for r, share in zip(self.ranks, shares)
+                ]
+            )
+            out = {
+                k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")
+            }
             out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
             return out
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
-        stats = self._gather([r.train_step.remote(share, cfg, normalizers, num_micro) for r, (_, share) in zip(self.ranks, shares)])
+        stats = self._gather(
+            [
+                r.train_step.remote(share, cfg, normalizers, num_micro)
+                for r, (_, share) in zip(self.ranks, shares)
+            ]
+        )
         tokens = sum(s.get("tokens", 0.0) for s in stats)
         return {
             "loss/policy": sum(s.get("loss/policy", 0.0) for s in stats),
             "loss/kl": sum(s.get("loss/kl", 0.0) for s in stats),
             "loss/clip_frac": sum(s.get("clip_tokens", 0.0) for s in stats) / max(tokens, 1.0),
             "loss/ratio_mean": sum(s.get("ratio_sum", 0.0) for s in stats) / max(tokens, 1.0),
-            "policy/entropy": sum(s.get("entropy_sum", 0.0) for s in stats) / max(tokens, 1.0),  # mean over completion tokens
+            "policy/entropy": sum(s.get("entropy_sum", 0.0) for s in stats)
+            / max(tokens, 1.0),  # mean over completion tokens
             "loss/grad_norm": stats[0]["grad_norm"],
             "timing/learner_compute": max(s["seconds"] for s in stats),
         }
 
     def _normalizers(self, batch: dict, loss_cfg: dict) -> tuple[dict, dict, list, int]:
         n = batch["input_ids"].shape[0]
-        normalizers = {"num_tokens": float(batch["completion_mask"].sum().item()), "num_seqs": float(n),
-                       "max_len": loss_cfg["max_len"]}
+        normalizers = {
+            "num_tokens": float(batch["completion_mask"].sum().item()),
+            "num_seqs": float(n),
+            "max_len": loss_cfg["max_len"],
+        }
         if loss_cfg["agg"] != "seq_mean_token_sum_norm":
             normalizers.pop("max_len")
         shares = self._shares(batch)
         num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))
         return normalizers, {k: v for k, v in loss_cfg.items() if k != "max_len"}, shares, num_micro
 
-    def objective_gradients(self, batch: dict, advantages: np.ndarray, loss_cfg: dict,
-                            param_pattern: str | None = None, clip: float | None = None) -> np.ndarray:
+    def objective_gradients(
+        self,
+        batch: dict,
+        advantages: np.ndarray,
+        loss_cfg: dict,
+        param_pattern: str | None = None,
+        clip: float | None = None,
+    ) -> np.ndarray:
         """Gram matrix ``(K, K)`` of the whole batch's per-objective loss gradients (one backward
         pass per objective on every rank, summed across ranks)."""
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
         adv = torch.as_tensor(np.asarray(advantages), dtype=torch.float32)  # (K, N)
-        grams = self._gather([r.objective_gradients.remote(share, adv[:, idx], cfg, normalizers, num_micro, param_pattern, clip)
-                         for r, (idx, share) in zip(self.ranks, shares)])
+        grams = self._gather(
+            [
+                r.objective_gradients.remote(
+                    share, adv[:, idx], cfg, normalizers, num_micro, param_pattern, clip
+                )
+                for r, (idx, share) in zip(self.ranks, shares)
+            ]
+        )
         return grams[0]
 
     def _pair_shares(self, batch: dict) -> list[dict]:
         """Whole pairs (rows 2i, 2i+1) per rank."""
         n_pairs = batch["input_ids"].shape[0] // 2
-        return [{k: v[[i for p in idx for i in (2 * p, 2 * p + 1)]] for k, v in batch.items()}
-                for idx in shard_indices(n_pairs, len(self.ranks))]
+        return [
+            {k: v[[i for p in idx for i in (2 * p, 2 * p + 1)]] for k, v in batch.items()}
+            for idx in shard_indices(n_pairs, len(self.ranks))
+        ]
 
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
         """Per-row completion log-prob sums for each of ``which`` (``reference`` or an adapter name)."""
         shares = self._shares(batch)
-        outs = self._gather([r.sequence_logps.remote(share, which) for r, (_, share) in zip(self.ranks, shares)])
+        outs = self._gather(
+            [r.sequence_logps.remote(share, which) for r, (_, share) in zip(self.ranks, shares)]
+        )
         return {w: torch.cat([o[w] for o in outs]) for w in which}
 
     def set_fast(self, index: int) -> None:
         self._gather([r.set_fast.remote(index) for r in self.ranks])
 
     def adapter(self, name: str = "default") -> tuple[dict[str, np.ndarray], dict]:
-        return self._gather([self.ranks[0].adapter_state.remote(name), self.ranks[0].peft_config_dict.remote()])
+        return self._gather(
+            [self.ranks[0].adapter_state.remote(name), self.ranks[0].peft_config_dict.remote()]
+        )
 
     def all_adapters(self, name: str = "default") -> list[dict[str, np.ndarray]]:
         return self._gather([r.adapter_state.remote(name) for r in self.ranks])
@@ -303,10 +386,16 @@ class LearnerGroup:
 
     def load_state(self, adapter: dict, optimizer_states: list[dict] | None, name: str = "default") -> None:
         if optimizer_states is not None and len(optimizer_states) != len(self.ranks):
-            raise ValueError(f"the checkpoint has optimizer state for {len(optimizer_states)} learner ranks; "
-                             f"this run has learner.num_ranks={len(self.ranks)}")
-        self._gather([r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None, name)
-                 for i, r in enumerate(self.ranks)])
+            raise ValueError(
+                f"the checkpoint has optimizer state for {len(optimizer_states)} learner ranks; "
+                f"this run has learner.num_ranks={len(self.ranks)}"
+            )
+        self._gather(
+            [
+                r.load_state.remote(adapter, optimizer_states[i] if optimizer_states else None, name)
+                for i, r in enumerate(self.ranks)
+            ]
+        )
 
 
 def timed(fn, *args, **kwargs):

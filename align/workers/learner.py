@@ -62,9 +62,19 @@ class LearnerSpec:
 
     @classmethod
     def from_config(cls, c, model_path: str) -> "LearnerSpec":
-        return cls(model_path=model_path, device=c.model.device, dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code,
-                   lora=c.model.lora.model_dump(), micro_batch_size=c.learner.micro_batch_size, zero_stage=c.learner.zero_stage,
-                   lr=c.learner.lr, grad_clip=c.learner.grad_clip, threads=c.learner.threads, autocast=c.learner.autocast)
+        return cls(
+            model_path=model_path,
+            device=c.model.device,
+            dtype=c.model.dtype,
+            trust_remote_code=c.model.trust_remote_code,
+            lora=c.model.lora.model_dump(),
+            micro_batch_size=c.learner.micro_batch_size,
+            zero_stage=c.learner.zero_stage,
+            lr=c.learner.lr,
+            grad_clip=c.learner.grad_clip,
+            threads=c.learner.threads,
+            autocast=c.learner.autocast,
+        )
 
     @classmethod
     def of(cls, spec: "LearnerSpec | dict") -> "LearnerSpec":
@@ -72,7 +82,9 @@ class LearnerSpec:
         return spec if isinstance(spec, cls) else cls(**spec)
 
 
-def forced_first_old(old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+def forced_first_old(
+    old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Tensor, forced: torch.Tensor
+) -> torch.Tensor:
     """``old`` ``(b, t)`` with each forced row's first completion column set to ``first_logp`` (its
     proposal log-probability, AdaptThink's importance sampling); other rows unchanged."""
     col = mask.float().argmax(dim=1)  # first completion column of each row
@@ -97,9 +109,16 @@ class Learner:
             # Rollout and learning phases do not overlap, so each rank may use its share of all cores.
             torch.set_num_threads(max(1, int(spec.threads or (os.cpu_count() or 1) // world_size)))
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        os.environ.update(RANK=str(rank), LOCAL_RANK="0" if self.device == "cpu" else str(rank), WORLD_SIZE=str(world_size),
-                          MASTER_ADDR=spec.master_addr, MASTER_PORT=str(master_port))
-        deepspeed.init_distributed(dist_backend="gloo" if self.device == "cpu" else "nccl", auto_mpi_discovery=False)
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK="0" if self.device == "cpu" else str(rank),
+            WORLD_SIZE=str(world_size),
+            MASTER_ADDR=spec.master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        deepspeed.init_distributed(
+            dist_backend="gloo" if self.device == "cpu" else "nccl", auto_mpi_discovery=False
+        )
         dtype = getattr(torch, spec.dtype)
         torch.manual_seed(seed)  # identical LoRA initialisation on every rank
         # task "reward_model": a sequence-classification model (one score, read at the last token),
@@ -108,12 +127,19 @@ class Learner:
         self.full = self.reward_model and spec.finetune == "full"
         auto = AutoModelForSequenceClassification if self.reward_model else AutoModelForCausalLM
         extra = {"num_labels": 1} if self.reward_model else {}
-        model = auto.from_pretrained(spec.model_path, dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra)
+        model = auto.from_pretrained(
+            spec.model_path, dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra
+        )
         if self.reward_model and model.config.pad_token_id is None:
             model.config.pad_token_id = spec.pad_token_id
         lora = spec.lora
-        self.peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                      target_modules=lora["target_modules"], task_type="SEQ_CLS" if self.reward_model else "CAUSAL_LM")
+        self.peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["target_modules"],
+            task_type="SEQ_CLS" if self.reward_model else "CAUSAL_LM",
+        )
         if not self.full:
             model = get_peft_model(model, self.peft_config)
         # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
@@ -131,19 +157,34 @@ class Learner:
             "train_micro_batch_size_per_gpu": spec.micro_batch_size,
             "gradient_accumulation_steps": 1,  # we mark accumulation boundaries ourselves
             "zero_optimization": {"stage": spec.zero_stage},
-            "optimizer": {"type": "AdamW", "params": {"lr": spec.lr, "betas": [0.9, 0.999], "eps": 1e-8,
-                                                      "weight_decay": 0.0, "torch_adam": True}},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": spec.lr,
+                    "betas": [0.9, 0.999],
+                    "eps": 1e-8,
+                    "weight_decay": 0.0,
+                    "torch_adam": True,
+                },
+            },
             "gradient_clipping": spec.grad_clip,
             "bf16": {"enabled": spec.dtype == "bfloat16"},
             "fp16": {"enabled": spec.dtype == "float16"},
             "steps_per_print": 2**31 - 1,
         }
         if self.ofs:
-            trainable = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": spec.lr}
-                         for a in self.adapter_names]
+            trainable = [
+                {
+                    "params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n],
+                    "lr": spec.lr,
+                }
+                for a in self.adapter_names
+            ]
         else:
             trainable = [p for p in model.parameters() if p.requires_grad]
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=ds_config
+        )
         self.model = self.engine.module
         if self.ofs:
             self.set_fast(0)
@@ -157,9 +198,16 @@ class Learner:
         engine is still loading (the trainer starts both at once). ``torch.autograd.grad`` on the
         module itself: no optimizer step, no ZeRO reduction, the engine's gradient buffers untouched."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        ids = torch.randint(0, int(self.model.config.vocab_size), (self.spec.micro_batch_size, 64), device=self.device)
-        part = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "completion_mask": torch.cat([torch.zeros(ids.shape[0], 31), torch.ones(ids.shape[0], 32)], dim=1)}
+        ids = torch.randint(
+            0, int(self.model.config.vocab_size), (self.spec.micro_batch_size, 64), device=self.device
+        )
+        part = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "completion_mask": torch.cat(
+                [torch.zeros(ids.shape[0], 31), torch.ones(ids.shape[0], 32)], dim=1
+            ),
+        }
         self.model.train()
         lp = self._logps(part, 1.0, grad=True, plain=True)
         torch.autograd.grad(lp.sum(), params, allow_unused=True)
@@ -210,10 +258,17 @@ class Learner:
         ``learner.autocast: bf16`` the forward runs under CPU/CUDA bf16 autocast (the loss stays float32)."""
         ids = part["input_ids"].to(self.device)
         kw = {"logits_to_keep": ids.shape[1] - first} if first > 0 and self._keeps_logits else {}
-        autocast = (torch.autocast(device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-                    if self.spec.autocast == "bf16" else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(
+                device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=torch.bfloat16
+            )
+            if self.spec.autocast == "bf16"
+            else contextlib.nullcontext()
+        )
         with autocast:
-            logits = (self.model if plain else self.engine)(input_ids=ids, attention_mask=part["attention_mask"].to(self.device), **kw).logits
+            logits = (self.model if plain else self.engine)(
+                input_ids=ids, attention_mask=part["attention_mask"].to(self.device), **kw
+            ).logits
         return logits if kw or not first else logits[:, first:]
 
     @functools.cached_property
@@ -243,12 +298,18 @@ class Learner:
             if not entropy:
                 return lp
             with torch.no_grad():  # row by row: a (b, t, vocab) float copy can be large for real vocabularies
-                ent = torch.stack([_entropy(row) for row in z.detach()]) if z.shape[0] else z.new_zeros(z.shape[:2])
+                ent = (
+                    torch.stack([_entropy(row) for row in z.detach()])
+                    if z.shape[0]
+                    else z.new_zeros(z.shape[:2])
+                )
                 if first:
                     ent = torch.cat([ent.new_zeros(ent.shape[0], first), ent], dim=1)
             return lp, ent
 
-    def compute_logprobs(self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True) -> dict[str, torch.Tensor]:
+    def compute_logprobs(
+        self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Current-policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
         log-probs, each ``(b, L-1)``."""
         self.engine.eval()
@@ -284,7 +345,10 @@ class Learner:
     def _rm_scores(self, part: dict, grad: bool) -> torch.Tensor:
         """Reward-model scores ``(b,)``: the model's output at each row's last token (HF's pooling)."""
         with torch.enable_grad() if grad else torch.no_grad():
-            out = self.engine(input_ids=part["input_ids"].to(self.device), attention_mask=part["attention_mask"].to(self.device))
+            out = self.engine(
+                input_ids=part["input_ids"].to(self.device),
+                attention_mask=part["attention_mask"].to(self.device),
+            )
         return out.logits[:, 0].float()
 
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
@@ -300,8 +364,15 @@ class Learner:
             idx = order[start : start + mbs]
             part = select(batch, idx)
             for w in which:
-                out[w][idx] = (self._rm_scores(part, False) if w == "score" else
-                               self._seq_logps(part, False, None if w == "reference" else w)).cpu().float()
+                out[w][idx] = (
+                    (
+                        self._rm_scores(part, False)
+                        if w == "score"
+                        else self._seq_logps(part, False, None if w == "reference" else w)
+                    )
+                    .cpu()
+                    .float()
+                )
         return out
 
     def _pair_loss(self, part: dict, cfg: dict, normalizers: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -332,23 +403,47 @@ class Learner:
             c, r = split(self._seq_logps(part, True, fast))
             sc, sr = split(self._seq_logps(part, True, slow))
             fs = cfg["fast_slow"]
-            losses, parts = fast_slow_losses(c, r, sc, sr, rc, rrj, cfg["beta"], fs["alpha"], fs["slow_term"], cfg["loss"],
-                                             cfg.get("label_smoothing", 0.0))
+            losses, parts = fast_slow_losses(
+                c,
+                r,
+                sc,
+                sr,
+                rc,
+                rrj,
+                cfg["beta"],
+                fs["alpha"],
+                fs["slow_term"],
+                cfg["loss"],
+                cfg.get("label_smoothing", 0.0),
+            )
             cr, rr = parts["chosen_rewards"], parts["rejected_rewards"]
-            stats = {"dpo_fast": parts["dpo_fast"].sum().item(), "dpo_slow": parts["dpo_slow"].sum().item(),
-                     "fs": parts["fs"].sum().item(), "slow_accuracy": float(((sc - rc) > (sr - rrj)).float().sum().item())}
+            stats = {
+                "dpo_fast": parts["dpo_fast"].sum().item(),
+                "dpo_slow": parts["dpo_slow"].sum().item(),
+                "fs": parts["fs"].sum().item(),
+                "slow_accuracy": float(((sc - rc) > (sr - rrj)).float().sum().item()),
+            }
         else:
             c, r = split(self._seq_logps(part, True, "default"))
             losses, cr, rr = spec.fn(c, r, rc, rrj, cfg, margin)
         loss = losses.sum() / normalizers["num_pairs"]
-        stats.update({"loss": losses.detach().sum().item(), "chosen_rewards": cr.sum().item(), "rejected_rewards": rr.sum().item(),
-                      "accuracy": float((cr > rr).float().sum().item()), "margin": (cr - rr).sum().item(),
-                      "chosen_logps": c.detach().sum().item(), "rejected_logps": r.detach().sum().item(),
-                      "pairs": float(c.shape[0])})
+        stats.update(
+            {
+                "loss": losses.detach().sum().item(),
+                "chosen_rewards": cr.sum().item(),
+                "rejected_rewards": rr.sum().item(),
+                "accuracy": float((cr > rr).float().sum().item()),
+                "margin": (cr - rr).sum().item(),
+                "chosen_logps": c.detach().sum().item(),
+                "rejected_logps": r.detach().sum().item(),
+                "pairs": float(c.shape[0]),
+            }
+        )
         return loss, stats
 
-    def _policy_loss(self, part: dict, loss_cfg: dict, normalizers: dict,
-                     logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def _policy_loss(
+        self, part: dict, loss_cfg: dict, normalizers: dict, logps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The full actor loss of one micro-batch (the policy loss ``loss_cfg["loss"]`` of
         ``POLICY_LOSSES`` + KL term), globally normalised; ``logps`` (with grad) when the caller
         already ran the forward pass. Optional ``is_weights`` ``(b, t)`` (train/inference mismatch
@@ -361,15 +456,31 @@ class Learner:
         # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
         old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
         if "forced_first" in part:  # AdaptThink: the forced first token was drawn from pi_IS, not pi_old
-            old = forced_first_old(old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device))
+            old = forced_first_old(
+                old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device)
+            )
         fn = POLICY_LOSSES[policy_loss_name(loss_cfg)]
         weights = part["is_weights"].to(logps.device) if "is_weights" in part else None
-        loss, stats = fn(logps, old, part["advantages"].to(logps.device), mask, clip_low=loss_cfg["clip_low"],
-                         clip_high=loss_cfg["clip_high"], agg=loss_cfg["agg"], weights=weights, **normalizers)
+        loss, stats = fn(
+            logps,
+            old,
+            part["advantages"].to(logps.device),
+            mask,
+            clip_low=loss_cfg["clip_low"],
+            clip_high=loss_cfg["clip_high"],
+            agg=loss_cfg["agg"],
+            weights=weights,
+            **normalizers,
+        )
         tokens = mask.sum().item()
-        terms = {"loss/policy": loss.item(), "loss/kl": 0.0, "clip_tokens": stats["clip_frac"].item() * tokens,
-                 "ratio_sum": stats["ratio_mean"].item() * tokens, "tokens": tokens,
-                 "entropy_sum": float((ent * mask).sum().item()) if ent is not None else 0.0}
+        terms = {
+            "loss/policy": loss.item(),
+            "loss/kl": 0.0,
+            "clip_tokens": stats["clip_frac"].item() * tokens,
+            "ratio_sum": stats["ratio_mean"].item() * tokens,
+            "tokens": tokens,
+            "entropy_sum": float((ent * mask).sum().item()) if ent is not None else 0.0,
+        }
         if loss_cfg["kl_coef"] > 0 and loss_cfg["kl_in_loss"]:
             per_tok = kl_penalty(logps, part["ref_logps"].to(logps.device), loss_cfg["kl_estimator"])
             if "kl_weight" in part:  # per-sample KL weights (e.g. APO's DADS)
@@ -407,7 +518,9 @@ class Learner:
             units = by_length[m * size : (m + 1) * size]
             self.engine.set_gradient_accumulation_boundary(m == num_micro - 1)
             if units:
-                loss, stats = loss_fn(select(batch, [u * unit + j for u in units for j in range(unit)]), loss_cfg, normalizers)
+                loss, stats = loss_fn(
+                    select(batch, [u * unit + j for u in units for j in range(unit)]), loss_cfg, normalizers
+                )
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
             else:  # an empty share still joins the gradient reduction
@@ -420,8 +533,16 @@ class Learner:
         return totals
 
     # ----------------------------------------------------------------- per-objective gradients
-    def objective_gradients(self, batch: dict, advantages: torch.Tensor, loss_cfg: dict, normalizers: dict,
-                            num_micro: int, param_pattern: str | None = None, clip: float | None = None) -> np.ndarray:
+    def objective_gradients(
+        self,
+        batch: dict,
+        advantages: torch.Tensor,
+        loss_cfg: dict,
+        normalizers: dict,
+        num_micro: int,
+        param_pattern: str | None = None,
+        clip: float | None = None,
+    ) -> np.ndarray:
         """Gram matrix ``S = G G^T`` ``(K, K)`` of the per-objective gradients of the full actor loss.
 
         For each objective k the loss is built with ``advantages[k]`` (this rank's rows) and
@@ -445,7 +566,9 @@ class Learner:
         n = batch["input_ids"].shape[0]
         size = max(1, math.ceil(n / num_micro))
         num_obj = advantages.shape[0]
-        g = torch.zeros(num_obj, sum(p.numel() for p in params), dtype=torch.float32)  # (K, P): this rank's share
+        g = torch.zeros(
+            num_obj, sum(p.numel() for p in params), dtype=torch.float32
+        )  # (K, P): this rank's share
         for m in range(num_micro):
             idx = list(range(m * size, min(n, (m + 1) * size)))
             if not idx:
@@ -454,10 +577,16 @@ class Learner:
             # one forward pass per micro-batch; the K losses differ only in their advantages
             logps = self._logps(part, loss_cfg["temperature"], grad=True, plain=True)
             for k in range(num_obj):
-                loss, _ = self._policy_loss({**part, "advantages": advantages[k, idx]}, loss_cfg, normalizers, logps=logps)
+                loss, _ = self._policy_loss(
+                    {**part, "advantages": advantages[k, idx]}, loss_cfg, normalizers, logps=logps
+                )
                 grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=k < num_obj - 1)
-                g[k] += torch.cat([(gr if gr is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
-                                   for gr, p in zip(grads, params)])
+                g[k] += torch.cat(
+                    [
+                        (gr if gr is not None else torch.zeros_like(p)).reshape(-1).float().cpu()
+                        for gr, p in zip(grads, params)
+                    ]
+                )
         if self.world_size > 1:
             dist.all_reduce(g, op=dist.ReduceOp.SUM)
         if clip:
@@ -472,7 +601,10 @@ class Learner:
         from peft import get_peft_model_state_dict
 
         if self.full:  # full fine-tuning: every weight is "the adapter"
-            return {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in self.model.state_dict().items()}
+            return {
+                k: v.detach().to("cpu", torch.float32, copy=True).numpy()
+                for k, v in self.model.state_dict().items()
+            }
         # copy=True: for float32 CPU tensors .float().cpu() is the live parameter, and a numpy view
         # of it would change under the caller's feet at the next optimizer step.
         state = get_peft_model_state_dict(self.model, adapter_name=name)
@@ -481,7 +613,11 @@ class Learner:
     def peft_config_dict(self) -> dict:
         cfg = self.peft_config.to_dict()
         cfg["base_model_name_or_path"] = self.spec.model_path
-        cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], (set, list)) else cfg["target_modules"]
+        cfg["target_modules"] = (
+            sorted(cfg["target_modules"])
+            if isinstance(cfg["target_modules"], (set, list))
+            else cfg["target_modules"]
+        )
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
@@ -490,7 +626,9 @@ class Learner:
 
         return flatten_state(self.optimizer.state_dict())
 
-    def load_state(self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None, name: str = "default") -> None:
+    def load_state(
+        self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None, name: str = "default"
+    ) -> None:
         """Restore adapter ``name``'s weights and (if given) this rank's optimizer state."""
         from peft import set_peft_model_state_dict
 

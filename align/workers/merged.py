@@ -36,7 +36,9 @@ def lora_scale(adapter_config: dict) -> float:
     """peft's scaling: ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA)."""
     r, alpha = int(adapter_config["r"]), float(adapter_config["lora_alpha"])
     if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
-        raise MergeError("rank_pattern / alpha_pattern adapters are not supported by rollout.lora_mode=merged; use lora_mode=adapter")
+        raise MergeError(
+            "rank_pattern / alpha_pattern adapters are not supported by rollout.lora_mode=merged; use lora_mode=adapter"
+        )
     return alpha / math.sqrt(r) if adapter_config.get("use_rslora") else alpha / r
 
 
@@ -51,8 +53,10 @@ def lora_factors(tensors: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, 
                 out.setdefault(name, [None, None])[slot] = value
                 break
         else:
-            raise MergeError(f"adapter tensor {key!r} is not a LoRA factor (lora_A/lora_B); rollout.lora_mode=merged "
-                             "merges plain LoRA adapters only (use lora_mode=adapter)")
+            raise MergeError(
+                f"adapter tensor {key!r} is not a LoRA factor (lora_A/lora_B); rollout.lora_mode=merged "
+                "merges plain LoRA adapters only (use lora_mode=adapter)"
+            )
     missing = [n for n, (a, b) in out.items() if a is None or b is None]
     if missing:
         raise MergeError(f"adapter has lora_A without lora_B (or the reverse) for {missing[:3]}")
@@ -68,9 +72,11 @@ class SafetensorsIndex:
         self.dir = Path(model_dir)
         files = sorted(self.dir.glob("*.safetensors"))
         if not files:
-            raise MergeError(f"{self.dir}: rollout.lora_mode=merged reads the base weights from *.safetensors files and "
-                             "this folder has none (convert the model with save_pretrained(safe_serialization=True), "
-                             "or use rollout.lora_mode=adapter)")
+            raise MergeError(
+                f"{self.dir}: rollout.lora_mode=merged reads the base weights from *.safetensors files and "
+                "this folder has none (convert the model with save_pretrained(safe_serialization=True), "
+                "or use rollout.lora_mode=adapter)"
+            )
         self.where: dict[str, Path] = {}
         for f in files:
             with safe_open(str(f), framework="pt") as h:
@@ -93,12 +99,17 @@ class MergedLoRA:
 
     def __init__(self, model: torch.nn.Module, model_dir: str):
         self.index = SafetensorsIndex(model_dir)
-        self.layers = {n: m for n, m in model.named_modules() if hasattr(m, "quant_method") and hasattr(m, "weight")
-                       and type(m).__name__.endswith("Linear")}
+        self.layers = {
+            n: m
+            for n, m in model.named_modules()
+            if hasattr(m, "quant_method") and hasattr(m, "weight") and type(m).__name__.endswith("Linear")
+        }
         self.packed = dict(getattr(model, "packed_modules_mapping", {}) or {})
         self.base_fn = {n: m.cpu_linear for n, m in self.layers.items() if hasattr(m, "cpu_linear")}
         if not self.base_fn:
-            raise MergeError("rollout.lora_mode=merged needs vLLM's CPU linear layers (cpu_linear); this engine has none")
+            raise MergeError(
+                "rollout.lora_mode=merged needs vLLM's CPU linear layers (cpu_linear); this engine has none"
+            )
         self.base: dict[str, torch.Tensor] = {}  # vLLM layer name -> fused base weight, read on first use
         self.merged_fn: dict[str, object] = {}  # layers serving merged weights now (CPU)
         self.active = True  # merged weights in use (False: base)
@@ -112,8 +123,10 @@ class MergedLoRA:
         for fused, parts in self.packed.items():
             if leaf in parts and f"{head}.{fused}" in self.layers:
                 return f"{head}.{fused}", parts.index(leaf)
-        raise MergeError(f"adapter module {hf_name!r} has no linear layer in the rollout engine's model "
-                         f"(fused groups: {self.packed}); use rollout.lora_mode=adapter")
+        raise MergeError(
+            f"adapter module {hf_name!r} has no linear layer in the rollout engine's model "
+            f"(fused groups: {self.packed}); use rollout.lora_mode=adapter"
+        )
 
     def _base_weight(self, layer_name: str) -> torch.Tensor:
         """The layer's base weight (float32, fused parts stacked), from the safetensors files."""
@@ -124,13 +137,17 @@ class MergedLoRA:
             layer = self.layers[layer_name]
             out = sum(getattr(layer, "output_sizes", None) or [w.shape[0]])
             if w.shape[0] != out:
-                raise MergeError(f"{layer_name}: base weight has {w.shape[0]} rows, the engine's layer {out} "
-                                 "(tensor-parallel shards are not supported by lora_mode=merged)")
+                raise MergeError(
+                    f"{layer_name}: base weight has {w.shape[0]} rows, the engine's layer {out} "
+                    "(tensor-parallel shards are not supported by lora_mode=merged)"
+                )
             self.base[layer_name] = w
         return self.base[layer_name]
 
     def _part_rows(self, layer_name: str, part: int) -> slice:
-        sizes = getattr(self.layers[layer_name], "output_sizes", None) or [self._base_weight(layer_name).shape[0]]
+        sizes = getattr(self.layers[layer_name], "output_sizes", None) or [
+            self._base_weight(layer_name).shape[0]
+        ]
         start = sum(sizes[:part])
         return slice(start, start + sizes[part])
 
@@ -157,8 +174,10 @@ class MergedLoRA:
             for part, a, b in parts:
                 rows = self._part_rows(layer_name, part)
                 if b.shape[0] != rows.stop - rows.start or a.shape[1] != w.shape[1]:
-                    raise MergeError(f"adapter factors of {layer_name} part {part}: B {b.shape} / A {a.shape} do not fit "
-                                     f"the layer's rows {rows.stop - rows.start} x {w.shape[1]}")
+                    raise MergeError(
+                        f"adapter factors of {layer_name} part {part}: B {b.shape} / A {a.shape} do not fit "
+                        f"the layer's rows {rows.stop - rows.start} x {w.shape[1]}"
+                    )
                 w[rows].addmm_(torch.from_numpy(b).float(), torch.from_numpy(a).float(), alpha=scale)
             self._install(layer_name, w)
         # layers the previous version adapted and this one does not go back to base weights
@@ -173,4 +192,3 @@ class MergedLoRA:
         for name in self.merged_fn:
             self.layers[name].cpu_linear = self.merged_fn[name] if adapter else self.base_fn[name]
         self.active = adapter
-

@@ -53,7 +53,13 @@ class RewardActor:
         return {"pid": os.getpid(), **(self.reward.fn.info() if self.entry.get("type") == "http" else {})}
 
     def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
-        return evaluate_reward(self.reward, prompts, completions, columns, per_sample=self.entry.get("type", "function") == "function")
+        return evaluate_reward(
+            self.reward,
+            prompts,
+            completions,
+            columns,
+            per_sample=self.entry.get("type", "function") == "function",
+        )
 
 
 def _cause(exc: Exception) -> str:
@@ -86,7 +92,9 @@ class RewardPool:
             try:
                 self.pids.append(ray.get(actor.ready.remote())["pid"])
             except Exception as exc:
-                raise RewardError(f"reward {e['name']!r} ({e['type']}) could not start: {_cause(exc)}") from None
+                raise RewardError(
+                    f"reward {e['name']!r} ({e['type']}) could not start: {_cause(exc)}"
+                ) from None
         # objective names before the first scored batch (a reward that fails on its first batch)
         self.names = {e["name"]: (list(e["heads"]) if e.get("heads") else [e["name"]]) for e in self.entries}
 
@@ -113,18 +121,26 @@ class RewardPool:
         dropped = np.zeros(n, dtype=bool)
         skipped: dict[str, int] = {}
         stats: dict[str, float] = {}
-        results = [(e["name"], self._resolve(k, e, ref, pending, dropped, skipped, stats))
-                   for k, (e, ref) in enumerate(zip(self.entries, pending.refs))]
+        results = [
+            (e["name"], self._resolve(k, e, ref, pending, dropped, skipped, stats))
+            for k, (e, ref) in enumerate(zip(self.entries, pending.refs))
+        ]
         return combine(n, results, dropped, skipped, stats)
 
-    def _wait(self, k: int, e: dict, ref, deadline: float | None, args: tuple) -> tuple[RewardValues | None, str, str]:
+    def _wait(
+        self, k: int, e: dict, ref, deadline: float | None, args: tuple
+    ) -> tuple[RewardValues | None, str, str]:
         """The actor's values, or (None, reason, message) when it raised, timed out or kept dying. An
         actor that died is replaced and ``args`` scored again (up to ``max_restarts`` times)."""
         lost = 0
         while True:
             ready: list = []
-            while not ready and (deadline is None or time.time() < deadline):  # 1 s slices: signal handlers run
-                ready, _ = ray.wait([ref], timeout=1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time())))
+            while not ready and (
+                deadline is None or time.time() < deadline
+            ):  # 1 s slices: signal handlers run
+                ready, _ = ray.wait(
+                    [ref], timeout=1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
+                )
                 interrupts.check()
             if not ready:
                 # a stuck call cannot be interrupted: replace the actor (the new one loads the reward again)
@@ -132,19 +148,33 @@ class RewardPool:
                 return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
             try:
                 return ray.get(ref), "", ""
-            except ray.exceptions.RayActorError as exc:  # killed, out of memory, node lost: a fresh actor rescores
+            except (
+                ray.exceptions.RayActorError
+            ) as exc:  # killed, out of memory, node lost: a fresh actor rescores
                 self._replace(k, e)
                 lost += 1
                 if lost > self.max_restarts:
-                    return None, "died", (f"reward {e['name']!r}: its actor died on {lost} tries "
-                                          f"(trainer.actor_restarts={self.max_restarts}; last: {_cause(exc)})")
-                log.warning("reward %r: its actor died (%s); replaced, scoring the batch again", e["name"], _cause(exc))
+                    return (
+                        None,
+                        "died",
+                        (
+                            f"reward {e['name']!r}: its actor died on {lost} tries "
+                            f"(trainer.actor_restarts={self.max_restarts}; last: {_cause(exc)})"
+                        ),
+                    )
+                log.warning(
+                    "reward %r: its actor died (%s); replaced, scoring the batch again",
+                    e["name"],
+                    _cause(exc),
+                )
                 self.restarts += 1
                 ref = self.actors[k].score.remote(*args)
                 if e.get("timeout"):
                     deadline = time.time() + e["timeout"]
             except RewardContractError as exc:  # a bug in the reward: no policy makes its values usable
-                raise RewardContractError(f"{_cause(exc)}; this stops the run whatever on_failure says") from None
+                raise RewardContractError(
+                    f"{_cause(exc)}; this stops the run whatever on_failure says"
+                ) from None
             except Exception as exc:
                 return None, "raised", f"reward {e['name']!r} failed: {_cause(exc)}"
 
@@ -153,7 +183,9 @@ class RewardPool:
         self.actors[k] = self._start(e)
         self.pids[k] = ray.get(self.actors[k].ready.remote())["pid"]
 
-    def _resolve(self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict) -> RewardValues:
+    def _resolve(
+        self, k: int, e: dict, ref, pending: Pending, dropped: np.ndarray, skipped: dict, stats: dict
+    ) -> RewardValues:
         """Reward ``k``'s values for the batch under its ``on_failure`` policy (``apply_failure_policy``)."""
         prompts, completions, columns = pending.args
         name, timeout = e["name"], e.get("timeout")
@@ -165,9 +197,18 @@ class RewardPool:
                 current["deadline"] = time.time() + timeout if timeout else None
             return self._wait(k, e, current["ref"], current["deadline"], args)
 
-        values, drop, skip, spent = apply_failure_policy(name, e.get("on_failure", "error"), prompts, completions, columns, attempt,
-                                                         e.get("retries", 2), e.get("backoff", 0.5), self.names.get(name),
-                                                         warn=log.warning)
+        values, drop, skip, spent = apply_failure_policy(
+            name,
+            e.get("on_failure", "error"),
+            prompts,
+            completions,
+            columns,
+            attempt,
+            e.get("retries", 2),
+            e.get("backoff", 0.5),
+            self.names.get(name),
+            warn=log.warning,
+        )
         self.names[name] = values.names  # (when every try failed as a whole: the names known before)
         dropped |= drop
         skipped.update({key: skipped.get(key, 0) + v for key, v in skip.items()})

@@ -11,14 +11,14 @@ The learners send only LoRA tensors. Two ways to serve them (``rollout.lora_mode
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import dataclasses
-from dataclasses import dataclass
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,7 +60,10 @@ def cpu_preload_env() -> dict[str, str]:
     if spec is None or not spec.origin:
         return {}
     pkg = os.path.dirname(spec.origin)
-    found = sorted(glob.glob(os.path.join(pkg, "lib", "libgomp*.so*")) + glob.glob(os.path.join(os.path.dirname(pkg), "torch.libs", "libgomp*.so*")))
+    found = sorted(
+        glob.glob(os.path.join(pkg, "lib", "libgomp*.so*"))
+        + glob.glob(os.path.join(os.path.dirname(pkg), "torch.libs", "libgomp*.so*"))
+    )
     if not found:
         return {}
     return {"LD_PRELOAD": ":".join(x for x in (current, found[0]) if x)}
@@ -85,10 +88,17 @@ class RolloutSpec:
 
     @classmethod
     def from_config(cls, c, model_path: str) -> "RolloutSpec":
-        return cls(model_path=model_path, device=c.model.device, dtype=c.model.dtype,
-                   max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
-                   gpu_memory_utilization=c.rollout.gpu_memory_utilization, lora_rank=c.model.lora.r,
-                   lora_mode=c.rollout.lora_mode, seed=c.trainer.seed, trust_remote_code=c.model.trust_remote_code)
+        return cls(
+            model_path=model_path,
+            device=c.model.device,
+            dtype=c.model.dtype,
+            max_model_len=c.data.max_prompt_tokens + c.rollout.max_new_tokens + 8,
+            gpu_memory_utilization=c.rollout.gpu_memory_utilization,
+            lora_rank=c.model.lora.r,
+            lora_mode=c.rollout.lora_mode,
+            seed=c.trainer.seed,
+            trust_remote_code=c.model.trust_remote_code,
+        )
 
     @classmethod
     def of(cls, spec: "RolloutSpec | dict") -> "RolloutSpec":
@@ -129,8 +139,15 @@ class RolloutEngine:
             dtype=spec.dtype,
             max_model_len=spec.max_model_len,
             gpu_memory_utilization=spec.gpu_memory_utilization,
-            **({} if merged else {"enable_lora": True, "max_lora_rank": next(r for r in LORA_RANKS if r >= spec.lora_rank),
-                                  "max_loras": 1}),
+            **(
+                {}
+                if merged
+                else {
+                    "enable_lora": True,
+                    "max_lora_rank": next(r for r in LORA_RANKS if r >= spec.lora_rank),
+                    "max_loras": 1,
+                }
+            ),
             enforce_eager=spec.device == "cpu",
             seed=spec.seed,
             trust_remote_code=spec.trust_remote_code,
@@ -153,7 +170,9 @@ class RolloutEngine:
             from align.workers.merged import MergedLoRA
 
             # in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0): the call returns the model itself
-            self.merger = MergedLoRA(self.llm.collective_rpc(lambda worker: worker.model_runner.model)[0], spec.model_path)
+            self.merger = MergedLoRA(
+                self.llm.collective_rpc(lambda worker: worker.model_runner.model)[0], spec.model_path
+            )
         self.version = 0
         self.serving = False  # an adapter version is served
         self.start_seconds = time.time() - t0
@@ -185,17 +204,32 @@ class RolloutEngine:
         """The LoRA request to generate with (merged mode: None, after switching the engine's weights
         to the merged or the base ones); ``StaleAdapter`` when ``adapter_version`` is not served (a
         restarted engine comes back serving nothing: generating would silently use the base model)."""
-        if use_adapter and adapter_version is not None and (not self.serving or self.version != adapter_version):
+        if (
+            use_adapter
+            and adapter_version is not None
+            and (not self.serving or self.version != adapter_version)
+        ):
             served = self.version if self.serving else None
-            raise StaleAdapter(f"rollout engine (pid {os.getpid()}) serves adapter version {served}, expected {adapter_version}")
+            raise StaleAdapter(
+                f"rollout engine (pid {os.getpid()}) serves adapter version {served}, expected {adapter_version}"
+            )
         if self.merger is not None:
             self.merger.use(use_adapter)
             return None
         return self.lora_request if use_adapter else None
 
-    def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float, top_p: float,
-                 seeds: list[int] | None, use_adapter: bool = True, logprobs_for: int | None = None,
-                 adapter_version: int | None = None) -> list[list[dict]]:
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int] | None,
+        use_adapter: bool = True,
+        logprobs_for: int | None = None,
+        adapter_version: int | None = None,
+    ) -> list[list[dict]]:
         """For each prompt, ``n`` samples: prompt_ids, completion_ids, logprobs, text, truncated.
 
         Sampling log-probs are returned for the first ``logprobs_for`` prompts only (all if None):
@@ -206,8 +240,18 @@ class RolloutEngine:
 
         seeds = seeds or [None] * len(prompts)
         k = len(prompts) if logprobs_for is None else logprobs_for
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0 if i < k else None,
-                                 seed=s, skip_special_tokens=False) for i, s in enumerate(seeds)]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                logprobs=0 if i < k else None,
+                seed=s,
+                skip_special_tokens=False,
+            )
+            for i, s in enumerate(seeds)
+        ]
         lora = self._lora(use_adapter, adapter_version)
         outs = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         result = []
@@ -215,19 +259,36 @@ class RolloutEngine:
             group = []
             for c in out.outputs:
                 ids = list(c.token_ids)
-                group.append({
-                    "prompt_ids": list(out.prompt_token_ids),
-                    "completion_ids": ids,
-                    "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, ids)] if c.logprobs is not None else None,
-                    "text": self.tokenizer.decode([t for t in ids if t != self.tokenizer.eos_token_id]),
-                    "truncated": c.finish_reason == "length",
-                })
+                group.append(
+                    {
+                        "prompt_ids": list(out.prompt_token_ids),
+                        "completion_ids": ids,
+                        "logprobs": [lp[t].logprob for lp, t in zip(c.logprobs, ids)]
+                        if c.logprobs is not None
+                        else None,
+                        "text": self.tokenizer.decode([t for t in ids if t != self.tokenizer.eos_token_id]),
+                        "truncated": c.finish_reason == "length",
+                    }
+                )
             result.append(group)
         return result
 
-    def generate_forced(self, prompts: list[str], n: int, n_nothink: int, max_tokens: int, nothink_max_tokens: int,
-                        temperature: float, top_p: float, seeds: list[int], end_think_id: int, think_id: int | None = None,
-                        use_adapter: bool = True, logprobs_for: int | None = None, adapter_version: int | None = None) -> list[list[dict]]:
+    def generate_forced(
+        self,
+        prompts: list[str],
+        n: int,
+        n_nothink: int,
+        max_tokens: int,
+        nothink_max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seeds: list[int],
+        end_think_id: int,
+        think_id: int | None = None,
+        use_adapter: bool = True,
+        logprobs_for: int | None = None,
+        adapter_version: int | None = None,
+    ) -> list[list[dict]]:
         """AdaptThink's importance-sampled rollouts: per prompt, ``n_nothink`` samples forced to start
         with ``end_think_id`` (NoThinking, at most ``nothink_max_tokens`` tokens) and ``n - n_nothink``
         forced into Thinking. The forced token is appended to the prompt ids and then prepended to the
@@ -251,17 +312,41 @@ class RolloutEngine:
         n_think = n - n_nothink
 
         def params(count: int, budget: int, seed: int, i: int, **extra) -> SamplingParams:
-            return SamplingParams(n=count, temperature=temperature, top_p=top_p, max_tokens=max(1, budget),
-                                  logprobs=0 if i < k else None, seed=seed, skip_special_tokens=False, **extra)
+            return SamplingParams(
+                n=count,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max(1, budget),
+                logprobs=0 if i < k else None,
+                seed=seed,
+                skip_special_tokens=False,
+                **extra,
+            )
 
         # stage 1 (think_id=None only): the Thinking groups' first tokens, </think> banned
         first: list[list[tuple[int, float]]] = [[(think_id, half)] * n_think for _ in prompts]
         if think_id is None and n_think:
-            outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids],
-                                     [SamplingParams(n=n_think, temperature=temperature, top_p=top_p, max_tokens=1, logprobs=0,
-                                                     seed=s, logit_bias={end_think_id: -100.0}) for s in seeds],
-                                     lora_request=lora, use_tqdm=False)
-            first = [[(c.token_ids[0], half + c.logprobs[0][c.token_ids[0]].logprob) for c in o.outputs] for o in outs]
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in ids],
+                [
+                    SamplingParams(
+                        n=n_think,
+                        temperature=temperature,
+                        top_p=top_p,
+                        max_tokens=1,
+                        logprobs=0,
+                        seed=s,
+                        logit_bias={end_think_id: -100.0},
+                    )
+                    for s in seeds
+                ],
+                lora_request=lora,
+                use_tqdm=False,
+            )
+            first = [
+                [(c.token_ids[0], half + c.logprobs[0][c.token_ids[0]].logprob) for c in o.outputs]
+                for o in outs
+            ]
         # stage 2: continue every forced prefix
         requests, sps, owners = [], [], []
         for i, (p, s) in enumerate(zip(ids, seeds)):
@@ -278,7 +363,9 @@ class RolloutEngine:
                     requests.append(p + [tok])
                     sps.append(params(1, max_tokens - 1, (s + 3 + j) & 0x7FFFFFFF, i))
                     owners.append((i, "think", tok, lp))
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in requests], sps, lora_request=lora, use_tqdm=False)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=r) for r in requests], sps, lora_request=lora, use_tqdm=False
+        )
         groups: list[list[dict]] = [[] for _ in prompts]
         for (i, mode, tok, lp), out in zip(owners, outs):
             budget_one = mode == "think" and max_tokens == 1 or mode == "nothink" and nothink_max_tokens == 1
@@ -286,20 +373,29 @@ class RolloutEngine:
                 gen = [] if budget_one else list(c.token_ids)  # a 1-token budget is the forced token alone
                 done = tok == self.tokenizer.eos_token_id
                 comp = [tok] + ([] if done else gen)
-                groups[i].append({
-                    "prompt_ids": ids[i],
-                    "completion_ids": comp,
-                    # the forced token has no rollout log-prob of the policy: None marks it
-                    "logprobs": ([None] + [lpp[t].logprob for lpp, t in zip(c.logprobs, gen)]) if c.logprobs is not None and not done else None,
-                    "text": self.tokenizer.decode([t for t in comp if t != self.tokenizer.eos_token_id]),
-                    "truncated": (not done) and (budget_one or c.finish_reason == "length"),
-                    "forced": mode,
-                    "first_logp": lp,
-                })
+                groups[i].append(
+                    {
+                        "prompt_ids": ids[i],
+                        "completion_ids": comp,
+                        # the forced token has no rollout log-prob of the policy: None marks it
+                        "logprobs": ([None] + [lpp[t].logprob for lpp, t in zip(c.logprobs, gen)])
+                        if c.logprobs is not None and not done
+                        else None,
+                        "text": self.tokenizer.decode([t for t in comp if t != self.tokenizer.eos_token_id]),
+                        "truncated": (not done) and (budget_one or c.finish_reason == "length"),
+                        "forced": mode,
+                        "first_logp": lp,
+                    }
+                )
         return groups
 
     def info(self) -> dict:
-        return {"start_seconds": self.start_seconds, "version": self.version, "pid": os.getpid(), "lora_mode": self.lora_mode}
+        return {
+            "start_seconds": self.start_seconds,
+            "version": self.version,
+            "pid": os.getpid(),
+            "lora_mode": self.lora_mode,
+        }
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

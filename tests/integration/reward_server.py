@@ -22,8 +22,13 @@ class RewardServer:
         if token:
             env["ALIGN_REWARD_TOKEN"] = token
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-reward-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "serve-reward", target, "--port", str(self.port), *extra],
-                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "launch.cli", "serve-reward", target, "--port", str(self.port), *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from align.config.loading import load_config
 from align.models.builtin import ensure_builtin
 from align.trainer import Trainer
-from align.config.loading import load_config
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny.yaml"
@@ -19,16 +19,39 @@ CASES = {
     "dapo": ["algorithm.name=dapo", "rollout.max_new_tokens=12"],
     # Dr.GRPO with k1 KL in the reward (needs learner and reference log-probs before advantages),
     # one learner rank, from a plain local model directory (any HF causal LM)
-    "dr_grpo": ["algorithm.name=dr_grpo", "algorithm.kl.coef=0.05", "algorithm.kl.where=reward", "learner.num_ranks=1"],
+    "dr_grpo": [
+        "algorithm.name=dr_grpo",
+        "algorithm.kl.coef=0.05",
+        "algorithm.kl.where=reward",
+        "learner.num_ranks=1",
+    ],
     # RLOO off-policy: two epochs x two minibatches, so the ratio moves away from 1; with APO's DADS
     # (per-sample KL weights into the learner loss) and STCR (a base that matters at our lengths)
-    "rloo": ["algorithm.name=rloo", "algorithm.ppo_epochs=2", "algorithm.num_minibatches=2", "learner.lr=0.005",
-             "algorithm.kl.coef=0.01", "algorithm.apo.dads=true", "algorithm.apo.stcr=true", "algorithm.apo.stcr_base=1.05"],
+    "rloo": [
+        "algorithm.name=rloo",
+        "algorithm.ppo_epochs=2",
+        "algorithm.num_minibatches=2",
+        "learner.lr=0.005",
+        "algorithm.kl.coef=0.01",
+        "algorithm.apo.dads=true",
+        "algorithm.apo.stcr=true",
+        "algorithm.apo.stcr_base=1.05",
+    ],
     # GSPO off-policy (4 minibatches): after the first update the sequence ratios leave its narrow
     # clip range (3e-4 / 4e-4), so clipping acts
-    "gspo": ["algorithm.name=gspo", "algorithm.num_minibatches=4", "data.prompts_per_step=8", "learner.lr=0.005"],
+    "gspo": [
+        "algorithm.name=gspo",
+        "algorithm.num_minibatches=4",
+        "data.prompts_per_step=8",
+        "learner.lr=0.005",
+    ],
     # CISPO off-policy: weights away from 1, every token keeps its gradient
-    "cispo": ["algorithm.name=cispo", "algorithm.num_minibatches=2", "data.prompts_per_step=8", "learner.lr=0.005"],
+    "cispo": [
+        "algorithm.name=cispo",
+        "algorithm.num_minibatches=2",
+        "data.prompts_per_step=8",
+        "learner.lr=0.005",
+    ],
     # GDPO-style advantages with token-level mismatch correction (vLLM log-probs for every sample)
     "gdpo_tis": ["objective.name=gdpo", "algorithm.mismatch.level=token", "data.prompts_per_step=8"],
 }
@@ -48,7 +71,10 @@ def test_algorithm_runs(name, tmp_path):
         local = tmp_path / "my-local-model"
         shutil.copytree(ensure_builtin("tiny"), local)
         overrides.append(f"model.path={local}")
-    cfg = load_config(CONFIG, [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2", "data.eval=null", *overrides])
+    cfg = load_config(
+        CONFIG,
+        [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2", "data.eval=null", *overrides],
+    )
     Trainer(cfg, str(CONFIG.parent)).run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -63,7 +89,11 @@ def test_algorithm_runs(name, tmp_path):
     if name == "dr_grpo":
         assert all("kl/mean" in r for r in rows) and rows[1]["kl/mean"] != 0
     if name == "gspo":
-        assert (cfg.algorithm.loss, cfg.algorithm.clip_low, cfg.algorithm.clip_high) == ("clip_sequence_mean", 3e-4, 4e-4)
+        assert (cfg.algorithm.loss, cfg.algorithm.clip_low, cfg.algorithm.clip_high) == (
+            "clip_sequence_mean",
+            3e-4,
+            4e-4,
+        )
         assert all(r["loss/clip_frac"] > 0 for r in rows)
     if name == "cispo":
         assert cfg.algorithm.loss == "cispo" and all(r["loss/ratio_mean"] != 1.0 for r in rows)
@@ -73,5 +103,8 @@ def test_algorithm_runs(name, tmp_path):
         assert all("objective/weight/correctness" in r for r in rows)
     if name == "rloo":
         assert rows[1]["loss/ratio_mean"] != 1.0 and rows[1]["loss/kl"] > 0
-        assert all(0 < r["apo/dads_weight_mean"] <= 1 and r["apo/stcr_c_max"] >= 1 and r["policy/entropy"] > 0 for r in rows)
+        assert all(
+            0 < r["apo/dads_weight_mean"] <= 1 and r["apo/stcr_c_max"] >= 1 and r["policy/entropy"] > 0
+            for r in rows
+        )
         assert any(r["apo/dads_relaxed"] > 0 for r in rows)  # some positive samples of mixed groups got w < 1

@@ -21,7 +21,9 @@ def tiny():
 def test_init_is_reproducible():
     a, b = init_model("tiny", seed=0).state_dict(), init_model("tiny", seed=0).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["model.embed_tokens.weight"], init_model("tiny", seed=1).state_dict()["model.embed_tokens.weight"])
+    assert not torch.equal(
+        a["model.embed_tokens.weight"], init_model("tiny", seed=1).state_dict()["model.embed_tokens.weight"]
+    )
     assert sum(v.numel() for v in a.values() if v.dtype.is_floating_point) < 1_000_000
 
 

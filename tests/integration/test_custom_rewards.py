@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from align.checkpoint import list_checkpoints, load_checkpoint
-from align.trainer import make_trainer
 from align.config.loading import load_config
+from align.trainer import make_trainer
 from tests.integration.reward_server import RewardServer
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,9 @@ PLUGIN = str(Path(__file__).resolve().parent / "plugins" / "fault_rewards.py")
 
 
 def _rows(run) -> dict[int, dict]:
-    return {r["step"]: r for r in (json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines())}
+    return {
+        r["step"]: r for r in (json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines())
+    }
 
 
 def test_reward_model_trains_exports_and_scores_as_a_reward(tmp_path):
@@ -38,12 +40,21 @@ def test_reward_model_trains_exports_and_scores_as_a_reward(tmp_path):
     from rewards.model import ModelReward
 
     out = tmp_path / "rm"
-    cfg = load_config(ROOT / "configs" / "rm_tiny.yaml", [f"trainer.output_dir={out}", "trainer.max_steps=20",
-                                                          "trainer.eval_every=0", "trainer.save_every=10"])
+    cfg = load_config(
+        ROOT / "configs" / "rm_tiny.yaml",
+        [
+            f"trainer.output_dir={out}",
+            "trainer.max_steps=20",
+            "trainer.eval_every=0",
+            "trainer.save_every=10",
+        ],
+    )
     summary = make_trainer(cfg, str(ROOT / "configs")).run()
     before, after = summary["before"], summary["after"]
-    print(f"reward model, held-out pairs: accuracy {before['pairs_accuracy']:.3f} -> {after['pairs_accuracy']:.3f}, "
-          f"loss {before['pairs_loss']:.4f} -> {after['pairs_loss']:.4f}")
+    print(
+        f"reward model, held-out pairs: accuracy {before['pairs_accuracy']:.3f} -> {after['pairs_accuracy']:.3f}, "
+        f"loss {before['pairs_loss']:.4f} -> {after['pairs_loss']:.4f}"
+    )
     # at least 140 of the 200 pairs (the metric is a float32 mean: 140/200 comes back as 0.69999999)
     assert after["pairs_accuracy"] * 200 >= 140 - 1e-3 and after["pairs_loss"] < before["pairs_loss"] - 0.1
     rows = _rows(out)
@@ -64,17 +75,32 @@ def test_reward_model_trains_exports_and_scores_as_a_reward(tmp_path):
 
 def _grpo(tmp_path: Path, rewards: list[dict], steps: int, env: dict) -> tuple[subprocess.Popen, Path]:
     run = tmp_path / "run"
-    config = {"model": {"path": "builtin:tiny", "lora": {"r": 8, "alpha": 16}},
-              "algorithm": {"name": "grpo", "group_size": 4, "kl": {"coef": 0.0}},
-              "trainer": {"max_steps": steps, "output_dir": str(run), "seed": 0, "save_every": 1, "eval_every": 0,
-                          "keep_checkpoints": 10},
-              "data": {"train": "builtin:arithmetic", "eval": None, "prompts_per_step": 4},
-              "rollout": {"num_workers": 1, "max_new_tokens": 24, "temperature": 1.0},
-              "learner": {"num_ranks": 1, "lr": 5e-4, "micro_batch_size": 16}, "rewards": rewards}
+    config = {
+        "model": {"path": "builtin:tiny", "lora": {"r": 8, "alpha": 16}},
+        "algorithm": {"name": "grpo", "group_size": 4, "kl": {"coef": 0.0}},
+        "trainer": {
+            "max_steps": steps,
+            "output_dir": str(run),
+            "seed": 0,
+            "save_every": 1,
+            "eval_every": 0,
+            "keep_checkpoints": 10,
+        },
+        "data": {"train": "builtin:arithmetic", "eval": None, "prompts_per_step": 4},
+        "rollout": {"num_workers": 1, "max_new_tokens": 24, "temperature": 1.0},
+        "learner": {"num_ranks": 1, "lr": 5e-4, "micro_batch_size": 16},
+        "rewards": rewards,
+    }
     path = tmp_path / "grpo.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, "-m", "launch.cli", "train", str(path)], cwd=ROOT, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", str(path)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return proc, run
 
 
@@ -87,17 +113,35 @@ def _loadable(run: Path) -> list[int]:
     steps = []
     for path in list_checkpoints(run / "checkpoints"):
         steps.append(load_checkpoint(path)["state"]["step"])  # verified against its manifest
-        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny")), str(path / "adapter"))
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny")), str(path / "adapter")
+        )
     return steps
 
 
 def test_grpo_with_a_remote_reward_survives_faults_under_skip(tmp_path):
     server = RewardServer("correctness", token="s3cret")
-    rewards = [{"fn": "correctness"},
-               {"url": server.url, "name": "remote", "weight": 0.0, "on_failure": "skip", "retries": 1, "backoff": 0.2, "timeout": 10},
-               {"fn": f"{PLUGIN}:sleepy", "name": "slow", "weight": 0.0, "timeout": 3, "on_failure": "skip",
-                "kwargs": {"state": str(tmp_path / "slow_calls"), "sleep_on": [2]}},
-               {"fn": f"{PLUGIN}:nan_first", "name": "nan", "weight": 0.0, "on_failure": "skip"}]
+    rewards = [
+        {"fn": "correctness"},
+        {
+            "url": server.url,
+            "name": "remote",
+            "weight": 0.0,
+            "on_failure": "skip",
+            "retries": 1,
+            "backoff": 0.2,
+            "timeout": 10,
+        },
+        {
+            "fn": f"{PLUGIN}:sleepy",
+            "name": "slow",
+            "weight": 0.0,
+            "timeout": 3,
+            "on_failure": "skip",
+            "kwargs": {"state": str(tmp_path / "slow_calls"), "sleep_on": [2]},
+        },
+        {"fn": f"{PLUGIN}:nan_first", "name": "nan", "weight": 0.0, "on_failure": "skip"},
+    ]
     proc, run = _grpo(tmp_path, rewards, 5, {"ALIGN_REWARD_TOKEN": "s3cret"})
     killed_after = []
 
@@ -132,13 +176,22 @@ def test_grpo_with_a_remote_reward_survives_faults_under_skip(tmp_path):
 # make test-all only (CI budget, 45 minutes): the error policy's message is checked on real actors in test_reward_pool.py
 @pytest.mark.slow
 def test_error_policy_stops_the_run_naming_the_sample(tmp_path):
-    rewards = [{"fn": "correctness"},
-               {"fn": f"{PLUGIN}:nan_first", "name": "late_nan", "weight": 0.0,
-                "kwargs": {"state": str(tmp_path / "calls"), "from_call": 3}}]  # on_failure: error (default)
+    rewards = [
+        {"fn": "correctness"},
+        {
+            "fn": f"{PLUGIN}:nan_first",
+            "name": "late_nan",
+            "weight": 0.0,
+            "kwargs": {"state": str(tmp_path / "calls"), "from_call": 3},
+        },
+    ]  # on_failure: error (default)
     proc, run = _grpo(tmp_path, rewards, 4, {})
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 2, output[-3000:]
     error = [line for line in output.splitlines() if line.startswith("error:")]
-    assert error and "reward 'late_nan' returned nan for objective 'late_nan' at sample 0 of 16 (prompt '" in error[0]
+    assert (
+        error
+        and "reward 'late_nan' returned nan for objective 'late_nan' at sample 0 of 16 (prompt '" in error[0]
+    )
     assert "on_failure: error stops the run" in error[0]
     assert _loadable(run) == [1, 2]  # the steps before the failure, intact

@@ -22,16 +22,30 @@ def groups():
     path = str(ensure_builtin("tiny"))
     tok = AutoTokenizer.from_pretrained(path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    spec = dict(model_path=path, device="cpu", dtype="float32", lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
-                zero_stage=2, lr=1e-3, grad_clip=0.0)
+    spec = dict(
+        model_path=path,
+        device="cpu",
+        dtype="float32",
+        lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+        zero_stage=2,
+        lr=1e-3,
+        grad_clip=0.0,
+    )
     one = LearnerGroup({**spec, "micro_batch_size": 16}, 1, 0.5, 0, seed=0)
-    two = LearnerGroup({**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0)  # 8 rows per rank -> 3 micro-batches
+    two = LearnerGroup(
+        {**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0
+    )  # 8 rows per rank -> 3 micro-batches
     rng = np.random.default_rng(0)
     samples = []
     for i in range(16):  # different prompt and completion lengths, so padding and token counts differ
         q = "+".join(str(rng.integers(10)) for _ in range(rng.integers(1, 4))) + "=<think>"
         a = "1+2=3," * int(rng.integers(0, 3)) + f"</think>{rng.integers(10)}<eos>"
-        samples.append({"prompt_ids": tok(q)["input_ids"], "completion_ids": tok(a, add_special_tokens=False)["input_ids"]})
+        samples.append(
+            {
+                "prompt_ids": tok(q)["input_ids"],
+                "completion_ids": tok(a, add_special_tokens=False)["input_ids"],
+            }
+        )
     yield one, two, pack(samples, tok.pad_token_id)
     ray.shutdown()
 
@@ -39,7 +53,16 @@ def groups():
 def test_one_rank_equals_two_ranks_for_every_aggregation(groups):
     one, two, batch = groups
     for step, agg in enumerate(AGG_MODES):
-        cfg = dict(temperature=1.0, clip_low=0.2, clip_high=0.2, agg=agg, kl_coef=0.0, kl_in_loss=True, kl_estimator="k3", max_len=24)
+        cfg = dict(
+            temperature=1.0,
+            clip_low=0.2,
+            clip_high=0.2,
+            agg=agg,
+            kl_coef=0.0,
+            kl_in_loss=True,
+            kl_estimator="k3",
+            max_len=24,
+        )
         stats = []
         for group in (one, two):
             b = dict(batch)
@@ -59,9 +82,19 @@ def test_objective_gradient_gram_is_the_same_on_one_and_two_ranks(groups):
     """The per-objective gradients are all-reduced across ranks: the Gram matrix of the whole
     batch does not depend on the split (and taking it moves no weight)."""
     one, two, batch = groups
-    cfg = dict(temperature=1.0, clip_low=0.2, clip_high=0.2, agg="seq_mean_token_mean", kl_coef=0.0, kl_in_loss=True,
-               kl_estimator="k3", max_len=24)
-    adv = np.stack([np.linspace(-1.0, 1.0, 16), np.where(np.arange(16) % 2 == 0, 1.0, -1.0), np.ones(16) * 0.5])
+    cfg = dict(
+        temperature=1.0,
+        clip_low=0.2,
+        clip_high=0.2,
+        agg="seq_mean_token_mean",
+        kl_coef=0.0,
+        kl_in_loss=True,
+        kl_estimator="k3",
+        max_len=24,
+    )
+    adv = np.stack(
+        [np.linspace(-1.0, 1.0, 16), np.where(np.arange(16) % 2 == 0, 1.0, -1.0), np.ones(16) * 0.5]
+    )
     before = two.adapter()[0]
     grams = [g.objective_gradients(batch, adv, cfg, None, None) for g in (one, two)]
     np.testing.assert_allclose(grams[0], grams[1], rtol=1e-4, atol=1e-10)

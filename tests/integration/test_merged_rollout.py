@@ -25,7 +25,9 @@ def _adapter(path: str, targets, seed: int, std: float = 0.05):
             p.data.normal_(0.0, std)
     tensors = {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(model).items()}
     cfg = config.to_dict()
-    cfg["target_modules"] = sorted(cfg["target_modules"]) if not isinstance(cfg["target_modules"], str) else cfg["target_modules"]
+    cfg["target_modules"] = (
+        sorted(cfg["target_modules"]) if not isinstance(cfg["target_modules"], str) else cfg["target_modules"]
+    )
     return model, tensors, cfg
 
 
@@ -51,9 +53,21 @@ def engine():
     path = str(ensure_builtin("tiny"))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        actor = ray.remote(RolloutEngine).options(num_cpus=1, runtime_env={"env_vars": cpu_preload_env()}).remote(
-            {"model_path": path, "dtype": "float32", "max_model_len": 128, "gpu_memory_utilization": 0.15, "lora_rank": 8,
-             "lora_mode": "auto", "device": "cpu"})
+        actor = (
+            ray.remote(RolloutEngine)
+            .options(num_cpus=1, runtime_env={"env_vars": cpu_preload_env()})
+            .remote(
+                {
+                    "model_path": path,
+                    "dtype": "float32",
+                    "max_model_len": 128,
+                    "gpu_memory_utilization": 0.15,
+                    "lora_rank": 8,
+                    "lora_mode": "auto",
+                    "device": "cpu",
+                }
+            )
+        )
         yield actor, path
     finally:
         ray.shutdown()
@@ -62,8 +76,18 @@ def engine():
 def _sample(actor, use_adapter: bool, version: int | None):
     import ray
 
-    return ray.get(actor.generate.remote(PROMPTS, n=4, max_tokens=24, temperature=1.0, top_p=1.0, seeds=[3, 4, 5],
-                                         use_adapter=use_adapter, adapter_version=version))
+    return ray.get(
+        actor.generate.remote(
+            PROMPTS,
+            n=4,
+            max_tokens=24,
+            temperature=1.0,
+            top_p=1.0,
+            seeds=[3, 4, 5],
+            use_adapter=use_adapter,
+            adapter_version=version,
+        )
+    )
 
 
 def test_merged_weights_sample_the_peft_policy(engine):
@@ -77,7 +101,9 @@ def test_merged_weights_sample_the_peft_policy(engine):
     vllm = [np.array(s["logprobs"]) for g in groups for s in g]
     peft = _hf_logps(model, groups)
     diff = max(np.abs(a - b).max() for a, b in zip(vllm, peft))
-    print(f"merged vs peft: max |log-prob difference| {diff:.2e} over {sum(len(a) for a in vllm)} sampled tokens")
+    print(
+        f"merged vs peft: max |log-prob difference| {diff:.2e} over {sum(len(a) for a in vllm)} sampled tokens"
+    )
     assert diff < 1e-4
     with model.disable_adapter():
         base_of_these = _hf_logps(model, groups)
@@ -86,7 +112,10 @@ def test_merged_weights_sample_the_peft_policy(engine):
     base = _sample(actor, False, None)
     with model.disable_adapter():
         hf_base = _hf_logps(model, base)
-    assert max(np.abs(np.array(s["logprobs"]) - b).max() for s, b in zip([s for g in base for s in g], hf_base)) < 1e-4
+    assert (
+        max(np.abs(np.array(s["logprobs"]) - b).max() for s, b in zip([s for g in base for s in g], hf_base))
+        < 1e-4
+    )
     # and back on: the same samples as before the switch (same seeds, same weights)
     again = _sample(actor, True, 1)
     assert [s["completion_ids"] for g in again for s in g] == [s["completion_ids"] for g in groups for s in g]
@@ -98,14 +127,21 @@ def test_a_version_with_fewer_modules_restores_the_others(engine):
     actor, path = engine
     _, tensors, cfg = _adapter(path, "all-linear", seed=1)
     ray.get(actor.load_adapter.remote(2, tensors, cfg))
-    model, tensors, cfg = _adapter(path, ["q_proj", "v_proj"], seed=2)  # q, v only: k, o and the MLP back to base
+    model, tensors, cfg = _adapter(
+        path, ["q_proj", "v_proj"], seed=2
+    )  # q, v only: k, o and the MLP back to base
     ray.get(actor.load_adapter.remote(3, tensors, cfg))
     groups = _sample(actor, True, 3)
     peft = _hf_logps(model, groups)
-    diff = max(np.abs(np.array(s["logprobs"]) - b).max() for s, b in zip([s for g in groups for s in g], peft))
+    diff = max(
+        np.abs(np.array(s["logprobs"]) - b).max() for s, b in zip([s for g in groups for s in g], peft)
+    )
     assert diff < 1e-4, diff
     from align.workers.rollout import StaleAdapter
 
     with pytest.raises(StaleAdapter):  # a version the engine does not serve is refused, as in adapter mode
-        ray.get(actor.generate.remote(PROMPTS[:1], n=1, max_tokens=2, temperature=1.0, top_p=1.0, seeds=[1], adapter_version=2))
-
+        ray.get(
+            actor.generate.remote(
+                PROMPTS[:1], n=1, max_tokens=2, temperature=1.0, top_p=1.0, seeds=[1], adapter_version=2
+            )
+        )

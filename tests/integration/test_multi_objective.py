@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from align.trainer import Trainer
 from align.config.loading import load_config
+from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,12 +20,34 @@ CONSTRAINED = ROOT / "configs" / "constrained_tiny.yaml"
 SMALL = ["data.eval_size=24", "data.prompts_per_step=8", "trainer.save_every=0"]
 
 CASES = {
-    "hv_meta-dr_grpo": (MULTI, ["objective.name=hypervolume", "objective.hypervolume.variant=meta_reward",
-                                "objective.hypervolume.every=1", "algorithm.name=dr_grpo"]),
-    "hv_weights-grpo": (MULTI, ["objective.name=hypervolume", "objective.hypervolume.variant=weights",
-                                "objective.hypervolume.every=1", "algorithm.name=grpo"]),
-    "gradient-rloo-2ranks": (MULTI, ["objective.name=gradient", "objective.gradient.normalize=grad_norm",
-                                     "objective.gradient.regularization=0.005", "algorithm.name=rloo", "learner.num_ranks=2"]),
+    "hv_meta-dr_grpo": (
+        MULTI,
+        [
+            "objective.name=hypervolume",
+            "objective.hypervolume.variant=meta_reward",
+            "objective.hypervolume.every=1",
+            "algorithm.name=dr_grpo",
+        ],
+    ),
+    "hv_weights-grpo": (
+        MULTI,
+        [
+            "objective.name=hypervolume",
+            "objective.hypervolume.variant=weights",
+            "objective.hypervolume.every=1",
+            "algorithm.name=grpo",
+        ],
+    ),
+    "gradient-rloo-2ranks": (
+        MULTI,
+        [
+            "objective.name=gradient",
+            "objective.gradient.normalize=grad_norm",
+            "objective.gradient.regularization=0.005",
+            "algorithm.name=rloo",
+            "learner.num_ranks=2",
+        ],
+    ),
     "lagrangian-reinforce_pp": (CONSTRAINED, ["algorithm.name=reinforce_pp"]),
 }
 
@@ -52,20 +74,31 @@ def test_objective_trains(case, tmp_path):
             w = [r[f"objective/weight/{n}"] for n in ("correctness", "brevity", "shows_work")]
             assert sum(w) == pytest.approx(1.0) and min(w) > 0
     if case.startswith("hv"):
-        assert all("objective/hypervolume" in r and "eval/correctness" in r for r in steps)  # validated every step
+        assert all(
+            "objective/hypervolume" in r and "eval/correctness" in r for r in steps
+        )  # validated every step
         assert all("objective/hvc" in r for r in steps)
         if case == "hv_meta-dr_grpo":
             assert all(0.5 <= r["objective/meta_reward"] < 2.0 for r in steps)
             assert steps[-1]["objective/weight/correctness"] == 0.4  # fixed weights
         else:
-            moved = [abs(steps[-1][f"objective/weight/{n}"] - w0) for n, w0 in (("correctness", 0.4), ("brevity", 0.3))]
+            moved = [
+                abs(steps[-1][f"objective/weight/{n}"] - w0)
+                for n, w0 in (("correctness", 0.4), ("brevity", 0.3))
+            ]
             assert max(moved) > 1e-3 or steps[-1]["objective/buffer_size"] == 0
     if case.startswith("gradient"):
         assert all(r["objective/grad_norm/correctness"] > 0 for r in steps)
-        assert steps[0]["objective/weight/correctness"] != 0.4  # moved at the first step, from this batch's gradients
+        assert (
+            steps[0]["objective/weight/correctness"] != 0.4
+        )  # moved at the first step, from this batch's gradients
     if case.startswith("lagrangian"):
         for r in steps:
-            assert {"objective/multiplier/brevity", "objective/threshold/brevity", "objective/violation/brevity"} <= set(r)
+            assert {
+                "objective/multiplier/brevity",
+                "objective/threshold/brevity",
+                "objective/violation/brevity",
+            } <= set(r)
             assert r["objective/threshold/brevity"] == 0.6
         # one multiplier step on the batch mean: the violation's sign moves the multiplier
         s1, s2 = steps[0]["objective/multiplier/brevity"], steps[1]["objective/multiplier/brevity"]
@@ -74,9 +107,14 @@ def test_objective_trains(case, tmp_path):
 
 def test_resume_is_exact_with_objective_state(tmp_path):
     """Lagrange multipliers, their momentum and the Nelder-Mead search all cross the checkpoint."""
-    common = [*SMALL, "trainer.save_every=2", "objective.lagrangian.threshold_search.true_score=efficiency",
-              "objective.lagrangian.threshold_search.steps_per_eval=2", "objective.lagrangian.threshold_search.check_every=1",
-              "objective.lagrangian.threshold_search.max_evals=4"]
+    common = [
+        *SMALL,
+        "trainer.save_every=2",
+        "objective.lagrangian.threshold_search.true_score=efficiency",
+        "objective.lagrangian.threshold_search.steps_per_eval=2",
+        "objective.lagrangian.threshold_search.check_every=1",
+        "objective.lagrangian.threshold_search.max_evals=4",
+    ]
 
     def train(out, steps, resume=False):
         cfg = load_config(CONSTRAINED, [f"trainer.output_dir={out}", f"trainer.max_steps={steps}", *common])
@@ -96,8 +134,16 @@ def test_resume_is_exact_with_objective_state(tmp_path):
 
 def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "launch.cli", "sweep", str(ROOT / "configs" / "sweep_tiny.yaml"), "--quick",
-           "--set", f"output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "sweep",
+        str(ROOT / "configs" / "sweep_tiny.yaml"),
+        "--quick",
+        "--set",
+        f"output_dir={out}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     quick = out / "quick"
@@ -107,7 +153,9 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     for t in trials:
         assert 0.0 <= float(t["correctness"]) <= 1.0 and 0.0 <= float(t["brevity"]) <= 1.0
     summary = json.loads((quick / "summary.json").read_text())
-    assert set(summary["hypervolume"]) == {"static", "hv_weights"} and all(v > 0 for v in summary["hypervolume"].values())
+    assert set(summary["hypervolume"]) == {"static", "hv_weights"} and all(
+        v > 0 for v in summary["hypervolume"].values()
+    )
     assert summary["reference"] == {"correctness": 0.0, "brevity": 0.0, "shows_work": 0.0}
     assert len(list((quick / "plots").glob("pareto_*.png"))) == 3  # pairwise projections of K = 3
     assert "hypervolume" in (quick / "report.md").read_text()

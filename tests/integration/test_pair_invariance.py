@@ -20,11 +20,22 @@ def groups():
     path = str(ensure_builtin("tiny"))
     tok = AutoTokenizer.from_pretrained(path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    spec = dict(model_path=path, device="cpu", dtype="float32", lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
-                zero_stage=2, lr=1e-3, grad_clip=0.0)
+    spec = dict(
+        model_path=path,
+        device="cpu",
+        dtype="float32",
+        lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
+        zero_stage=2,
+        lr=1e-3,
+        grad_clip=0.0,
+    )
     one = LearnerGroup({**spec, "micro_batch_size": 32}, 1, 0.5, 0, seed=0)  # 8 pairs, one micro-batch
-    two = LearnerGroup({**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0)  # 4 pairs per rank, one pair per micro-batch
-    acc = LearnerGroup({**spec, "micro_batch_size": 4}, 1, 0.5, 0, seed=0)  # 8 pairs, 4 micro-batches of 2 pairs
+    two = LearnerGroup(
+        {**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0
+    )  # 4 pairs per rank, one pair per micro-batch
+    acc = LearnerGroup(
+        {**spec, "micro_batch_size": 4}, 1, 0.5, 0, seed=0
+    )  # 8 pairs, 4 micro-batches of 2 pairs
     rng = np.random.default_rng(1)
     pairs = []
     for _ in range(8):  # prompts and responses of different lengths: padding and counts differ per pair
@@ -32,8 +43,13 @@ def groups():
         good = "1+2=3," * int(rng.integers(0, 3)) + f"</think>{rng.integers(10)}<eos>"
         bad = "9+9=1," * int(rng.integers(0, 2)) + f"</think>{rng.integers(10)}<eos>"
         p = tok(q)["input_ids"]
-        pairs.append({"prompt_ids": p, "chosen_ids": tok(good, add_special_tokens=False)["input_ids"],
-                      "rejected_ids": tok(bad, add_special_tokens=False)["input_ids"]})
+        pairs.append(
+            {
+                "prompt_ids": p,
+                "chosen_ids": tok(good, add_special_tokens=False)["input_ids"],
+                "rejected_ids": tok(bad, add_special_tokens=False)["input_ids"],
+            }
+        )
     yield (one, two, acc), pack_pairs(pairs, tok.pad_token_id)
     ray.shutdown()
 
@@ -41,12 +57,21 @@ def groups():
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo"])
 def test_pair_step_is_the_same_on_one_rank_two_ranks_and_accumulated(groups, loss):
     (one, two, acc), batch = groups
-    cfg = {"kind": "pair", "loss": loss, "beta": 2.0 if loss == "simpo" else 0.1, "gamma": 0.5, "label_smoothing": 0.0,
-           "fast": 0, "fast_slow": None}
+    cfg = {
+        "kind": "pair",
+        "loss": loss,
+        "beta": 2.0 if loss == "simpo" else 0.1,
+        "gamma": 0.5,
+        "label_smoothing": 0.0,
+        "fast": 0,
+        "fast_slow": None,
+    }
     stats = [g.train_step(dict(batch), cfg) for g in (one, two, acc)]
     for s in stats[1:]:
         assert s["pairs"] == 8.0
-        assert s["loss"] == pytest.approx(stats[0]["loss"], rel=1e-6, abs=1e-6), loss  # float32 sums of 8 pairs
+        assert s["loss"] == pytest.approx(stats[0]["loss"], rel=1e-6, abs=1e-6), (
+            loss
+        )  # float32 sums of 8 pairs
         assert s["accuracy"] == stats[0]["accuracy"]
         assert s["grad_norm"] == pytest.approx(stats[0]["grad_norm"], rel=1e-5), loss
     adapters = [g.adapter()[0] for g in (one, two, acc)]

@@ -11,8 +11,8 @@ import ray
 import torch
 import yaml
 
-from align.workers.reward import RewardPool
 from align.config.schema import reward_entry
+from align.workers.reward import RewardPool
 from rewards import RewardError
 from tests.integration.reward_server import RewardServer
 
@@ -54,7 +54,9 @@ def reward_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, reward_model):
     config = tmp_path_factory.mktemp("srv") / "serve.yaml"
-    config.write_text(yaml.safe_dump({"rewards": [{"fn": "correctness"}, {"model": reward_model, "name": "rm"}]}))
+    config.write_text(
+        yaml.safe_dump({"rewards": [{"fn": "correctness"}, {"model": reward_model, "name": "rm"}]})
+    )
     srv = RewardServer(str(config), token="t0ken")
     yield srv
     srv.kill()
@@ -63,7 +65,9 @@ def server(tmp_path_factory, reward_model):
 def test_local_and_remote_give_the_same_scores(ray_cluster, server, reward_model, monkeypatch):
     monkeypatch.setenv("ALIGN_REWARD_TOKEN", "t0ken")
     local = RewardPool(entries({"fn": "correctness"}, {"model": reward_model, "name": "rm"}))
-    remote = RewardPool(entries({"url": server.url, "name": "remote", "batch_size": 5}))  # 4 requests per batch
+    remote = RewardPool(
+        entries({"url": server.url, "name": "remote", "batch_size": 5})
+    )  # 4 requests per batch
     a = local.score(PROMPTS, COMPLETIONS, COLUMNS)
     b = remote.score(PROMPTS, COMPLETIONS, COLUMNS)
     assert a.names == b.names == ["correctness", "rm"] and b.owners == ["remote", "remote"]
@@ -77,7 +81,9 @@ def test_missing_or_wrong_token_stops_before_scoring(ray_cluster, server, monkey
     monkeypatch.delenv("ALIGN_REWARD_TOKEN", raising=False)
     with pytest.raises(RewardError) as err:
         RewardPool(entries({"url": server.url, "name": "remote"}))
-    assert f"{server.url}/info answered HTTP 401" in str(err.value) and "$ALIGN_REWARD_TOKEN" in str(err.value)
+    assert f"{server.url}/info answered HTTP 401" in str(err.value) and "$ALIGN_REWARD_TOKEN" in str(
+        err.value
+    )
     monkeypatch.setenv("ALIGN_REWARD_TOKEN", "not-it")
     with pytest.raises(RewardError, match="is not the server's"):
         RewardPool(entries({"url": server.url, "name": "remote"}))
@@ -87,12 +93,16 @@ def test_server_killed_mid_run(ray_cluster, reward_model, monkeypatch):
     monkeypatch.setenv("ALIGN_REWARD_TOKEN", "k")
     srv = RewardServer("correctness", token="k")
     stop = RewardPool(entries({"url": srv.url, "name": "remote", "retries": 1, "backoff": 0.1}))
-    skip = RewardPool(entries({"url": srv.url, "name": "remote", "retries": 1, "backoff": 0.1, "on_failure": "skip"}))
+    skip = RewardPool(
+        entries({"url": srv.url, "name": "remote", "retries": 1, "backoff": 0.1, "on_failure": "skip"})
+    )
     assert stop.score(PROMPTS, COMPLETIONS, COLUMNS).column("remote").sum() > 0
     srv.kill()
     with pytest.raises(RewardError) as err:
         stop.score(PROMPTS, COMPLETIONS, COLUMNS)
-    assert f"{srv.url}/score failed after 2 tries: ConnectError" in str(err.value) and "on_failure: error" in str(err.value)
+    assert f"{srv.url}/score failed after 2 tries: ConnectError" in str(
+        err.value
+    ) and "on_failure: error" in str(err.value)
     out = skip.score(PROMPTS, COMPLETIONS, COLUMNS)
     assert out.dropped.all() and out.skipped_by == {"remote/raised": 16}
     stop.release(), skip.release()
@@ -100,16 +110,29 @@ def test_server_killed_mid_run(ray_cluster, reward_model, monkeypatch):
 
 def test_timeout_kills_and_restarts_the_reward(ray_cluster, tmp_path):
     base = {"fn": f"{PLUGIN}:sleepy", "name": "slow", "timeout": 3}
-    skip = RewardPool(entries({**base, "on_failure": "skip", "kwargs": {"state": str(tmp_path / "a"), "sleep_on": [1]}}))
+    skip = RewardPool(
+        entries({**base, "on_failure": "skip", "kwargs": {"state": str(tmp_path / "a"), "sleep_on": [1]}})
+    )
     out = skip.score(PROMPTS, COMPLETIONS, COLUMNS)
     assert out.dropped.all() and out.skipped_by == {"slow/timeout": 16} and np.isnan(out.column("slow")).all()
     again = skip.score(PROMPTS, COMPLETIONS, COLUMNS)  # the restarted actor scores the next batch
     assert not again.dropped.any() and again.column("slow").tolist() == [1.0] * 16
     stop = RewardPool(entries({**base, "kwargs": {"state": str(tmp_path / "b"), "sleep_on": [1]}}))
-    with pytest.raises(RewardError, match=r"reward 'slow' timed out after 3s at sample 0 of 16 .* 16 sample\(s\) failed"):
+    with pytest.raises(
+        RewardError, match=r"reward 'slow' timed out after 3s at sample 0 of 16 .* 16 sample\(s\) failed"
+    ):
         stop.score(PROMPTS, COMPLETIONS, COLUMNS)
-    retry = RewardPool(entries({**base, "on_failure": "retry", "retries": 1, "backoff": 0.0,
-                                "kwargs": {"state": str(tmp_path / "c"), "sleep_on": [1]}}))
+    retry = RewardPool(
+        entries(
+            {
+                **base,
+                "on_failure": "retry",
+                "retries": 1,
+                "backoff": 0.0,
+                "kwargs": {"state": str(tmp_path / "c"), "sleep_on": [1]},
+            }
+        )
+    )
     out = retry.score(PROMPTS, COMPLETIONS, COLUMNS)
     assert not out.dropped.any() and out.stats == {"reward/retries/slow": 1}
     skip.release(), stop.release(), retry.release()
@@ -119,34 +142,72 @@ def test_nan_and_raise_policies(ray_cluster, tmp_path):
     nan = {"fn": f"{PLUGIN}:nan_first", "name": "nan"}
     with pytest.raises(RewardError) as err:
         RewardPool(entries(nan)).score(PROMPTS, COMPLETIONS, COLUMNS)
-    assert "reward 'nan' returned nan for objective 'nan' at sample 0 of 16 (prompt '0+0=', completion '</think>0')" in str(err.value)
+    assert (
+        "reward 'nan' returned nan for objective 'nan' at sample 0 of 16 (prompt '0+0=', completion '</think>0')"
+        in str(err.value)
+    )
     out = RewardPool(entries({**nan, "on_failure": "skip"})).score(PROMPTS, COMPLETIONS, COLUMNS)
     assert out.dropped.tolist() == [True] + [False] * 15 and out.skipped_by == {"nan/nan": 1}
     assert out.column("nan")[1:].tolist() == [float(len(c)) for c in COMPLETIONS[1:]]
-    flaky = {"fn": f"{PLUGIN}:flaky_nan", "name": "flaky", "on_failure": "retry", "retries": 2, "backoff": 0.05}
-    out = RewardPool(entries({**flaky, "kwargs": {"state": str(tmp_path / "f1"), "fail_calls": 2}})).score(PROMPTS, COMPLETIONS, COLUMNS)
-    assert not out.dropped.any() and out.stats == {"reward/retries/flaky": 2} and out.column("flaky").tolist() == [0.5] * 16
+    flaky = {
+        "fn": f"{PLUGIN}:flaky_nan",
+        "name": "flaky",
+        "on_failure": "retry",
+        "retries": 2,
+        "backoff": 0.05,
+    }
+    out = RewardPool(entries({**flaky, "kwargs": {"state": str(tmp_path / "f1"), "fail_calls": 2}})).score(
+        PROMPTS, COMPLETIONS, COLUMNS
+    )
+    assert (
+        not out.dropped.any()
+        and out.stats == {"reward/retries/flaky": 2}
+        and out.column("flaky").tolist() == [0.5] * 16
+    )
     with pytest.raises(RewardError, match="after 3 tries"):
-        RewardPool(entries({**flaky, "kwargs": {"state": str(tmp_path / "f2"), "fail_calls": 5}})).score(PROMPTS, COMPLETIONS, COLUMNS)
+        RewardPool(entries({**flaky, "kwargs": {"state": str(tmp_path / "f2"), "fail_calls": 5}})).score(
+            PROMPTS, COMPLETIONS, COLUMNS
+        )
     comps = list(COMPLETIONS)
     comps[5] = "boom"
-    out = RewardPool(entries({"fn": f"{PLUGIN}:raises_on", "name": "picky", "on_failure": "skip"})).score(PROMPTS, comps, COLUMNS)
+    out = RewardPool(entries({"fn": f"{PLUGIN}:raises_on", "name": "picky", "on_failure": "skip"})).score(
+        PROMPTS, comps, COLUMNS
+    )
     assert np.flatnonzero(out.dropped).tolist() == [5] and out.skipped_by == {"picky/raised": 1}
     assert math.isnan(out.column("picky")[5]) and out.column("picky")[0] == 1.0
 
 
 def test_a_crashed_reward_actor_is_replaced_and_the_batch_rescored(ray_cluster, tmp_path):
-    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "error",
-                               "kwargs": {"state": str(tmp_path / "n"), "crash_on": [1]}}))
+    pool = RewardPool(
+        entries(
+            {
+                "fn": f"{PLUGIN}:crashes",
+                "name": "crash",
+                "on_failure": "error",
+                "kwargs": {"state": str(tmp_path / "n"), "crash_on": [1]},
+            }
+        )
+    )
     first = pool.pids[0]
     out = pool.score(PROMPTS, COMPLETIONS, COLUMNS)  # the process dies on call 1; call 2 is the rescoring
     assert not out.dropped.any() and out.column("crash").tolist() == [1.0] * 16 and pool.restarts == 1
     assert pool.pids[0] != first
     pool.release()
     # an actor that dies on every try is, after max_restarts, the reward's failure under on_failure
-    pool = RewardPool(entries({"fn": f"{PLUGIN}:crashes", "name": "crash", "on_failure": "skip",
-                               "kwargs": {"state": str(tmp_path / "m"), "crash_on": [1, 2, 3, 4]}}), max_restarts=2)
+    pool = RewardPool(
+        entries(
+            {
+                "fn": f"{PLUGIN}:crashes",
+                "name": "crash",
+                "on_failure": "skip",
+                "kwargs": {"state": str(tmp_path / "m"), "crash_on": [1, 2, 3, 4]},
+            }
+        ),
+        max_restarts=2,
+    )
     out = pool.score(PROMPTS, COMPLETIONS, COLUMNS)
     assert out.dropped.all() and out.skipped_by == {"crash/died": 16} and pool.restarts == 2
-    assert pool.score(PROMPTS, COMPLETIONS, COLUMNS).column("crash").tolist() == [1.0] * 16  # call 4 dies, call 5 scores
+    assert (
+        pool.score(PROMPTS, COMPLETIONS, COLUMNS).column("crash").tolist() == [1.0] * 16
+    )  # call 4 dies, call 5 scores
     pool.release()

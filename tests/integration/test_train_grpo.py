@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from align.trainer import Trainer
 from align.config.loading import load_config
+from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,9 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
     train = [r["reward/correctness"] for r in rows]
     first, last = sum(train[:4]) / 4, sum(train[-4:]) / 4
     before, after = summary["before"]["correctness"], summary["after"]["correctness"]
-    print(f"train correctness first 4 steps {first:.3f} -> last 4 {last:.3f}; eval {before:.3f} -> {after:.3f}")
+    print(
+        f"train correctness first 4 steps {first:.3f} -> last 4 {last:.3f}; eval {before:.3f} -> {after:.3f}"
+    )
     assert after >= before + 0.05, summary
     assert last > first, train
     assert summary["rank_max_abs_diff"] == 0.0
@@ -45,7 +47,11 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
     assert any((out / "tb").iterdir())
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_12", "step_6"]
     assert rows[-1]["rollout/logprob_abs_diff"] < 1e-4  # vLLM vs learner log-probs of the sampled tokens
-    assert all(k in rows[0] for k in ("timing/rollout", "timing/reward", "timing/learner", "timing/sync", "kl/mean") if k != "kl/mean")
+    assert all(
+        k in rows[0]
+        for k in ("timing/rollout", "timing/reward", "timing/learner", "timing/sync", "kl/mean")
+        if k != "kl/mean"
+    )
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +59,13 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
 
     base = AutoModelForCausalLM.from_pretrained(ensure_builtin("tiny"))
     model = PeftModel.from_pretrained(base, str(out / "checkpoints" / "step_12" / "adapter"))
-    lora_b = [v for k, v in load_file(str(out / "checkpoints" / "step_12" / "adapter" / "adapter_model.safetensors")).items() if "lora_B" in k]
+    lora_b = [
+        v
+        for k, v in load_file(
+            str(out / "checkpoints" / "step_12" / "adapter" / "adapter_model.safetensors")
+        ).items()
+        if "lora_B" in k
+    ]
     assert model is not None and max(abs(v).max() for v in lora_b) > 0  # the adapter trained (B starts at 0)
     # `align eval` (base and checkpoint, greedy through vLLM) reproduces the run's own before/after eval
     from align.eval_run import run_eval
@@ -74,7 +86,9 @@ def test_resume_is_exact(tmp_path):
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
-        keys = {k for k in ra if not k.startswith("timing/") and not (k.startswith("eval/") and ra["step"] == 2)}
+        keys = {
+            k for k in ra if not k.startswith("timing/") and not (k.startswith("eval/") and ra["step"] == 2)
+        }
         assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
     assert a[-1]["eval/correctness"] == b[-1]["eval/correctness"]
 
@@ -85,17 +99,53 @@ def test_joins_an_existing_ray_cluster(tmp_path):
     from align.workers.groups import free_port
 
     port = free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}  # Ray >= 2.59: token auth on `ray start`
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }  # Ray >= 2.59: token auth on `ray start`
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false"], check=True, capture_output=True, env=env, timeout=120)
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     try:
         out = tmp_path / "cluster"
-        done = subprocess.run([ALIGN, "train", str(CONFIG), "--address", f"127.0.0.1:{port}", "--set", f"trainer.output_dir={out}",
-                               "--set", "trainer.max_steps=2", "--set", "data.eval_size=20"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=400, env=env)
+        done = subprocess.run(
+            [
+                ALIGN,
+                "train",
+                str(CONFIG),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--set",
+                f"trainer.output_dir={out}",
+                "--set",
+                "trainer.max_steps=2",
+                "--set",
+                "data.eval_size=20",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=400,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "Connecting to existing Ray cluster" in done.stderr or "Connected to Ray cluster" in done.stderr
+        assert (
+            "Connecting to existing Ray cluster" in done.stderr or "Connected to Ray cluster" in done.stderr
+        )
         assert [r["step"] for r in _rows(out)] == [0, 1, 2]
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)

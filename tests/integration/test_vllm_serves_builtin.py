@@ -21,7 +21,14 @@ def engine():
     from vllm import LLM
 
     path = ensure_builtin("tiny")
-    llm = LLM(model=str(path), dtype="float32", max_model_len=128, gpu_memory_utilization=0.15, enforce_eager=True, seed=0)
+    llm = LLM(
+        model=str(path),
+        dtype="float32",
+        max_model_len=128,
+        gpu_memory_utilization=0.15,
+        enforce_eager=True,
+        seed=0,
+    )
     yield llm, path
     del llm
 
@@ -35,11 +42,17 @@ def test_greedy_matches_hf_and_logprobs_match(engine):
     for prompt, out in zip(PROMPTS, outs):
         vllm_ids = list(out.outputs[0].token_ids)
         enc = tok(prompt, return_tensors="pt")
-        hf = model.generate(**enc, max_new_tokens=40, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        assert vllm_ids == hf[0, enc.input_ids.shape[1]:].tolist()
+        hf = model.generate(
+            **enc,
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        assert vllm_ids == hf[0, enc.input_ids.shape[1] :].tolist()
         seq = torch.tensor([enc.input_ids[0].tolist() + vllm_ids])
         with torch.no_grad():
             logits = model(seq).logits[:, enc.input_ids.shape[1] - 1 : -1]
-        hf_lp = token_logprobs(logits, seq[:, enc.input_ids.shape[1]:])[0]
+        hf_lp = token_logprobs(logits, seq[:, enc.input_ids.shape[1] :])[0]
         vllm_lp = torch.tensor([lp[t].logprob for lp, t in zip(out.outputs[0].logprobs, vllm_ids)])
         torch.testing.assert_close(vllm_lp, hf_lp, atol=1e-4, rtol=0)

@@ -14,5 +14,7 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     if rel.RECORDS or rel.FAILED:
-        out = rel.write_report(os.environ.get("ALIGN_RELIABILITY_REPORT", ROOT / "runs" / "reliability" / "report.md"))
+        out = rel.write_report(
+            os.environ.get("ALIGN_RELIABILITY_REPORT", ROOT / "runs" / "reliability" / "report.md")
+        )
         print(f"\nreliability report: {out}")

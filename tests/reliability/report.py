@@ -38,7 +38,10 @@ def max_abs_diff(rows_a: list[dict], rows_b: list[dict], skip=("timing/", "fault
 def write_report(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    by = {k: [r for r in RECORDS if r["kind"] == k] for k in ("fault", "bad_input", "checkpoint", "resume", "security")}
+    by = {
+        k: [r for r in RECORDS if r["kind"] == k]
+        for k in ("fault", "bad_input", "checkpoint", "resume", "security")
+    }
     resume = [r["max_abs_diff"] for r in by["resume"]]
     corrupted = sum(r.get("corrupted", 0) for r in by["checkpoint"] + by["fault"])
     lines = [
@@ -58,14 +61,23 @@ def write_report(path: str | Path) -> Path:
         f"| reliability tests failed | {len(FAILED)}{': ' + ', '.join(FAILED) if FAILED else ''} |",
         "",
     ]
-    for kind, title in [("fault", "Faults"), ("resume", "Resume equality"), ("checkpoint", "Checkpoints"),
-                        ("security", "Security"), ("bad_input", "Bad input")]:
+    for kind, title in [
+        ("fault", "Faults"),
+        ("resume", "Resume equality"),
+        ("checkpoint", "Checkpoints"),
+        ("security", "Security"),
+        ("bad_input", "Bad input"),
+    ]:
         if not by[kind]:
             continue
         lines += [f"## {title}", "", "| case | ok | detail |", "|---|---|---|"]
         for r in by[kind]:
             extra = {k: v for k, v in r.items() if k not in ("kind", "name", "ok", "detail")}
-            detail = (r["detail"] + (" " + json.dumps(extra) if extra else "")).replace("|", "\\|").replace("\n", " ")
+            detail = (
+                (r["detail"] + (" " + json.dumps(extra) if extra else ""))
+                .replace("|", "\\|")
+                .replace("\n", " ")
+            )
             lines.append(f"| {r['name']} | {'yes' if r['ok'] else '**NO**'} | {detail[:300]} |")
         lines.append("")
     path.write_text("\n".join(lines))

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import ray
 
-from align.workers.reward import RewardPool
 from align.config.schema import reward_entry
+from align.workers.reward import RewardPool
 from rewards import RewardError
 from tests.reliability.report import record
 
 pytestmark = pytest.mark.integration
 PROMPTS = [f"{a}+{b}=" for a in range(4) for b in range(4)]
 COMPLETIONS = [f"</think>{a + b}" for a in range(4) for b in range(4)]
-PLUGIN = '''
+PLUGIN = """
 import math, time
 
 def raises(prompts, completions, **kw):
@@ -45,7 +45,7 @@ def strings(prompts, completions, **kw):
 
 def scalar(prompts, completions, **kw):
     return 1.0
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,9 @@ def plugin(tmp_path_factory):
 
 
 def _pool(plugin: str, fn: str, **options) -> RewardPool:
-    return RewardPool([reward_entry(fn=f"{plugin}:{fn}", name=fn, **options).model_dump()], str(Path(plugin).parent))
+    return RewardPool(
+        [reward_entry(fn=f"{plugin}:{fn}", name=fn, **options).model_dump()], str(Path(plugin).parent)
+    )
 
 
 ERROR_CASES = [
@@ -80,7 +82,12 @@ def test_a_failing_reward_stops_the_run_with_one_line(plugin, fn, options, expec
     message = str(err.value)
     ok = "\n" not in message and all(e in message for e in expect)
     policy = options.get("on_failure", "error")
-    record("bad_input", f"reward {fn} (on_failure: {policy})", ok, f"stopped after {time.time() - t0:.1f}s: {message[:200]}")
+    record(
+        "bad_input",
+        f"reward {fn} (on_failure: {policy})",
+        ok,
+        f"stopped after {time.time() - t0:.1f}s: {message[:200]}",
+    )
     pool.release()
     assert ok, message
 
@@ -100,8 +107,16 @@ def test_skip_drops_and_counts_the_failing_samples(plugin, fn, options, skipped)
     seconds = time.time() - t0
     column = out.column(fn)
     kept = [v for v, d in zip(column, out.dropped) if not d]
-    ok = out.skipped_by == skipped and int(out.dropped.sum()) == sum(skipped.values()) and all(v == 1.0 for v in kept)
-    ok = ok and all(math.isnan(v) for v, d in zip(column, out.dropped) if d) and seconds < options.get("timeout", 60) + 30
+    ok = (
+        out.skipped_by == skipped
+        and int(out.dropped.sum()) == sum(skipped.values())
+        and all(v == 1.0 for v in kept)
+    )
+    ok = (
+        ok
+        and all(math.isnan(v) for v, d in zip(column, out.dropped) if d)
+        and seconds < options.get("timeout", 60) + 30
+    )
     record("bad_input", f"reward {fn} (on_failure: skip)", ok, f"skipped {out.skipped_by} in {seconds:.1f}s")
     pool.release()
     assert ok, (out.skipped_by, column, seconds)

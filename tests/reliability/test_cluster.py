@@ -42,14 +42,46 @@ def test_a_joined_cluster_that_goes_away_is_a_clear_error_not_a_hang(tmp_path):
     # Ray >= 2.59 starts clusters with token authentication; the driver must use the same mode
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", f"--temp-dir={temp_dir}"], check=True, capture_output=True, env=env,
-                   timeout=120)
+    subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     out = tmp_path / "run"
     try:
-        proc = subprocess.Popen([ALIGN, "train", str(CONFIG), "--address", f"127.0.0.1:{port}", "--set", f"trainer.output_dir={out}",
-                                 "--set", "trainer.max_steps=50", "--set", "trainer.save_every=1", "--set", "data.eval=null"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            [
+                ALIGN,
+                "train",
+                str(CONFIG),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--set",
+                f"trainer.output_dir={out}",
+                "--set",
+                "trainer.max_steps=50",
+                "--set",
+                "trainer.save_every=1",
+                "--set",
+                "data.eval=null",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -63,10 +95,20 @@ def test_a_joined_cluster_that_goes_away_is_a_clear_error_not_a_hang(tmp_path):
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     errors = [line for line in rest.splitlines() if line.startswith("error:")]
-    ok = (proc.returncode == 1 and len(errors) == 1 and f"127.0.0.1:{port}" in errors[0] and "stopped answering" in errors[0]
-          and "checkpoint" in errors[0] and waited < 60)
-    record("fault", "joined Ray cluster (--address) killed mid-run", ok,
-           f"exit {proc.returncode} after {waited:.0f}s: {errors[0][:160] if errors else rest[-160:]}")
+    ok = (
+        proc.returncode == 1
+        and len(errors) == 1
+        and f"127.0.0.1:{port}" in errors[0]
+        and "stopped answering" in errors[0]
+        and "checkpoint" in errors[0]
+        and waited < 60
+    )
+    record(
+        "fault",
+        "joined Ray cluster (--address) killed mid-run",
+        ok,
+        f"exit {proc.returncode} after {waited:.0f}s: {errors[0][:160] if errors else rest[-160:]}",
+    )
     assert ok, (proc.returncode, waited, "".join(lines)[-1500:] + rest[-3000:])
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2]

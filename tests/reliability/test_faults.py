@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from align.checkpoint import CheckpointError, list_checkpoints, verify
-from align.trainer import Trainer
 from align.config.loading import load_config
+from align.trainer import Trainer
 from tests.reliability.report import max_abs_diff, record
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,9 @@ def _config(out, *extra):
 
 
 def _rows(run) -> list[dict]:
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
 
 
 def _kill(pid: int) -> None:
@@ -119,10 +121,21 @@ def test_rollout_and_reward_workers_killed_mid_step(tmp_path, baseline):
     restarted = trainer.rollouts.pids[0] != killed["rollout"] and trainer.rewards.pids[0] != killed["reward"]
     ok_rollout = last.get("faults/rollout_restarts") == 1 and restarted
     ok_reward = last.get("faults/reward_restarts") == 1
-    record("fault", "rollout worker SIGKILLed mid-generate (step 2)", ok_rollout and diff == 0,
-           "Ray restarted it; adapter re-served; call repeated", max_abs_diff=diff, corrupted=_corrupted(out))
-    record("fault", "reward actor SIGKILLed mid-scoring (step 3)", ok_reward and diff == 0, "replaced; batch rescored",
-           max_abs_diff=diff)
+    record(
+        "fault",
+        "rollout worker SIGKILLed mid-generate (step 2)",
+        ok_rollout and diff == 0,
+        "Ray restarted it; adapter re-served; call repeated",
+        max_abs_diff=diff,
+        corrupted=_corrupted(out),
+    )
+    record(
+        "fault",
+        "reward actor SIGKILLed mid-scoring (step 3)",
+        ok_reward and diff == 0,
+        "replaced; batch rescored",
+        max_abs_diff=diff,
+    )
     record("resume", "rollout + reward actor killed vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert ok_rollout and ok_reward, last
     assert diff == 0.0
@@ -150,9 +163,19 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
     trainer.run()
     rows = _rows(out)
     diff = max_abs_diff(rows, baseline)
-    ok = bool(killed) and rows[-1].get("faults/learner_restarts") == 1 and killed[0] not in trainer.learners.pids
-    record("fault", "learner rank 1 of 2 SIGKILLed in a train step (step 3)", ok and diff == 0,
-           f"group restarted from step_2 on its own; run took {time.time() - t0:.0f}s", max_abs_diff=diff, corrupted=_corrupted(out))
+    ok = (
+        bool(killed)
+        and rows[-1].get("faults/learner_restarts") == 1
+        and killed[0] not in trainer.learners.pids
+    )
+    record(
+        "fault",
+        "learner rank 1 of 2 SIGKILLed in a train step (step 3)",
+        ok and diff == 0,
+        f"group restarted from step_2 on its own; run took {time.time() - t0:.0f}s",
+        max_abs_diff=diff,
+        corrupted=_corrupted(out),
+    )
     record("resume", "learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert ok, rows[-1]
     assert diff == 0.0
@@ -178,18 +201,32 @@ def test_learner_restarts_are_bounded(tmp_path):
     with pytest.raises(RuntimeError) as err:
         FaultyTrainer(_config(out, "trainer.learner_restarts=0"), str(CONFIG.parent)).run()
     message = str(err.value)
-    ok = "learner rank" in message and "died" in message and "trainer.learner_restarts=0" in message and "step_2" in message
-    record("fault", "learner rank killed with trainer.learner_restarts=0", ok, "the run stops: " + message[-160:])
+    ok = (
+        "learner rank" in message
+        and "died" in message
+        and "trainer.learner_restarts=0" in message
+        and "step_2" in message
+    )
+    record(
+        "fault", "learner rank killed with trainer.learner_restarts=0", ok, "the run stops: " + message[-160:]
+    )
     assert ok, message
 
 
 # SIGINT takes the same path as SIGTERM: make test-reliability only (CI budget)
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGINT", "SIGTERM"]
+)
 def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baseline, sig):
     out = tmp_path / "run"
     overrides = [a for o in [f"trainer.output_dir={out}", *COMMON] for a in ("--set", o)]
-    proc = subprocess.Popen([ALIGN, "train", str(CONFIG), *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [ALIGN, "train", str(CONFIG), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -202,13 +239,22 @@ def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baselin
     stop_timeout = load_config(CONFIG, []).trainer.stop_timeout
     ckpts = [p.name for p in list_checkpoints(out / "checkpoints")]
     # the signal lands in step 2 (or, racing the log line, just after step 1): one checkpoint, of that step
-    clean = proc.returncode == 130 and "continue with --resume" in rest and ckpts in (["step_1"], ["step_2"]) and waited < stop_timeout
+    clean = (
+        proc.returncode == 130
+        and "continue with --resume" in rest
+        and ckpts in (["step_1"], ["step_2"])
+        and waited < stop_timeout
+    )
     assert clean, (proc.returncode, ckpts, waited, "".join(lines)[-2000:] + rest[-3000:])
     Trainer(_config(out), str(CONFIG.parent), resume=True).run()
     diff = max_abs_diff(_rows(out), baseline)
-    record("fault", f"{sig.name} to the driver at step 2", clean,
-           f"exit 130 after {waited:.1f}s (stated: within trainer.stop_timeout={stop_timeout:g}s); checkpoint {ckpts[0]}",
-           corrupted=_corrupted(out))
+    record(
+        "fault",
+        f"{sig.name} to the driver at step 2",
+        clean,
+        f"exit 130 after {waited:.1f}s (stated: within trainer.stop_timeout={stop_timeout:g}s); checkpoint {ckpts[0]}",
+        corrupted=_corrupted(out),
+    )
     record("resume", f"{sig.name} + --resume vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert diff == 0.0
 
@@ -219,12 +265,28 @@ def test_a_step_that_outlasts_stop_timeout_stops_without_a_new_checkpoint(tmp_pa
     says the last good checkpoint (none yet) instead of writing one."""
     out = tmp_path / "run"
     slow = tmp_path / "slow.py"  # a reward that takes 4 s a batch: every step outlasts the 1 s allowed
-    slow.write_text("import time\n\ndef slow(prompts, completions, **kw):\n    time.sleep(4)\n    return [0.0] * len(completions)\n")
+    slow.write_text(
+        "import time\n\ndef slow(prompts, completions, **kw):\n    time.sleep(4)\n    return [0.0] * len(completions)\n"
+    )
     rewards = f"rewards=[{{fn: correctness}}, {{fn: '{slow}:slow', weight: 0.0}}]"
-    overrides = [a for o in [f"trainer.output_dir={out}", *COMMON, "trainer.save_every=0", "trainer.stop_timeout=1", rewards]
-                 for a in ("--set", o)]
-    proc = subprocess.Popen([ALIGN, "train", str(CONFIG), *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, cwd=ROOT)
+    overrides = [
+        a
+        for o in [
+            f"trainer.output_dir={out}",
+            *COMMON,
+            "trainer.save_every=0",
+            "trainer.stop_timeout=1",
+            rewards,
+        ]
+        for a in ("--set", o)
+    ]
+    proc = subprocess.Popen(
+        [ALIGN, "train", str(CONFIG), *overrides],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     for line in proc.stdout:
         if f"step 1/{STEPS}" in line:
             time.sleep(1.0)  # into step 2's reward wait
@@ -233,9 +295,18 @@ def test_a_step_that_outlasts_stop_timeout_stops_without_a_new_checkpoint(tmp_pa
             break
     rest = proc.communicate(timeout=120)[0]
     waited = time.time() - t0
-    ok = proc.returncode == 130 and "step did not finish within trainer.stop_timeout=1s" in rest and waited < 30
+    ok = (
+        proc.returncode == 130
+        and "step did not finish within trainer.stop_timeout=1s" in rest
+        and waited < 30
+    )
     ok = ok and not list_checkpoints(out / "checkpoints")
-    record("fault", "SIGTERM with a step longer than trainer.stop_timeout=1", ok, f"exit 130 after {waited:.1f}s, no checkpoint written")
+    record(
+        "fault",
+        "SIGTERM with a step longer than trainer.stop_timeout=1",
+        ok,
+        f"exit 130 after {waited:.1f}s, no checkpoint written",
+    )
     assert ok, (proc.returncode, waited, rest[-3000:])
 
 
@@ -269,8 +340,22 @@ def test_a_kill_during_a_checkpoint_save_never_leaves_a_checkpoint_resume_would_
     script, children = tmp_path / "kill_in_save.py", tmp_path / "children.json"
     script.write_text(KILL_IN_SAVE)
     two_steps = ["trainer.max_steps=2", "trainer.save_every=1"]
-    done = subprocess.run([sys.executable, str(script), str(CONFIG), str(children), f"trainer.output_dir={out}", *COMMON, *two_steps],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(CONFIG),
+            str(children),
+            f"trainer.output_dir={out}",
+            *COMMON,
+            *two_steps,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     _kill_all(json.loads(children.read_text()) if children.exists() else [])
     leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     chosen = [p.name for p in list_checkpoints(out / "checkpoints")]
@@ -279,8 +364,13 @@ def test_a_kill_during_a_checkpoint_save_never_leaves_a_checkpoint_resume_would_
     verify(out / "checkpoints" / "step_1")
     Trainer(_config(out, *two_steps), str(CONFIG.parent), resume=True).run()
     diff = max_abs_diff(_rows(out), [r for r in baseline if r["step"] <= 2])
-    record("checkpoint", "SIGKILL between writing step_2 and its rename", ok,
-           f"half-written {leftovers[0]} ignored; --resume chose step_1", corrupted=_corrupted(out))
+    record(
+        "checkpoint",
+        "SIGKILL between writing step_2 and its rename",
+        ok,
+        f"half-written {leftovers[0]} ignored; --resume chose step_1",
+        corrupted=_corrupted(out),
+    )
     record("resume", "kill during save + --resume vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert diff == 0.0
 
@@ -325,7 +415,18 @@ def test_disk_full_while_saving_is_a_clear_error_and_the_previous_checkpoint_sur
     chosen = [p.name for p in list_checkpoints(out / "checkpoints")]
     leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     verify(out / "checkpoints" / "step_1")
-    ok = ("could not write checkpoint" in message and "File too large" in message and "step_1 is intact" in message
-          and chosen == ["step_1"] and not leftovers)
-    record("checkpoint", "size limit hit while saving step_2", ok, message.split(";")[0][-120:], corrupted=_corrupted(out))
+    ok = (
+        "could not write checkpoint" in message
+        and "File too large" in message
+        and "step_1 is intact" in message
+        and chosen == ["step_1"]
+        and not leftovers
+    )
+    record(
+        "checkpoint",
+        "size limit hit while saving step_2",
+        ok,
+        message.split(";")[0][-120:],
+        corrupted=_corrupted(out),
+    )
     assert ok, (message, chosen, leftovers)

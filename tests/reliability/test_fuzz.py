@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from align.data.loading import DataError, load_preferences, load_prompts
 from align.config.loading import ConfigError, load_config
 from align.config.schema import Config
+from align.data.loading import DataError, load_preferences, load_prompts
 from tests.reliability.report import record
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,10 +33,21 @@ def _paths(model: type[BaseModel] = Config, prefix: tuple = ()) -> list[tuple]:
 
 
 PATHS = _paths()
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-                    st.text(max_size=12), st.sampled_from(["grpo", "dpo", "builtin:tiny", "auto", "cpu", "skip", "all-linear"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["grpo", "dpo", "builtin:tiny", "auto", "cpu", "skip", "all-linear"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -68,7 +79,9 @@ def test_fuzzed_configs_load_or_raise_config_error(data):
             load_config(path)
         except ConfigError as exc:
             _seen["refused"] += 1
-            assert str(exc).strip() and ("fuzz.yaml" in str(exc) or "line" in str(exc) or "--set" in str(exc)), str(exc)
+            assert str(exc).strip() and (
+                "fuzz.yaml" in str(exc) or "line" in str(exc) or "--set" in str(exc)
+            ), str(exc)
 
 
 @FUZZ
@@ -83,13 +96,27 @@ def test_fuzzed_yaml_text_loads_or_raises_config_error(text):
             assert "fuzz.yaml" in str(exc) or "line" in str(exc), str(exc)
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
-                           lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                           max_leaves=8)
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "bot"]),
-                                           "content": st.one_of(st.text(max_size=20), st.integers())}), max_size=3)
-rows = st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "answer", "x"]),
-                       st.one_of(json_values, messages, st.text(max_size=30)), max_size=4)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "bot"]),
+            "content": st.one_of(st.text(max_size=20), st.integers()),
+        }
+    ),
+    max_size=3,
+)
+rows = st.dictionaries(
+    st.sampled_from(["prompt", "chosen", "rejected", "answer", "x"]),
+    st.one_of(json_values, messages, st.text(max_size=30)),
+    max_size=4,
+)
 lines = st.lists(st.one_of(rows.map(json.dumps), st.text(max_size=40)), max_size=6)
 
 
@@ -123,8 +150,16 @@ def test_fuzzed_jsonl_loads_or_raises_data_error_naming_the_file(tokenizer, text
 
 def test_fuzz_figures_go_to_the_report():
     """Runs after the fuzz tests of this module (file order): their counts go to the report."""
-    record("bad_input", "fuzzed configs (hypothesis)", _seen["configs"] > 0,
-           f"{_seen['configs']} generated, {_seen['refused']} refused with ConfigError, none raised anything else")
-    record("bad_input", "fuzzed JSONL files (hypothesis), prompt and preference loaders", _data["files"] > 0,
-           f"{_data['files']} generated, {_data['refused']} loader refusals with DataError naming the file, none raised anything else")
+    record(
+        "bad_input",
+        "fuzzed configs (hypothesis)",
+        _seen["configs"] > 0,
+        f"{_seen['configs']} generated, {_seen['refused']} refused with ConfigError, none raised anything else",
+    )
+    record(
+        "bad_input",
+        "fuzzed JSONL files (hypothesis), prompt and preference loaders",
+        _data["files"] > 0,
+        f"{_data['files']} generated, {_data['refused']} loader refusals with DataError naming the file, none raised anything else",
+    )
     assert _seen["configs"] > 0 and _data["files"] > 0

@@ -42,16 +42,34 @@ def test_reward_server_binds_loopback_and_wants_a_token_elsewhere(tmp_path):
     try:
         body = {"prompts": ["1+1="], "completions": ["</think>2"], "columns": {"answer": ["2"]}}
         no_token = httpx.post(f"{server.url}/score", json=body, timeout=10).status_code
-        wrong = httpx.post(f"{server.url}/score", json=body, headers={"Authorization": "Bearer nope"}, timeout=10).status_code
-        good = httpx.post(f"{server.url}/score", json=body, headers={"Authorization": "Bearer s3cret"}, timeout=10)
-        big = httpx.post(f"{server.url}/score", json={"prompts": ["p"], "completions": ["x" * 10_000]},
-                         headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code
+        wrong = httpx.post(
+            f"{server.url}/score", json=body, headers={"Authorization": "Bearer nope"}, timeout=10
+        ).status_code
+        good = httpx.post(
+            f"{server.url}/score", json=body, headers={"Authorization": "Bearer s3cret"}, timeout=10
+        )
+        big = httpx.post(
+            f"{server.url}/score",
+            json={"prompts": ["p"], "completions": ["x" * 10_000]},
+            headers={"Authorization": "Bearer s3cret"},
+            timeout=10,
+        ).status_code
         log = server.output()
     finally:
         server.kill()
     loopback = "on http://127.0.0.1:" in log
-    record("security", "serve-reward binds 127.0.0.1 by default", loopback, log.strip().splitlines()[-1][-120:] if log else "")
-    record("security", "request without (or with a wrong) token: 401", no_token == 401 and wrong == 401, f"{no_token}, {wrong}")
+    record(
+        "security",
+        "serve-reward binds 127.0.0.1 by default",
+        loopback,
+        log.strip().splitlines()[-1][-120:] if log else "",
+    )
+    record(
+        "security",
+        "request without (or with a wrong) token: 401",
+        no_token == 401 and wrong == 401,
+        f"{no_token}, {wrong}",
+    )
     record("security", "request body over --max-bytes: 413", big == 413, f"{big}")
     assert loopback and no_token == wrong == 401 and big == 413
     assert good.status_code == 200 and good.json()["objectives"]["correctness"] == [1.0]
@@ -59,9 +77,30 @@ def test_reward_server_binds_loopback_and_wants_a_token_elsewhere(tmp_path):
 
 def test_binding_elsewhere_without_a_token_is_refused_before_anything_loads():
     env = {k: v for k, v in __import__("os").environ.items() if k != "ALIGN_REWARD_TOKEN"}
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "serve-reward", "correctness", "--host", "0.0.0.0", "--port", "9"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-    ok = done.returncode == 2 and "0.0.0.0" in done.stderr and "token" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "serve-reward",
+            "correctness",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    ok = (
+        done.returncode == 2
+        and "0.0.0.0" in done.stderr
+        and "token" in done.stderr
+        and "Traceback" not in done.stderr
+    )
     record("security", "serve-reward --host 0.0.0.0 without a token: refused", ok, done.stderr.strip()[-160:])
     assert ok, done.stderr
 
@@ -80,8 +119,12 @@ def test_nothing_unpickles():
             bad.append((where, name))
         elif base == "yaml":
             bad.append((where, name))  # yaml.load may build objects: safe_load only
-    record("security", "no unpickling in the code (pickle, torch.load without weights_only, np.load allow_pickle, yaml.load)",
-           not bad, f"{len(SOURCES)} files scanned; found {bad}")
+    record(
+        "security",
+        "no unpickling in the code (pickle, torch.load without weights_only, np.load allow_pickle, yaml.load)",
+        not bad,
+        f"{len(SOURCES)} files scanned; found {bad}",
+    )
     assert not bad, bad
 
 
@@ -89,9 +132,17 @@ def test_ray_never_starts_its_dashboard():
     """Every ``ray.init`` that starts a cluster passes ``include_dashboard=False`` (joining one by
     ``--address`` starts nothing)."""
     calls = _calls(lambda n: n == "ray.init")
-    bad = [w for w, _, c in calls if _kw(c, "address") in (None, "local") and _kw(c, "include_dashboard") is not False]
-    record("security", "no Ray dashboard (every local ray.init: include_dashboard=False)", bool(calls) and not bad,
-           f"{len(calls)} ray.init calls; {bad}")
+    bad = [
+        w
+        for w, _, c in calls
+        if _kw(c, "address") in (None, "local") and _kw(c, "include_dashboard") is not False
+    ]
+    record(
+        "security",
+        "no Ray dashboard (every local ray.init: include_dashboard=False)",
+        bool(calls) and not bad,
+        f"{len(calls)} ray.init calls; {bad}",
+    )
     assert calls and not bad, bad
 
 
@@ -103,13 +154,25 @@ def test_plugin_code_is_loaded_only_from_the_config():
     users = set()
     for path in SOURCES:
         tree = ast.parse(path.read_text(), str(path))
-        names = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                 and node.module in ("rewards", "rewards.loading") for a in node.names if a.name in ("load", "build")}
-        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names for n in ast.walk(tree)):
+        names = {
+            a.asname or a.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module in ("rewards", "rewards.loading")
+            for a in node.names
+            if a.name in ("load", "build")
+        }
+        if any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names
+            for n in ast.walk(tree)
+        ):
             users.add(str(path.relative_to(ROOT)))
     unexpected = sorted(users - allowed)
-    record("security", "plug-in code imported only from config entries", bool(users) and not unexpected,
-           f"call sites: {sorted(users)}")
+    record(
+        "security",
+        "plug-in code imported only from config entries",
+        bool(users) and not unexpected,
+        f"call sites: {sorted(users)}",
+    )
     assert users and not unexpected, unexpected
 
 

@@ -18,7 +18,9 @@ def _run(path, values):
 def test_compare_table_uses_last_quarter_and_final_eval(tmp_path):
     a = _run(tmp_path / "a", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])  # last quarter: 0.3, 0.2
     b = _run(tmp_path / "b", [0.1, 0.1, 0.1, 0.1])
-    text = compare_runs([a, b], tmp_path / "c.png", labels=["A", "B"], metrics=["policy/entropy", "not/logged"])
+    text = compare_runs(
+        [a, b], tmp_path / "c.png", labels=["A", "B"], metrics=["policy/entropy", "not/logged"]
+    )
     table = json.loads((tmp_path / "c.json").read_text())
     assert table["A"]["policy/entropy"] == {"last": 0.2, "last_quarter_mean": pytest.approx(0.25)}
     assert table["B"]["final_eval"] == {"correctness": 0.5, "correctness/level_1": 1.0}
@@ -38,7 +40,11 @@ def test_plot_levels_skips_metrics_without_levels(tmp_path):
 def test_eval_table_tolerates_a_model_without_a_metric():
     from align.eval_run import table
 
-    text = table({"base": {"correctness": 0.5, "length_wrong": 3.0, "correctness/level_1": 0.5},
-                  "trained": {"correctness": 1.0, "correctness/level_1": 1.0}})  # no wrong answers: no length_wrong
+    text = table(
+        {
+            "base": {"correctness": 0.5, "length_wrong": 3.0, "correctness/level_1": 0.5},
+            "trained": {"correctness": 1.0, "correctness/level_1": 1.0},
+        }
+    )  # no wrong answers: no length_wrong
     row = next(line for line in text.splitlines() if line.startswith("trained") and "length_wrong" in line)
     assert row.split()[-2:] == ["nan", "nan"]

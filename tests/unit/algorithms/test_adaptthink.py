@@ -14,7 +14,9 @@ from align.workers.learner import forced_first_old
 
 def test_reward_acc_1_ref_075():
     # acc 1, ref 0.75: NoThinking 1 - 0.75 + 0.05 = 0.30, Thinking 0.25; a wrong NoThinking -0.70
-    adv = adaptthink_advantages(np.array([1.0, 1.0, 0.0]), np.array([0.75, 0.75, 0.75]), np.array([True, False, True]), 0.05)
+    adv = adaptthink_advantages(
+        np.array([1.0, 1.0, 0.0]), np.array([0.75, 0.75, 0.75]), np.array([True, False, True]), 0.05
+    )
     np.testing.assert_allclose(adv, [0.30, 0.25, -0.70], atol=1e-12)
 
 
@@ -54,7 +56,9 @@ def test_reference_cache_computes_missing_reuses_and_refuses_other_settings(tmp_
     np.testing.assert_allclose(ref.get(["ab", "abc", "ab"]), [0.2, 0.3, 0.2])
     assert calls == [["ab", "abc"]]  # each prompt once
     again = ReferenceAccuracy(path, meta, compute)  # a new run reads the file
-    np.testing.assert_allclose(again.get(["abc", "abcd"]), [0.3, 0.4])  # a missing prompt is computed, not an error
+    np.testing.assert_allclose(
+        again.get(["abc", "abcd"]), [0.3, 0.4]
+    )  # a missing prompt is computed, not an error
     assert calls[-1] == ["abcd"]
     assert json.loads(path.read_text())["values"] == {"ab": 0.2, "abc": 0.3, "abcd": 0.4}
     assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file, then renamed

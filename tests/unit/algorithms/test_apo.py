@@ -46,12 +46,14 @@ def test_stcr_cases():
 
 def test_stcr_configurable_base():
     c = stcr_scale(np.array([1, 0], dtype=bool), np.array([5.0, 25.0]), 2, base=1.05)
-    assert c[1] == pytest.approx(2 - 1.05 ** -20)
+    assert c[1] == pytest.approx(2 - 1.05**-20)
 
 
 def test_correctness_from_raw_reward_is_truncated():
     # raw acc + 0.5 * format: 1.5 and 1.0 correct, 0.5 and 0 wrong; NaN wrong
-    np.testing.assert_array_equal(correct_from_raw(np.array([1.5, 1.0, 0.5, 0.0, np.nan])), [True, True, False, False, False])
+    np.testing.assert_array_equal(
+        correct_from_raw(np.array([1.5, 1.0, 0.5, 0.0, np.nan])), [True, True, False, False, False]
+    )
 
 
 def test_kl_loss_all_weights_one_equals_vanilla_and_weights_scale_per_sample():
@@ -64,4 +66,6 @@ def test_kl_loss_all_weights_one_equals_vanilla_and_weights_scale_per_sample():
     assert torch.equal(vanilla, ones)
     w = torch.tensor([0.5, 1.0, 0.25])
     per_sample = (kl * mask).sum(1) / mask.sum(1)
-    torch.testing.assert_close(aggregate(kl * w[:, None], mask, "seq_mean_token_mean"), (w * per_sample).mean())
+    torch.testing.assert_close(
+        aggregate(kl * w[:, None], mask, "seq_mean_token_mean"), (w * per_sample).mean()
+    )

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from align.algorithms.dpo import best_worst_pairs
 from align.algorithms.ofs import Chase, combine_lora, delta_w, truncate_lora
 from align.losses.preference import fast_slow_losses
-from align.algorithms.dpo import best_worst_pairs
 
 
 def _logps(seed: int, n: int = 3) -> torch.Tensor:
@@ -24,14 +24,20 @@ def test_identical_modules_give_log2_and_a_fast_gradient():
     fast_w, fast_l = w.clone().requires_grad_(), lo.clone().requires_grad_()
     slow_w, slow_l = w.clone().requires_grad_(), lo.clone().requires_grad_()
     total, parts = fast_slow_losses(fast_w, fast_l, slow_w, slow_l, rw, rl, beta=0.1, alpha=0.5)
-    torch.testing.assert_close(parts["fs"], torch.full((3,), math.log(2), dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(parts["dpo_fast"], parts["dpo_slow"])  # identical modules, identical DPO losses
+    torch.testing.assert_close(
+        parts["fs"], torch.full((3,), math.log(2), dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    torch.testing.assert_close(
+        parts["dpo_fast"], parts["dpo_slow"]
+    )  # identical modules, identical DPO losses
     # gradient of the fast-slow term alone with respect to the fast module: -beta * sigmoid(0) = -0.05 on y_w
     fs_only, _ = fast_slow_losses(fast_w, fast_l, slow_w, slow_l, rw, rl, beta=0.1, alpha=1.0)
     dpo_f = fast_slow_losses(fast_w, fast_l, slow_w, slow_l, rw, rl, beta=0.1, alpha=0.0)[0]
     g_total = torch.autograd.grad(fs_only.sum(), fast_w, retain_graph=True)[0]
     g_dpo = torch.autograd.grad(dpo_f.sum(), fast_w)[0]
-    torch.testing.assert_close(g_total - g_dpo, torch.full((3,), -0.05, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        g_total - g_dpo, torch.full((3,), -0.05, dtype=torch.float64), atol=1e-12, rtol=0
+    )
 
 
 def test_each_module_gets_only_its_own_terms():
@@ -60,8 +66,17 @@ def test_each_module_gets_only_its_own_terms():
 def test_swap_fires_exactly_once():
     chase = Chase(window=3)
     # window 1: fast better (no swap); window 2: slow better (swap); window 3: the new fast (old slow) better
-    history = [(0.60, 0.65), (0.58, 0.64), (0.57, 0.62), (0.60, 0.50), (0.61, 0.49), (0.59, 0.48),
-               (0.45, 0.60), (0.44, 0.61), (0.43, 0.60)]
+    history = [
+        (0.60, 0.65),
+        (0.58, 0.64),
+        (0.57, 0.62),
+        (0.60, 0.50),
+        (0.61, 0.49),
+        (0.59, 0.48),
+        (0.45, 0.60),
+        (0.44, 0.61),
+        (0.43, 0.60),
+    ]
     fired = [chase.update(f, s) for f, s in history]
     assert fired == [False] * 5 + [True] + [False] * 3
     assert chase.fast == 1 and chase.slow == 0 and chase.swaps == 1
@@ -77,8 +92,12 @@ def _adapter(seed: int, r: int = 4, alpha: float = 8.0, dims=((6, 5), (7, 6))):
     rng = np.random.default_rng(seed)
     t = {}
     for i, (out_f, in_f) in enumerate(dims):
-        t[f"base_model.model.layers.{i}.proj.lora_A.weight"] = rng.standard_normal((r, in_f)).astype(np.float32)
-        t[f"base_model.model.layers.{i}.proj.lora_B.weight"] = rng.standard_normal((out_f, r)).astype(np.float32)
+        t[f"base_model.model.layers.{i}.proj.lora_A.weight"] = rng.standard_normal((r, in_f)).astype(
+            np.float32
+        )
+        t[f"base_model.model.layers.{i}.proj.lora_B.weight"] = rng.standard_normal((out_f, r)).astype(
+            np.float32
+        )
     return t, {"r": r, "lora_alpha": alpha, "peft_type": "LORA"}
 
 
@@ -108,21 +127,33 @@ def test_combined_adapter_outputs_in_peft():
     """A combination loaded into a real peft model gives the outputs of the base weights plus the
     combined delta W (so LoRA's scale is right), and coefficient 1 gives the stored adapter's
     outputs exactly."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
 
     def peft_with(tensors, config):
-        model = get_peft_model(_clone(base), LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"], target_modules=["0", "2"],
-                                                        init_lora_weights=False))
+        model = get_peft_model(
+            _clone(base),
+            LoraConfig(
+                r=config["r"],
+                lora_alpha=config["lora_alpha"],
+                target_modules=["0", "2"],
+                init_lora_weights=False,
+            ),
+        )
         set_peft_model_state_dict(model, {k: torch.from_numpy(v) for k, v in tensors.items()})
         return model
 
     def random_adapter(seed):
         torch.manual_seed(seed)
-        m = get_peft_model(_clone(base), LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"], init_lora_weights=False))
-        return {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(m).items()}, {"r": 2, "lora_alpha": 4.0}
+        m = get_peft_model(
+            _clone(base), LoraConfig(r=2, lora_alpha=4, target_modules=["0", "2"], init_lora_weights=False)
+        )
+        return {k: v.detach().numpy().copy() for k, v in get_peft_model_state_dict(m).items()}, {
+            "r": 2,
+            "lora_alpha": 4.0,
+        }
 
     x, y = random_adapter(1), random_adapter(2)
     inp = torch.randn(4, 5)
@@ -157,7 +188,7 @@ def test_truncation_is_exact_within_rank():
 
 
 def test_online_pairs_best_versus_worst_ties_dropped():
-    rewards = np.array([0.0, 1.0, 0.5, 0.0,   1.0, 1.0, 1.0, 1.0,   np.nan, 0.2, 0.0, 0.0])
+    rewards = np.array([0.0, 1.0, 0.5, 0.0, 1.0, 1.0, 1.0, 1.0, np.nan, 0.2, 0.0, 0.0])
     valid = np.isfinite(rewards)
     valid[9] = False  # a skipped sample does not count: the third group is left with a tie at 0
     pairs, dropped = best_worst_pairs(rewards, valid, 4)

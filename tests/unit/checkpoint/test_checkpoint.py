@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from align.checkpoint import (
-    CheckpointError, flatten_state, list_checkpoints, load_checkpoint, save_checkpoint, unflatten_state, verify,
+    CheckpointError,
+    flatten_state,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_state,
+    verify,
 )
 
 
@@ -48,8 +54,15 @@ def test_unflatten_rejects_wrong_shapes_and_missing_tensors():
 
 
 def _save(root, step):
-    return save_checkpoint(root, step, {"lora_A.weight": np.ones((2, 2), np.float32)}, {"r": 2},
-                           [{"x": np.arange(3, dtype=np.float32)}], {"data_position": step * 4}, keep=2)
+    return save_checkpoint(
+        root,
+        step,
+        {"lora_A.weight": np.ones((2, 2), np.float32)},
+        {"r": 2},
+        [{"x": np.arange(3, dtype=np.float32)}],
+        {"data_position": step * 4},
+        keep=2,
+    )
 
 
 def test_save_load_keep_and_ignore_partial(tmp_path):
@@ -75,7 +88,9 @@ def test_corruption_is_named(tmp_path):
 
 def test_saving_a_step_again_replaces_it_whole(tmp_path):
     _save(tmp_path, 1)
-    ck = save_checkpoint(tmp_path, 1, {"w": np.ones(2, np.float32)}, {"r": 4}, [{"x": np.arange(5)}], {"data_position": 7})
+    ck = save_checkpoint(
+        tmp_path, 1, {"w": np.ones(2, np.float32)}, {"r": 4}, [{"x": np.arange(5)}], {"data_position": 7}
+    )
     verify(ck)
     assert load_checkpoint(ck)["state"]["data_position"] == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_1"]  # no temporary or moved-aside folder left
@@ -93,7 +108,11 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_checkpoint(tmp_pat
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     message = str(err.value)
-    assert "could not write checkpoint" in message and "File too large" in message and "adapter_model.safetensors" in message
+    assert (
+        "could not write checkpoint" in message
+        and "File too large" in message
+        and "adapter_model.safetensors" in message
+    )
     assert "step_1 is intact" in message
     assert [p.name for p in tmp_path.iterdir()] == ["step_1"]
     verify(tmp_path / "step_1")

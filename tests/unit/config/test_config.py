@@ -29,8 +29,15 @@ def test_every_shipped_config_validates(path):
 
 def test_required_keys_exist():
     c = load_config(None)
-    for dotted in ["model.path", "algorithm.name", "trainer.max_steps", "trainer.output_dir", "trainer.seed",
-                   "rollout.num_workers", "learner.num_ranks"]:
+    for dotted in [
+        "model.path",
+        "algorithm.name",
+        "trainer.max_steps",
+        "trainer.output_dir",
+        "trainer.seed",
+        "rollout.num_workers",
+        "learner.num_ranks",
+    ]:
         obj = c
         for part in dotted.split("."):
             obj = getattr(obj, part)
@@ -65,27 +72,39 @@ def test_wrong_type_names_field_and_value(tmp_path):
 
 def test_list_item_errors_use_index(tmp_path):
     p = _write(tmp_path, "rewards:\n  - fn: correctness\n  - fn: length\n    wieght: -1\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'rewards\[1\].wieght'; did you mean 'rewards\[1\].weight'\? \(.*line 4\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'rewards\[1\].wieght'; did you mean 'rewards\[1\].weight'\? \(.*line 4\)",
+    ):
         load_config(p)
 
 
 def test_group_size_one_is_impossible_for_group_methods():
-    with pytest.raises(ConfigError, match=r"'algorithm.group_size': grpo compares samples within a group: set it to 2"):
+    with pytest.raises(
+        ConfigError, match=r"'algorithm.group_size': grpo compares samples within a group: set it to 2"
+    ):
         load_config(None, ["algorithm.group_size=1"])
 
 
 @pytest.mark.parametrize("modules", ["[q_proj, lm_head]", "[model.embed_tokens]"])
 def test_lora_on_the_head_or_embeddings_is_refused(modules):
     # measured: vLLM 0.32 refuses such an adapter at its first generate ("expected target modules in {...}")
-    with pytest.raises(ConfigError, match=r"'model.lora.target_modules': .*(lm_head|embed_tokens): the rollout workers' vLLM"):
+    with pytest.raises(
+        ConfigError, match=r"'model.lora.target_modules': .*(lm_head|embed_tokens): the rollout workers' vLLM"
+    ):
         load_config(None, [f"model.lora.target_modules={modules}"])
 
 
 def test_overrides_apply_with_yaml_values_and_errors_name_the_override():
-    c = load_config(None, ["trainer.max_steps=3", "algorithm.name=dapo", "model.lora.target_modules=[q_proj, v_proj]"])
+    c = load_config(
+        None, ["trainer.max_steps=3", "algorithm.name=dapo", "model.lora.target_modules=[q_proj, v_proj]"]
+    )
     assert c.trainer.max_steps == 3 and c.model.lora.target_modules == ["q_proj", "v_proj"]
     assert c.algorithm.clip_high == 0.28 and c.algorithm.loss_agg == "token_mean"  # derived per algorithm
-    with pytest.raises(ConfigError, match=r"unknown key 'rollout.tempreature'; did you mean 'rollout.temperature'\? \(from --set rollout.tempreature=0.5\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'rollout.tempreature'; did you mean 'rollout.temperature'\? \(from --set rollout.tempreature=0.5\)",
+    ):
         load_config(None, ["rollout.tempreature=0.5"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(None, ["trainer.max_steps"])
@@ -116,7 +135,10 @@ def test_help_lists_every_key_with_help_text():
     assert any(r.startswith("trainer.max_steps  (int, default 20)") for r in rows)
     assert any(r.startswith("rewards[i].fn  (str, required)") for r in rows)
     assert any(r.startswith("rewards[i].url  (str, required)") and r.endswith("[type: http]") for r in rows)
-    assert any(r.startswith("algorithm.preference.beta") and r.endswith("[name: dpo|simpo|reward_model]") for r in rows)
+    assert any(
+        r.startswith("algorithm.preference.beta") and r.endswith("[name: dpo|simpo|reward_model]")
+        for r in rows
+    )
     assert all(not r.rstrip().endswith("None") for r in rows)  # every key has a description
 
 
@@ -124,11 +146,15 @@ def test_runs_that_cannot_be_placed_are_refused():
     from align.trainer import check_resources
 
     cfg = load_config(None, ["learner.num_ranks=4"])  # 1 rollout CPU + 4 x 0.5 learner CPUs = 3
-    with pytest.raises(ValueError, match=r"needs 3 Ray CPUs .* but the cluster has 2: lower learner.num_ranks"):
+    with pytest.raises(
+        ValueError, match=r"needs 3 Ray CPUs .* but the cluster has 2: lower learner.num_ranks"
+    ):
         check_resources(cfg, {"CPU": 2.0}, gpu_per_actor=0)
     check_resources(load_config(None), {"CPU": 2.0}, gpu_per_actor=0)  # the default fits 2 cores
     with pytest.raises(ValueError, match="needs 2 Ray GPUs"):
-        check_resources(load_config(None, ["learner.num_ranks=1"]), {"CPU": 16.0, "GPU": 1.0}, gpu_per_actor=1)
+        check_resources(
+            load_config(None, ["learner.num_ranks=1"]), {"CPU": 16.0, "GPU": 1.0}, gpu_per_actor=1
+        )
 
 
 def _objective_config(tmp_path, body: str) -> Path:
@@ -138,21 +164,33 @@ def _objective_config(tmp_path, body: str) -> Path:
 
 
 def test_objective_names_are_checked_against_rewards(tmp_path):
-    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: corectness\n"
-                                    "    constraints: [{name: brevity, threshold: 0.5}]\n")
+    p = _objective_config(
+        tmp_path,
+        "objective:\n  name: lagrangian\n  lagrangian:\n    task: corectness\n"
+        "    constraints: [{name: brevity, threshold: 0.5}]\n",
+    )
     with pytest.raises(ConfigError, match="did you mean 'correctness'"):
         load_config(p)
-    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
-                                    "    constraints: [{name: brevty, threshold: 0.5}]\n")
+    p = _objective_config(
+        tmp_path,
+        "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
+        "    constraints: [{name: brevty, threshold: 0.5}]\n",
+    )
     with pytest.raises(ConfigError, match=r"constraints.0.name.*did you mean 'brevity'"):
         load_config(p)
-    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: kl\n"
-                                    "    constraints: [{name: brevity, threshold: 0.5}]\n")
+    p = _objective_config(
+        tmp_path,
+        "objective:\n  name: lagrangian\n  lagrangian:\n    task: kl\n"
+        "    constraints: [{name: brevity, threshold: 0.5}]\n",
+    )
     with pytest.raises(ConfigError, match="'kl' needs algorithm.kl.coef > 0"):
         load_config(p)
-    p = _objective_config(tmp_path, "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
-                                    "    constraints: [{name: brevity, threshold: 0.5}]\n"
-                                    "    threshold_search: {true_score: correctness}\n")
+    p = _objective_config(
+        tmp_path,
+        "objective:\n  name: lagrangian\n  lagrangian:\n    task: correctness\n"
+        "    constraints: [{name: brevity, threshold: 0.5}]\n"
+        "    threshold_search: {true_score: correctness}\n",
+    )
     with pytest.raises(ConfigError, match="needs search_low and search_high on constraints \\['brevity'\\]"):
         load_config(p)
     p = _objective_config(tmp_path, "objective:\n  name: hypervolume\n  hypervolume: {variant: wieghts}\n")
@@ -179,8 +217,14 @@ def test_sweep_file_errors_name_the_key_and_line(tmp_path):
 def test_sweep_weight_vectors():
     from launch.sweep import WeightsSection, simplex_grid, weight_vectors
 
-    assert simplex_grid(3, 2) == [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5],
-                                  [0.0, 0.0, 1.0]]
+    assert simplex_grid(3, 2) == [
+        [1.0, 0.0, 0.0],
+        [0.5, 0.5, 0.0],
+        [0.5, 0.0, 0.5],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.5, 0.5],
+        [0.0, 0.0, 1.0],
+    ]
     vs = weight_vectors(WeightsSection(kind="grid", divisions=2, min_weight=0.1), 3)
     assert vs[0] == [0.8, 0.1, 0.1] and all(abs(sum(v) - 1) < 1e-9 and min(v) >= 0.1 for v in vs)
     rs = weight_vectors(WeightsSection(kind="random", num=4, seed=3, min_weight=0.0), 2)
@@ -196,7 +240,10 @@ def test_adaptthink_and_apo_options_are_checked():
     assert load_config(None, []).algorithm.ratio == "token"
     with pytest.raises(ConfigError, match="set algorithm.kl.coef > 0"):
         load_config(None, ["algorithm.apo.dads=true"])
-    with pytest.raises(ConfigError, match=r"algorithm.apo.accuracy: 'corectness' is not a reward name.*did you mean 'correctness'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"algorithm.apo.accuracy: 'corectness' is not a reward name.*did you mean 'correctness'",
+    ):
         load_config(None, ["algorithm.apo.stcr=true", "algorithm.apo.accuracy=corectness"])
     with pytest.raises(ConfigError, match="group advantages of the GRPO family, not adaptthink"):
         load_config(None, ["algorithm.name=adaptthink", "algorithm.apo.stcr=true"])
@@ -215,9 +262,13 @@ def test_another_methods_settings_load_with_a_warning(caplog):
     assert cfg.algorithm.name == "dpo" and not hasattr(cfg.algorithm, "apo")
     assert "algorithm.apo is a setting of grpo" in caplog.text and "not of algorithm.name dpo" in caplog.text
     assert "algorithm.group_size is a setting of" in caplog.text
-    with pytest.raises(ConfigError, match="unknown key 'algorithm.grop_size'; did you mean 'algorithm.group_size'"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'algorithm.grop_size'; did you mean 'algorithm.group_size'"
+    ):
         load_config(None, ["algorithm.grop_size=4"])
-    with pytest.raises(ConfigError, match="'algorithm.name': 'grpoo' is not an algorithm.*did you mean 'grpo'"):
+    with pytest.raises(
+        ConfigError, match="'algorithm.name': 'grpoo' is not an algorithm.*did you mean 'grpo'"
+    ):
         load_config(None, ["algorithm.name=grpoo"])
 
 
@@ -227,13 +278,25 @@ def test_preference_options_are_checked():
     assert load_config(None, ["algorithm.name=simpo"]).algorithm.preference.beta == 2.0
     cases = [
         (["algorithm.name=simpo", "algorithm.preference.loss_type=ipo"], "simpo has its own loss"),
-        (["algorithm.name=dpo", "algorithm.preference.loss_type=hinge", "algorithm.preference.label_smoothing=0.1"],
-         "label_smoothing applies to loss_type: sigmoid"),
+        (
+            [
+                "algorithm.name=dpo",
+                "algorithm.preference.loss_type=hinge",
+                "algorithm.preference.label_smoothing=0.1",
+            ],
+            "label_smoothing applies to loss_type: sigmoid",
+        ),
         (["algorithm.name=dpo", "algorithm.preference.num_completions=1"], "num_completions"),
         (["algorithm.name=dpo", "algorithm.preference.ofs.lr_ratio=1"], "lr_ratio"),
         (["algorithm.name=dpo", "objective.name=hypervolume"], "ranks completions by static reward weights"),
-        (["algorithm.name=dpo", "algorithm.preference.online=true", "rollout.temperature=0"], "rollout.temperature > 0"),
-        (["algorithm.name=dpo", "algorithm.preference.domains=[{name: a, train: x, eval: y}]"], "two or more domains"),
+        (
+            ["algorithm.name=dpo", "algorithm.preference.online=true", "rollout.temperature=0"],
+            "rollout.temperature > 0",
+        ),
+        (
+            ["algorithm.name=dpo", "algorithm.preference.domains=[{name: a, train: x, eval: y}]"],
+            "two or more domains",
+        ),
         (["algorithm.name=dpo", "algorithm.preference.cofs.grid=[0.5, 2]"], "lambdas must lie in"),
     ]
     for overrides, message in cases:
@@ -243,7 +306,14 @@ def test_preference_options_are_checked():
     cfg = load_config(None, ["algorithm.name=dpo", f"algorithm.preference.domains={two}"])
     assert cfg.trainer.max_steps == 7  # the domains' steps
     with pytest.raises(ConfigError, match="cofs.score: 'accuracy' is not a reward name"):
-        load_config(None, ["algorithm.name=dpo", f"algorithm.preference.domains={two}", "algorithm.preference.cofs.score=accuracy"])
+        load_config(
+            None,
+            [
+                "algorithm.name=dpo",
+                f"algorithm.preference.domains={two}",
+                "algorithm.preference.cofs.score=accuracy",
+            ],
+        )
 
 
 def _rewards(tmp_path, entries):
@@ -253,24 +323,40 @@ def _rewards(tmp_path, entries):
 
 
 def test_reward_entries_of_each_type(tmp_path):
-    c = _rewards(tmp_path, [{"fn": "correctness"}, {"model": "runs/rm/reward_model", "heads": ["helpful", "safe"]},
-                            {"url": "http://127.0.0.1:8000", "name": "remote", "on_failure": "retry"}])
+    c = _rewards(
+        tmp_path,
+        [
+            {"fn": "correctness"},
+            {"model": "runs/rm/reward_model", "heads": ["helpful", "safe"]},
+            {"url": "http://127.0.0.1:8000", "name": "remote", "on_failure": "retry"},
+        ],
+    )
     kinds = [(r.type, r.name, r.on_failure) for r in c.rewards]
-    assert kinds == [("function", "correctness", "error"), ("model", "reward_model", "error"), ("http", "remote", "retry")]
+    assert kinds == [
+        ("function", "correctness", "error"),
+        ("model", "reward_model", "error"),
+        ("http", "remote", "retry"),
+    ]
     assert c.rewards[2].timeout == 30.0 and c.rewards[0].timeout is None  # http requests always have one
     legacy = _rewards(tmp_path, [{"fn": "correctness", "nan_policy": "skip"}]).rewards[0]
     assert legacy.on_failure == "skip"  # the old key still works
 
 
-@pytest.mark.parametrize("entry,fragment", [
-    ({"fn": "correctness", "url": "http://x:1"}, "exactly one of 'fn'"),
-    ({"name": "nothing"}, "exactly one of 'fn'"),
-    ({"url": "127.0.0.1:8000"}, "not an http(s) URL"),
-    ({"fn": "correctness", "heads": ["a"]}, "'rewards[0].heads' is a setting of type model, not of this reward's type function"),
-    ({"fn": "correctness", "on_failure": "ignore"}, "on_failure"),
-    ({"fn": "correctness", "on_failure": "skip", "nan_policy": "error"}, "contradicts"),
-    ({"type": "http", "fn": "correctness"}, "type: http needs 'url'"),
-])
+@pytest.mark.parametrize(
+    "entry,fragment",
+    [
+        ({"fn": "correctness", "url": "http://x:1"}, "exactly one of 'fn'"),
+        ({"name": "nothing"}, "exactly one of 'fn'"),
+        ({"url": "127.0.0.1:8000"}, "not an http(s) URL"),
+        (
+            {"fn": "correctness", "heads": ["a"]},
+            "'rewards[0].heads' is a setting of type model, not of this reward's type function",
+        ),
+        ({"fn": "correctness", "on_failure": "ignore"}, "on_failure"),
+        ({"fn": "correctness", "on_failure": "skip", "nan_policy": "error"}, "contradicts"),
+        ({"type": "http", "fn": "correctness"}, "type: http needs 'url'"),
+    ],
+)
 def test_bad_reward_entries_are_named(tmp_path, entry, fragment):
     with pytest.raises(ConfigError) as err:
         _rewards(tmp_path, [entry])
@@ -281,7 +367,9 @@ def test_reward_model_training_needs_no_reward_and_no_online_options(tmp_path):
     path = tmp_path / "rm.yaml"
     path.write_text(yaml.safe_dump({"algorithm": {"name": "reward_model"}, "rewards": []}))
     assert load_config(path).algorithm.reward_model.finetune == "lora"
-    path.write_text(yaml.safe_dump({"algorithm": {"name": "reward_model", "preference": {"online": True}}, "rewards": []}))
+    path.write_text(
+        yaml.safe_dump({"algorithm": {"name": "reward_model", "preference": {"online": True}}, "rewards": []})
+    )
     with pytest.raises(ConfigError, match="trains offline"):
         load_config(path)
 
@@ -290,7 +378,9 @@ def test_rollout_lora_mode_and_learner_autocast():
     assert load_config(None, []).rollout.lora_mode == "auto"
     with pytest.raises(ConfigError, match="lora_mode 'merged' is the CPU path"):
         load_config(None, ["rollout.lora_mode=merged", "model.device=cuda"])
-    assert load_config(None, ["learner.autocast=off"]).learner.autocast == "off"  # YAML reads a bare off as false
+    assert (
+        load_config(None, ["learner.autocast=off"]).learner.autocast == "off"
+    )  # YAML reads a bare off as false
     assert load_config(None, ["learner.autocast=bf16"]).learner.autocast == "bf16"
     with pytest.raises(ConfigError, match="learner.autocast"):
         load_config(None, ["learner.autocast=fp8"])

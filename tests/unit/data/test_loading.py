@@ -14,7 +14,14 @@ def _jsonl(path, rows):
 
 
 def test_prompt_only_keeps_columns(tmp_path):
-    rows = load_prompts(str(_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1=", "answer": "2", "level": 1}, "", {"prompt": "x", "answer": "y"}])))
+    rows = load_prompts(
+        str(
+            _jsonl(
+                tmp_path / "p.jsonl",
+                [{"prompt": "1+1=", "answer": "2", "level": 1}, "", {"prompt": "x", "answer": "y"}],
+            )
+        )
+    )
     assert rows == [{"prompt": "1+1=", "answer": "2", "level": 1}, {"prompt": "x", "answer": "y"}]
 
 
@@ -25,11 +32,17 @@ def test_conversational_prompt_is_rendered_with_chat_template(tmp_path):
 
 
 def test_preference_standard_and_conversational(tmp_path):
-    f = _jsonl(tmp_path / "pref.jsonl", [
-        {"prompt": "q", "chosen": "good", "rejected": "bad"},
-        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "good"}],
-         "rejected": [{"role": "assistant", "content": "bad"}]},
-    ])
+    f = _jsonl(
+        tmp_path / "pref.jsonl",
+        [
+            {"prompt": "q", "chosen": "good", "rejected": "bad"},
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "good"}],
+                "rejected": [{"role": "assistant", "content": "bad"}],
+            },
+        ],
+    )
     rows = load_preferences(str(f), tokenizer=build_tokenizer())
     assert (rows[0]["chosen"], rows[0]["rejected"]) == ("good", "bad")
     assert rows[1]["prompt"] == "<|user|>q<|end|><|assistant|>"
@@ -39,12 +52,24 @@ def test_preference_standard_and_conversational(tmp_path):
 @pytest.mark.parametrize(
     "lines,message",
     [
-        (['{"prompt": "a"}', '{"prompt": "b",}'], r"p.jsonl:2: invalid JSON: Expecting property name .*\(column 16\)"),
-        (['{"prompt": "a"}', '', '{"question": "b"}'], r"p.jsonl:3: missing field 'prompt' \(row has: question\)"),
+        (
+            ['{"prompt": "a"}', '{"prompt": "b",}'],
+            r"p.jsonl:2: invalid JSON: Expecting property name .*\(column 16\)",
+        ),
+        (
+            ['{"prompt": "a"}', "", '{"question": "b"}'],
+            r"p.jsonl:3: missing field 'prompt' \(row has: question\)",
+        ),
         (['{"prompt": "  "}'], r"p.jsonl:1: field 'prompt' is empty"),
-        (['[1, 2]'], r"p.jsonl:1: expected a JSON object, got list"),
-        (['{"prompt": [{"role": "user"}]}'], r"p.jsonl:1: field 'prompt': message 0 must be an object with 'role' and 'content'"),
-        (['{"prompt": [{"role": "robot", "content": "x"}]}'], r"p.jsonl:1: field 'prompt': message 0 has role 'robot'"),
+        (["[1, 2]"], r"p.jsonl:1: expected a JSON object, got list"),
+        (
+            ['{"prompt": [{"role": "user"}]}'],
+            r"p.jsonl:1: field 'prompt': message 0 must be an object with 'role' and 'content'",
+        ),
+        (
+            ['{"prompt": [{"role": "robot", "content": "x"}]}'],
+            r"p.jsonl:1: field 'prompt': message 0 has role 'robot'",
+        ),
         (['{"prompt": 5}'], r"p.jsonl:1: field 'prompt' must be a non-empty string or a list of messages"),
     ],
 )
@@ -58,9 +83,15 @@ def test_bad_prompt_rows(tmp_path, lines, message):
     "row,message",
     [
         ({"prompt": "q", "chosen": "a"}, r"pref.jsonl:1: missing field 'rejected'"),
-        ({"prompt": "q", "chosen": "a", "rejected": "a"}, r"pref.jsonl:1: 'chosen' and 'rejected' are identical"),
+        (
+            {"prompt": "q", "chosen": "a", "rejected": "a"},
+            r"pref.jsonl:1: 'chosen' and 'rejected' are identical",
+        ),
         ({"prompt": "q", "chosen": "", "rejected": "a"}, r"pref.jsonl:1: field 'chosen' is empty"),
-        ({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, r"'chosen' is a message list but the prompt is a string"),
+        (
+            {"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"},
+            r"'chosen' is a message list but the prompt is a string",
+        ),
     ],
 )
 def test_bad_preference_rows(tmp_path, row, message):
@@ -71,7 +102,9 @@ def test_bad_preference_rows(tmp_path, row, message):
 def test_local_hf_dataset_saved_to_disk(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([{"prompt": "1+2=", "answer": "3"}, {"prompt": "", "answer": "0"}]).save_to_disk(str(tmp_path / "ds"))
+    datasets.Dataset.from_list(
+        [{"prompt": "1+2=", "answer": "3"}, {"prompt": "", "answer": "0"}]
+    ).save_to_disk(str(tmp_path / "ds"))
     with pytest.raises(DataError, match=r"ds\[row 1\]: field 'prompt' is empty"):
         load_prompts(str(tmp_path / "ds"))
 
@@ -93,11 +126,13 @@ def test_builtins_and_missing_sources():
 
 
 def test_bad_preference_rows_skipped_and_counted(tmp_path):
-    rows = [{"prompt": "q1", "chosen": "a", "rejected": "b"},
-            {"prompt": "q2", "chosen": "a"},                       # missing field
-            {"prompt": "q3", "chosen": "  ", "rejected": "b"},     # empty response
-            {"prompt": "q4", "chosen": "same", "rejected": "same"},  # identical pair
-            {"prompt": "q5", "chosen": "c", "rejected": "d"}]
+    rows = [
+        {"prompt": "q1", "chosen": "a", "rejected": "b"},
+        {"prompt": "q2", "chosen": "a"},  # missing field
+        {"prompt": "q3", "chosen": "  ", "rejected": "b"},  # empty response
+        {"prompt": "q4", "chosen": "same", "rejected": "same"},  # identical pair
+        {"prompt": "q5", "chosen": "c", "rejected": "d"},
+    ]
     path = str(_jsonl(tmp_path / "pref.jsonl", rows))
     skipped: dict[str, int] = {}
     kept = load_preferences(path, tokenizer=build_tokenizer(), on_bad="skip", skipped=skipped)

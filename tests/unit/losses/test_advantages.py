@@ -36,8 +36,15 @@ def test_reinforce_pp_batch_normalized():
     torch.testing.assert_close(reinforce_pp_advantages(R, 4), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fn", [group_advantages, rloo_advantages, reinforce_pp_advantages,
-                                lambda r, g: group_advantages(r, g, normalize="none")])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        group_advantages,
+        rloo_advantages,
+        reinforce_pp_advantages,
+        lambda r, g: group_advantages(r, g, normalize="none"),
+    ],
+)
 def test_identical_rewards_give_zero_advantage(fn):
     assert torch.count_nonzero(fn(torch.full((12,), 0.7), 4)) == 0
 

@@ -17,8 +17,15 @@ def test_gspo_is_the_clipped_sequence_ratio_with_its_narrow_range():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     adv = torch.tensor([1.0, 2.0])
     cfg = AlgorithmSection(name="gspo")
-    assert (cfg.loss, cfg.clip_low, cfg.clip_high, cfg.loss_agg) == ("clip_sequence_mean", 3e-4, 4e-4, "seq_mean_token_mean")
-    loss, stats = POLICY_LOSSES[cfg.loss](logps, old, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg)
+    assert (cfg.loss, cfg.clip_low, cfg.clip_high, cfg.loss_agg) == (
+        "clip_sequence_mean",
+        3e-4,
+        4e-4,
+        "seq_mean_token_mean",
+    )
+    loss, stats = POLICY_LOSSES[cfg.loss](
+        logps, old, adv, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high, agg=cfg.loss_agg
+    )
     s0 = math.exp((0.1 - 0.2) / 2)
     expected = -(s0 * 1.0 + (1 + 4e-4) * 2.0) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6)
@@ -49,15 +56,25 @@ def test_cispo_keeps_the_gradient_of_a_token_ppo_would_clip():
 def test_cispo_config_defaults_and_lower_bound():
     cfg = AlgorithmSection(name="cispo")
     assert (cfg.loss, cfg.clip_low, cfg.clip_high, cfg.loss_agg) == ("cispo", None, 4.0, "token_mean")
-    assert policy_loss_name({"loss": "cispo"}) == "cispo" and policy_loss_name({"ratio": "sequence_mean"}) == "clip_sequence_mean"
+    assert (
+        policy_loss_name({"loss": "cispo"}) == "cispo"
+        and policy_loss_name({"ratio": "sequence_mean"}) == "clip_sequence_mean"
+    )
     # a lower bound when asked: ratio exp(-1) = 0.37 raised to 1 - 0.5
     logps = torch.tensor([[-2.0]], requires_grad=True)
-    loss, _ = cispo_loss(logps, torch.tensor([[-1.0]]), torch.tensor([-1.0]), torch.ones(1, 1), clip_low=0.5, clip_high=4.0)
-    assert loss.item() == pytest.approx(-(0.5 * -1.0 * -2.0), abs=1e-6)  # -w * A * logp with w = max(0.37, 0.5)
+    loss, _ = cispo_loss(
+        logps, torch.tensor([[-1.0]]), torch.tensor([-1.0]), torch.ones(1, 1), clip_low=0.5, clip_high=4.0
+    )
+    assert loss.item() == pytest.approx(
+        -(0.5 * -1.0 * -2.0), abs=1e-6
+    )  # -w * A * logp with w = max(0.37, 0.5)
 
 
 def test_grpo_with_another_loss_takes_that_loss_defaults():
-    assert (AlgorithmSection(name="grpo", loss="cispo").clip_high, AlgorithmSection(name="dapo").clip_high) == (4.0, 0.28)
+    assert (
+        AlgorithmSection(name="grpo", loss="cispo").clip_high,
+        AlgorithmSection(name="dapo").clip_high,
+    ) == (4.0, 0.28)
     assert AlgorithmSection(name="grpo", ratio="sequence_mean").loss == "clip_sequence_mean"
     assert AlgorithmSection(name="adaptthink").loss == "clip_sequence_mean"
     with pytest.raises(ValueError, match="contradicts"):
@@ -71,7 +88,9 @@ def test_mismatch_weights_token_and_sequence():
     r1, r2 = math.exp(0.5), math.exp(-1.0)
     w, stats = mismatch_weights(learner, rollout, mask, "token", "truncate", cap=1.5)
     assert w.tolist()[0] == pytest.approx([1.5, r2, 0.0], abs=1e-6)
-    assert stats["outside"] == pytest.approx(0.5) and stats["ratio_mean"] == pytest.approx((r1 + r2) / 2, abs=1e-6)
+    assert stats["outside"] == pytest.approx(0.5) and stats["ratio_mean"] == pytest.approx(
+        (r1 + r2) / 2, abs=1e-6
+    )
     w, _ = mismatch_weights(learner, rollout, mask, "token", "mask", cap=1.5)
     assert w.tolist()[0] == pytest.approx([0.0, r2, 0.0], abs=1e-6)
     w, stats = mismatch_weights(learner, rollout, mask, "sequence", "truncate", cap=3.0)

@@ -42,5 +42,9 @@ def test_token_logprobs_match_trl_selective_log_softmax():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 7, 50, generator=g)
     ids = torch.randint(0, 50, (3, 7), generator=g)
-    torch.testing.assert_close(token_logprobs(logits, ids), selective_log_softmax(logits, ids), atol=1e-5, rtol=0)
-    torch.testing.assert_close(token_logprobs(logits, ids), torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0])
+    torch.testing.assert_close(
+        token_logprobs(logits, ids), selective_log_softmax(logits, ids), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        token_logprobs(logits, ids), torch.log_softmax(logits, -1).gather(-1, ids[..., None])[..., 0]
+    )

@@ -30,7 +30,11 @@ def _batch():
 
 @pytest.mark.parametrize(
     "agg,kwargs,expected",
-    [("token_mean", {}, -0.08), ("seq_mean_token_mean", {}, 0.125), ("seq_mean_token_sum_norm", {"max_len": 4}, -0.05)],
+    [
+        ("token_mean", {}, -0.08),
+        ("seq_mean_token_mean", {}, 0.125),
+        ("seq_mean_token_sum_norm", {"max_len": 4}, -0.05),
+    ],
 )
 def test_hand_computed_losses(agg, kwargs, expected):
     loss, stats = policy_loss(*_batch(), agg=agg, **kwargs)
@@ -67,7 +71,12 @@ def test_fully_masked_rows_contribute_nothing():
     logps, old, adv, mask = _batch()
     full_loss, _ = policy_loss(logps, old, adv, mask, agg="token_mean")
     pad = torch.cat([logps, torch.full((1, 3), 5.0)]), torch.cat([old, torch.zeros(1, 3)])
-    loss, _ = policy_loss(pad[0], pad[1], torch.cat([adv, torch.tensor([9.0])]), torch.cat([mask, torch.zeros(1, 3, dtype=torch.long)]))
+    loss, _ = policy_loss(
+        pad[0],
+        pad[1],
+        torch.cat([adv, torch.tensor([9.0])]),
+        torch.cat([mask, torch.zeros(1, 3, dtype=torch.long)]),
+    )
     assert loss.item() == pytest.approx(full_loss.item())
     assert aggregate(torch.ones(2, 3), torch.zeros(2, 3)).item() == 0.0
 

@@ -19,7 +19,8 @@ ARGS = (T([-1.0]), T([-3.0]), T([-2.0]), T([-2.0]))
 
 
 @pytest.mark.parametrize(
-    "kind,ls,expected", [("sigmoid", 0.0, 0.598139), ("sigmoid", 0.1, 0.618139), ("ipo", 0.0, 9.0), ("hinge", 0.0, 0.8)]
+    "kind,ls,expected",
+    [("sigmoid", 0.0, 0.598139), ("sigmoid", 0.1, 0.618139), ("ipo", 0.0, 9.0), ("hinge", 0.0, 0.8)],
 )
 def test_dpo_by_hand(kind, ls, expected):
     losses, chosen_r, rejected_r = dpo_loss(*ARGS, beta=0.1, kind=kind, label_smoothing=ls)
@@ -69,6 +70,9 @@ def test_bradley_terry_against_hand_computed_values():
     # -log sigmoid(d) = log(1 + exp(-d)): d = 1, -1, 0
     torch.testing.assert_close(bradley_terry(c, r), torch.tensor([0.3132617, 1.3132617, 0.6931472]))
     # TRL's margin column shifts the difference; its center_rewards_coefficient adds coef * (r_c + r_r)^2
-    torch.testing.assert_close(bradley_terry(c, r, torch.tensor([0.5, 0.0, 0.0])),
-                               torch.tensor([0.4740770, 1.3132617, 0.6931472]))
-    torch.testing.assert_close(bradley_terry(c, r, center_coef=0.1), torch.tensor([0.4132617, 1.4132617, 2.2931472]))
+    torch.testing.assert_close(
+        bradley_terry(c, r, torch.tensor([0.5, 0.0, 0.0])), torch.tensor([0.4740770, 1.3132617, 0.6931472])
+    )
+    torch.testing.assert_close(
+        bradley_terry(c, r, center_coef=0.1), torch.tensor([0.4132617, 1.4132617, 2.2931472])
+    )

@@ -46,5 +46,7 @@ def test_token_mean_versus_full_sequence_ratio():
 
 def test_global_num_seqs_and_empty_rows():
     logps = torch.tensor([[LN(1.1)], [0.0]])
-    loss, _ = sequence_policy_loss(logps, torch.zeros(2, 1), torch.tensor([1.0, 5.0]), torch.tensor([[1.0], [0.0]]), num_seqs=4)
+    loss, _ = sequence_policy_loss(
+        logps, torch.zeros(2, 1), torch.tensor([1.0, 5.0]), torch.tensor([[1.0], [0.0]]), num_seqs=4
+    )
     assert loss.item() == pytest.approx(-1.1 / 4)  # the masked row adds nothing; divided by the global count

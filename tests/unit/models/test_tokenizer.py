@@ -17,4 +17,9 @@ def test_round_trip_and_special_tokens(tmp_path):
         assert len(loaded(special, add_special_tokens=False)["input_ids"]) == 1
     assert len(loaded("12+3", add_special_tokens=False)["input_ids"]) == 4
     assert loaded.pad_token_id == 0 and loaded.eos_token_id == 2
-    assert loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True) == "<|user|>hi<|end|><|assistant|>"
+    assert (
+        loaded.apply_chat_template(
+            [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+        )
+        == "<|user|>hi<|end|><|assistant|>"
+    )

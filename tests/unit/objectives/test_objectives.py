@@ -6,20 +6,27 @@ import numpy as np
 import pytest
 
 from align.algorithms.grpo import compute_advantages
-from align.objectives import build_objective
 from align.config.schema import Config
+from align.objectives import build_objective
 
 NAMES = ["correctness", "brevity", "shows_work"]
 
 
 def config(objective: dict, algorithm: str = "dr_grpo", rewards=None) -> Config:
-    rewards = rewards or [{"fn": "correctness", "weight": 0.5}, {"fn": "brevity", "weight": 0.3},
-                          {"fn": "shows_work", "weight": 0.2}]
-    return Config.model_validate({"algorithm": {"name": algorithm}, "rewards": rewards, "objective": objective})
+    rewards = rewards or [
+        {"fn": "correctness", "weight": 0.5},
+        {"fn": "brevity", "weight": 0.3},
+        {"fn": "shows_work", "weight": 0.2},
+    ]
+    return Config.model_validate(
+        {"algorithm": {"name": algorithm}, "rewards": rewards, "objective": objective}
+    )
 
 
 def build(cfg: Config):
-    return build_objective(cfg.objective.name, [r.name for r in cfg.rewards], {r.name: r.weight for r in cfg.rewards}, cfg)
+    return build_objective(
+        cfg.objective.name, [r.name for r in cfg.rewards], {r.name: r.weight for r in cfg.rewards}, cfg
+    )
 
 
 def ctx(G=2, estimator="group_none", **extra):
@@ -47,7 +54,9 @@ def test_hypervolume_meta_reward_scales_by_hvc_against_the_initial_point():
     obj = build(config({"name": "hypervolume", "hypervolume": {"every": 2}}))
     assert obj.wants_eval(2) and not obj.wants_eval(3)
     obj.observe_eval(0, {"correctness": 0.5, "brevity": 0.5, "shows_work": 0.5})
-    np.testing.assert_allclose(obj.shape(SCORES, ctx()).rewards, SCORES @ [0.5, 0.3, 0.2])  # meta 1 before any HVC
+    np.testing.assert_allclose(
+        obj.shape(SCORES, ctx()).rewards, SCORES @ [0.5, 0.3, 0.2]
+    )  # meta 1 before any HVC
     out = obj.observe_eval(2, {"correctness": 0.7, "brevity": 0.6, "shows_work": 0.5 + 1e-9})
     hvc = 0.2 * 0.1 * 1e-9
     assert out["objective/hvc"] == pytest.approx(hvc, rel=1e-6)
@@ -71,8 +80,13 @@ def test_hypervolume_meta_reward_warns_under_std_normalised_advantages(caplog):
 
 
 def test_hypervolume_weights_move_toward_the_lagging_objective():
-    cfg = config({"name": "hypervolume", "hypervolume": {"variant": "weights", "metrics": {"correctness": "max", "brevity": "max"}}},
-                 rewards=[{"fn": "correctness", "weight": 0.5}, {"fn": "brevity", "weight": 0.5}])
+    cfg = config(
+        {
+            "name": "hypervolume",
+            "hypervolume": {"variant": "weights", "metrics": {"correctness": "max", "brevity": "max"}},
+        },
+        rewards=[{"fn": "correctness", "weight": 0.5}, {"fn": "brevity", "weight": 0.5}],
+    )
     obj = build(cfg)
     obj.observe_eval(0, {"correctness": 0.5, "brevity": 0.5})
     # correctness improved by 40% of its start, brevity by 10%: a unit of brevity adds more volume
@@ -107,7 +121,9 @@ def test_gradient_weighting_equal_influence_changes_nothing():
 
 
 def test_gradient_weighting_step_is_exact():
-    cfg = config({"name": "gradient", "gradient": {"regularization": 0.01}})  # step = lr / mu = 1e-4 / 0.01 = 0.01
+    cfg = config(
+        {"name": "gradient", "gradient": {"regularization": 0.01}}
+    )  # step = lr / mu = 1e-4 / 0.01 = 0.01
     obj = build(cfg)
     seen = {}
 
@@ -135,11 +151,19 @@ def test_gradient_weighting_accumulates_before_stepping():
 
 
 def test_weight_zero_objective_is_monitored_not_weighted():
-    cfg = config({"name": "gradient"}, rewards=[{"fn": "correctness", "weight": 1.0}, {"fn": "brevity", "weight": 1.0},
-                                                  {"fn": "efficiency", "weight": 0.0}])
+    cfg = config(
+        {"name": "gradient"},
+        rewards=[
+            {"fn": "correctness", "weight": 1.0},
+            {"fn": "brevity", "weight": 1.0},
+            {"fn": "efficiency", "weight": 0.0},
+        ],
+    )
     obj = build(cfg)
     seen = {}
-    obj.before_update(SCORES, ctx(gradient_gram=lambda adv, *a: seen.setdefault("k", adv.shape[0]) and np.eye(2)))
+    obj.before_update(
+        SCORES, ctx(gradient_gram=lambda adv, *a: seen.setdefault("k", adv.shape[0]) and np.eye(2))
+    )
     assert seen["k"] == 2 and obj.w[2] == 0.0
     with pytest.raises(ValueError, match="negative weights"):
         build(config({"name": "gradient"}, rewards=[{"fn": "correctness"}, {"fn": "length", "weight": -0.1}]))
@@ -147,9 +171,21 @@ def test_weight_zero_objective_is_monitored_not_weighted():
 
 # ---------------------------------------------------------------- lagrangian
 def lagrangian(kind="equal", **extra):
-    return build(config({"name": "lagrangian", "lagrangian": {
-        "task": "correctness", "init_std": 0.0, "lr": 1.0, "momentum": 0.0,
-        "constraints": [{"name": "brevity", "threshold": 0.5, "kind": kind}], **extra}}))
+    return build(
+        config(
+            {
+                "name": "lagrangian",
+                "lagrangian": {
+                    "task": "correctness",
+                    "init_std": 0.0,
+                    "lr": 1.0,
+                    "momentum": 0.0,
+                    "constraints": [{"name": "brevity", "threshold": 0.5, "kind": kind}],
+                    **extra,
+                },
+            }
+        )
+    )
 
 
 def test_lagrangian_mixed_advantage_from_per_objective_group_advantages():
@@ -187,15 +223,30 @@ def test_lagrangian_at_most_is_at_least_on_the_negated_reward():
     assert obj.multipliers.weights[0] > s0  # weight of the negated brevity grows
     adv = obj.shape(SCORES, ctx()).advantages
     s = obj.multipliers.weights[0]
-    np.testing.assert_allclose(adv, (1 - s) * compute_advantages("group_none", SCORES[:, 0], 2)
-                               - s * compute_advantages("group_none", SCORES[:, 1], 2))
+    np.testing.assert_allclose(
+        adv,
+        (1 - s) * compute_advantages("group_none", SCORES[:, 0], 2)
+        - s * compute_advantages("group_none", SCORES[:, 1], 2),
+    )
 
 
 def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
-    cfg = config({"name": "lagrangian", "lagrangian": {
-        "task": "correctness", "constraints": [{"name": "brevity", "threshold": 0.5, "search_low": 0.3, "search_high": 0.9}],
-        "threshold_search": {"true_score": "efficiency", "steps_per_eval": 2, "check_every": 1, "max_evals": 4}}},
-        rewards=[{"fn": "correctness"}, {"fn": "brevity"}, {"fn": "efficiency", "weight": 0.0}])
+    cfg = config(
+        {
+            "name": "lagrangian",
+            "lagrangian": {
+                "task": "correctness",
+                "constraints": [{"name": "brevity", "threshold": 0.5, "search_low": 0.3, "search_high": 0.9}],
+                "threshold_search": {
+                    "true_score": "efficiency",
+                    "steps_per_eval": 2,
+                    "check_every": 1,
+                    "max_evals": 4,
+                },
+            },
+        },
+        rewards=[{"fn": "correctness"}, {"fn": "brevity"}, {"fn": "efficiency", "weight": 0.0}],
+    )
     obj = build(cfg)
     theta0 = obj.thresholds.copy()
     assert 0.3 <= theta0[0] <= 0.9
@@ -205,7 +256,7 @@ def test_lagrangian_threshold_search_runs_segments_and_keeps_the_best():
         obj.update(SCORES, ctx())
         if obj.wants_eval(step):
             theta = obj.thresholds[0]
-            res = {"brevity": theta, "efficiency": -(theta - 0.6) ** 2}  # constraint reached at once
+            res = {"brevity": theta, "efficiency": -((theta - 0.6) ** 2)}  # constraint reached at once
             out = obj.observe_eval(step, res)
             if "objective/nm/f" in out:
                 told.append((theta, out["objective/nm/f"]))

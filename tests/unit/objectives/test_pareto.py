@@ -13,7 +13,9 @@ from align.objectives.pareto import hypervolume, hypervolume_contribution, meta_
 def test_two_points_by_hand_and_dominated_point_adds_nothing():
     assert hypervolume([[1, 2], [2, 1]], [0, 0]) == pytest.approx(3.0)
     assert hypervolume_contribution([[1, 2], [2, 1]], [0.5, 0.5], [0, 0]) == 0.0
-    assert hypervolume_contribution([[1, 2], [2, 1]], [1.5, 1.5], [0, 0]) == pytest.approx(0.25)  # the 0.5 x 0.5 corner
+    assert hypervolume_contribution([[1, 2], [2, 1]], [1.5, 1.5], [0, 0]) == pytest.approx(
+        0.25
+    )  # the 0.5 x 0.5 corner
 
 
 def test_minimised_objective_equals_negated_maximised():
@@ -24,8 +26,10 @@ def test_minimised_objective_equals_negated_maximised():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5)), min_size=0, max_size=6),
-       st.tuples(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5)))
+@given(
+    st.lists(st.tuples(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5)), min_size=0, max_size=6),
+    st.tuples(st.floats(0, 5), st.floats(0, 5), st.floats(0, 5)),
+)
 def test_adding_a_point_never_shrinks_hypervolume(buffer, point):
     assert hypervolume_contribution([list(p) for p in buffer], list(point), [0, 0, 0]) >= 0.0
 

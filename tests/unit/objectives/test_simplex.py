@@ -25,7 +25,9 @@ def test_ratio_moves_by_exactly_exp_step_times_influence_gap():
 def test_identical_gradients_have_influence_k_times_norm_squared():
     g = np.array([1.0, -2.0, 0.5])
     np.testing.assert_allclose(gradient_influence(np.stack([g, g, g])), 3 * (g @ g) * np.ones(3))
-    np.testing.assert_allclose(gradient_influence(-np.stack([g, 2 * g])), gradient_influence(np.stack([g, 2 * g])))
+    np.testing.assert_allclose(
+        gradient_influence(-np.stack([g, 2 * g])), gradient_influence(np.stack([g, 2 * g]))
+    )
 
 
 def test_rejects_weights_off_the_simplex():

@@ -28,26 +28,34 @@ def _server(answers: list, seen: list, max_batch: int = 100):
             raise answer
         if answer is not None:
             return httpx.Response(answer, json={"error": f"status {answer}"})
-        return httpx.Response(200, json={"objectives": {"len": [float(len(c)) for c in body["completions"]][:-1] + ["nan"]}})
+        return httpx.Response(
+            200, json={"objectives": {"len": [float(len(c)) for c in body["completions"]][:-1] + ["nan"]}}
+        )
 
     return httpx.MockTransport(handle)
 
 
 def _client(answers, seen, monkeypatch, **kw):
     monkeypatch.setenv("ALIGN_REWARD_TOKEN", "tok")
-    return HttpReward(URL, "remote", backoff=0.0, transport=_server(answers, seen, kw.pop("max_batch", 100)), **kw)
+    return HttpReward(
+        URL, "remote", backoff=0.0, transport=_server(answers, seen, kw.pop("max_batch", 100)), **kw
+    )
 
 
 def test_retries_connection_errors_and_503_then_succeeds(monkeypatch):
     seen = []
-    out = _client([httpx.ConnectError("refused"), 503], seen, monkeypatch, retries=2)(["p", "q"], ["ab", "abc"])
+    out = _client([httpx.ConnectError("refused"), 503], seen, monkeypatch, retries=2)(
+        ["p", "q"], ["ab", "abc"]
+    )
     assert out[0] == 2.0 and math.isnan(out[1])  # one objective: a list; "nan" decoded
     assert len(seen) == 3 and all(auth == "Bearer tok" for auth, _ in seen)
 
 
 def test_gives_up_after_the_last_try_naming_the_url(monkeypatch):
     seen = []
-    with pytest.raises(RewardError, match=rf"reward 'remote': {URL}/score failed after 3 tries: HTTP 504: status 504"):
+    with pytest.raises(
+        RewardError, match=rf"reward 'remote': {URL}/score failed after 3 tries: HTTP 504: status 504"
+    ):
         _client([502, 503, 504, None], seen, monkeypatch, retries=2)(["p"], ["a"])
     assert len(seen) == 3
 

@@ -11,7 +11,16 @@ from rewards import Reward, RewardLoadError, load, score_batch
 
 def test_builtin_names_load():
     assert load("correctness") is rewards.correctness
-    assert set(rewards.BUILTIN_REWARDS) == {"correctness", "think_format", "length", "no_thinking", "brevity", "shows_work", "efficiency", "number_match"}
+    assert set(rewards.BUILTIN_REWARDS) == {
+        "correctness",
+        "think_format",
+        "length",
+        "no_thinking",
+        "brevity",
+        "shows_work",
+        "efficiency",
+        "number_match",
+    }
 
 
 def test_trl_reward_function_copied_unchanged_loads_by_file_and_scores(tmp_path):
@@ -33,10 +42,12 @@ def test_trl_reward_function_copied_unchanged_loads_by_file_and_scores(tmp_path)
 
 def test_trl_docs_style_reward_relative_to_config_dir(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "len_reward.py").write_text(textwrap.dedent("""
+    (tmp_path / "conf" / "len_reward.py").write_text(
+        textwrap.dedent("""
         def reward_len(completions, **kwargs):
             return [-abs(20 - len(completion)) for completion in completions]
-    """))
+    """)
+    )
     monkeypatch.chdir(tmp_path)
     fn = load("len_reward.py:reward_len", base_dir=tmp_path / "conf")
     assert fn(completions=["x" * 5, "y" * 20]) == [-15, 0]
@@ -71,6 +82,8 @@ def test_plugin_import_error_names_the_file(tmp_path):
 def test_two_plugin_files_with_the_same_name_do_not_collide(tmp_path):
     for d, value in (("a", 1.0), ("b", 2.0)):
         (tmp_path / d).mkdir()
-        (tmp_path / d / "rewards.py").write_text(f"def r(completions, **kw):\n    return [{value}] * len(completions)\n")
+        (tmp_path / d / "rewards.py").write_text(
+            f"def r(completions, **kw):\n    return [{value}] * len(completions)\n"
+        )
     assert load(f"{tmp_path}/a/rewards.py:r")(completions=["x"]) == [1.0]
     assert load(f"{tmp_path}/b/rewards.py:r")(completions=["x"]) == [2.0]

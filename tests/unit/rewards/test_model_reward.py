@@ -5,9 +5,9 @@ several heads."""
 import pytest
 import torch
 
+from align.algorithms.dpo import tokenize_row
 from align.data.loading import load_preferences
 from align.models.builtin import resolve_model_path
-from align.algorithms.dpo import tokenize_row
 from rewards.model import ModelReward
 
 
@@ -29,8 +29,10 @@ def rm(tmp_path_factory):
 
 def test_scores_the_ids_training_builds(rm, tmp_path):
     conv = tmp_path / "conv.jsonl"
-    conv.write_text('{"prompt": [{"role": "user", "content": "1+2="}], "chosen": [{"role": "assistant", "content": "3"}], '
-                    '"rejected": [{"role": "assistant", "content": "4"}]}\n')
+    conv.write_text(
+        '{"prompt": [{"role": "user", "content": "1+2="}], "chosen": [{"role": "assistant", "content": "3"}], '
+        '"rejected": [{"role": "assistant", "content": "4"}]}\n'
+    )
     for source in ("builtin:preference-arithmetic-eval", str(conv)):
         row = load_preferences(source, rm.tokenizer)[0]
         ids = tokenize_row(rm.tokenizer, row)
@@ -51,7 +53,9 @@ def test_plain_or_chat_template(rm):
     chat = rm._ids("ignored", "3", messages)
     plain = ModelReward.__new__(ModelReward)
     plain.__dict__.update(rm.__dict__, template="plain")
-    assert plain._ids("1+2=", "3", messages) == rm.tokenizer("1+2=")["input_ids"] + rm.tokenizer("3", add_special_tokens=False)["input_ids"] + [rm.tokenizer.eos_token_id]
+    assert plain._ids("1+2=", "3", messages) == rm.tokenizer("1+2=")["input_ids"] + rm.tokenizer(
+        "3", add_special_tokens=False
+    )["input_ids"] + [rm.tokenizer.eos_token_id]
     assert chat != plain._ids("1+2=", "3", messages)
     assert rm._ids("1+2=", "3", None) == plain._ids("1+2=", "3", None)  # auto: a plain prompt stays plain
 

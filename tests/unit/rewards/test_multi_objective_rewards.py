@@ -4,7 +4,11 @@ from rewards.builtin import brevity, efficiency, shows_work
 
 
 def test_brevity():
-    assert brevity(None, ["a", "b", "c"], completion_ids=[[1] * 12, [], [1] * 100], max_tokens=48) == [0.75, 1.0, 0.0]
+    assert brevity(None, ["a", "b", "c"], completion_ids=[[1] * 12, [], [1] * 100], max_tokens=48) == [
+        0.75,
+        1.0,
+        0.0,
+    ]
     with pytest.raises(ValueError, match="max_tokens"):
         brevity(None, ["a"], max_tokens=0)
 

@@ -18,8 +18,13 @@ def _r(name, fn):
 
 def test_matrix_of_several_rewards_and_a_dict_reward():
     out = score_batch(
-        [Reward("c", __import__("rewards").correctness), _r("multi", lambda prompts, completions, **k: {"a": [1, 2, 3], "b": [0.5, None, 0.0]})],
-        P, C, COLS,
+        [
+            Reward("c", __import__("rewards").correctness),
+            _r("multi", lambda prompts, completions, **k: {"a": [1, 2, 3], "b": [0.5, None, 0.0]}),
+        ],
+        P,
+        C,
+        COLS,
     )
     assert out.names == ["c", "a", "b"]
     np.testing.assert_array_equal(out.scores[:, 0], [1.0, 1.0, 0.0])
@@ -43,12 +48,24 @@ def test_columns_are_passed_and_strict_signatures_get_only_what_they_take():
     "fn,message",
     [
         (lambda prompts, completions, **k: [1.0, 2.0], r"reward 'bad' returned 2 values for 3 completions"),
-        (lambda prompts, completions, **k: [1.0, "x", 2.0], r"reward 'bad' returned a non-number at sample 1: 'x' \(str\)"),
+        (
+            lambda prompts, completions, **k: [1.0, "x", 2.0],
+            r"reward 'bad' returned a non-number at sample 1: 'x' \(str\)",
+        ),
         (lambda prompts, completions, **k: [1.0, True, 2.0], r"non-number at sample 1: True \(bool\)"),
         (lambda prompts, completions, **k: 1.0, r"reward 'bad' returned float; return a list"),
-        (lambda prompts, completions, **k: [1.0, math.nan, 2.0], r"reward 'bad' returned nan for objective 'bad' at sample 1 of 3"),
-        (lambda prompts, completions, **k: [math.inf, 0.0, 2.0], r"reward 'bad' returned inf for objective 'bad' at sample 0 of 3"),
-        (lambda prompts, completions, **k: [1 / (c != "</think>5") for c in completions], r"reward 'bad' raised at sample 2: ZeroDivisionError"),
+        (
+            lambda prompts, completions, **k: [1.0, math.nan, 2.0],
+            r"reward 'bad' returned nan for objective 'bad' at sample 1 of 3",
+        ),
+        (
+            lambda prompts, completions, **k: [math.inf, 0.0, 2.0],
+            r"reward 'bad' returned inf for objective 'bad' at sample 0 of 3",
+        ),
+        (
+            lambda prompts, completions, **k: [1 / (c != "</think>5") for c in completions],
+            r"reward 'bad' raised at sample 2: ZeroDivisionError",
+        ),
     ],
 )
 def test_bad_returns_name_reward_and_sample(fn, message):
@@ -57,7 +74,9 @@ def test_bad_returns_name_reward_and_sample(fn, message):
 
 
 def test_nan_skip_policy_drops_and_counts():
-    out = score_batch([_r("n", lambda prompts, completions, **k: [1.0, math.nan, math.nan])], P, C, COLS, nan_policy="skip")
+    out = score_batch(
+        [_r("n", lambda prompts, completions, **k: [1.0, math.nan, math.nan])], P, C, COLS, nan_policy="skip"
+    )
     assert out.dropped.tolist() == [False, True, True]
     assert out.skipped_by == {"n/nan": 2}
 
@@ -74,7 +93,9 @@ def test_duplicate_objective_names_rejected():
 
 
 def test_numpy_scalars_are_numbers():
-    out = score_batch([_r("np", lambda prompts, completions, **k: list(np.array([1, 2, 3], dtype=np.float32)))], P, C, COLS)
+    out = score_batch(
+        [_r("np", lambda prompts, completions, **k: list(np.array([1, 2, 3], dtype=np.float32)))], P, C, COLS
+    )
     assert out.scores[:, 0].tolist() == [1.0, 2.0, 3.0]
 
 
@@ -93,7 +114,19 @@ def test_the_actors_policy_applies_in_process_too():
 
     out = score_batch([_r("f", flaky)], P, C, COLS, on_failure="retry")
     assert out.scores[:, 0].tolist() == [1.0, 1.0, 1.0] and out.stats == {"reward/retries/f": 1}
-    out = score_batch([_r("r", lambda prompts, completions, **k: [1 / (c != C[2]) for c in completions])], P, C, COLS, on_failure="skip")
+    out = score_batch(
+        [_r("r", lambda prompts, completions, **k: [1 / (c != C[2]) for c in completions])],
+        P,
+        C,
+        COLS,
+        on_failure="skip",
+    )
     assert out.dropped.tolist() == [False, False, True] and out.skipped_by == {"r/raised": 1}
     with pytest.raises(RewardError, match=r"after 3 tries at sample 2 of 3"):
-        score_batch([_r("r", lambda prompts, completions, **k: [1 / (c != C[2]) for c in completions])], P, C, COLS, on_failure="retry")
+        score_batch(
+            [_r("r", lambda prompts, completions, **k: [1 / (c != C[2]) for c in completions])],
+            P,
+            C,
+            COLS,
+            on_failure="retry",
+        )

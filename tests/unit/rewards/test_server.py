@@ -12,12 +12,17 @@ from rewards.http import decode_value, encode_value
 from rewards.server import create_app, is_loopback
 
 AUTH = {"Authorization": "Bearer s3cret"}
-BODY = {"prompts": ["1+1=", "2+2=", "x"], "completions": ["</think>2", "</think>5", "</think>?"],
-        "columns": {"answer": ["2", "4", None]}}
+BODY = {
+    "prompts": ["1+1=", "2+2=", "x"],
+    "completions": ["</think>2", "</think>5", "</think>?"],
+    "columns": {"answer": ["2", "4", None]},
+}
 
 
 def _client(*rewards, token="s3cret", **limits):
-    return TestClient(create_app(list(rewards) or [Reward("correctness", correctness)], token=token, **limits))
+    return TestClient(
+        create_app(list(rewards) or [Reward("correctness", correctness)], token=token, **limits)
+    )
 
 
 def test_scores_a_batch_with_null_for_not_applicable():
@@ -55,11 +60,17 @@ def test_size_limits_answer_413_before_scoring():
     assert calls == []
 
 
-@pytest.mark.parametrize("body,fragment", [
-    (b"{not json", "not JSON"),
-    (json.dumps({"prompts": ["a"], "completions": ["b", "c"]}).encode(), "same length"),
-    (json.dumps({"prompts": ["a"], "completions": ["b"], "columns": {"answer": []}}).encode(), "one value per completion"),
-])
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        (b"{not json", "not JSON"),
+        (json.dumps({"prompts": ["a"], "completions": ["b", "c"]}).encode(), "same length"),
+        (
+            json.dumps({"prompts": ["a"], "completions": ["b"], "columns": {"answer": []}}).encode(),
+            "one value per completion",
+        ),
+    ],
+)
 def test_malformed_requests_answer_400(body, fragment):
     r = _client().post("/score", content=body, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 400 and fragment in r.json()["error"]

@@ -25,7 +25,10 @@ def import_graph(package: str = "align") -> dict[str, set[str]]:
                 found = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # ``from align.x import y``: y may be a submodule (align.x.y) or a name in align.x
-                found = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+                found = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             else:
                 continue
             targets.update(found)
