@@ -62,6 +62,14 @@ def policy_loss(
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
     per_token = -torch.minimum(unclipped, clipped)  # (b, t)
+    return _token_loss(per_token, ratio, clipped < unclipped, mask, agg, weights, agg_kwargs)
+
+
+def _token_loss(
+    per_token, ratio, clipped, mask, agg, weights, agg_kwargs
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Aggregate per-token terms (scaled by ``weights`` when given) and the detached stats of a
+    token-level loss: share of masked tokens ``clipped``, mean and max ratio over them."""
     if weights is not None:
         per_token = per_token * weights
     loss = aggregate(per_token, mask, agg, **agg_kwargs)
@@ -69,9 +77,9 @@ def policy_loss(
     with torch.no_grad():
         n = m.sum().clamp(min=1)
         stats = {
-            "clip_frac": ((clipped < unclipped) & m).sum() / n,
-            "ratio_mean": (ratio * m).sum() / n,
-            "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
+            "clip_frac": (clipped & m).sum() / n,
+            "ratio_mean": (ratio.detach() * m).sum() / n,
+            "ratio_max": ratio.detach()[m].max() if m.any() else torch.tensor(1.0),
         }
     return loss, stats
 
@@ -150,18 +158,7 @@ def cispo_loss(
     low = None if clip_low is None else 1 - clip_low
     weight = torch.clamp(ratio, min=low, max=1 + clip_high)
     per_token = -weight * advantages * logps
-    if weights is not None:
-        per_token = per_token * weights
-    loss = aggregate(per_token, mask, agg, **agg_kwargs)
-    m = mask.bool()
-    with torch.no_grad():
-        n = m.sum().clamp(min=1)
-        stats = {
-            "clip_frac": ((weight != ratio) & m).sum() / n,
-            "ratio_mean": (ratio * m).sum() / n,
-            "ratio_max": ratio[m].max() if m.any() else torch.tensor(1.0),
-        }
-    return loss, stats
+    return _token_loss(per_token, ratio, weight != ratio, mask, agg, weights, agg_kwargs)
 
 
 def mismatch_weights(

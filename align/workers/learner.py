@@ -22,6 +22,7 @@ import torch
 
 from align.batch import select
 from align.losses import POLICY_LOSSES, aggregate, kl_penalty, policy_loss_name, token_logprobs
+from align.workers.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LearnerSpec:
+class LearnerSpec(Spec):
     """What a learner rank needs, as plain values (sent to the Ray actor); ``from_config`` builds it
     from a run config, algorithms add their parts (``task``, ``ofs``)."""
 
@@ -75,11 +76,6 @@ class LearnerSpec:
             threads=c.learner.threads,
             autocast=c.learner.autocast,
         )
-
-    @classmethod
-    def of(cls, spec: "LearnerSpec | dict") -> "LearnerSpec":
-        """A spec from a spec or a plain dict (defaults for missing keys; an unknown key is a TypeError)."""
-        return spec if isinstance(spec, cls) else cls(**spec)
 
 
 def forced_first_old(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from align.checkpoint import write_adapter_dir
+from align.workers.spec import Spec
 
 log = logging.getLogger(__name__)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # ranks vLLM accepts for max_lora_rank
@@ -70,7 +71,7 @@ def cpu_preload_env() -> dict[str, str]:
 
 
 @dataclass
-class RolloutSpec:
+class RolloutSpec(Spec):
     """What a rollout worker needs, as plain values (sent to the Ray actor); ``from_config`` builds
     it from a run config."""
 
@@ -99,11 +100,6 @@ class RolloutSpec:
             seed=c.trainer.seed,
             trust_remote_code=c.model.trust_remote_code,
         )
-
-    @classmethod
-    def of(cls, spec: "RolloutSpec | dict") -> "RolloutSpec":
-        """A spec from a spec or a plain dict (defaults for missing keys; an unknown key is a TypeError)."""
-        return spec if isinstance(spec, cls) else cls(**spec)
 
 
 class StaleAdapter(RuntimeError):

@@ -15,12 +15,12 @@ from align.workers.groups import LearnerGroup
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def groups():
+def tiny_learners(micro_batch_sizes: dict[str, tuple[int, int]]):
+    """A Ray cluster of 2 CPUs, the tiny model's tokenizer and learner groups (name -> (ranks,
+    micro_batch_size)) with the same LoRA initialisation; shut Ray down when done."""
     from transformers import AutoTokenizer
 
     path = str(ensure_builtin("tiny"))
-    tok = AutoTokenizer.from_pretrained(path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     spec = dict(
         model_path=path,
@@ -31,10 +31,17 @@ def groups():
         lr=1e-3,
         grad_clip=0.0,
     )
-    one = LearnerGroup({**spec, "micro_batch_size": 16}, 1, 0.5, 0, seed=0)
-    two = LearnerGroup(
-        {**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0
-    )  # 8 rows per rank -> 3 micro-batches
+    cpus = 2.0 / sum(ranks for ranks, _ in micro_batch_sizes.values())
+    groups = {
+        name: LearnerGroup({**spec, "micro_batch_size": mbs}, ranks, cpus, 0, seed=0)
+        for name, (ranks, mbs) in micro_batch_sizes.items()
+    }
+    return AutoTokenizer.from_pretrained(path), groups
+
+
+@pytest.fixture(scope="module")
+def groups():
+    tok, g = tiny_learners({"one": (1, 16), "two": (2, 3)})  # two: 8 rows per rank -> 3 micro-batches
     rng = np.random.default_rng(0)
     samples = []
     for i in range(16):  # different prompt and completion lengths, so padding and token counts differ
@@ -46,7 +53,7 @@ def groups():
                 "completion_ids": tok(a, add_special_tokens=False)["input_ids"],
             }
         )
-    yield one, two, pack(samples, tok.pad_token_id)
+    yield g["one"], g["two"], pack(samples, tok.pad_token_id)
     ray.shutdown()
 
 

@@ -7,35 +7,17 @@ import pytest
 import ray
 
 from align.algorithms.dpo import pack_pairs
-from align.models.builtin import ensure_builtin
-from align.workers.groups import LearnerGroup
+from tests.integration.test_learner_invariance import tiny_learners
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def groups():
-    from transformers import AutoTokenizer
-
-    path = str(ensure_builtin("tiny"))
-    tok = AutoTokenizer.from_pretrained(path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    spec = dict(
-        model_path=path,
-        device="cpu",
-        dtype="float32",
-        lora=dict(r=8, alpha=16, dropout=0.0, target_modules="all-linear"),
-        zero_stage=2,
-        lr=1e-3,
-        grad_clip=0.0,
-    )
-    one = LearnerGroup({**spec, "micro_batch_size": 32}, 1, 0.5, 0, seed=0)  # 8 pairs, one micro-batch
-    two = LearnerGroup(
-        {**spec, "micro_batch_size": 3}, 2, 0.5, 0, seed=0
-    )  # 4 pairs per rank, one pair per micro-batch
-    acc = LearnerGroup(
-        {**spec, "micro_batch_size": 4}, 1, 0.5, 0, seed=0
-    )  # 8 pairs, 4 micro-batches of 2 pairs
+    # one: 8 pairs in one micro-batch; two: 4 pairs per rank, one pair per micro-batch; acc: 8 pairs,
+    # 4 micro-batches of 2 pairs
+    tok, g = tiny_learners({"one": (1, 32), "two": (2, 3), "acc": (1, 4)})
+    one, two, acc = g["one"], g["two"], g["acc"]
     rng = np.random.default_rng(1)
     pairs = []
     for _ in range(8):  # prompts and responses of different lengths: padding and counts differ per pair
