@@ -100,7 +100,7 @@ def run_eval(
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
-        spec["lora_rank"] = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
+        spec.lora_rank = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
         rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus, max_restarts=cfg.trainer.actor_restarts)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
         for version, (label, adapter) in enumerate(zip(labels, adapters), start=1):
