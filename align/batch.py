@@ -15,8 +15,10 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     Returns ``input_ids``/``attention_mask`` ``(b, L)``, ``completion_mask``/``rollout_logps``/
     ``rollout_logp_mask`` ``(b, L - 1)`` aligned with the shifted targets, and ``has_rollout_logps``
-    ``(b,)`` (1 where the rollout returned sampling log-probs). Samples with a forced first token
-    (AdaptThink) add ``first_logp`` (its proposal log-prob) and ``forced_first`` (1), each ``(b,)``.
+    ``(b,)`` (1 where the rollout returned sampling log-probs). A sample whose first token was drawn
+    from another distribution than the policy (``first_logp``: its log-prob there; AdaptThink's
+    forced first token) adds ``behaviour_logps`` / ``behaviour_mask`` ``(b, L - 1)``: where the mask
+    is 1, the loss takes that log-prob as the sampling policy's instead of pi_old's.
     """
     width = max(len(s["prompt_ids"]) + len(s["completion_ids"]) for s in samples)
     b = len(samples)
@@ -26,8 +28,8 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     rlogps = torch.zeros((b, width - 1), dtype=torch.float32)
     rmask = torch.zeros((b, width - 1), dtype=torch.float32)
     has = torch.zeros(b, dtype=torch.float32)
-    first = torch.zeros(b, dtype=torch.float32)
-    forced = torch.zeros(b, dtype=torch.float32)
+    blogps = torch.zeros((b, width - 1), dtype=torch.float32)
+    bmask = torch.zeros((b, width - 1), dtype=torch.float32)
     for i, s in enumerate(samples):
         p, c = list(s["prompt_ids"]), list(s["completion_ids"])
         ids[i, : len(p) + len(c)] = torch.tensor(p + c)
@@ -43,8 +45,8 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             )
             has[i] = 1.0
         if s.get("first_logp") is not None:  # AdaptThink: log pi_IS of the forced first token
-            first[i] = s["first_logp"]
-            forced[i] = 1.0
+            blogps[i, len(p) - 1] = s["first_logp"]
+            bmask[i, len(p) - 1] = 1.0
     out = {
         "input_ids": ids,
         "attention_mask": att,
@@ -53,8 +55,8 @@ def pack(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "rollout_logp_mask": rmask,
         "has_rollout_logps": has,
     }
-    if forced.any():
-        out["first_logp"], out["forced_first"] = first, forced
+    if bmask.any():
+        out["behaviour_logps"], out["behaviour_mask"] = blogps, bmask
     return out
 
 

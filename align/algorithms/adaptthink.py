@@ -4,7 +4,8 @@ to skip thinking (ALGORITHMS.md section 3).
 Pieces, each where it runs:
 - rollouts: ``RolloutEngine.generate_forced`` forces ``round(G * nothink_ratio)`` samples of each group
   to open with the end-of-thinking token and the rest into Thinking; the forced token's proposal
-  log-probability replaces its old log-prob in the loss (``learner.forced_first_old``);
+  log-probability replaces its old log-prob in the loss (``align.batch.pack``'s ``behaviour_logps``,
+  ``align.losses.with_behaviour_logps``: the learner knows no AdaptThink);
 - reward/advantage: :func:`adaptthink_advantages` (the authors' ``naive`` estimator, no group
   normalisation: the reference accuracy is the baseline);
 - reference accuracy: :class:`ReferenceAccuracy`, ``R_ref(x)`` = mean R of K Thinking samples of the

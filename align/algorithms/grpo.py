@@ -67,8 +67,8 @@ LEARNER_KEYS = (
     "old_logps",
     "ref_logps",
     "kl_weight",
-    "first_logp",
-    "forced_first",
+    "behaviour_logps",
+    "behaviour_mask",
     "is_weights",
 )
 

@@ -14,6 +14,7 @@ from align.losses.policy import (
     policy_loss_name,
     sequence_policy_loss,
     token_logprobs,
+    with_behaviour_logps,
 )
 from align.losses.preference import DPO_KINDS, PAIR_LOSSES, dpo_loss, fast_slow_losses, simpo_loss
 
@@ -36,4 +37,5 @@ __all__ = [
     "sequence_policy_loss",
     "simpo_loss",
     "token_logprobs",
+    "with_behaviour_logps",
 ]

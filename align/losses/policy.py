@@ -36,6 +36,15 @@ def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -
     raise ValueError(f"kind must be 'k1', 'k2' or 'k3', got {kind!r}")
 
 
+def with_behaviour_logps(
+    old_logps: torch.Tensor, behaviour_logps: torch.Tensor, behaviour_mask: torch.Tensor
+) -> torch.Tensor:
+    """``old_logps`` ``(b, t)`` with the tokens of ``behaviour_mask`` taking ``behaviour_logps``: the
+    log-prob of the distribution those tokens were actually sampled from (e.g. AdaptThink's forced
+    first token), so the importance ratio is taken against it; the input is not modified."""
+    return torch.where(behaviour_mask > 0, behaviour_logps.to(old_logps.dtype), old_logps)
+
+
 def policy_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor,

@@ -21,7 +21,14 @@ import numpy as np
 import torch
 
 from align.batch import select
-from align.losses import POLICY_LOSSES, aggregate, kl_penalty, policy_loss_name, token_logprobs
+from align.losses import (
+    POLICY_LOSSES,
+    aggregate,
+    kl_penalty,
+    policy_loss_name,
+    token_logprobs,
+    with_behaviour_logps,
+)
 from align.workers.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -76,18 +83,6 @@ class LearnerSpec(Spec):
             threads=c.learner.threads,
             autocast=c.learner.autocast,
         )
-
-
-def forced_first_old(
-    old: torch.Tensor, mask: torch.Tensor, first_logp: torch.Tensor, forced: torch.Tensor
-) -> torch.Tensor:
-    """``old`` ``(b, t)`` with each forced row's first completion column set to ``first_logp`` (its
-    proposal log-probability, AdaptThink's importance sampling); other rows unchanged."""
-    col = mask.float().argmax(dim=1)  # first completion column of each row
-    rows = torch.nonzero(forced > 0).flatten()
-    out = old.clone()
-    out[rows, col[rows]] = first_logp[rows].to(out.dtype)
-    return out
 
 
 class Learner:
@@ -451,9 +446,10 @@ class Learner:
         # Without old_logps the update is on-policy (one epoch, one minibatch): pi_old = pi, and
         # the ratio is exactly 1 with the same gradient, so no extra forward pass is spent.
         old = part["old_logps"].to(logps.device) if "old_logps" in part else logps.detach()
-        if "forced_first" in part:  # AdaptThink: the forced first token was drawn from pi_IS, not pi_old
-            old = forced_first_old(
-                old, mask, part["first_logp"].to(logps.device), part["forced_first"].to(logps.device)
+        # tokens drawn from another distribution than pi_old (AdaptThink's forced first token)
+        if "behaviour_mask" in part:
+            old = with_behaviour_logps(
+                old, part["behaviour_logps"].to(logps.device), part["behaviour_mask"].to(logps.device)
             )
         fn = POLICY_LOSSES[policy_loss_name(loss_cfg)]
         weights = part["is_weights"].to(logps.device) if "is_weights" in part else None

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from align.algorithms.adaptthink import ReferenceAccuracy, adaptthink_advantages, nothink_count
-from align.workers.learner import forced_first_old
+from align.batch import pack
+from align.losses import with_behaviour_logps
 
 
 def test_reward_acc_1_ref_075():
@@ -31,16 +32,22 @@ def test_nothink_count(n, ratio, want):
     assert nothink_count(n, ratio) == want
 
 
-def test_forced_first_old_overwrites_only_forced_rows_first_column():
+def test_forced_first_token_takes_its_proposal_logprob_as_old():
+    """pack marks each forced sample's first completion column; the loss's old log-probs take the
+    proposal log-prob there, every other entry unchanged."""
+    samples = [
+        {"prompt_ids": [1, 2, 3], "completion_ids": [4, 5], "first_logp": math.log(0.5)},
+        {"prompt_ids": [1, 2], "completion_ids": [4, 5, 6, 7], "first_logp": -2.0},
+        {"prompt_ids": [1, 2, 3, 4], "completion_ids": [5, 6]},
+    ]
+    batch = pack(samples, 0)
     old = torch.full((3, 5), -1.0)
-    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 1, 1]], dtype=torch.float32)
-    first = torch.tensor([math.log(0.5), -2.0, -3.0])
-    forced = torch.tensor([1.0, 1.0, 0.0])
-    out = forced_first_old(old, mask, first, forced)
+    out = with_behaviour_logps(old, batch["behaviour_logps"], batch["behaviour_mask"])
     want = old.clone()
     want[0, 2], want[1, 1] = math.log(0.5), -2.0
     torch.testing.assert_close(out, want)
     assert old.eq(-1.0).all()  # the input is not modified
+    assert "behaviour_mask" not in pack(samples[2:], 0)  # nothing forced: nothing added
 
 
 def test_reference_cache_computes_missing_reuses_and_refuses_other_settings(tmp_path):
