@@ -164,9 +164,7 @@ def save_checkpoint(
     final = root / f"step_{step}"
     try:
         _write_checkpoint(final, adapter, adapter_config, optimizer_states, state, step, extra_adapters)
-    except (
-        OSError
-    ) as exc:  # disk full, a size limit, permissions: say so; the earlier checkpoints are untouched
+    except OSError as exc:  # disk full, a size limit, permissions: say so; the earlier checkpoints stay
         earlier = [p for p in list_checkpoints(root) if p != final]
         kept = (
             f"the previous checkpoint {earlier[-1]} is intact"

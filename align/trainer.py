@@ -232,9 +232,8 @@ class Trainer:
         """The algorithm's step, then the sync of the adapter it serves (only LoRA tensors travel)."""
         t_step = time.time()
         metrics = self.algorithm.step(self.ctx, step)
-        if self.rollouts is not None and not metrics.get(
-            "rollout/empty"
-        ):  # nothing trained: nothing to serve
+        # a step that trained nothing has nothing new to serve
+        if self.rollouts is not None and not metrics.get("rollout/empty"):
             t0 = time.time()
             metrics["timing/sync_load"] = self._sync(step + 1)
             metrics["timing/sync"] = time.time() - t0
@@ -419,10 +418,10 @@ class Trainer:
                     if ctx.eval_rows and (last or periodic or wanted):
                         result = self._evaluate()
                         m.update({f"eval/{k}": v for k, v in result.items()})
-                        if (
-                            wanted
-                        ):  # only the evaluations it asked for move the objective (a run extended later
-                            m.update(ctx.objective.observe_eval(step + 1, result))  # continues exactly)
+                        # only the evaluations it asked for move the objective (a run extended later
+                        # continues exactly)
+                        if wanted:
+                            m.update(ctx.objective.observe_eval(step + 1, result))
                         after = result if last else after
                     if ctx.objective is not None:
                         m.update(ctx.objective.state_metrics())

@@ -135,9 +135,8 @@ class RewardPool:
         lost = 0
         while True:
             ready: list = []
-            while not ready and (
-                deadline is None or time.time() < deadline
-            ):  # 1 s slices: signal handlers run
+            # 1 s slices: signal handlers run
+            while not ready and (deadline is None or time.time() < deadline):
                 ready, _ = ray.wait(
                     [ref], timeout=1.0 if deadline is None else max(0.0, min(1.0, deadline - time.time()))
                 )
