@@ -147,9 +147,8 @@ class RewardPool:
                 return None, "timeout", f"reward {e['name']!r} timed out after {e['timeout']:g}s"
             try:
                 return ray.get(ref), "", ""
-            except (
-                ray.exceptions.RayActorError
-            ) as exc:  # killed, out of memory, node lost: a fresh actor rescores
+            # killed, out of memory, node lost: a fresh actor rescores
+            except ray.exceptions.RayActorError as exc:
                 self._replace(k, e)
                 lost += 1
                 if lost > self.max_restarts:
