@@ -99,3 +99,50 @@ class ClusterWatch:
                     print(f"error: {self.lost}", file=sys.stderr, flush=True)
                     os._exit(1)
                 return
+
+
+def check_resources(
+    c, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None, learner_ranks: int | None = None
+) -> None:
+    """Refuse a run whose actors cannot all be placed (Ray would otherwise wait for ever)."""
+    workers = c.rollout.num_workers if rollout_workers is None else rollout_workers
+    ranks = c.learner.num_ranks if learner_ranks is None else learner_ranks
+    need = {
+        "CPU": workers * c.rollout.num_cpus + ranks * c.learner.num_cpus,
+        "GPU": (workers + ranks) * gpu_per_actor,
+    }
+    for kind, wanted in need.items():
+        have = cluster.get(kind, 0.0)
+        if wanted > have + 1e-9:
+            raise ValueError(
+                f"the run needs {wanted:g} Ray {kind}s (rollout.num_workers x rollout.num_cpus + learner.num_ranks x "
+                f"learner.num_cpus{'' if kind == 'CPU' else ', one GPU per actor'}) but the cluster has {have:g}: "
+                f"lower learner.num_ranks / rollout.num_workers or their num_cpus, or use a bigger cluster"
+            )
+
+
+def start_ray(
+    c, address: str | None = None, rollout_workers: int | None = None, learner_ranks: int | None = None
+) -> tuple[int, bool]:
+    """Start a local Ray cluster of our own, or join ``address`` (probed first), after checking the
+    run's actors fit (``check_resources``); inside a Ray job already (an ``align sweep`` trial) use
+    that cluster and the trial's placement group, which Tune sized from the same config. Returns
+    (GPUs per actor: 0 or 1, whether this process started Ray and so shuts it down)."""
+    import ray
+    import torch
+
+    gpu = 1 if c.model.device == "cuda" or (c.model.device == "auto" and torch.cuda.is_available()) else 0
+    if ray.is_initialized():
+        return gpu, False
+    if address:
+        check_address(address)
+        ray.init(address=address, log_to_driver=False)
+        check_resources(c, ray.cluster_resources(), gpu, rollout_workers, learner_ranks)
+    else:
+        cpus = max(2, os.cpu_count() or 2)
+        check_resources(
+            c, {"CPU": cpus, "GPU": torch.cuda.device_count()}, gpu, rollout_workers, learner_ranks
+        )
+        # address="local": always a cluster of our own, even where `ray start` left one running
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    return gpu, True

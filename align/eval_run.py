@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import ray
@@ -68,7 +67,7 @@ def run_eval(
 ) -> dict:
     from transformers import AutoTokenizer
 
-    from align.cluster import check_address
+    from align.cluster import check_address, start_ray
     from align.data.loading import load_eval_rows
     from align.models.builtin import resolve_model_path
     from align.trainer import rollout_spec
@@ -90,13 +89,11 @@ def run_eval(
     model_path = resolve_model_path(cfg.model.path)
     for c, (tensors, _) in zip(checkpoints, adapters):
         check_adapter(tensors, model_path, f"--checkpoint {c}", cfg.model.trust_remote_code)
-    if address:
+    if address:  # before loading anything: a wrong address costs nothing
         check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_eval_rows(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
-    ray.init(address=address, log_to_driver=False) if address else ray.init(
-        address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False
-    )
+    start_ray(cfg, address, rollout_workers=1, learner_ranks=0)
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
         spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r

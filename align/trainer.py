@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import threading
 import time
 from pathlib import Path
 
 import ray
-import torch
 
 from align import interrupts
 from align.algorithms.base import Algorithm, RunContext, algorithm_class
 from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from align.cluster import ClusterLost, ClusterWatch, check_address
+from align.cluster import ClusterLost, ClusterWatch, start_ray
 from align.config.loading import save_resolved
 from align.config.schema import Config
 from align.evaluation_loop import format_eval
@@ -45,23 +43,6 @@ def rollout_spec(c: Config, model_path: str):
     from align.workers.rollout import RolloutSpec
 
     return RolloutSpec.from_config(c, model_path)
-
-
-def check_resources(c: Config, cluster: dict, gpu_per_actor: int, rollout_workers: int | None = None) -> None:
-    """Refuse a run whose actors cannot all be placed (Ray would otherwise wait for ever)."""
-    workers = c.rollout.num_workers if rollout_workers is None else rollout_workers
-    need = {
-        "CPU": workers * c.rollout.num_cpus + c.learner.num_ranks * c.learner.num_cpus,
-        "GPU": (workers + c.learner.num_ranks) * gpu_per_actor,
-    }
-    for kind, wanted in need.items():
-        have = cluster.get(kind, 0.0)
-        if wanted > have + 1e-9:
-            raise ValueError(
-                f"the run needs {wanted:g} Ray {kind}s (rollout.num_workers x rollout.num_cpus + learner.num_ranks x "
-                f"learner.num_cpus{'' if kind == 'CPU' else ', one GPU per actor'}) but the cluster has {have:g}: "
-                f"lower learner.num_ranks / rollout.num_workers or their num_cpus, or use a bigger cluster"
-            )
 
 
 def check_context(c: Config, model_path: str) -> None:
@@ -176,35 +157,17 @@ class Trainer:
         return learners, rollouts, pool
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
-        """Start (or join) Ray and check the run's actors fit; returns GPUs per actor (0 or 1). What
-        can be checked without Ray is checked first (function rewards import, reward-model folders
-        exist, a local cluster is big enough)."""
+        """Start (or join) Ray and check the run's actors fit (``align.cluster.start_ray``); returns
+        GPUs per actor (0 or 1). What can be checked without Ray is checked first: function rewards
+        import, reward-model folders exist."""
         from rewards.loading import load, model_dir
 
-        cfg = self.cfg
-        for entry in cfg.rewards:
+        for entry in self.cfg.rewards:
             if entry.type == "model":
                 model_dir(entry.model_dump(), self.config_dir)
             elif entry.type == "function":  # the user's plug-in, imported here as the reward actor will
                 load(entry.fn, self.config_dir)
-        # Inside a Ray job already (an ``align sweep`` trial): use that cluster and the trial's
-        # placement group, which Tune sized from the same config (see launch/sweep.py).
-        self._owns_ray = not ray.is_initialized()
-        gpu = (
-            1
-            if cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
-            else 0
-        )
-        if self._owns_ray:
-            if self.address:
-                check_address(self.address)
-                ray.init(address=self.address, log_to_driver=False)
-                check_resources(cfg, ray.cluster_resources(), gpu, rollout_workers)
-            else:
-                cpus = max(2, os.cpu_count() or 2)
-                check_resources(cfg, {"CPU": cpus, "GPU": torch.cuda.device_count()}, gpu, rollout_workers)
-                # address="local": always a cluster of our own, even where `ray start` left one running
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        gpu, self._owns_ray = start_ray(self.cfg, self.address, rollout_workers)
         return gpu
 
     def _release_actors(self) -> None:

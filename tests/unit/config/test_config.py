@@ -143,7 +143,7 @@ def test_help_lists_every_key_with_help_text():
 
 
 def test_runs_that_cannot_be_placed_are_refused():
-    from align.trainer import check_resources
+    from align.cluster import check_resources
 
     cfg = load_config(None, ["learner.num_ranks=4"])  # 1 rollout CPU + 4 x 0.5 learner CPUs = 3
     with pytest.raises(
