@@ -183,6 +183,7 @@ class AdaptThink(GRPO):
             n=cfg.algorithm.group_size,
             temperature=cfg.rollout.temperature,
             n_nothink=nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
+            nothink_ratio=cfg.algorithm.adaptthink.nothink_ratio,  # the proposal's, as the authors' code
             logprobs_for=self.logprob_prompts(len(prompts)),
             **self.forced,
         )

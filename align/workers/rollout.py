@@ -284,6 +284,7 @@ class RolloutEngine:
         use_adapter: bool = True,
         logprobs_for: int | None = None,
         adapter_version: int | None = None,
+        nothink_ratio: float | None = None,
     ) -> list[list[dict]]:
         """AdaptThink's importance-sampled rollouts: per prompt, ``n_nothink`` samples forced to start
         with ``end_think_id`` (NoThinking, at most ``nothink_max_tokens`` tokens) and ``n - n_nothink``
@@ -291,17 +292,22 @@ class RolloutEngine:
         completion, so it is completion position 0, and each sample carries ``forced`` ("nothink" or
         "think") and ``first_logp``: log pi_IS(y_0), the proposal's log-probability of that token.
 
-        Thinking starts with ``think_id`` when given (the authors force "Alright"; pi_IS = 0.5, so
-        ``first_logp = log 0.5``). With ``think_id=None`` the first token is sampled from the current
-        policy with ``end_think_id`` banned (a -100 logit bias: vLLM's processed log-prob is then the
-        renormalised pi(w) / (1 - pi(</think>))), so pi_IS(w) = 0.5 * that, exactly; this is for
-        tokenizers without a fixed thinking opener (the built-in task starts thinking with a digit).
+        The proposal pi_IS picks NoThinking with probability ``nothink_ratio`` (default
+        ``n_nothink / n``), as the authors' code does: ``first_logp = log(ratio)`` for the forced
+        end-of-thinking token. Thinking starts with ``think_id`` when given (the authors force
+        "Alright"; ``first_logp = log(1 - ratio)``). With ``think_id=None`` the first token is sampled
+        from the current policy with ``end_think_id`` banned (a -100 logit bias: vLLM's processed
+        log-prob is then the renormalised pi(w) / (1 - pi(</think>))), so pi_IS(w) = (1 - ratio) *
+        that, exactly; this is for tokenizers without a fixed thinking opener (the built-in task
+        starts thinking with a digit).
         Samples are laid out NoThinking first, then Thinking, ``n`` per prompt.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        half = math.log(0.5)
+        ratio = n_nothink / n if nothink_ratio is None else nothink_ratio
+        lp_nothink = math.log(ratio) if ratio > 0 else -math.inf  # (no NoThinking sample then)
+        lp_think = math.log(1 - ratio) if ratio < 1 else -math.inf  # (no Thinking sample then)
         k = len(prompts) if logprobs_for is None else logprobs_for
         lora = self._lora(use_adapter, adapter_version)
         ids = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
@@ -320,7 +326,7 @@ class RolloutEngine:
             )
 
         # stage 1 (think_id=None only): the Thinking groups' first tokens, </think> banned
-        first: list[list[tuple[int, float]]] = [[(think_id, half)] * n_think for _ in prompts]
+        first: list[list[tuple[int, float]]] = [[(think_id, lp_think)] * n_think for _ in prompts]
         if think_id is None and n_think:
             outs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=p) for p in ids],
@@ -340,7 +346,7 @@ class RolloutEngine:
                 use_tqdm=False,
             )
             first = [
-                [(c.token_ids[0], half + c.logprobs[0][c.token_ids[0]].logprob) for c in o.outputs]
+                [(c.token_ids[0], lp_think + c.logprobs[0][c.token_ids[0]].logprob) for c in o.outputs]
                 for o in outs
             ]
         # stage 2: continue every forced prefix
@@ -349,11 +355,11 @@ class RolloutEngine:
             if n_nothink:
                 requests.append(p + [end_think_id])
                 sps.append(params(n_nothink, nothink_max_tokens - 1, (s + 1) & 0x7FFFFFFF, i))
-                owners.append((i, "nothink", end_think_id, half))
+                owners.append((i, "nothink", end_think_id, lp_nothink))
             if think_id is not None and n_think:
                 requests.append(p + [think_id])
                 sps.append(params(n_think, max_tokens - 1, (s + 2) & 0x7FFFFFFF, i))
-                owners.append((i, "think", think_id, half))
+                owners.append((i, "think", think_id, lp_think))
             elif n_think:
                 for j, (tok, lp) in enumerate(first[i]):
                     requests.append(p + [tok])

@@ -88,7 +88,9 @@ def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
             w = s["completion_ids"][0]
             want = math.log(0.5) + (lp[w] - torch.log1p(-lp[eot].exp())).item()
             assert s["first_logp"] == pytest.approx(want, abs=1e-4)
-    # a fixed opener (the authors' "Alright"): every Thinking sample starts with it, pi_IS = 0.5
+    # a fixed opener (the authors' "Alright"): every Thinking sample starts with it; with 1 of 4 forced
+    # into NoThinking the proposal is pi_IS(</think>) = 0.25, pi_IS(opener) = 0.75 (the authors'
+    # log(ratio) and log(1 - ratio); log 0.5 for both was right only at ratio 0.5)
     opener = tok.convert_tokens_to_ids("7")
     fixed = ray.get(
         actor.generate_forced.remote(
@@ -105,7 +107,7 @@ def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
         )
     )[0]
     assert [s["completion_ids"][0] for s in fixed] == [eot, opener, opener, opener]
-    assert all(s["first_logp"] == pytest.approx(math.log(0.5)) for s in fixed)
+    assert [s["first_logp"] for s in fixed] == pytest.approx([math.log(0.25)] + [math.log(0.75)] * 3)
 
 
 # make test-all only (CI budget, 45 minutes): the AdaptThink math is unit-tested; the forced split runs above
