@@ -832,8 +832,18 @@ class HypervolumeSection(Section):
 
 
 class GradientSection(Section):
-    regularization: float = Field(
-        1e-5, gt=0, description="mu: the weight step is (learner.lr / mu) * influence (authors: 1e-5)."
+    step: float = Field(
+        0.1,
+        gt=0,
+        description="eta: the exponentiated-gradient step, w <- softmax(log w + eta * influence). The authors' "
+        "lr 1e-6 / regularization 1e-5 = 0.1 (their influence units: clipped full-model gradients).",
+    )
+    regularization: Optional[float] = Field(
+        None,
+        gt=0,
+        description="mu: when set, the step is learner.lr / mu as in the authors' code, which ties it to the "
+        "learning rate (with LoRA's lr 1e-4..5e-4 and their mu 1e-5 the step is 10-50 and the weights collapse "
+        "onto one objective); default: `step`.",
     )
     accumulation_steps: int = Field(
         1, ge=1, description="Average the influence over this many steps before each weight update."
@@ -843,9 +853,11 @@ class GradientSection(Section):
         description="Regex over trainable parameter names whose gradients count (authors: middle decoder layers, e.g. "
         "'layers\\.(1[0-9]|2[0-5])\\.'); default: the whole adapter.",
     )
-    normalize: Literal["none", "grad_norm"] = Field(
+    normalize: Literal["none", "grad_norm", "grad_norm_sq"] = Field(
         "none",
-        description="none: raw influence (authors); grad_norm: divide by the mean squared gradient norm (scale-free).",
+        description="none: the raw influence (the authors' running code); grad_norm: divided by the mean gradient "
+        "norm (the normalisation in the authors' commented-out code); grad_norm_sq: divided by the mean squared "
+        "gradient norm (scale-free: the influence becomes a ratio, ours).",
     )
 
 

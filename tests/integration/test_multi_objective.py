@@ -42,7 +42,7 @@ CASES = {
         MULTI,
         [
             "objective.name=gradient",
-            "objective.gradient.normalize=grad_norm",
+            "objective.gradient.normalize=grad_norm_sq",
             "objective.gradient.regularization=0.005",
             "algorithm.name=rloo",
             "learner.num_ranks=2",

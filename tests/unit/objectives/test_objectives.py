@@ -141,6 +141,27 @@ def test_gradient_weighting_step_is_exact():
     assert seen["clip"] == 1.0 and out["objective/grad_norm/correctness"] == 2.0
 
 
+def test_gradient_weighting_default_step_is_the_authors_effective_step():
+    """Default: eta = 0.1 (the authors' lr 1e-6 / regularization 1e-5), whatever learner.lr is (it
+    was lr / 1e-5 = 10 at the LoRA lr 1e-4, which collapses the weights)."""
+    obj = build(config({"name": "gradient"}))
+    gram = np.array([[4.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    obj.before_update(SCORES, ctx(gradient_gram=lambda *a: gram))
+    assert (obj.w[0] / obj.w[1]) / (0.5 / 0.3) == pytest.approx(np.exp(0.1 * 3))
+
+
+@pytest.mark.parametrize(
+    "normalize,scale", [("grad_norm", (2.0 + 1.0 + 2**0.5) / 3), ("grad_norm_sq", (4.0 + 1.0 + 2.0) / 3)]
+)
+def test_gradient_weighting_normalisations(normalize, scale):
+    """grad_norm divides the influence by the mean gradient norm (the authors' commented-out code),
+    grad_norm_sq by the mean squared norm."""
+    obj = build(config({"name": "gradient", "gradient": {"normalize": normalize}}))
+    gram = np.array([[4.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    out = obj.before_update(SCORES, ctx(gradient_gram=lambda *a: gram))
+    assert out["objective/influence/correctness"] == pytest.approx(5.0 / scale)
+
+
 def test_gradient_weighting_accumulates_before_stepping():
     obj = build(config({"name": "gradient", "gradient": {"accumulation_steps": 2, "regularization": 0.01}}))
     grams = iter([np.diag([3.0, 1.0, 1.0]), np.diag([1.0, 1.0, 1.0])])
