@@ -920,7 +920,22 @@ class LagrangianSection(Section):
     )
     lr: float = Field(0.1, gt=0, description="Multiplier SGD learning rate (authors: 0.1).")
     momentum: float = Field(0.1, ge=0, lt=1, description="Multiplier SGD momentum (authors: 0.1).")
-    max_grad_norm: Optional[float] = Field(None, gt=0, description="Clip the multipliers' gradient norm.")
+    max_grad_norm: Optional[float] = Field(
+        0.5, gt=0, description="Clip the multipliers' gradient norm (authors: 0.5); null: no clip."
+    )
+    updates_per_step: int = Field(
+        1,
+        ge=1,
+        description="Multiplier SGD steps per training step, each on one of that many equal slices of the step's "
+        "samples. The authors step after every PPO minibatch (about 200 per rollout in their runs), so at their lr "
+        "0.1 one step per rollout moves the multipliers ~200x slower: raise this, or the lr (as constrained_tiny.yaml).",
+    )
+    normalize_advantages: bool = Field(
+        False,
+        description="Standardise each reward's advantages over the batch before mixing them (as the authors' "
+        "per-reward normalisation); without it, under estimators that keep the reward's scale (dr_grpo, rloo) a "
+        "multiplier's effective weight depends on its reward's variance.",
+    )
     init_std: float = Field(0.01, ge=0, description="Squashed multipliers start at N(0, init_std^2).")
     threshold_search: Optional[NelderMeadSection] = Field(
         None,

@@ -20,6 +20,8 @@ the search ends, the best thresholds found are kept for the rest of the run.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from align.objectives.base import Objective, Shaped, register_objective
@@ -120,12 +122,20 @@ class LagrangianConstraints(Objective):
             return Shaped(rewards=rewards)
         adv_task = ctx["advantages"](task)
         adv_cons = ctx["advantages"](cons)
+        if self.opts.normalize_advantages:  # each reward's advantages standardised over the batch
+            adv_task, adv_cons = _standardised(adv_task), _standardised(adv_cons)
         return Shaped(rewards=rewards, advantages=mixed_advantage(adv_task, adv_cons, s, squashed))
 
     def update(self, scores: np.ndarray, ctx: dict) -> dict[str, float]:
         _, cons = self._columns(scores, ctx)
         values = np.nanmean(cons, axis=0)
-        self.multipliers.step(values, self.thresholds * self.sign)
+        # updates_per_step SGD steps, each on one slice of the samples (the authors step per minibatch)
+        for part in np.array_split(np.arange(len(cons)), self.opts.updates_per_step):
+            if len(part):
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a slice where a reward never applies
+                    v = np.nanmean(cons[part], axis=0)
+                self.multipliers.step(np.where(np.isfinite(v), v, values), self.thresholds * self.sign)
         self.segment_steps += 1
         return {
             f"objective/violation/{n}": float(self.sign[i] * (values[i] - self.thresholds[i] * self.sign[i]))
@@ -197,3 +207,9 @@ class LagrangianConstraints(Objective):
         self.segment_steps = int(state["segment_steps"])
         if self.nm is not None and state.get("nm") is not None:
             self.nm.load_state_dict(state["nm"])
+
+
+def _standardised(a: np.ndarray) -> np.ndarray:
+    """Each column of ``a`` (or ``a`` itself, 1-D) shifted to mean 0 and scaled to std 1 over the batch."""
+    a = np.asarray(a, dtype=np.float64)
+    return (a - a.mean(axis=0)) / (a.std(axis=0) + 1e-8)

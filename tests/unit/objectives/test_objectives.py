@@ -235,6 +235,36 @@ def test_lagrangian_multiplier_direction_under_constant_violation():
     assert low.multipliers.weights[0] > 0
 
 
+def test_lagrangian_authors_clip_and_updates_per_step():
+    """The authors clip the multipliers' gradient at 0.5 and step after every minibatch:
+    updates_per_step=2 is two SGD steps, on each half of the samples."""
+    from align.config.schema import LagrangianSection
+    from align.objectives.multipliers import Multipliers
+
+    assert LagrangianSection().max_grad_norm == 0.5
+    obj = lagrangian(updates_per_step=2, max_grad_norm=None)
+    obj.update(SCORES, ctx())
+    want = Multipliers(1, "tanh", lr=1.0, momentum=0.0, init=np.zeros(1))
+    want.step(SCORES[:2, 1:2].mean(axis=0), np.array([0.5]))  # brevity 0.55 -> violation +0.05
+    want.step(SCORES[2:, 1:2].mean(axis=0), np.array([0.5]))  # 0.55 again
+    np.testing.assert_allclose(obj.multipliers.raw, want.raw)
+    clipped = lagrangian(lr=1.0)  # the default clip 0.5 bounds one step's move
+    clipped.update(SCORES * np.array([1, 0.0, 1]), ctx())  # violation -0.5 -> gradient norm 0.5
+    assert abs(clipped.multipliers.raw[0]) <= 0.5 + 1e-12
+
+
+def test_lagrangian_per_reward_advantage_normalisation():
+    obj = lagrangian(normalize_advantages=True)
+    obj.multipliers.raw = np.array([np.arctanh(0.25)])
+    a_task = compute_advantages("group_none", SCORES[:, 0], 2)
+    a_con = compute_advantages("group_none", SCORES[:, 1], 2)
+
+    def z(a):
+        return (a - a.mean()) / (a.std() + 1e-8)
+
+    np.testing.assert_allclose(obj.shape(SCORES, ctx()).advantages, 0.75 * z(a_task) + 0.25 * z(a_con))
+
+
 def test_lagrangian_at_most_is_at_least_on_the_negated_reward():
     obj = lagrangian(kind="at_most")  # brevity <= 0.5 but it is 0.55: it must be pushed down
     assert obj.squash == "sigmoid"
