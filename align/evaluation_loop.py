@@ -8,6 +8,12 @@ import numpy as np
 from align.models.tokenizer import END_THINK
 
 
+def columns(rows: list[dict]) -> dict[str, list]:
+    """The data columns of ``rows`` other than the prompt (what reward functions receive)."""
+    keys = [k for k in rows[0] if k != "prompt" and not k.startswith("_")]
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
 def correct_from_raw(raw: np.ndarray) -> np.ndarray:
     """Correctness ``(N,)`` bool from a raw accuracy reward (APO's authors' ``trunc(reward)``); NaN is wrong."""
     raw = np.asarray(raw, dtype=np.float64)
@@ -31,11 +37,10 @@ def evaluate(
         use_adapter=use_adapter,
     )
     samples = [g[0] for g in groups]
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt" and not k.startswith("_")}
     scores = rewards.score(
         prompts,
         [s["text"] for s in samples],
-        {**columns, "completion_ids": [s["completion_ids"] for s in samples]},
+        {**columns(rows), "completion_ids": [s["completion_ids"] for s in samples]},
     )
     end_id = tokenizer.convert_tokens_to_ids(END_THINK) if END_THINK in tokenizer.get_vocab() else None
     lengths = np.array([len(s["completion_ids"]) for s in samples], dtype=np.float64)

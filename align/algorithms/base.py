@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from align.evaluation_loop import columns
+
 log = logging.getLogger("align.train")
 
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
@@ -115,12 +117,6 @@ class RunContext:
             {**columns(rows), "completion_ids": [s["completion_ids"] for s in samples]},
         )
         return self.rewards.score(*args) if wait else self.rewards.submit(*args)
-
-
-def columns(rows: list[dict]) -> dict[str, list]:
-    """The data columns of ``rows`` other than the prompt (what reward functions receive)."""
-    keys = [k for k in rows[0] if k != "prompt" and not k.startswith("_")]
-    return {k: [r.get(k) for r in rows] for k in keys}
 
 
 def reward_metrics(names: list[str], scores: np.ndarray) -> dict[str, float]:
