@@ -45,8 +45,9 @@ def rollout_spec(c: Config, model_path: str):
     return RolloutSpec.from_config(c, model_path)
 
 
-def check_context(c: Config, model_path: str) -> None:
-    """Prompt budget + completion budget must fit the model's context."""
+def check_context(c: Config, model_path: str) -> int:
+    """Prompt budget + completion budget must fit the model's context; returns the context length
+    (10**9 when the model's config does not say)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=c.model.trust_remote_code)
@@ -57,6 +58,7 @@ def check_context(c: Config, model_path: str) -> None:
             f"data.max_prompt_tokens ({c.data.max_prompt_tokens}) + rollout.max_new_tokens ({c.rollout.max_new_tokens}) "
             f"= {need} tokens exceed the model's context of {context} (max_position_embeddings): lower them"
         )
+    return context or 10**9
 
 
 def make_trainer(
@@ -100,7 +102,7 @@ class Trainer:
                 f"model.path {cfg.model.path!r}: no config.json in {self.model_path} (not a HF model directory)"
             )
         ctx.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        check_context(cfg, self.model_path)
+        ctx.context_length = check_context(cfg, self.model_path)
         alg.load_data(ctx)  # read and checked before any actor starts
         ctx.sampler = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
         self._check_resumed_adapter()

@@ -69,6 +69,7 @@ class RunContext:
     config_dir: str | None
     run_dir: Path
     model_path: str = ""
+    context_length: int = 10**9  # the model's max_position_embeddings
     tokenizer: Any = None
     clock: Any = None
     learners: Any = None

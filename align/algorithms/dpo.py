@@ -180,10 +180,6 @@ class PairMethod(Algorithm):
         self.generates = pref.online or bool(self.domains) or pref.generate_eval
         if not self.generates:
             ctx.eval_rows = ctx.eval_rows if self.eval_pairs else []
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(ctx.model_path, trust_remote_code=cfg.model.trust_remote_code)
-        self.context = getattr(config, "max_position_embeddings", None) or 10**9
 
     @property
     def uses_rewards(self) -> bool:  # rewards score generations only (online pairs, generation eval)
@@ -228,10 +224,10 @@ class PairMethod(Algorithm):
                 longest = len(r["_ids"]["prompt_ids"]) + max(
                     len(r["_ids"]["chosen_ids"]), len(r["_ids"]["rejected_ids"])
                 )
-                if longest > self.context:
+                if longest > ctx.context_length:
                     raise ValueError(
                         f"training data row {i}: prompt + response is {longest} tokens, more than the model's "
-                        f"context ({self.context}); shorten or drop it"
+                        f"context ({ctx.context_length}); shorten or drop it"
                     )
             out.append(r["_ids"])
         return out
