@@ -1,5 +1,6 @@
-"""``align eval CONFIG [--checkpoint DIR]``: the config's eval split, generated with vLLM (greedy),
-for the base model (adapter off) and, if given, a checkpoint's adapter; a table per level."""
+"""``align eval CONFIG [--checkpoint DIR]``: the config's eval split, generated with vLLM (greedy, or
+sampled with data.eval_temperature and data.eval_samples), for the base model (adapter off) and, if
+given, a checkpoint's adapter; a table per level."""
 
 from __future__ import annotations
 
@@ -105,8 +106,13 @@ def run_eval(
             results[label] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
     finally:
         ray.shutdown()
+    how = (
+        f"{cfg.data.eval_samples} samples at T={cfg.data.eval_temperature:g}"
+        if cfg.data.eval_temperature > 0
+        else "greedy"
+    )
     print(
-        f"eval: {cfg.data.eval} ({len(rows)} prompts, greedy, vLLM)"
+        f"eval: {cfg.data.eval} ({len(rows)} prompts, {how}, vLLM)"
         + "".join(f"; {lb}: {c}" for lb, c in zip(labels, checkpoints))
     )
     print(table(results))
@@ -117,7 +123,7 @@ def run_eval(
         results,
         out.with_name("eval_levels.png"),
         LEVEL_METRICS + ("length_wrong",),
-        title=f"{cfg.data.eval}, greedy, {len(rows)} prompts",
+        title=f"{cfg.data.eval}, {how}, {len(rows)} prompts",
     )
     if plot:
         print(f"plot: {plot}")

@@ -1,4 +1,4 @@
-"""Evaluation through the rollout workers (vLLM, greedy): every reward objective, mean length and
+"""Evaluation through the rollout workers (vLLM; greedy, or sampled with data.eval_temperature): every reward objective, mean length and
 NoThinking rate, overall and per ``level`` when the eval data has that column."""
 
 from __future__ import annotations
@@ -23,20 +23,26 @@ def correct_from_raw(raw: np.ndarray) -> np.ndarray:
 def evaluate(
     rollouts, rewards, rows: list[dict], tokenizer, cfg, use_adapter: bool = True
 ) -> dict[str, float]:
-    """Greedy generation of every row; per objective its mean, ``length``, ``length_wrong`` (mean
-    length of the responses the accuracy reward ``algorithm.apo.accuracy`` calls wrong, when there
-    are any) and ``nothink_rate``; overall and with a ``/level_N`` suffix per level."""
+    """Generation of every row, greedy unless ``data.eval_temperature`` > 0 (then
+    ``data.eval_samples`` sampled completions per row, seeded by the row's index so every checkpoint
+    sees the same random draws); per objective its mean, ``length``, ``length_wrong`` (mean length of
+    the responses the accuracy reward ``algorithm.apo.accuracy`` calls wrong, when there are any) and
+    ``nothink_rate``; overall and with a ``/level_N`` suffix per level."""
+    temperature = cfg.data.eval_temperature
+    n = cfg.data.eval_samples if temperature > 0 else 1
     prompts = [r["prompt"] for r in rows]
     groups = rollouts.generate(
         prompts,
-        [0] * len(prompts),
-        n=1,
+        list(range(len(prompts))) if temperature > 0 else [0] * len(prompts),
+        n=n,
         max_tokens=cfg.rollout.max_new_tokens,
-        temperature=0.0,
+        temperature=temperature,
         top_p=1.0,
         use_adapter=use_adapter,
     )
-    samples = [g[0] for g in groups]
+    samples = [s for g in groups for s in g[:n]]
+    rows = [r for r in rows for _ in range(n)]
+    prompts = [r["prompt"] for r in rows]
     scores = rewards.score(
         prompts,
         [s["text"] for s in samples],

@@ -588,7 +588,18 @@ class DataSection(Section):
         16, ge=1, description="Prompts per step (unit: prompts; each is sampled group_size times)."
     )
     max_prompt_tokens: int = Field(64, ge=1, description="Prompts longer than this (in tokens) are an error.")
-    eval_size: int = Field(200, ge=1, description="Evaluate on at most this many eval prompts (greedy).")
+    eval_size: int = Field(200, ge=1, description="Evaluate on at most this many eval prompts.")
+    eval_temperature: float = Field(
+        0.0,
+        ge=0,
+        description="Evaluation sampling temperature: 0 is greedy (default); above 0 the eval metrics are sampled "
+        "(means over eval_samples completions per prompt, seeded per prompt: the same draws for every checkpoint).",
+    )
+    eval_samples: int = Field(
+        1,
+        ge=1,
+        description="Completions per eval prompt when eval_temperature > 0 (OpenRLHF's eval_n_samples).",
+    )
     bad_rows: Literal["error", "skip"] = Field(
         "error",
         description="Preference rows with a missing or empty field, or chosen equal to rejected: stop with the file "

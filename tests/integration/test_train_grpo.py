@@ -74,6 +74,22 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
     results = run_eval(cfg, str(CONFIG.parent), str(out / "checkpoints" / "step_12"))
     assert results["base"]["correctness"] == before and results["checkpoint"]["correctness"] == after
     assert {"length/level_5", "nothink_rate/level_1"} <= set(results["checkpoint"])
+    # sampled eval (data.eval_temperature, eval_samples): 4 seeded samples per prompt, so the same
+    # adapter under two labels gets the same numbers, and the means are over 4 x 100 answers
+    cfg = load_config(
+        CONFIG,
+        [
+            f"trainer.output_dir={out}",
+            "data.eval_size=100",
+            "data.eval_temperature=1.0",
+            "data.eval_samples=4",
+        ],
+    )
+    ckpt = str(out / "checkpoints" / "step_12")
+    sampled = run_eval(cfg, str(CONFIG.parent), [ckpt, ckpt], labels=["a", "b"])
+    assert sampled["a"] == sampled["b"], sampled
+    right = sampled["base"]["correctness"] * 400
+    assert abs(right - round(right)) < 1e-6 and 0 < sampled["base"]["nothink_rate"] < 1, sampled["base"]
 
 
 # make test-all only (CI budget, 45 minutes): exact resume of the same trainer runs in test_multi_objective.py (with objective state) and test_preference.py

@@ -1,0 +1,163 @@
+"""Constrained (Lagrangian) RLHF vs fixed weights, where the true score peaks in the interior (issue 20).
+
+    .venv/bin/python experiments/effect_constrained.py [--reuse] [--steps 40] [--nm-steps 80]
+
+The paper's claim (Moskovitz et al. 2024): a proxy reward helps only up to a point; holding it at that
+point with a learned Lagrange multiplier beats fixed weightings (which overshoot or undershoot) and a
+reward that saturates there, and Nelder-Mead finds the point within one run.
+Task: half level-1 prompts (NoThinking is reliably right), half levels 4-5 (thinking is needed).
+Proxy: brevity (budget 48 tokens). True score: efficiency = correctness - 0.2 if the answer thinks.
+Best policy: no thinking on level 1, thinking on levels 4-5: efficiency 0.9, brevity
+(0.9375 + 0.396) / 2 = 0.667: the proxy point. Thinking everywhere: efficiency 0.8; never thinking:
+0.5 + 0.5 x (NoThinking accuracy on levels 4-5, about 0.5) = about 0.75. So the true score's peak
+sits inside the proxy's range, 0.1-0.15 above both ends.
+Arms (two seeds each): fixed weights correctness + w brevity (w = 0.5, 2); the saturated proxy
+min(brevity, 0.667) (weight 2); the Lagrangian with brevity held at 0.667; Nelder-Mead over
+thresholds in [0.55, 0.85] maximising eval efficiency.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from effects import (
+    ROOT,
+    arm_table,
+    compare,
+    eval_runs,
+    level_mix_file,
+    metrics_rows,
+    per_arm,
+    run_arms,
+    write_report,
+)
+
+PROXY_POINT = (0.9375 + (1 - 26 / 48 + 1 - 32 / 48) / 2) / 2
+THINK_COST = 0.2
+SAMPLED = ["data.eval_temperature=1.0", "data.eval_samples=2", "data.eval_size=200"]
+FN = ROOT / "experiments" / "task_rewards.py"
+
+
+def rewards(brevity_weight: float, capped: bool = False) -> str:
+    brev = (
+        f"{{fn: '{FN}:brevity_capped', name: brevity, weight: {brevity_weight}, "
+        f"kwargs: {{max_tokens: 48, cap: {PROXY_POINT:.4f}}}}}"
+        if capped
+        else f"{{fn: brevity, weight: {brevity_weight}, kwargs: {{max_tokens: 48}}}}"
+    )
+    return (
+        f"rewards=[{{fn: correctness, weight: 1.0}}, {brev}, "
+        f"{{fn: efficiency, weight: 0.0, kwargs: {{think_cost: {THINK_COST}}}}}]"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--nm-steps", type=int, default=80)
+    args = ap.parse_args()
+    mix = {1: 0.5, 4: 0.25, 5: 0.25}
+    train = level_mix_file("constrained", mix, 2000, "train")
+    evalf = level_mix_file("constrained", mix, 200, "eval")
+    common = [
+        f"data.train={train}",
+        f"data.eval={evalf}",
+        "trainer.eval_every=10",
+        "trainer.save_every=0",
+        *SAMPLED,
+    ]
+    steps = f"trainer.max_steps={args.steps}"
+    arms = {
+        "fixed_w0.5": [steps, "objective.name=static", rewards(0.5)],
+        "fixed_w2": [steps, "objective.name=static", rewards(2.0)],
+        "saturated": [steps, "objective.name=static", rewards(2.0, capped=True)],
+        "lagrangian": [
+            steps,
+            rewards(1.0),
+            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {PROXY_POINT:.4f}, kind: equal}}]",
+        ],
+        "nelder_mead": [
+            f"trainer.max_steps={args.nm_steps}",
+            rewards(1.0),
+            "objective.lagrangian.constraints=[{name: brevity, threshold: 0.7, kind: equal, "
+            "search_low: 0.55, search_high: 0.85}]",
+            "objective.lagrangian.threshold_search.true_score=efficiency",
+            "objective.lagrangian.threshold_search.steps_per_eval=10",
+            "objective.lagrangian.threshold_search.check_every=5",
+            "objective.lagrangian.threshold_search.max_evals=6",
+            "objective.lagrangian.threshold_search.tol=0.001",
+        ],
+    }
+    runs = run_arms("constrained_tiny.yaml", arms, common, args.reuse)
+    final = eval_runs(
+        "constrained_tiny.yaml",
+        runs,
+        "constrained_eval",
+        [f"data.eval={evalf}", *SAMPLED, rewards(1.0)],
+        args.reuse,
+    )
+    curves = compare(
+        runs,
+        [
+            "eval/efficiency",
+            "eval/brevity",
+            "eval/correctness",
+            "objective/multiplier/brevity",
+            "objective/threshold/brevity",
+        ],
+        "constrained_curves.png",
+    )
+    nm_lines = []
+    for i, d in enumerate(runs["nelder_mead"]):
+        rows, prev, seen = metrics_rows(d), None, []
+        for r in rows:
+            if "objective/nm/f" in r and prev is not None:
+                seen.append(f"{prev:.3f} -> {-r['objective/nm/f']:.3f}")
+            prev = r.get("objective/threshold/brevity", prev)
+        kept = rows[-1].get("objective/threshold/brevity")
+        nm_lines.append(f"- seed {i}: " + "; ".join(seen) + f"; kept threshold {kept}")
+    eff = per_arm(final, arms, "efficiency")
+    lines = [
+        "# Constrained RLHF: a proxy held at its useful point vs fixed and saturated weights",
+        "",
+        "Claim (Moskovitz et al. 2024): constraining a proxy reward at the point where it stops helping beats fixed "
+        "weightings and a saturated proxy on the true score; Nelder-Mead finds that point within one run.",
+        "",
+        "Task: half level-1 prompts, half levels 4-5; task correctness, proxy brevity (budget 48), true score "
+        f"efficiency = correctness - {THINK_COST} x thinks (never trained on). `builtin:tiny`, dr_grpo, LoRA r 8, "
+        f"lr 5e-4, 16 prompts x 8, {args.steps} steps ({args.nm_steps} for Nelder-Mead), seeds 0 and 1. Eval: 200 "
+        "prompts of the same mix x 2 samples at temperature 1.",
+        "",
+        f"Ceiling: the best policy (no thinking on level 1, thinking on 4-5, all right) has efficiency "
+        f"{0.5 + 0.5 * (1 - THINK_COST):.2f} at brevity {PROXY_POINT:.3f} (the proxy point the Lagrangian holds); "
+        f"thinking everywhere {1 - THINK_COST:.2f}; never thinking 0.5 + 0.5 x NoThinking accuracy on levels 4-5.",
+        "",
+        *arm_table(
+            final,
+            arms,
+            [
+                "efficiency",
+                "brevity",
+                "correctness",
+                "nothink_rate/level_1",
+                "nothink_rate/level_4",
+                "nothink_rate/level_5",
+            ],
+        ),
+        "",
+        "Nelder-Mead (threshold -> eval efficiency at the end of its segment):",
+        "",
+        *nm_lines,
+        "",
+        "![curves](constrained_curves.png)",
+        "",
+        "```",
+        curves.strip(),
+        "```",
+    ]
+    write_report("constrained", lines, {"final": final, "efficiency": eff, "proxy_point": PROXY_POINT})
+
+
+if __name__ == "__main__":
+    main()
