@@ -1,5 +1,6 @@
-"""Evaluation through the rollout workers (vLLM; greedy, or sampled with data.eval_temperature): every reward objective, mean length and
-NoThinking rate, overall and per ``level`` when the eval data has that column."""
+"""Evaluation through the rollout workers (vLLM; greedy, or sampled with data.eval_temperature):
+every reward objective, mean length and NoThinking rate, overall and per ``level`` when the eval data
+has that column."""
 
 from __future__ import annotations
 

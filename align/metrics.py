@@ -91,7 +91,7 @@ class MetricsLog:
 PANELS = (
     ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
     (
-        "eval (greedy)",
+        "eval",
         lambda k: k.startswith("eval/") and "/level_" not in k and not k.startswith("eval/length"),
     ),
     (
@@ -226,7 +226,7 @@ def plot_domains(runs: dict[str, str | Path] | str | Path, out_png: str | Path) 
             ],
         )
         ax.set_ylim(0, 1.1)
-        ax.set_title(f"{label} ({d['score']}, greedy)")
+        ax.set_title(f"{label} ({d['score']})")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
     if grids:

@@ -232,7 +232,8 @@ class DomainEntry(Section):
     name: str = Field(description="Domain name in metrics and the report.")
     train: str = Field(description="Training data of this domain (preference rows offline, prompts online).")
     eval: str = Field(
-        description="Held-out prompts of this domain (greedy eval; the first cofs.heldout rows choose the coefficient)."
+        description="Held-out prompts of this domain (eval as data.eval_temperature; the first cofs.heldout rows choose "
+        "the coefficient)."
     )
     steps: int = Field(20, ge=1, description="Optimizer steps on this domain.")
 
@@ -255,7 +256,7 @@ class COFSSection(Section):
         description="Rows per domain (taken from its eval set, not used in the final eval) that choose "
         "lambda: the mean score over every domain seen so far.",
     )
-    score: str = Field("correctness", description="The reward (greedy, mean) that scores a domain.")
+    score: str = Field("correctness", description="The reward (its eval mean) that scores a domain.")
 
 
 class PreferenceSection(Section):
@@ -280,7 +281,7 @@ class PreferenceSection(Section):
     )
     generate_eval: bool = Field(
         False,
-        description="Offline: also evaluate greedy generations of data.eval's prompts with the "
+        description="Offline: also evaluate generations (data.eval_temperature) of data.eval's prompts with the "
         "rewards (starts a rollout worker). Online runs and domains always do.",
     )
     online: bool = Field(
@@ -823,7 +824,9 @@ class HypervolumeSection(Section):
         "the weights toward objectives whose improvement grows the hypervolume (per-objective normalised).",
     )
     every: int = Field(
-        1, ge=1, description="Validate (greedy, on data.eval) every N steps; the authors validate every step."
+        1,
+        ge=1,
+        description="Validate (on data.eval, as data.eval_temperature) every N steps; the authors validate every step.",
     )
     metrics: Optional[dict[str, Literal["max", "min"]]] = Field(
         None,
