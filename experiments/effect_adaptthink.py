@@ -1,15 +1,17 @@
 """AdaptThink vs GRPO where skipping thinking has room to pay (issue 20).
 
-    .venv/bin/python experiments/effect_adaptthink.py [--reuse] [--steps 60]
+    .venv/bin/python experiments/effect_adaptthink.py [--reuse] [--steps 60] [--long-steps 120] [--shares 0.2 0.5 0.8]
 
 The paper's claim: AdaptThink learns to answer easy problems without thinking, cutting the mean
 response length at equal (or better) accuracy. On the built-in mix (levels 1-5 uniform) the most any
 policy could save at equal accuracy was 4.6%. Here the share of easy (level-1) prompts is varied:
-p in {0.2, 0.5, 0.8}, the other prompts uniform over levels 2-5. Thinking costs 8 + 6 (level - 1)
+p (0.8 by default; 0.2 and 0.5 with --shares), the other prompts uniform over levels 2-5. Thinking costs 8 + 6 (level - 1)
 tokens and NoThinking 3, and NoThinking is reliable only on level 1, so the ceiling (every level-1
 prompt answered without thinking, all others thought through) saves 5p / (8p + 23 (1 - p)) of the
-think-always length: 5% / 16% / 36%. Both arms at the paper's delta 0.05, two seeds, 60 steps;
-metrics are sampled at temperature 1 (4 samples per eval prompt), where greedy accuracy saturates.
+think-always length: 5% / 16% / 36%. Both arms at the paper's delta 0.05, two seeds, 60 steps, and at
+the largest share a second pair of 120 steps (the tiny model's mode choice separates by level
+slowly); metrics are sampled at temperature 1 (4 samples per eval prompt), where greedy accuracy
+saturates.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import argparse
 
 from effects import arm_table, compare, eval_runs, level_mix_file, per_arm, run_arms, write_report
 
-SHARES = (0.2, 0.5, 0.8)
+SHARES = (0.8,)  # others with --shares 0.2 0.5 0.8 (ceilings 5%, 16%)
 THINK_LEN = {lv: 8 + 6 * (lv - 1) for lv in range(1, 6)}
 NOTHINK_LEN = 3
 SAMPLED = ["data.eval_temperature=1.0", "data.eval_samples=4", "data.eval_size=200"]
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--shares", type=float, nargs="*", default=list(SHARES))
+    ap.add_argument("--long-steps", type=int, default=120, help="A longer pair of arms at the largest share.")
     args = ap.parse_args()
     lines = [
         "# AdaptThink: does skipping thinking on easy prompts shorten answers at equal accuracy?",
@@ -67,6 +70,11 @@ def main() -> None:
             *SAMPLED,
         ]
         arms = {f"grpo_{tag}": ["algorithm.name=grpo"], f"adaptthink_{tag}": []}
+        pairs = [("", args.steps)]
+        if p == max(args.shares) and args.long_steps:  # does the mode choice keep separating by level?
+            long = [f"trainer.max_steps={args.long_steps}"]
+            arms |= {f"grpo_{tag}_long": ["algorithm.name=grpo", *long], f"adaptthink_{tag}_long": long}
+            pairs.append(("_long", args.long_steps))
         runs = run_arms("adaptthink_tiny.yaml", arms, common, args.reuse)
         results = eval_runs(
             "adaptthink_tiny.yaml", runs, f"adaptthink_{tag}", [f"data.eval={evalf}", *SAMPLED], args.reuse
@@ -77,12 +85,7 @@ def main() -> None:
             f"adaptthink_{tag}_curves.png",
         )
         think, best, saving = ceiling(p)
-        g = per_arm(results, [f"grpo_{tag}"], "length")[f"grpo_{tag}"]
-        a = per_arm(results, [f"adaptthink_{tag}"], "length")[f"adaptthink_{tag}"]
-        ga = per_arm(results, [f"grpo_{tag}"], "correctness")[f"grpo_{tag}"]
-        aa = per_arm(results, [f"adaptthink_{tag}"], "correctness")[f"adaptthink_{tag}"]
-        per_seed = [x / y - 1 for x, y in zip(a[2], g[2])]
-        data[tag] = {"results": results, "ceiling_saving": saving, "length_change_per_seed": per_seed}
+        data[tag] = {"results": results, "ceiling_saving": saving}
         lines += [
             f"## p = {p} (level-1 share)",
             "",
@@ -103,11 +106,22 @@ def main() -> None:
                 ],
             ),
             "",
-            f"Length, AdaptThink vs GRPO (same seed): {', '.join(f'{x:+.1%}' for x in per_seed)} "
-            f"(mean {sum(per_seed) / len(per_seed):+.1%}; ceiling -{saving:.1%}); accuracy "
-            f"{aa[0]:.3f} vs {ga[0]:.3f}.",
+        ]
+        for suffix, steps in pairs:
+            g = per_arm(results, [f"grpo_{tag}{suffix}"], "length")[f"grpo_{tag}{suffix}"]
+            a = per_arm(results, [f"adaptthink_{tag}{suffix}"], "length")[f"adaptthink_{tag}{suffix}"]
+            ga = per_arm(results, [f"grpo_{tag}{suffix}"], "correctness")[f"grpo_{tag}{suffix}"]
+            aa = per_arm(results, [f"adaptthink_{tag}{suffix}"], "correctness")[f"adaptthink_{tag}{suffix}"]
+            per_seed = [x / y - 1 for x, y in zip(a[2], g[2])]
+            data[tag][f"length_change_per_seed{suffix}"] = per_seed
+            lines.append(
+                f"- {steps} steps: length, AdaptThink vs GRPO (same seed): "
+                f"{', '.join(f'{x:+.1%}' for x in per_seed)} (mean {sum(per_seed) / len(per_seed):+.1%}; "
+                f"ceiling -{saving:.1%}); accuracy {aa[0]:.3f} vs {ga[0]:.3f}."
+            )
+        lines += [
             "",
-            f"![per level]({f'adaptthink_{tag}'}/eval_levels.png)",
+            f"![per level](adaptthink_{tag}/eval_levels.png)",
             f"![curves](adaptthink_{tag}_curves.png)",
             "",
         ]

@@ -12,7 +12,7 @@ Best policy: no thinking on level 1, thinking on levels 4-5: efficiency 0.9, bre
 0.5 + 0.5 x (NoThinking accuracy on levels 4-5, about 0.5) = about 0.75. So the true score's peak
 sits inside the proxy's range, 0.1-0.15 above both ends.
 Arms (two seeds each): fixed weights correctness + w brevity (w = 0.5, 2); the saturated proxy
-min(brevity, 0.667) (weight 2); the Lagrangian with brevity held at 0.667; Nelder-Mead over
+min(brevity, 0.667) (weight 2); the Lagrangian with brevity held at 0.667 (and a longer one with --long-steps); Nelder-Mead over
 thresholds in [0.55, 0.85] maximising eval efficiency.
 """
 
@@ -56,6 +56,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--nm-steps", type=int, default=80)
+    ap.add_argument(
+        "--long-steps", type=int, default=0, help="Also a Lagrangian arm of this many steps (0: none)."
+    )
     args = ap.parse_args()
     mix = {1: 0.5, 4: 0.25, 5: 0.25}
     train = level_mix_file("constrained", mix, 2000, "train")
@@ -89,6 +92,14 @@ def main() -> None:
             "objective.lagrangian.threshold_search.tol=0.001",
         ],
     }
+    if (
+        args.long_steps
+    ):  # the best policy needs a level-dependent first token, which the tiny model learns slowly
+        arms["lagrangian_long"] = [
+            f"trainer.max_steps={args.long_steps}",
+            rewards(1.0),
+            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {PROXY_POINT:.4f}, kind: equal}}]",
+        ]
     runs = run_arms("constrained_tiny.yaml", arms, common, args.reuse)
     final = eval_runs(
         "constrained_tiny.yaml",

@@ -4,8 +4,9 @@
 
 OFS-DPO's claim (Qi et al. 2024): once DPO's loss nears 0 its gradient vanishes and learning stalls;
 a fast and a slow LoRA module chasing each other keep a useful gradient, so the policy keeps
-improving. Earlier runs never left loss ~0.55. Here DPO trains on the built-in arithmetic pairs with
-beta 0.5 and lr 1e-3 for 60 steps so that its loss falls below 0.05; arms: DPO, OFS (lr ratio 10, the
+improving. Earlier runs never left loss ~0.55. Here DPO trains on arithmetic pairs in Thinking mode
+(rejected: the trace's result replaced by another digit) with beta 2 and lr 1e-3 for 100 steps so
+that its loss falls below 0.05; arms: DPO, OFS (lr ratio 10, the
 paper's, alpha 0.5), OFS (lr ratio 3); swap window 5. Metric: sampled (T = 1) correctness of the
 served module's answers on 200 held-out prompts (4 samples each); ceiling 1.0.
 
@@ -15,7 +16,8 @@ rejected the (correct) Thinking one; (2) levels 4-5, chosen the Thinking answer,
 NoThinking guess. Sequential training on (2) pushes the first token toward thinking everywhere and so
 undoes (1). Score per domain: ``mode_match`` (right answer in the domain's preferred mode), sampled;
 ceiling 1.0 on both. Arms: sequential DPO, DPO + the same linear combination (isolates OFS's part),
-COFS (OFS + combination). 30 steps per domain, two seeds each.
+COFS (OFS + combination). 60 steps per domain at lr 2e-3 (30 at 5e-4 did not learn the second
+domain), two seeds each.
 """
 
 from __future__ import annotations
@@ -51,12 +53,30 @@ def mode_pairs(name: str, levels: tuple[int, ...], prefer_think: bool, n: int, s
     return str(path)
 
 
-def ofs_part(reuse: bool) -> list[str]:
+def thinking_pairs(split: str, n: int) -> str:
+    """Arithmetic pairs in Thinking mode only: chosen ends with the trace's own result, rejected with
+    another digit. Separable from the trace alone, so DPO can drive its loss to ~0 (on the built-in
+    pairs half are NoThinking guesses, which only memorising the sums separates: the loss stalled at
+    0.3 after 113 steps at lr 2e-3)."""
+    rng = random.Random(f"thinking_pairs/{split}")
+    rows = []
+    for row in tasks.arithmetic_dataset(n, 0, split):
+        wrong = dict(row, answer=str(rng.choice([d for d in range(10) if str(d) != row["answer"]])))
+        rows.append({**row, "chosen": tasks.response(row, True), "rejected": tasks.response(wrong, True)})
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"thinking_pairs-{split}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def ofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
     common = [
-        "algorithm.preference.beta=0.5",
-        "learner.lr=1.0e-3",
-        "trainer.max_steps=60",
-        "trainer.eval_every=10",
+        f"data.train={thinking_pairs('train', 4000)}",
+        f"data.eval={thinking_pairs('eval', 200)}",
+        "algorithm.preference.beta=2.0",
+        f"learner.lr={lr}",
+        f"trainer.max_steps={steps}",
+        f"trainer.eval_every={steps // 5}",
         "trainer.save_every=0",
         "algorithm.preference.generate_eval=true",
         "data.eval_size=200",
@@ -64,15 +84,19 @@ def ofs_part(reuse: bool) -> list[str]:
         *SAMPLED,
     ]
     arms = {
-        "dpo": [],
-        "ofs_r10": ["algorithm.preference.ofs={enabled: true, lr_ratio: 10, alpha: 0.5, swap_window: 5}"],
-        "ofs_r3": ["algorithm.preference.ofs={enabled: true, lr_ratio: 3, alpha: 0.5, swap_window: 5}"],
+        f"dpo_{steps}": [],
+        f"ofs_r10_{steps}": [
+            "algorithm.preference.ofs={enabled: true, lr_ratio: 10, alpha: 0.5, swap_window: 5}"
+        ],
+        f"ofs_r3_{steps}": [
+            "algorithm.preference.ofs={enabled: true, lr_ratio: 3, alpha: 0.5, swap_window: 5}"
+        ],
     }
     runs = run_arms("dpo_tiny.yaml", arms, common, reuse)
     res = eval_runs(
         "dpo_tiny.yaml",
         runs,
-        "ofs_eval",
+        f"ofs_eval_{steps}",
         [*SAMPLED, "data.eval_size=200", "algorithm.preference.generate_eval=true"],
         reuse,
     )
@@ -86,7 +110,7 @@ def ofs_part(reuse: bool) -> list[str]:
             "eval/pairs_accuracy",
             "eval/correctness",
         ],
-        "ofs_curves.png",
+        f"ofs_curves_{steps}.png",
     )
     lows = []
     for arm, dirs in runs.items():
@@ -101,8 +125,8 @@ def ofs_part(reuse: bool) -> list[str]:
     return [
         "## OFS-DPO vs DPO (one domain, loss driven toward 0)",
         "",
-        "Built-in arithmetic pairs (chosen: right answer, rejected: a wrong one, same mode), beta 0.5, lr 1e-3, 32 "
-        "pairs per step, 60 steps. Ceiling: correctness 1.0; held-out pair accuracy 1.0.",
+        f"Arithmetic pairs in Thinking mode (chosen: the trace's result, rejected: another digit), beta 2, lr {lr:g}, 32 "
+        f"pairs per step, {steps} steps. Ceiling: correctness 1.0; held-out pair accuracy 1.0.",
         "",
         *arm_table(res, arms, ["correctness", "length", "nothink_rate"]),
         "",
@@ -110,7 +134,7 @@ def ofs_part(reuse: bool) -> list[str]:
         "|---|---|---|---|",
         *lows,
         "",
-        "![curves](ofs_curves.png)",
+        f"![curves](ofs_curves_{steps}.png)",
         "",
         "```",
         table.strip(),
@@ -119,31 +143,35 @@ def ofs_part(reuse: bool) -> list[str]:
     ]
 
 
-def cofs_part(reuse: bool) -> list[str]:
+def cofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
     easy = {
         s: mode_pairs("cofs_easy_nothink", (1,), False, n, s) for s, n in (("train", 2000), ("eval", 100))
     }
     hard = {s: mode_pairs("cofs_hard_think", (4, 5), True, n, s) for s, n in (("train", 2000), ("eval", 100))}
     domains = (
         "algorithm.preference.domains=["
-        f"{{name: easy, train: {easy['train']}, eval: {easy['eval']}, steps: 30}}, "
-        f"{{name: hard, train: {hard['train']}, eval: {hard['eval']}, steps: 30}}]"
+        f"{{name: easy, train: {easy['train']}, eval: {easy['eval']}, steps: {steps}}}, "
+        f"{{name: hard, train: {hard['train']}, eval: {hard['eval']}, steps: {steps}}}]"
     )
     common = [
         domains,
         f"rewards=[{{fn: '{FN}:mode_match', name: mode_match}}]",
         "algorithm.preference.cofs.score=mode_match",
         "algorithm.preference.cofs.heldout=32",
+        f"learner.lr={lr}",
         "trainer.save_every=0",
         *SAMPLED,
     ]
     arms = {
-        "sequential_dpo": [
+        f"sequential_dpo_{steps}": [
             "algorithm.preference.ofs.enabled=false",
             "algorithm.preference.cofs.combine=false",
         ],
-        "dpo_combined": ["algorithm.preference.ofs.enabled=false", "algorithm.preference.cofs.combine=true"],
-        "cofs": ["algorithm.preference.ofs.enabled=true", "algorithm.preference.cofs.combine=true"],
+        f"dpo_combined_{steps}": [
+            "algorithm.preference.ofs.enabled=false",
+            "algorithm.preference.cofs.combine=true",
+        ],
+        f"cofs_{steps}": ["algorithm.preference.ofs.enabled=true", "algorithm.preference.cofs.combine=true"],
     }
     runs = run_arms("cofs_dpo_tiny.yaml", arms, common, reuse)
     res: dict = {}
@@ -153,18 +181,20 @@ def cofs_part(reuse: bool) -> list[str]:
             for r in metrics_rows(d):
                 last.update({k: v for k, v in r.items() if k.startswith(("domain/", "cofs/lambda"))})
             res[f"{arm}_s{i}"] = last
-    table = compare(runs, ["domain/easy", "domain/hard", "cofs/lambda", "dpo/loss"], "cofs_curves.png")
+    table = compare(
+        runs, ["domain/easy", "domain/hard", "cofs/lambda", "dpo/loss"], f"cofs_curves_{steps}.png"
+    )
     return [
         "## COFS-DPO vs sequential DPO (two conflicting domains)",
         "",
         "Domain easy: level-1 prompts, chosen NoThinking, rejected Thinking (both right). Domain hard: levels 4-5, "
-        "chosen Thinking, rejected a NoThinking wrong guess. 30 steps each, beta 0.1, lr 5e-4. Score: mode_match "
+        f"chosen Thinking, rejected a NoThinking wrong guess. {steps} steps each, beta 0.1, lr {lr:g}. Score: mode_match "
         "(right answer in the domain's preferred mode), 100 held-out prompts per domain x 4 samples at T = 1, after "
         "the last domain. Ceiling 1.0 on both; the warm start is below it on both (it picks modes at random).",
         "",
         *arm_table(res, arms, ["domain/easy", "domain/hard", "cofs/lambda"], base=False),
         "",
-        "![curves](cofs_curves.png)",
+        f"![curves](cofs_curves_{steps}.png)",
         "",
         "```",
         table.strip(),
@@ -177,12 +207,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--part", choices=("ofs", "cofs", "both"), default="both")
+    ap.add_argument(
+        "--ofs-steps", type=int, default=100, help="Long enough for DPO's loss to fall below 0.05."
+    )
+    ap.add_argument("--ofs-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--cofs-steps", type=int, default=60, help="Steps per domain (30 at lr 5e-4 did not learn domain 2)."
+    )
+    ap.add_argument("--cofs-lr", type=float, default=2e-3)
     args = ap.parse_args()
     lines = ["# OFS-DPO and COFS-DPO vs DPO", ""]
     if args.part in ("ofs", "both"):
-        lines += ofs_part(args.reuse)
+        lines += ofs_part(args.reuse, args.ofs_steps, args.ofs_lr)
     if args.part in ("cofs", "both"):
-        lines += cofs_part(args.reuse)
+        lines += cofs_part(args.reuse, args.cofs_steps, args.cofs_lr)
     write_report(f"ofs_{args.part}" if args.part != "both" else "ofs", lines, {})
 
 
