@@ -23,10 +23,9 @@ domain), two seeds each.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 
-from effects import DATA, ROOT, arm_table, compare, eval_runs, metrics_rows, run_arms, write_report
+from effects import ROOT, arm_table, compare, eval_runs, metrics_rows, run_arms, write_jsonl, write_report
 
 from align.data import tasks
 
@@ -41,16 +40,12 @@ def mode_pairs(name: str, levels: tuple[int, ...], prefer_think: bool, n: int, s
         row = tasks.arithmetic_row(rng, rng.choice(levels), split)
         think, nothink = tasks.response(row, True), tasks.response(row, False)
         if prefer_think:  # the NoThinking answer on hard prompts is a guess: make it a wrong one
-            wrong = dict(row, answer=str(rng.choice([d for d in range(10) if str(d) != row["answer"]])))
-            nothink = tasks.response(wrong, False)
+            nothink = tasks.response(dict(row, answer=tasks._wrong_answer(rng, row)), False)
         chosen, rejected = (think, nothink) if prefer_think else (nothink, think)
         rows.append({**row, "chosen": chosen, "rejected": rejected})
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"{name}-{split}.jsonl"
     if split == "eval":  # prompt rows: generation is scored with mode_match
         rows = [{k: r[k] for k in ("prompt", "answer", "level", "task")} for r in rows]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    return str(write_jsonl(f"{name}-{split}", rows))
 
 
 def thinking_pairs(split: str, n: int) -> str:
@@ -61,12 +56,9 @@ def thinking_pairs(split: str, n: int) -> str:
     rng = random.Random(f"thinking_pairs/{split}")
     rows = []
     for row in tasks.arithmetic_dataset(n, 0, split):
-        wrong = dict(row, answer=str(rng.choice([d for d in range(10) if str(d) != row["answer"]])))
+        wrong = dict(row, answer=tasks._wrong_answer(rng, row))
         rows.append({**row, "chosen": tasks.response(row, True), "rejected": tasks.response(wrong, True)})
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"thinking_pairs-{split}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+    return str(write_jsonl(f"thinking_pairs-{split}", rows))
 
 
 def ofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
