@@ -1,6 +1,7 @@
 """AdaptThink vs GRPO where skipping thinking has room to pay (issue 20).
 
     .venv/bin/python experiments/effect_adaptthink.py [--reuse] [--steps 60] [--long-steps 120] [--shares 0.2 0.5 0.8]
+        [--deltas 0.1 0.2]
 
 The paper's claim: AdaptThink learns to answer easy problems without thinking, cutting the mean
 response length at equal (or better) accuracy. On the built-in mix (levels 1-5 uniform) the most any
@@ -11,7 +12,8 @@ prompt answered without thinking, all others thought through) saves 5p / (8p + 2
 think-always length: 5% / 16% / 36%. Both arms at the paper's delta 0.05, two seeds, 60 steps, and at
 the largest share a second pair of 120 steps (the tiny model's mode choice separates by level
 slowly); metrics are sampled at temperature 1 (4 samples per eval prompt), where greedy accuracy
-saturates.
+saturates. ``--deltas`` adds AdaptThink arms with larger NoThinking bonuses to that longer pair (the
+paper's accuracy-length trade-off: a larger delta buys length with accuracy).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--shares", type=float, nargs="*", default=list(SHARES))
     ap.add_argument("--long-steps", type=int, default=120, help="A longer pair of arms at the largest share.")
+    ap.add_argument("--deltas", type=float, nargs="*", default=[], help="More deltas for the longer pair.")
     args = ap.parse_args()
     lines = [
         "# AdaptThink: does skipping thinking on easy prompts shorten answers at equal accuracy?",
@@ -75,6 +78,9 @@ def main() -> None:
             long = [f"trainer.max_steps={args.long_steps}"]
             arms |= {f"grpo_{tag}_long": ["algorithm.name=grpo", *long], f"adaptthink_{tag}_long": long}
             pairs.append(("_long", args.long_steps))
+            for d in args.deltas:
+                arms[f"adaptthink_{tag}_long_d{d:g}"] = [*long, f"algorithm.adaptthink.delta={d}"]
+                pairs.append((f"_long_d{d:g}", args.long_steps))
         runs = run_arms("adaptthink_tiny.yaml", arms, common, args.reuse)
         results = eval_runs(
             "adaptthink_tiny.yaml", runs, f"adaptthink_{tag}", [f"data.eval={evalf}", *SAMPLED], args.reuse
@@ -108,14 +114,16 @@ def main() -> None:
             "",
         ]
         for suffix, steps in pairs:
-            g = per_arm(results, [f"grpo_{tag}{suffix}"], "length")[f"grpo_{tag}{suffix}"]
-            a = per_arm(results, [f"adaptthink_{tag}{suffix}"], "length")[f"adaptthink_{tag}{suffix}"]
-            ga = per_arm(results, [f"grpo_{tag}{suffix}"], "correctness")[f"grpo_{tag}{suffix}"]
-            aa = per_arm(results, [f"adaptthink_{tag}{suffix}"], "correctness")[f"adaptthink_{tag}{suffix}"]
+            grpo, ada = f"grpo_{tag}{suffix.split('_d')[0]}", f"adaptthink_{tag}{suffix}"
+            g = per_arm(results, [grpo], "length")[grpo]
+            a = per_arm(results, [ada], "length")[ada]
+            ga = per_arm(results, [grpo], "correctness")[grpo]
+            aa = per_arm(results, [ada], "correctness")[ada]
             per_seed = [x / y - 1 for x, y in zip(a[2], g[2])]
             data[tag][f"length_change_per_seed{suffix}"] = per_seed
+            delta = suffix.split("_d")[1] if "_d" in suffix else "0.05"
             lines.append(
-                f"- {steps} steps: length, AdaptThink vs GRPO (same seed): "
+                f"- {steps} steps, delta {delta}: length, AdaptThink vs GRPO (same seed): "
                 f"{', '.join(f'{x:+.1%}' for x in per_seed)} (mean {sum(per_seed) / len(per_seed):+.1%}; "
                 f"ceiling -{saving:.1%}); accuracy {aa[0]:.3f} vs {ga[0]:.3f}."
             )

@@ -10,7 +10,8 @@ keeps what the model knew elsewhere. On the built-in mix wrong answers were 3-to
 temperature 1.3 (thinking traces then go wrong and wrong answers are long), k3 KL in the loss with
 coef 0.1 (binding), and a retention metric on another task the warm start knows: string reversal,
 evaluated at temperature 1 before and after training on arithmetic only.
-Arms: GRPO + KL; APO with the authors' STCR base 1.00001; APO with base 1.05. Two seeds each.
+Arms: GRPO + KL; APO with the authors' STCR base 1.00001; APO with base 1.05; GRPO without KL (does
+the KL bind at all? DADS can only matter where it does). Two seeds each.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
         "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
         "apo": [],
         "apo_base1.05": ["algorithm.apo.stcr_base=1.05"],
+        "grpo_nokl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false", "algorithm.kl.coef=0"],
     }
     runs = run_arms("apo_tiny.yaml", arms, common, args.reuse)
     hard = eval_runs("apo_tiny.yaml", runs, "apo_hard", [f"data.eval={evalf}", *sampled], args.reuse)
@@ -87,6 +89,9 @@ def main() -> None:
         f"answers are long), k3 KL in the loss coef 0.1, `builtin:tiny`, LoRA r 8, lr 5e-4, 16 prompts x 8, "
         f"{args.steps} steps, seeds 0 and 1. Eval: 200 prompts x 4 samples at temperature {TEMP}; retention: "
         "200 string-reversal prompts (never trained on here) x 4 samples at temperature 1.",
+        "",
+        "Arms: GRPO + KL (coef 0.1), APO (authors' STCR base 1.00001), APO (base 1.05), and GRPO without KL: "
+        "the KL binds where GRPO + KL differs from GRPO without it, and only there can DADS's relaxation matter.",
         "",
         "Ceilings: accuracy 1.0; the shortest wrong answer is a 3-token NoThinking guess, so STCR can cut the "
         f"wrong-answer length from the warm start's {base_wrong:.1f} tokens to 3 at most; retention's ceiling is "

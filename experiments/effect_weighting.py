@@ -2,6 +2,7 @@
 that can all improve from the start (issue 20).
 
     .venv/bin/python experiments/effect_weighting.py [--reuse] [--steps 30]
+    .venv/bin/python experiments/effect_weighting.py --easy-share 0.8 --steps 120   # round 2
 
 The paper's claim (Lu et al. 2025): dynamic weighting reaches a better Pareto front than fixed
 weights, in fewer steps. The earlier built-in front had two corners (think always / never) and the
@@ -15,6 +16,13 @@ Arms: static weights, the authors' hypervolume meta-reward, gradient-based weigh
 authors' effective step), each with two weight vectors and two seeds; dr_grpo keeps the reward scale
 (the meta reward is a no-op under std-normalised advantages). Metric: the hypervolume (reference 0)
 of the sampled eval point every 5 steps; steps to reach 90% of the best hypervolume any run reached.
+
+Round 2 (``--easy-share 0.8 --steps 120``): round 1 (the built-in uniform mix, 30 steps) never
+dominated its start, because the tiny model's think / no-think choice moved the same way on every
+level. With 80% level-1 prompts the brevity signal sets the shared choice towards NoThinking and the
+hard prompts pull it back where it costs correctness, so the choice can separate by level (as
+AdaptThink's did); 120 steps give it time. The gradient arm adds the scale-free normalisation
+(``normalize: grad_norm_sq``), since at the authors' raw step the weights moved by 1e-4 in round 1.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from effects import (
     arm_table,
     compare,
     eval_runs,
+    level_mix_file,
     metrics_rows,
     per_arm,
     run_arms,
@@ -75,16 +84,40 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument(
+        "--easy-share",
+        type=float,
+        help="Share of level-1 prompts (others uniform over 2-5); default: built-in.",
+    )
     args = ap.parse_args()
+    name, suffix, data = "weighting", "", ["data.eval=builtin:arithmetic-eval"]
+    methods = dict(METHODS)
+    task = "built-in arithmetic (levels 1-5 uniform)"
+    if args.easy_share is not None:
+        p = args.easy_share
+        suffix = f"_p{int(round(p * 100)):02d}"
+        name += suffix
+        shares = {1: p, **{lv: (1 - p) / 4 for lv in (2, 3, 4, 5)}}
+        data = [
+            f"data.train={level_mix_file(name, shares, 2000, 'train')}",
+            f"data.eval={level_mix_file(name, shares, 300, 'eval')}",
+        ]
+        # the authors' raw step moved the weights by 1e-4 in round 1: round 2 runs the scale-free one
+        methods["gradient_sq"] = [*methods.pop("gradient"), "objective.gradient.normalize=grad_norm_sq"]
+        task = f"arithmetic with {p:.0%} level-1 prompts (the rest uniform over levels 2-5)"
     common = [
         "algorithm.name=dr_grpo",
         f"trainer.max_steps={args.steps}",
-        "trainer.eval_every=5",
+        "trainer.eval_every=5" if args.steps <= 40 else "trainer.eval_every=10",
         "trainer.save_every=0",
-        "data.eval=builtin:arithmetic-eval",
+        *data,
         *SAMPLED,
     ]
-    arms = {f"{m}_{wn}": [*sets, *reward_sets(w)] for wn, w in WEIGHTS.items() for m, sets in METHODS.items()}
+    arms = {
+        f"{m}_{wn}{suffix}": [*sets, *reward_sets(w)]
+        for wn, w in WEIGHTS.items()
+        for m, sets in methods.items()
+    }
     runs = run_arms("multi_objective_tiny.yaml", arms, common, args.reuse)
     curves = {arm: [hv_curve(d) for d in dirs] for arm, dirs in runs.items()}
     best = max(h for cs in curves.values() for c in cs for _, h in c)
@@ -96,8 +129,8 @@ def main() -> None:
     final = eval_runs(
         "multi_objective_tiny.yaml",
         runs,
-        "weighting_eval",
-        [*SAMPLED, "data.eval_size=300", *reward_sets(WEIGHTS["w1"])],
+        f"{name}_eval",
+        [*SAMPLED, *data, "data.eval_size=300", *reward_sets(WEIGHTS["w1"])],
         args.reuse,
     )
     for label, res in final.items():
@@ -107,7 +140,7 @@ def main() -> None:
         [f"eval/{o}" for o in OBJECTIVES]
         + [f"objective/weight/{o}" for o in OBJECTIVES]
         + ["objective/meta_reward"],
-        "weighting_curves.png",
+        f"{name}_curves.png",
     )
     lines = [
         "# Dynamic reward weighting vs static weights",
@@ -115,10 +148,11 @@ def main() -> None:
         "Claim (Lu et al. 2025): hypervolume-guided and gradient-based dynamic weighting reach better Pareto "
         "points than fixed weights, and in fewer steps.",
         "",
-        "Task: built-in arithmetic (levels 1-5), objectives correctness, brevity on level 1 only (budget 10 "
+        f"Task: {task}, objectives correctness, brevity on level 1 only (budget 10 "
         "tokens), shown work on levels 3-5 only; `builtin:tiny`, dr_grpo, LoRA r 8, lr 5e-4, 16 prompts x 8, "
         f"{args.steps} steps, seeds 0 and 1, weight vectors w1 = {WEIGHTS['w1']} and w2 = {WEIGHTS['w2']}. "
-        "Eval every 5 steps on 150 prompts x 2 samples at temperature 1; the final eval on 300 x 2.",
+        f"Eval every {5 if args.steps <= 40 else 10} steps on 150 prompts x 2 samples at temperature 1; the final "
+        "eval on 300 x 2.",
         "",
         f"Ceiling: the ideal point {IDEAL} has hypervolume {ideal_hv:.3f} (reference 0); the warm start's is "
         f"{final['base']['hypervolume']:.3f}. Best hypervolume any run reached during training: {best:.3f}.",
@@ -132,13 +166,13 @@ def main() -> None:
     ]
     for arm, cs in curves.items():
         lines.append(f"| {arm} | " + " | ".join(str(reach(c) or "-") for c in cs) + " |")
-    lines += ["", "![curves](weighting_curves.png)", "", "```", table.strip(), "```"]
+    lines += ["", f"![curves]({name}_curves.png)", "", "```", table.strip(), "```"]
     write_report(
-        "weighting",
+        name,
         lines,
         {"final": final, "curves": curves, "best": best, "hv_final": per_arm(final, arms, "hypervolume")},
     )
-    (EFFECTS / "weighting_curves.json").write_text(json.dumps(curves))
+    (EFFECTS / f"{name}_curves.json").write_text(json.dumps(curves))
 
 
 if __name__ == "__main__":
