@@ -1,6 +1,7 @@
 """Constrained (Lagrangian) RLHF vs fixed weights, where the true score peaks in the interior (issue 20).
 
     .venv/bin/python experiments/effect_constrained.py [--reuse] [--steps 40] [--nm-steps 80]
+    .venv/bin/python experiments/effect_constrained.py --budget 10 --steps 80 --nm-steps 120   # round 2
 
 The paper's claim (Moskovitz et al. 2024): a proxy reward helps only up to a point; holding it at that
 point with a learned Lagrange multiplier beats fixed weightings (which overshoot or undershoot) and a
@@ -14,6 +15,17 @@ sits inside the proxy's range, 0.1-0.15 above both ends.
 Arms (two seeds each): fixed weights correctness + w brevity (w = 0.5, 2); the saturated proxy
 min(brevity, 0.667) (weight 2); the Lagrangian with brevity held at 0.667 (and a longer one with --long-steps); Nelder-Mead over
 thresholds in [0.55, 0.85] maximising eval efficiency.
+
+Round 2 (``--budget 10``): with the 48-token budget, thinking cost 0.1 brevity on level 1 but 0.5 on
+levels 4-5, so any weight that pushed level 1 to skip pushed the hard levels harder (w 2 skipped
+everything, w 0.5 thought everywhere), and thinking everywhere already sat at brevity 0.615, next to
+the proxy point 0.667: the proxy did not determine the policy. With a 10-token budget a NoThinking
+answer scores 0.7, thinking 0.2 on level 1 and 0 on levels 4-5, so skipping pays about the same on
+every level and correctness alone separates them: for w < 0.7 the best policy of correctness +
+w brevity is the best policy for the true score. The proxy point is 0.35, thinking everywhere 0.10,
+never thinking 0.70; a level-blind policy reaches 0.35 by skipping 42% of all prompts (efficiency
+0.78), so holding the proxy there leaves the allocation to correctness. Arms: fixed w 0.1 / 0.3 / 2,
+the saturated proxy (weight 2), the Lagrangian at 0.35, Nelder-Mead over [0.2, 0.5].
 """
 
 from __future__ import annotations
@@ -32,18 +44,26 @@ from effects import (
     write_report,
 )
 
-PROXY_POINT = (0.9375 + (1 - 26 / 48 + 1 - 32 / 48) / 2) / 2
 THINK_COST = 0.2
 SAMPLED = ["data.eval_temperature=1.0", "data.eval_samples=2", "data.eval_size=200"]
 FN = ROOT / "experiments" / "task_rewards.py"
 
 
-def rewards(brevity_weight: float, capped: bool = False) -> str:
+def proxy_point(budget: int) -> float:
+    """Mean brevity of the best policy: NoThinking (3 tokens) on level 1, thinking on levels 4-5."""
+
+    def brev(n: int) -> float:
+        return 1 - min(n, budget) / budget
+
+    return (brev(3) + (brev(26) + brev(32)) / 2) / 2
+
+
+def rewards(brevity_weight: float, capped: bool = False, budget: int = 48) -> str:
     brev = (
         f"{{fn: '{FN}:brevity_capped', name: brevity, weight: {brevity_weight}, "
-        f"kwargs: {{max_tokens: 48, cap: {PROXY_POINT:.4f}}}}}"
+        f"kwargs: {{max_tokens: {budget}, cap: {proxy_point(budget):.4f}}}}}"
         if capped
-        else f"{{fn: brevity, weight: {brevity_weight}, kwargs: {{max_tokens: 48}}}}"
+        else f"{{fn: brevity, weight: {brevity_weight}, kwargs: {{max_tokens: {budget}}}}}"
     )
     return (
         f"rewards=[{{fn: correctness, weight: 1.0}}, {brev}, "
@@ -59,7 +79,11 @@ def main() -> None:
     ap.add_argument(
         "--long-steps", type=int, default=0, help="Also a Lagrangian arm of this many steps (0: none)."
     )
+    ap.add_argument("--budget", type=int, default=48, help="brevity's max_tokens (round 2: 10).")
     args = ap.parse_args()
+    b = args.budget
+    point = proxy_point(b)
+    name = "constrained" if b == 48 else f"constrained_b{b}"
     mix = {1: 0.5, 4: 0.25, 5: 0.25}
     train = level_mix_file("constrained", mix, 2000, "train")
     evalf = level_mix_file("constrained", mix, 200, "eval")
@@ -71,20 +95,22 @@ def main() -> None:
         *SAMPLED,
     ]
     steps = f"trainer.max_steps={args.steps}"
+    low, start, high = (0.55, 0.7, 0.85) if b == 48 else (0.2, 0.3, 0.5)
+    fixed = (0.5, 2.0) if b == 48 else (0.1, 0.3, 2.0)
+    sfx = "" if b == 48 else f"_b{b}"
     arms = {
-        "fixed_w0.5": [steps, "objective.name=static", rewards(0.5)],
-        "fixed_w2": [steps, "objective.name=static", rewards(2.0)],
-        "saturated": [steps, "objective.name=static", rewards(2.0, capped=True)],
-        "lagrangian": [
+        **{f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b)] for w in fixed},
+        f"saturated{sfx}": [steps, "objective.name=static", rewards(2.0, capped=True, budget=b)],
+        f"lagrangian{sfx}": [
             steps,
-            rewards(1.0),
-            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {PROXY_POINT:.4f}, kind: equal}}]",
+            rewards(1.0, budget=b),
+            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {point:.4f}, kind: equal}}]",
         ],
-        "nelder_mead": [
+        f"nelder_mead{sfx}": [
             f"trainer.max_steps={args.nm_steps}",
-            rewards(1.0),
-            "objective.lagrangian.constraints=[{name: brevity, threshold: 0.7, kind: equal, "
-            "search_low: 0.55, search_high: 0.85}]",
+            rewards(1.0, budget=b),
+            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {start}, kind: equal, "
+            f"search_low: {low}, search_high: {high}}}]",
             "objective.lagrangian.threshold_search.true_score=efficiency",
             "objective.lagrangian.threshold_search.steps_per_eval=10",
             "objective.lagrangian.threshold_search.check_every=5",
@@ -95,17 +121,17 @@ def main() -> None:
     if (
         args.long_steps
     ):  # the best policy needs a level-dependent first token, which the tiny model learns slowly
-        arms["lagrangian_long"] = [
+        arms[f"lagrangian_long{sfx}"] = [
             f"trainer.max_steps={args.long_steps}",
-            rewards(1.0),
-            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {PROXY_POINT:.4f}, kind: equal}}]",
+            rewards(1.0, budget=b),
+            f"objective.lagrangian.constraints=[{{name: brevity, threshold: {point:.4f}, kind: equal}}]",
         ]
     runs = run_arms("constrained_tiny.yaml", arms, common, args.reuse)
     final = eval_runs(
         "constrained_tiny.yaml",
         runs,
-        "constrained_eval",
-        [f"data.eval={evalf}", *SAMPLED, rewards(1.0)],
+        f"{name}_eval",
+        [f"data.eval={evalf}", *SAMPLED, rewards(1.0, budget=b)],
         args.reuse,
     )
     curves = compare(
@@ -117,10 +143,10 @@ def main() -> None:
             "objective/multiplier/brevity",
             "objective/threshold/brevity",
         ],
-        "constrained_curves.png",
+        f"{name}_curves.png",
     )
     nm_lines = []
-    for i, d in enumerate(runs["nelder_mead"]):
+    for i, d in enumerate(runs[f"nelder_mead{sfx}"]):
         rows, prev, seen = metrics_rows(d), None, []
         for r in rows:
             if "objective/nm/f" in r and prev is not None:
@@ -135,13 +161,13 @@ def main() -> None:
         "Claim (Moskovitz et al. 2024): constraining a proxy reward at the point where it stops helping beats fixed "
         "weightings and a saturated proxy on the true score; Nelder-Mead finds that point within one run.",
         "",
-        "Task: half level-1 prompts, half levels 4-5; task correctness, proxy brevity (budget 48), true score "
+        f"Task: half level-1 prompts, half levels 4-5; task correctness, proxy brevity (budget {b}), true score "
         f"efficiency = correctness - {THINK_COST} x thinks (never trained on). `builtin:tiny`, dr_grpo, LoRA r 8, "
         f"lr 5e-4, 16 prompts x 8, {args.steps} steps ({args.nm_steps} for Nelder-Mead), seeds 0 and 1. Eval: 200 "
         "prompts of the same mix x 2 samples at temperature 1.",
         "",
         f"Ceiling: the best policy (no thinking on level 1, thinking on 4-5, all right) has efficiency "
-        f"{0.5 + 0.5 * (1 - THINK_COST):.2f} at brevity {PROXY_POINT:.3f} (the proxy point the Lagrangian holds); "
+        f"{0.5 + 0.5 * (1 - THINK_COST):.2f} at brevity {point:.3f} (the proxy point the Lagrangian holds); "
         f"thinking everywhere {1 - THINK_COST:.2f}; never thinking 0.5 + 0.5 x NoThinking accuracy on levels 4-5.",
         "",
         *arm_table(
@@ -161,13 +187,13 @@ def main() -> None:
         "",
         *nm_lines,
         "",
-        "![curves](constrained_curves.png)",
+        f"![curves]({name}_curves.png)",
         "",
         "```",
         curves.strip(),
         "```",
     ]
-    write_report("constrained", lines, {"final": final, "efficiency": eff, "proxy_point": PROXY_POINT})
+    write_report(name, lines, {"final": final, "efficiency": eff, "proxy_point": point})
 
 
 if __name__ == "__main__":
