@@ -83,7 +83,8 @@ def main() -> None:
     args = ap.parse_args()
     b = args.budget
     point = proxy_point(b)
-    name = "constrained" if b == 48 else f"constrained_b{b}"
+    sfx = "" if b == 48 else f"_b{b}"  # run, arm and report names of round 2
+    name = f"constrained{sfx}"
     mix = {1: 0.5, 4: 0.25, 5: 0.25}
     train = level_mix_file("constrained", mix, 2000, "train")
     evalf = level_mix_file("constrained", mix, 200, "eval")
@@ -97,7 +98,6 @@ def main() -> None:
     steps = f"trainer.max_steps={args.steps}"
     low, start, high = (0.55, 0.7, 0.85) if b == 48 else (0.2, 0.3, 0.5)
     fixed = (0.5, 2.0) if b == 48 else (0.1, 0.3, 2.0)
-    sfx = "" if b == 48 else f"_b{b}"
     arms = {
         **{f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b)] for w in fixed},
         f"saturated{sfx}": [steps, "objective.name=static", rewards(2.0, capped=True, budget=b)],
