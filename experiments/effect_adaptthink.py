@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import argparse
 
-from effects import arm_table, compare, eval_runs, level_mix_file, per_arm, run_arms, write_report
+from effects import (
+    arm_table,
+    compare,
+    easy_share_mix,
+    eval_runs,
+    level_mix_file,
+    per_arm,
+    run_arms,
+    write_report,
+)
 
 SHARES = (0.8,)  # others with --shares 0.2 0.5 0.8 (ceilings 5%, 16%)
 THINK_LEN = {lv: 8 + 6 * (lv - 1) for lv in range(1, 6)}
@@ -28,13 +37,9 @@ NOTHINK_LEN = 3
 SAMPLED = ["data.eval_temperature=1.0", "data.eval_samples=4", "data.eval_size=200"]
 
 
-def shares(p: float) -> dict[int, float]:
-    return {1: p, **{lv: (1 - p) / 4 for lv in (2, 3, 4, 5)}}
-
-
 def ceiling(p: float) -> tuple[float, float, float]:
     """(think-always length, best length at full accuracy, saving)."""
-    think = sum(s * THINK_LEN[lv] for lv, s in shares(p).items())
+    think = sum(s * THINK_LEN[lv] for lv, s in easy_share_mix(p).items())
     best = think - p * (THINK_LEN[1] - NOTHINK_LEN)
     return think, best, 1 - best / think
 
@@ -62,8 +67,8 @@ def main() -> None:
     data: dict = {}
     for p in args.shares:
         tag = f"p{int(round(p * 100)):02d}"
-        train = level_mix_file(f"adaptthink_{tag}", shares(p), 2000, "train")
-        evalf = level_mix_file(f"adaptthink_{tag}", shares(p), 200, "eval")
+        train = level_mix_file(f"adaptthink_{tag}", easy_share_mix(p), 2000, "train")
+        evalf = level_mix_file(f"adaptthink_{tag}", easy_share_mix(p), 200, "eval")
         common = [
             f"data.train={train}",
             f"data.eval={evalf}",
@@ -73,14 +78,14 @@ def main() -> None:
             *SAMPLED,
         ]
         arms = {f"grpo_{tag}": ["algorithm.name=grpo"], f"adaptthink_{tag}": []}
-        pairs = [("", args.steps)]
+        pairs = [("", args.steps, 0.05)]  # (arm suffix, steps, delta); GRPO's arm: the suffix without "_d"
         if p == max(args.shares) and args.long_steps:  # does the mode choice keep separating by level?
             long = [f"trainer.max_steps={args.long_steps}"]
             arms |= {f"grpo_{tag}_long": ["algorithm.name=grpo", *long], f"adaptthink_{tag}_long": long}
-            pairs.append(("_long", args.long_steps))
+            pairs.append(("_long", args.long_steps, 0.05))
             for d in args.deltas:
                 arms[f"adaptthink_{tag}_long_d{d:g}"] = [*long, f"algorithm.adaptthink.delta={d}"]
-                pairs.append((f"_long_d{d:g}", args.long_steps))
+                pairs.append((f"_long_d{d:g}", args.long_steps, d))
         runs = run_arms("adaptthink_tiny.yaml", arms, common, args.reuse)
         results = eval_runs(
             "adaptthink_tiny.yaml", runs, f"adaptthink_{tag}", [f"data.eval={evalf}", *SAMPLED], args.reuse
@@ -113,7 +118,7 @@ def main() -> None:
             ),
             "",
         ]
-        for suffix, steps in pairs:
+        for suffix, steps, delta in pairs:
             grpo, ada = f"grpo_{tag}{suffix.split('_d')[0]}", f"adaptthink_{tag}{suffix}"
             g = per_arm(results, [grpo], "length")[grpo]
             a = per_arm(results, [ada], "length")[ada]
@@ -121,9 +126,8 @@ def main() -> None:
             aa = per_arm(results, [ada], "correctness")[ada]
             per_seed = [x / y - 1 for x, y in zip(a[2], g[2])]
             data[tag][f"length_change_per_seed{suffix}"] = per_seed
-            delta = suffix.split("_d")[1] if "_d" in suffix else "0.05"
             lines.append(
-                f"- {steps} steps, delta {delta}: length, AdaptThink vs GRPO (same seed): "
+                f"- {steps} steps, delta {delta:g}: length, AdaptThink vs GRPO (same seed): "
                 f"{', '.join(f'{x:+.1%}' for x in per_seed)} (mean {sum(per_seed) / len(per_seed):+.1%}; "
                 f"ceiling -{saving:.1%}); accuracy {aa[0]:.3f} vs {ga[0]:.3f}."
             )

@@ -36,6 +36,7 @@ from effects import (
     ROOT,
     arm_table,
     compare,
+    easy_share_mix,
     eval_runs,
     level_mix_file,
     metrics_rows,
@@ -97,7 +98,7 @@ def main() -> None:
         p = args.easy_share
         suffix = f"_p{int(round(p * 100)):02d}"
         name += suffix
-        shares = {1: p, **{lv: (1 - p) / 4 for lv in (2, 3, 4, 5)}}
+        shares = easy_share_mix(p)
         data = [
             f"data.train={level_mix_file(name, shares, 2000, 'train')}",
             f"data.eval={level_mix_file(name, shares, 300, 'eval')}",
@@ -105,10 +106,11 @@ def main() -> None:
         # the authors' raw step moved the weights by 1e-4 in round 1: round 2 runs the scale-free one
         methods["gradient_sq"] = [*methods.pop("gradient"), "objective.gradient.normalize=grad_norm_sq"]
         task = f"arithmetic with {p:.0%} level-1 prompts (the rest uniform over levels 2-5)"
+    every = 5 if args.steps <= 40 else 10  # trainer eval interval
     common = [
         "algorithm.name=dr_grpo",
         f"trainer.max_steps={args.steps}",
-        "trainer.eval_every=5" if args.steps <= 40 else "trainer.eval_every=10",
+        f"trainer.eval_every={every}",
         "trainer.save_every=0",
         *data,
         *SAMPLED,
@@ -151,7 +153,7 @@ def main() -> None:
         f"Task: {task}, objectives correctness, brevity on level 1 only (budget 10 "
         "tokens), shown work on levels 3-5 only; `builtin:tiny`, dr_grpo, LoRA r 8, lr 5e-4, 16 prompts x 8, "
         f"{args.steps} steps, seeds 0 and 1, weight vectors w1 = {WEIGHTS['w1']} and w2 = {WEIGHTS['w2']}. "
-        f"Eval every {5 if args.steps <= 40 else 10} steps on 150 prompts x 2 samples at temperature 1; the final "
+        f"Eval every {every} steps on 150 prompts x 2 samples at temperature 1; the final "
         "eval on 300 x 2.",
         "",
         f"Ceiling: the ideal point {IDEAL} has hypervolume {ideal_hv:.3f} (reference 0); the warm start's is "
