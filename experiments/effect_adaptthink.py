@@ -78,14 +78,14 @@ def main() -> None:
             *SAMPLED,
         ]
         arms = {f"grpo_{tag}": ["algorithm.name=grpo"], f"adaptthink_{tag}": []}
-        pairs = [("", args.steps, 0.05)]  # (arm suffix, steps, delta); GRPO's arm: the suffix without "_d"
+        pairs = [(f"adaptthink_{tag}", f"grpo_{tag}", args.steps, 0.05)]  # (arm, its GRPO arm, steps, delta)
         if p == max(args.shares) and args.long_steps:  # does the mode choice keep separating by level?
             long = [f"trainer.max_steps={args.long_steps}"]
             arms |= {f"grpo_{tag}_long": ["algorithm.name=grpo", *long], f"adaptthink_{tag}_long": long}
-            pairs.append(("_long", args.long_steps, 0.05))
+            pairs.append((f"adaptthink_{tag}_long", f"grpo_{tag}_long", args.long_steps, 0.05))
             for d in args.deltas:
                 arms[f"adaptthink_{tag}_long_d{d:g}"] = [*long, f"algorithm.adaptthink.delta={d}"]
-                pairs.append((f"_long_d{d:g}", args.long_steps, d))
+                pairs.append((f"adaptthink_{tag}_long_d{d:g}", f"grpo_{tag}_long", args.long_steps, d))
         runs = run_arms("adaptthink_tiny.yaml", arms, common, args.reuse)
         results = eval_runs(
             "adaptthink_tiny.yaml", runs, f"adaptthink_{tag}", [f"data.eval={evalf}", *SAMPLED], args.reuse
@@ -118,14 +118,13 @@ def main() -> None:
             ),
             "",
         ]
-        for suffix, steps, delta in pairs:
-            grpo, ada = f"grpo_{tag}{suffix.split('_d')[0]}", f"adaptthink_{tag}{suffix}"
+        for ada, grpo, steps, delta in pairs:
             g = per_arm(results, [grpo], "length")[grpo]
             a = per_arm(results, [ada], "length")[ada]
             ga = per_arm(results, [grpo], "correctness")[grpo]
             aa = per_arm(results, [ada], "correctness")[ada]
             per_seed = [x / y - 1 for x, y in zip(a[2], g[2])]
-            data[tag][f"length_change_per_seed{suffix}"] = per_seed
+            data[tag][f"length_change_per_seed{ada.removeprefix(f'adaptthink_{tag}')}"] = per_seed
             lines.append(
                 f"- {steps} steps, delta {delta:g}: length, AdaptThink vs GRPO (same seed): "
                 f"{', '.join(f'{x:+.1%}' for x in per_seed)} (mean {sum(per_seed) / len(per_seed):+.1%}; "

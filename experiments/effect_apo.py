@@ -12,6 +12,14 @@ coef 0.1 (binding), and a retention metric on another task the warm start knows:
 evaluated at temperature 1 before and after training on arithmetic only.
 Arms: GRPO + KL; APO with the authors' STCR base 1.00001; APO with base 1.05; GRPO without KL (does
 the KL bind at all? DADS can only matter where it does). Two seeds each.
+
+Round 2 (``--max-tokens 28 --temperature 1.0``): round 1's wrong answers were no longer than right
+ones (a wrong trace is as long as a right one, a wrong guess shorter), so STCR had nothing to cut.
+With a 28-token limit a level-4 trace fits (25 tokens + end) and a level-5 trace (31) never does: it
+runs into the limit without an answer, the "overly long wrong response" STCR is about, 25 tokens
+longer than the group's correct answers (right NoThinking guesses, 2-3 tokens). GRPO scores that
+truncated trace like a short wrong guess; STCR with base 1.05 scales its penalty by 1.7, the authors'
+base 1.00001 by 1.0003. Best policy: think on level 4, guess on level 5; wrong length then 3.
 """
 
 from __future__ import annotations
@@ -27,14 +35,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--max-tokens", type=int, default=48, help="rollout.max_new_tokens (round 2: 28).")
+    ap.add_argument("--temperature", type=float, default=TEMP, help="rollout and eval (round 2: 1.0).")
     args = ap.parse_args()
+    t, m = args.temperature, args.max_tokens
+    sfx = "" if m == 48 else f"_t{m}"  # run, arm and report names of round 2
     train = level_mix_file("apo_hard", {4: 0.5, 5: 0.5}, 2000, "train")
     evalf = level_mix_file("apo_hard", {4: 0.5, 5: 0.5}, 200, "eval")
-    sampled = [f"data.eval_temperature={TEMP}", "data.eval_samples=4", "data.eval_size=200"]
+    sampled = [f"data.eval_temperature={t}", "data.eval_samples=4", "data.eval_size=200"]
     common = [
         f"data.train={train}",
         f"data.eval={evalf}",
-        f"rollout.temperature={TEMP}",
+        f"rollout.temperature={t}",
+        f"rollout.max_new_tokens={m}",
         "algorithm.kl.coef=0.1",
         f"trainer.max_steps={args.steps}",
         "trainer.eval_every=10",
@@ -42,17 +55,24 @@ def main() -> None:
         *sampled,
     ]
     arms = {
-        "grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
-        "apo": [],
-        "apo_base1.05": ["algorithm.apo.stcr_base=1.05"],
-        "grpo_nokl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false", "algorithm.kl.coef=0"],
+        f"grpo_kl{sfx}": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
+        f"apo{sfx}": [],
+        f"apo_base1.05{sfx}": ["algorithm.apo.stcr_base=1.05"],
     }
+    if not sfx:  # round 1 only: does the KL bind?
+        arms["grpo_nokl"] = ["algorithm.apo.dads=false", "algorithm.apo.stcr=false", "algorithm.kl.coef=0"]
     runs = run_arms("apo_tiny.yaml", arms, common, args.reuse)
-    hard = eval_runs("apo_tiny.yaml", runs, "apo_hard", [f"data.eval={evalf}", *sampled], args.reuse)
+    hard = eval_runs(
+        "apo_tiny.yaml",
+        runs,
+        f"apo_hard{sfx}",
+        [f"data.eval={evalf}", *sampled, f"rollout.max_new_tokens={m}"],
+        args.reuse,
+    )
     retention = eval_runs(
         "apo_tiny.yaml",
         runs,
-        "apo_retention",
+        f"apo_retention{sfx}",
         [
             "data.eval=builtin:reversal-eval",
             "data.eval_temperature=1.0",
@@ -73,7 +93,7 @@ def main() -> None:
             "eval/correctness",
             "eval/length_wrong",
         ],
-        "apo_curves.png",
+        f"apo{sfx}_curves.png",
     )
     base_wrong = hard["base"].get("length_wrong", float("nan"))
     lw = per_arm(hard, arms, "length_wrong")
@@ -85,38 +105,61 @@ def main() -> None:
         "Claims (APO): STCR shortens overly long wrong answers; DADS lets correct samples of hard groups move "
         "further from the reference while the KL keeps the rest (better accuracy, knowledge retained).",
         "",
-        f"Task: arithmetic levels 4 and 5 only, rollout temperature {TEMP} (thinking traces go wrong, so wrong "
-        f"answers are long), k3 KL in the loss coef 0.1, `builtin:tiny`, LoRA r 8, lr 5e-4, 16 prompts x 8, "
-        f"{args.steps} steps, seeds 0 and 1. Eval: 200 prompts x 4 samples at temperature {TEMP}; retention: "
+        f"Task: arithmetic levels 4 and 5 only, rollout temperature {t}, max {m} new tokens"
+        + (" (a level-5 trace never fits: it is cut off without an answer)" if sfx else "")
+        + f", k3 KL in the loss coef 0.1, `builtin:tiny`, LoRA r 8, lr 5e-4, 16 prompts x 8, "
+        f"{args.steps} steps, seeds 0 and 1. Eval: 200 prompts x 4 samples at temperature {t}; retention: "
         "200 string-reversal prompts (never trained on here) x 4 samples at temperature 1.",
         "",
-        "Arms: GRPO + KL (coef 0.1), APO (authors' STCR base 1.00001), APO (base 1.05), and GRPO without KL: "
-        "the KL binds where GRPO + KL differs from GRPO without it, and only there can DADS's relaxation matter.",
+        "Arms: GRPO + KL (coef 0.1), APO (authors' STCR base 1.00001), APO (base 1.05)"
+        + (
+            ""
+            if sfx
+            else ", and GRPO without KL: the KL binds where GRPO + KL differs from GRPO without it, and only "
+            "there can DADS's relaxation matter"
+        )
+        + ".",
         "",
-        "Ceilings: accuracy 1.0; the shortest wrong answer is a 3-token NoThinking guess, so STCR can cut the "
+        (
+            "Ceilings: accuracy 0.5 + 0.5 x the level-5 NoThinking guess accuracy (a level-5 trace never fits); "
+            if sfx
+            else "Ceilings: accuracy 1.0; "
+        )
+        + "the shortest wrong answer is a 3-token NoThinking guess, so STCR can cut the "
         f"wrong-answer length from the warm start's {base_wrong:.1f} tokens to 3 at most; retention's ceiling is "
         f"the warm start's own reversal accuracy ({retention['base']['correctness']:.3f}).",
         "",
         "## Levels 4-5 (trained)",
         "",
         *arm_table(
-            hard, arms, ["correctness", "length", "length_wrong", "nothink_rate", "correctness/level_5"]
+            hard,
+            arms,
+            [
+                "correctness",
+                "length",
+                "length_wrong",
+                "length_wrong/level_5",
+                "nothink_rate/level_4",
+                "nothink_rate/level_5",
+                "correctness/level_4",
+                "correctness/level_5",
+            ],
         ),
         "",
         "## Retention: string reversal (not trained)",
         "",
         *arm_table(retention, arms, ["correctness", "length"]),
         "",
-        "![curves](apo_curves.png)",
+        f"![curves](apo{sfx}_curves.png)",
         "",
-        "![levels](apo_hard/eval_levels.png)",
+        f"![levels](apo_hard{sfx}/eval_levels.png)",
         "",
         "```",
         curves.strip(),
         "```",
     ]
     write_report(
-        "apo",
+        f"apo{sfx}",
         lines,
         {"hard": hard, "retention": retention, "length_wrong": lw, "accuracy": acc, "retention_acc": ret},
     )

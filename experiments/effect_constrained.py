@@ -26,6 +26,14 @@ w brevity is the best policy for the true score. The proxy point is 0.35, thinki
 never thinking 0.70; a level-blind policy reaches 0.35 by skipping 42% of all prompts (efficiency
 0.78), so holding the proxy there leaves the allocation to correctness. Arms: fixed w 0.1 / 0.3 / 2,
 the saturated proxy (weight 2), the Lagrangian at 0.35, Nelder-Mead over [0.2, 0.5].
+
+Round 3 (``--budget 10 --easy-share 0.8 --steps 120 --nm-steps 160``): round 2 stayed level-blind in
+every arm; the weighting experiment found the first token separating by level only when 80% of the
+prompts are easy and the run is 100-120 steps long. So: 80% level 1, 10% each level 4 and 5. Best
+policy: efficiency 0.8 + 0.2 x 0.8 = 0.96 at brevity 0.8 x 0.7 = 0.56 (the proxy point); never
+thinking 0.8 + 0.2 x (NoThinking accuracy on levels 4-5, about 0.5) = about 0.9; thinking everywhere
+0.8. Arms: fixed w 0.1 / 0.3 / 2, the Lagrangian at 0.56, Nelder-Mead over [0.4, 0.7] (the
+saturated proxy acted as w 2 in round 2 and is left out).
 """
 
 from __future__ import annotations
@@ -49,19 +57,20 @@ SAMPLED = ["data.eval_temperature=1.0", "data.eval_samples=2", "data.eval_size=2
 FN = ROOT / "experiments" / "task_rewards.py"
 
 
-def proxy_point(budget: int) -> float:
-    """Mean brevity of the best policy: NoThinking (3 tokens) on level 1, thinking on levels 4-5."""
+def proxy_point(budget: int, easy: float = 0.5) -> float:
+    """Mean brevity of the best policy: NoThinking (3 tokens) on level 1 (share ``easy``), thinking on
+    levels 4-5."""
 
     def brev(n: int) -> float:
         return 1 - min(n, budget) / budget
 
-    return (brev(3) + (brev(26) + brev(32)) / 2) / 2
+    return easy * brev(3) + (1 - easy) * (brev(26) + brev(32)) / 2
 
 
-def rewards(brevity_weight: float, capped: bool = False, budget: int = 48) -> str:
+def rewards(brevity_weight: float, capped: bool = False, budget: int = 48, easy: float = 0.5) -> str:
     brev = (
         f"{{fn: '{FN}:brevity_capped', name: brevity, weight: {brevity_weight}, "
-        f"kwargs: {{max_tokens: {budget}, cap: {proxy_point(budget):.4f}}}}}"
+        f"kwargs: {{max_tokens: {budget}, cap: {proxy_point(budget, easy):.4f}}}}}"
         if capped
         else f"{{fn: brevity, weight: {brevity_weight}, kwargs: {{max_tokens: {budget}}}}}"
     )
@@ -80,14 +89,17 @@ def main() -> None:
         "--long-steps", type=int, default=0, help="Also a Lagrangian arm of this many steps (0: none)."
     )
     ap.add_argument("--budget", type=int, default=48, help="brevity's max_tokens (round 2: 10).")
+    ap.add_argument("--easy-share", type=float, default=0.5, help="share of level-1 prompts (round 3: 0.8).")
     args = ap.parse_args()
-    b = args.budget
-    point = proxy_point(b)
-    sfx = "" if b == 48 else f"_b{b}"  # run, arm and report names of round 2
+    b, p = args.budget, args.easy_share
+    point = proxy_point(b, p)
+    # run, arm and report names of rounds 2 and 3
+    sfx = ("" if b == 48 else f"_b{b}") + ("" if p == 0.5 else f"_p{round(p * 100)}")
     name = f"constrained{sfx}"
-    mix = {1: 0.5, 4: 0.25, 5: 0.25}
-    train = level_mix_file("constrained", mix, 2000, "train")
-    evalf = level_mix_file("constrained", mix, 200, "eval")
+    mix = {1: p, 4: (1 - p) / 2, 5: (1 - p) / 2}
+    data = "constrained" if p == 0.5 else f"constrained_p{round(p * 100)}"
+    train = level_mix_file(data, mix, 2000, "train")
+    evalf = level_mix_file(data, mix, 200, "eval")
     common = [
         f"data.train={train}",
         f"data.eval={evalf}",
@@ -96,19 +108,22 @@ def main() -> None:
         *SAMPLED,
     ]
     steps = f"trainer.max_steps={args.steps}"
-    low, start, high = (0.55, 0.7, 0.85) if b == 48 else (0.2, 0.3, 0.5)
+    low, start, high = (0.55, 0.7, 0.85) if b == 48 else (0.2, 0.3, 0.5) if p == 0.5 else (0.4, 0.5, 0.7)
     fixed = (0.5, 2.0) if b == 48 else (0.1, 0.3, 2.0)
     arms = {
-        **{f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b)] for w in fixed},
-        f"saturated{sfx}": [steps, "objective.name=static", rewards(2.0, capped=True, budget=b)],
+        **{
+            f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b, easy=p)]
+            for w in fixed
+        },
+        f"saturated{sfx}": [steps, "objective.name=static", rewards(2.0, capped=True, budget=b, easy=p)],
         f"lagrangian{sfx}": [
             steps,
-            rewards(1.0, budget=b),
+            rewards(1.0, budget=b, easy=p),
             f"objective.lagrangian.constraints=[{{name: brevity, threshold: {point:.4f}, kind: equal}}]",
         ],
         f"nelder_mead{sfx}": [
             f"trainer.max_steps={args.nm_steps}",
-            rewards(1.0, budget=b),
+            rewards(1.0, budget=b, easy=p),
             f"objective.lagrangian.constraints=[{{name: brevity, threshold: {start}, kind: equal, "
             f"search_low: {low}, search_high: {high}}}]",
             "objective.lagrangian.threshold_search.true_score=efficiency",
@@ -118,12 +133,14 @@ def main() -> None:
             "objective.lagrangian.threshold_search.tol=0.001",
         ],
     }
+    if p != 0.5:  # round 2's saturated arm acted as w 2
+        del arms[f"saturated{sfx}"]
     if (
         args.long_steps
     ):  # the best policy needs a level-dependent first token, which the tiny model learns slowly
         arms[f"lagrangian_long{sfx}"] = [
             f"trainer.max_steps={args.long_steps}",
-            rewards(1.0, budget=b),
+            rewards(1.0, budget=b, easy=p),
             f"objective.lagrangian.constraints=[{{name: brevity, threshold: {point:.4f}, kind: equal}}]",
         ]
     runs = run_arms("constrained_tiny.yaml", arms, common, args.reuse)
@@ -131,7 +148,7 @@ def main() -> None:
         "constrained_tiny.yaml",
         runs,
         f"{name}_eval",
-        [f"data.eval={evalf}", *SAMPLED, rewards(1.0, budget=b)],
+        [f"data.eval={evalf}", *SAMPLED, rewards(1.0, budget=b, easy=p)],
         args.reuse,
     )
     curves = compare(
@@ -161,14 +178,15 @@ def main() -> None:
         "Claim (Moskovitz et al. 2024): constraining a proxy reward at the point where it stops helping beats fixed "
         "weightings and a saturated proxy on the true score; Nelder-Mead finds that point within one run.",
         "",
-        f"Task: half level-1 prompts, half levels 4-5; task correctness, proxy brevity (budget {b}), true score "
+        f"Task: {p:.0%} level-1 prompts, the rest levels 4-5 in equal parts; task correctness, proxy brevity (budget {b}), true score "
         f"efficiency = correctness - {THINK_COST} x thinks (never trained on). `builtin:tiny`, dr_grpo, LoRA r 8, "
         f"lr 5e-4, 16 prompts x 8, {args.steps} steps ({args.nm_steps} for Nelder-Mead), seeds 0 and 1. Eval: 200 "
         "prompts of the same mix x 2 samples at temperature 1.",
         "",
         f"Ceiling: the best policy (no thinking on level 1, thinking on 4-5, all right) has efficiency "
-        f"{0.5 + 0.5 * (1 - THINK_COST):.2f} at brevity {point:.3f} (the proxy point the Lagrangian holds); "
-        f"thinking everywhere {1 - THINK_COST:.2f}; never thinking 0.5 + 0.5 x NoThinking accuracy on levels 4-5.",
+        f"{p + (1 - p) * (1 - THINK_COST):.2f} at brevity {point:.3f} (the proxy point the Lagrangian holds); "
+        f"thinking everywhere {1 - THINK_COST:.2f}; never thinking {p:g} + {1 - p:g} x NoThinking accuracy on "
+        "levels 4-5.",
         "",
         *arm_table(
             final,

@@ -135,7 +135,7 @@ def ofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
     ]
 
 
-def cofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
+def cofs_part(reuse: bool, steps: int, lr: float, hard_steps: int) -> list[str]:
     easy = {
         s: mode_pairs("cofs_easy_nothink", (1,), False, n, s) for s, n in (("train", 2000), ("eval", 100))
     }
@@ -143,8 +143,9 @@ def cofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
     domains = (
         "algorithm.preference.domains=["
         f"{{name: easy, train: {easy['train']}, eval: {easy['eval']}, steps: {steps}}}, "
-        f"{{name: hard, train: {hard['train']}, eval: {hard['eval']}, steps: {steps}}}]"
+        f"{{name: hard, train: {hard['train']}, eval: {hard['eval']}, steps: {hard_steps}}}]"
     )
+    tag = f"{steps}" if hard_steps == steps else f"{steps}_{hard_steps}"
     common = [
         domains,
         f"rewards=[{{fn: '{FN}:mode_match', name: mode_match}}]",
@@ -155,15 +156,15 @@ def cofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
         *SAMPLED,
     ]
     arms = {
-        f"sequential_dpo_{steps}": [
+        f"sequential_dpo_{tag}": [
             "algorithm.preference.ofs.enabled=false",
             "algorithm.preference.cofs.combine=false",
         ],
-        f"dpo_combined_{steps}": [
+        f"dpo_combined_{tag}": [
             "algorithm.preference.ofs.enabled=false",
             "algorithm.preference.cofs.combine=true",
         ],
-        f"cofs_{steps}": ["algorithm.preference.ofs.enabled=true", "algorithm.preference.cofs.combine=true"],
+        f"cofs_{tag}": ["algorithm.preference.ofs.enabled=true", "algorithm.preference.cofs.combine=true"],
     }
     runs = run_arms("cofs_dpo_tiny.yaml", arms, common, reuse)
     res: dict = {}
@@ -173,20 +174,18 @@ def cofs_part(reuse: bool, steps: int, lr: float) -> list[str]:
             for r in metrics_rows(d):
                 last.update({k: v for k, v in r.items() if k.startswith(("domain/", "cofs/lambda"))})
             res[f"{arm}_s{i}"] = last
-    table = compare(
-        runs, ["domain/easy", "domain/hard", "cofs/lambda", "dpo/loss"], f"cofs_curves_{steps}.png"
-    )
+    table = compare(runs, ["domain/easy", "domain/hard", "cofs/lambda", "dpo/loss"], f"cofs_curves_{tag}.png")
     return [
         "## COFS-DPO vs sequential DPO (two conflicting domains)",
         "",
         "Domain easy: level-1 prompts, chosen NoThinking, rejected Thinking (both right). Domain hard: levels 4-5, "
-        f"chosen Thinking, rejected a NoThinking wrong guess. {steps} steps each, beta 0.1, lr {lr:g}. Score: mode_match "
+        f"chosen Thinking, rejected a NoThinking wrong guess. {steps} + {hard_steps} steps, beta 0.1, lr {lr:g}. Score: mode_match "
         "(right answer in the domain's preferred mode), 100 held-out prompts per domain x 4 samples at T = 1, after "
         "the last domain. Ceiling 1.0 on both; the warm start is below it on both (it picks modes at random).",
         "",
         *arm_table(res, arms, ["domain/easy", "domain/hard", "cofs/lambda"], base=False),
         "",
-        f"![curves](cofs_curves_{steps}.png)",
+        f"![curves](cofs_curves_{tag}.png)",
         "",
         "```",
         table.strip(),
@@ -207,12 +206,15 @@ def main() -> None:
         "--cofs-steps", type=int, default=60, help="Steps per domain (30 at lr 5e-4 did not learn domain 2)."
     )
     ap.add_argument("--cofs-lr", type=float, default=2e-3)
+    ap.add_argument(
+        "--cofs-hard-steps", type=int, default=0, help="Steps on the second domain (0: --cofs-steps)."
+    )
     args = ap.parse_args()
     lines = ["# OFS-DPO and COFS-DPO vs DPO", ""]
     if args.part in ("ofs", "both"):
         lines += ofs_part(args.reuse, args.ofs_steps, args.ofs_lr)
     if args.part in ("cofs", "both"):
-        lines += cofs_part(args.reuse, args.cofs_steps, args.cofs_lr)
+        lines += cofs_part(args.reuse, args.cofs_steps, args.cofs_lr, args.cofs_hard_steps or args.cofs_steps)
     write_report(f"ofs_{args.part}" if args.part != "both" else "ofs", lines, {})
 
 

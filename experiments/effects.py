@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from align.data import tasks
-from runs import ALIGN, OUT, ROOT, train  # experiments/runs.py  # noqa: F401 (ROOT re-exported)
+from runs import ALIGN, OUT, ROOT, evaluate, train  # experiments/runs.py  # noqa: F401 (ROOT re-exported)
 
 EFFECTS = OUT / "effects"
 DATA = EFFECTS / "data"
@@ -67,13 +67,8 @@ def eval_runs(config: str, runs: dict[str, list[Path]], name: str, sets: list[st
         have = json.loads((out / "eval.json").read_text())
         if all(f"{a}_s{i}" in have for a, dirs in runs.items() for i in range(len(dirs))):
             return have
-    cmd = [*ALIGN, "eval", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}"]
-    cmd += [a for s in sets for a in ("--set", s)]
-    for arm, dirs in runs.items():
-        for i, d in enumerate(dirs):
-            cmd += ["--checkpoint", str(d), "--label", f"{arm}_s{i}"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "eval.json").read_text())
+    labelled = {f"{arm}_s{i}": d for arm, dirs in runs.items() for i, d in enumerate(dirs)}
+    return evaluate(config, out, labelled, sets)
 
 
 def compare(runs: dict[str, list[Path]], metrics: list[str], png: str) -> str:

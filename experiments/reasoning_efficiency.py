@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from pathlib import Path
 
-from runs import ALIGN, OUT, ROOT, train  # experiments/runs.py
+from runs import ALIGN, OUT, ROOT, evaluate, train  # experiments/runs.py
 
 ADAPTTHINK = {  # label -> overrides of configs/adaptthink_tiny.yaml
     "grpo": ["algorithm.name=grpo"],
@@ -53,22 +52,6 @@ APO = {  # label -> overrides of configs/apo_tiny.yaml
 COMMON = ["rollout.temperature=0.6"]
 
 
-def compare_eval(config: str, runs: dict[str, Path], name: str, sets: list[str]) -> dict:
-    out = OUT / name
-    cmd = [
-        *ALIGN,
-        "eval",
-        str(ROOT / "configs" / config),
-        "--set",
-        f"trainer.output_dir={out}",
-        *[a for s in sets for a in ("--set", s)],
-    ]
-    for label, run in runs.items():
-        cmd += ["--checkpoint", str(run), "--label", label]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "eval.json").read_text())
-
-
 def level_table(
     results: dict, metrics=("correctness", "length", "length_wrong", "nothink_rate")
 ) -> list[str]:
@@ -98,8 +81,8 @@ def main() -> None:
             json.loads((OUT / n / "eval.json").read_text()) for n in ("adaptthink_eval", "apo_eval")
         )
     else:
-        at_eval = compare_eval("adaptthink_tiny.yaml", at_runs, "adaptthink_eval", COMMON)
-        apo_eval = compare_eval("apo_tiny.yaml", apo_runs, "apo_eval", [])
+        at_eval = evaluate("adaptthink_tiny.yaml", OUT / "adaptthink_eval", at_runs, COMMON)
+        apo_eval = evaluate("apo_tiny.yaml", OUT / "apo_eval", apo_runs, [])
     cmp_cmd = [
         *ALIGN,
         "compare",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,14 @@ def train(config: str, label: str, sets: list[str], reuse: bool) -> Path:
     ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out
+
+
+def evaluate(config: str, out: Path, checkpoints: dict[str, Path], sets: list[str]) -> dict:
+    """``align eval configs/<config>`` of each labelled checkpoint (and the base model) into ``out``;
+    returns its ``eval.json`` (``{label: metrics}``)."""
+    cmd = [*ALIGN, "eval", str(ROOT / "configs" / config), "--set", f"trainer.output_dir={out}"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    for label, run in checkpoints.items():
+        cmd += ["--checkpoint", str(run), "--label", label]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads((out / "eval.json").read_text())
