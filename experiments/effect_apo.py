@@ -20,6 +20,12 @@ runs into the limit without an answer, the "overly long wrong response" STCR is 
 longer than the group's correct answers (right NoThinking guesses, 2-3 tokens). GRPO scores that
 truncated trace like a short wrong guess; STCR with base 1.05 scales its penalty by 1.7, the authors'
 base 1.00001 by 1.0003. Best policy: think on level 4, guess on level 5; wrong length then 3.
+
+On the real model (``--smollm2``): SmolLM2-135M-Instruct on the chat arithmetic task rambles when it
+is wrong (sampled at T 1 with 48 new tokens: wrong replies 29 tokens, right ones 20; accuracy 0.065),
+which is STCR's case without any construction. GRPO + KL vs APO (DADS + STCR base 1.05), rollout and
+eval at T 0.7 (the config's), 48 new tokens, 10 steps of 8 prompts x 8, two seeds each. The authors'
+base is left out: at these lengths it scales by at most 1.0005, so that arm is DADS alone.
 """
 
 from __future__ import annotations
@@ -31,13 +37,92 @@ from effects import arm_table, compare, eval_runs, level_mix_file, per_arm, run_
 TEMP = 1.3
 
 
+def smollm2(reuse: bool, steps: int) -> None:
+    """STCR and DADS on SmolLM2-135M-Instruct, whose wrong replies are its long ones."""
+    t, m = 0.7, 48
+    sampled = [f"data.eval_temperature={t}", "data.eval_samples=2", "data.eval_size=200"]
+    common = [
+        f"rollout.max_new_tokens={m}",
+        "algorithm.kl={coef: 0.1, estimator: k3, where: loss}",
+        "algorithm.apo.accuracy=number_match",
+        f"trainer.max_steps={steps}",
+        "trainer.save_every=0",
+        "data.eval_size=16",
+    ]
+    arms = {
+        "smollm2_grpo_kl": ["algorithm.apo.dads=false", "algorithm.apo.stcr=false"],
+        "smollm2_apo_base1.05": [
+            "algorithm.apo.dads=true",
+            "algorithm.apo.stcr=true",
+            "algorithm.apo.stcr_base=1.05",
+        ],
+    }
+    runs = run_arms("grpo_smollm2.yaml", arms, common, reuse)
+    res = eval_runs(
+        "grpo_smollm2.yaml",
+        runs,
+        "apo_smollm2",
+        [*sampled, f"rollout.max_new_tokens={m}", "algorithm.apo.accuracy=number_match"],
+        reuse,
+    )
+    curves = compare(
+        runs,
+        [
+            "reward/number_match",
+            "rollout/length",
+            "rollout/length_wrong",
+            "loss/kl",
+            "apo/dads_weight_mean",
+            "apo/stcr_scaled",
+            "apo/stcr_c_max",
+        ],
+        "apo_smollm2_curves.png",
+    )
+    base = res["base"]
+    lines = [
+        "# APO (DADS + STCR) vs GRPO on SmolLM2-135M-Instruct",
+        "",
+        "Claims (APO): STCR shortens overly long wrong answers; DADS lets correct samples move further from the "
+        "reference (better accuracy).",
+        "",
+        f"Task: the built-in chat arithmetic task (conversational prompts, five levels, reward: the reply's last "
+        f"number), `builtin:smollm2-135m`, LoRA r 16 all-linear, lr 4e-4, 8 prompts x 8 samples at T {t}, "
+        f"{m} new tokens, k3 KL in the loss coef 0.1, {steps} steps, seeds 0 and 1. Eval: 200 held-out prompts "
+        f"x 2 samples at T {t}.",
+        "",
+        f"The warm start's wrong replies are its long ones: {base['length_wrong']:.1f} tokens against "
+        f"{base['length']:.1f} overall (accuracy {base['number_match']:.3f}). Ceilings: accuracy 1.0; the shortest "
+        "wrong reply is a bare number (2-3 tokens).",
+        "",
+        *arm_table(
+            res,
+            arms,
+            ["number_match", "length", "length_wrong", "number_match/level_1", "number_match/level_3"],
+        ),
+        "",
+        "![curves](apo_smollm2_curves.png)",
+        "",
+        "![levels](apo_smollm2/eval_levels.png)",
+        "",
+        "```",
+        curves.strip(),
+        "```",
+    ]
+    write_report("apo_smollm2", lines, {"eval": res})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reuse", action="store_true", help="Keep runs and evals that already exist.")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--max-tokens", type=int, default=48, help="rollout.max_new_tokens (round 2: 28).")
     ap.add_argument("--temperature", type=float, default=TEMP, help="rollout and eval (round 2: 1.0).")
+    ap.add_argument(
+        "--smollm2", action="store_true", help="The real-model run instead (SmolLM2-135M-Instruct)."
+    )
     args = ap.parse_args()
+    if args.smollm2:
+        return smollm2(args.reuse, args.steps)
     t, m = args.temperature, args.max_tokens
     sfx = "" if m == 48 else f"_t{m}"  # run, arm and report names of round 2
     train = level_mix_file("apo_hard", {4: 0.5, 5: 0.5}, 2000, "train")
