@@ -172,6 +172,8 @@ def cofs_part(reuse: bool, steps: int, lr: float, hard_steps: int) -> list[str]:
         for i, d in enumerate(dirs):
             last = {}
             for r in metrics_rows(d):
+                if "domain/easy" in r and "easy after domain 1" not in last:
+                    last["easy after domain 1"] = r["domain/easy"]
                 last.update({k: v for k, v in r.items() if k.startswith(("domain/", "cofs/lambda"))})
             res[f"{arm}_s{i}"] = last
     table = compare(runs, ["domain/easy", "domain/hard", "cofs/lambda", "dpo/loss"], f"cofs_curves_{tag}.png")
@@ -183,7 +185,9 @@ def cofs_part(reuse: bool, steps: int, lr: float, hard_steps: int) -> list[str]:
         "(right answer in the domain's preferred mode), 100 held-out prompts per domain x 4 samples at T = 1, after "
         "the last domain. Ceiling 1.0 on both; the warm start is below it on both (it picks modes at random).",
         "",
-        *arm_table(res, arms, ["domain/easy", "domain/hard", "cofs/lambda"], base=False),
+        *arm_table(
+            res, arms, ["easy after domain 1", "domain/easy", "domain/hard", "cofs/lambda"], base=False
+        ),
         "",
         f"![curves](cofs_curves_{tag}.png)",
         "",
