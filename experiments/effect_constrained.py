@@ -93,11 +93,11 @@ def main() -> None:
     args = ap.parse_args()
     b, p = args.budget, args.easy_share
     point = proxy_point(b, p)
-    # run, arm and report names of rounds 2 and 3
-    sfx = ("" if b == 48 else f"_b{b}") + ("" if p == 0.5 else f"_p{round(p * 100)}")
+    ptag = "" if p == 0.5 else f"_p{round(p * 100)}"
+    sfx = ("" if b == 48 else f"_b{b}") + ptag  # run, arm and report names of rounds 2 and 3
     name = f"constrained{sfx}"
     mix = {1: p, 4: (1 - p) / 2, 5: (1 - p) / 2}
-    data = "constrained" if p == 0.5 else f"constrained_p{round(p * 100)}"
+    data = f"constrained{ptag}"
     train = level_mix_file(data, mix, 2000, "train")
     evalf = level_mix_file(data, mix, 200, "eval")
     common = [
@@ -111,11 +111,11 @@ def main() -> None:
     low, start, high = (0.55, 0.7, 0.85) if b == 48 else (0.2, 0.3, 0.5) if p == 0.5 else (0.4, 0.5, 0.7)
     fixed = (0.5, 2.0) if b == 48 else (0.1, 0.3, 2.0)
     arms = {
-        **{
-            f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b, easy=p)]
-            for w in fixed
-        },
-        f"saturated{sfx}": [steps, "objective.name=static", rewards(2.0, capped=True, budget=b, easy=p)],
+        f"fixed_w{w:g}{sfx}": [steps, "objective.name=static", rewards(w, budget=b, easy=p)] for w in fixed
+    }
+    if p == 0.5:  # rounds 1 and 2 only (in round 2 it acted as w 2)
+        arms[f"saturated{sfx}"] = [steps, "objective.name=static", rewards(2.0, capped=True, budget=b)]
+    arms |= {
         f"lagrangian{sfx}": [
             steps,
             rewards(1.0, budget=b, easy=p),
@@ -133,8 +133,6 @@ def main() -> None:
             "objective.lagrangian.threshold_search.tol=0.001",
         ],
     }
-    if p != 0.5:  # round 2's saturated arm acted as w 2
-        del arms[f"saturated{sfx}"]
     if (
         args.long_steps
     ):  # the best policy needs a level-dependent first token, which the tiny model learns slowly
