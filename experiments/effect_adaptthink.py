@@ -28,6 +28,7 @@ from effects import (
     level_mix_file,
     per_arm,
     run_arms,
+    share_tag,
     write_report,
 )
 
@@ -66,7 +67,7 @@ def main() -> None:
     ]
     data: dict = {}
     for p in args.shares:
-        tag = f"p{int(round(p * 100)):02d}"
+        tag = share_tag(p)
         train = level_mix_file(f"adaptthink_{tag}", easy_share_mix(p), 2000, "train")
         evalf = level_mix_file(f"adaptthink_{tag}", easy_share_mix(p), 200, "eval")
         common = [

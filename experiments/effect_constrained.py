@@ -49,6 +49,7 @@ from effects import (
     metrics_rows,
     per_arm,
     run_arms,
+    share_tag,
     write_report,
 )
 
@@ -93,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     b, p = args.budget, args.easy_share
     point = proxy_point(b, p)
-    ptag = "" if p == 0.5 else f"_p{round(p * 100)}"
+    ptag = "" if p == 0.5 else f"_{share_tag(p)}"
     sfx = ("" if b == 48 else f"_b{b}") + ptag  # run, arm and report names of rounds 2 and 3
     name = f"constrained{sfx}"
     mix = {1: p, 4: (1 - p) / 2, 5: (1 - p) / 2}

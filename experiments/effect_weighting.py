@@ -42,6 +42,7 @@ from effects import (
     metrics_rows,
     per_arm,
     run_arms,
+    share_tag,
     write_report,
 )
 
@@ -96,7 +97,7 @@ def main() -> None:
     task = "built-in arithmetic (levels 1-5 uniform)"
     if args.easy_share is not None:
         p = args.easy_share
-        suffix = f"_p{int(round(p * 100)):02d}"
+        suffix = f"_{share_tag(p)}"
         name += suffix
         shares = easy_share_mix(p)
         data = [
