@@ -112,6 +112,10 @@ class Trainer:
             alg.learner_spec(ctx, learner_spec(cfg, self.model_path)), rspec, rewards=alg.uses_rewards
         )
         alg.setup(ctx)
+        if cfg.rollout.max_staleness and ctx.rollouts is not None:
+            from align.rollout_queue import RolloutQueue
+
+            ctx.queue = RolloutQueue(ctx, alg, cfg.rollout.max_staleness)
 
     def _start_actors(self, lspec: dict, rspec: dict | None, rewards: bool = True):
         """Ray, then the learner ranks, rollout workers (``rspec`` None: none) and reward actors
@@ -196,9 +200,12 @@ class Trainer:
     def _step(self, step: int) -> dict:
         """The algorithm's step, then the sync of the adapter it serves (only LoRA tensors travel)."""
         t_step = time.time()
+        if self.ctx.queue is not None:  # asynchronous: send the batches up to step + K
+            self.ctx.queue.fill(step)
         metrics = self.algorithm.step(self.ctx, step)
-        # a step that trained nothing has nothing new to serve
-        if self.rollouts is not None and not metrics.get("rollout/empty"):
+        # a step that trained nothing has nothing new to serve (asynchronous: the version numbers
+        # stay those of the steps)
+        if self.rollouts is not None and (self.ctx.queue is not None or not metrics.get("rollout/empty")):
             t0 = time.time()
             metrics["timing/sync_load"] = self._sync(step + 1)
             metrics["timing/sync"] = time.time() - t0
@@ -206,10 +213,17 @@ class Trainer:
         return metrics
 
     def _sync(self, version: int) -> float:
-        """Serve the algorithm's adapter on the rollout workers as ``version``; returns seconds."""
+        """Serve the algorithm's adapter on the rollout workers as ``version``; returns seconds.
+        Asynchronous: kept as a version that later calls name (the engines may still be sampling an
+        earlier batch; each loads the version its call names)."""
         if self.rollouts is None:
             return 0.0
         tensors, adapter_cfg = self.algorithm.served_adapter(self.ctx)
+        if self.ctx.queue is not None:
+            self.rollouts.set_adapter(
+                version, self.ctx.queue.add_version(version, tensors, adapter_cfg), adapter_cfg
+            )
+            return 0.0
         return self.rollouts.load_adapter(version, ray.put(tensors), adapter_cfg)
 
     def _evaluate(self) -> dict[str, float]:
@@ -297,6 +311,10 @@ class Trainer:
             "objective": objective_state,
             **self.algorithm.state_dict(),
         }
+        extra = self.algorithm.extra_adapters(ctx)
+        if ctx.queue is not None:  # asynchronous: the batches in flight and the versions they sample from
+            state["in_flight"] = ctx.queue.state()
+            extra = {**extra, **ctx.queue.saved_adapters()}
         return save_checkpoint(
             self.ckpt_dir,
             step,
@@ -305,7 +323,7 @@ class Trainer:
             self.learners.optimizer_states(),
             state,
             keep=self.cfg.trainer.keep_checkpoints,
-            extra_adapters=self.algorithm.extra_adapters(ctx),
+            extra_adapters=extra,
         )
 
     def _save(self, step: int) -> None:
@@ -335,6 +353,8 @@ class Trainer:
         self.ctx.objective_state = st.get("objective", {})
         self.ctx.sampler.position = st["data_position"]
         step = st["step"]
+        if self.ctx.queue is not None:  # the batches in flight at the checkpoint, sampled again
+            self.ctx.queue.restore(st.get("in_flight", []), ckpt["extra_adapters"])
         self._sync(step)
         log.info("resumed from %s (step %d)", ckpt["path"], step)
         return step

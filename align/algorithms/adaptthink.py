@@ -173,20 +173,18 @@ class AdaptThink(GRPO):
         with ctx.clock.phase("reference accuracy"):
             self.ref_acc = self._reference_accuracy(ctx)
 
-    def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
+    def rollout_kwargs(self, num_prompts: int) -> dict:
         """Importance-sampled: part of each group forced into each mode."""
         cfg = self.cfg
-        return ctx.rollouts.generate(
-            prompts,
-            seeds,
-            forced=True,
-            n=cfg.algorithm.group_size,
-            temperature=cfg.rollout.temperature,
-            n_nothink=nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
-            nothink_ratio=cfg.algorithm.adaptthink.nothink_ratio,  # the proposal's, as the authors' code
-            logprobs_for=self.logprob_prompts(len(prompts)),
+        return {
+            "forced": True,
+            "n": cfg.algorithm.group_size,
+            "temperature": cfg.rollout.temperature,
+            "n_nothink": nothink_count(cfg.algorithm.group_size, cfg.algorithm.adaptthink.nothink_ratio),
+            "nothink_ratio": cfg.algorithm.adaptthink.nothink_ratio,  # the proposal's, as the authors' code
+            "logprobs_for": self.logprob_prompts(num_prompts),
             **self.forced,
-        )
+        }
 
     def advantages(
         self,

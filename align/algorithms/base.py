@@ -81,6 +81,7 @@ class RunContext:
     objective: Any = None
     objective_state: dict | None = None  # from a checkpoint, loaded into the objective once it exists
     before_eval: dict | None = None  # the initial model's validation, handed to the objective once it exists
+    queue: Any = None  # asynchronous training (rollout.max_staleness > 0): align.rollout_queue.RolloutQueue
 
     def objective_for(self, scores) -> Any:
         """The objective (built once the objective names are known, from the first scored batch)."""
@@ -160,6 +161,11 @@ class Algorithm:
     def learner_spec(self, ctx: RunContext, spec):
         """The ``LearnerSpec`` built from the config, with this method's parts."""
         return spec
+
+    def rollout_kwargs(self, num_prompts: int) -> dict:
+        """How a training batch of ``num_prompts`` prompts is sampled (``RolloutGroup.submit``'s
+        keywords; asynchronous training sends batches ahead with them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample training batches")
 
     def rollout_spec(self, ctx: RunContext, spec):
         """The ``RolloutSpec`` built from the config, or None: this method never generates."""

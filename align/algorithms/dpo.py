@@ -388,20 +388,33 @@ class PairMethod(Algorithm):
         metrics[f"{self.prefix}/pairs"] = len(idx)
         return batch
 
+    def rollout_kwargs(self, num_prompts: int) -> dict:
+        cfg = self.cfg
+        return {
+            "n": self.pref.num_completions,
+            "max_tokens": cfg.rollout.max_new_tokens,
+            "temperature": cfg.rollout.temperature,
+            "top_p": cfg.rollout.top_p,
+            "logprobs_for": 0,
+        }
+
     def online_batch(self, ctx: RunContext, step: int, metrics: dict) -> dict | None:
+        """Online DPO's pairs: best vs worst of k samples per prompt. Asynchronous (``ctx.queue``): the
+        samples come from an earlier adapter version; the loss needs no sampling log-probs (its
+        reference is the base model), so only the data's freshness changes."""
         cfg, k = self.cfg, self.pref.num_completions
-        rows = [ctx.train_rows[i] for i in ctx.sampler.take(cfg.data.prompts_per_step)]
-        t0 = time.time()
-        groups = ctx.rollouts.generate(
-            [r["prompt"] for r in rows],
-            [sample_seed(cfg.trainer.seed, step, 0, j) for j in range(len(rows))],
-            n=k,
-            max_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            logprobs_for=0,
-        )
-        metrics["timing/rollout"] = time.time() - t0
+        if ctx.queue is not None:
+            rows, groups, _, timings = ctx.queue.take(step)
+            metrics.update(timings)
+        else:
+            rows = [ctx.train_rows[i] for i in ctx.sampler.take(cfg.data.prompts_per_step)]
+            t0 = time.time()
+            groups = ctx.rollouts.generate(
+                [r["prompt"] for r in rows],
+                [sample_seed(cfg.trainer.seed, step, 0, j) for j in range(len(rows))],
+                **self.rollout_kwargs(len(rows)),
+            )
+            metrics["timing/rollout"] = time.time() - t0
         samples = [s for g in groups for s in g]
         t0 = time.time()
         scores = ctx.score([r for r in rows for _ in range(k)], samples)

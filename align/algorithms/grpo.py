@@ -110,17 +110,19 @@ class GRPO(Algorithm):
         correction, else the few of the parity check."""
         return n if self.cfg.algorithm.mismatch.level != "off" else self.cfg.rollout.logprob_check_prompts
 
-    def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
+    def rollout_kwargs(self, num_prompts: int) -> dict:
+        """How a batch of ``num_prompts`` prompts is sampled (``RolloutGroup.generate``'s keywords)."""
         cfg = self.cfg
-        return ctx.rollouts.generate(
-            prompts,
-            seeds,
-            n=cfg.algorithm.group_size,
-            max_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            logprobs_for=self.logprob_prompts(len(prompts)),
-        )
+        return {
+            "n": cfg.algorithm.group_size,
+            "max_tokens": cfg.rollout.max_new_tokens,
+            "temperature": cfg.rollout.temperature,
+            "top_p": cfg.rollout.top_p,
+            "logprobs_for": self.logprob_prompts(num_prompts),
+        }
+
+    def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
+        return ctx.rollouts.generate(prompts, seeds, **self.rollout_kwargs(len(prompts)))
 
     def sample(self, ctx: RunContext, step: int):
         """Sample prompts and G completions each, and send them to the rewards. Returns the rows, the
@@ -150,22 +152,30 @@ class GRPO(Algorithm):
                 stats[key] = stats.get(key, 0) + n
             return scores
 
+        versions: list[int] = []  # the adapter version each kept sample came from
         for rnd in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
             need = want - len(kept_rows)
-            rows = [ctx.train_rows[i] for i in ctx.sampler.take(need)]
-            t0 = time.time()
-            groups = self.generate(
-                ctx,
-                [r["prompt"] for r in rows],
-                [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
-            )
-            t_roll += time.time() - t0
+            if rnd == 0 and ctx.queue is not None:  # asynchronous: sampled while earlier steps trained
+                rows, groups, version, timings = ctx.queue.take(step)
+                stats.update(timings)
+            else:
+                rows, version = [ctx.train_rows[i] for i in ctx.sampler.take(need)], step
+                t0 = time.time()
+                groups = self.generate(
+                    ctx,
+                    [r["prompt"] for r in rows],
+                    [sample_seed(cfg.trainer.seed, step, rnd, j) for j in range(need)],
+                )
+                t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
             t_submit = time.time()
             pending = ctx.score([r for r in rows for _ in range(G)], samples, wait=False)
             stats["rollout/rounds"] += 1
             if not cfg.algorithm.dynamic_sampling:
-                stats.update({"timing/rollout": t_roll, "rollout/prompts": len(rows)})
+                stats.update(
+                    {"timing/rollout": stats.get("timing/rollout", t_roll), "rollout/prompts": len(rows)}
+                )
+                self.versions = np.full(len(samples), version)
 
                 def resolve(pending=pending, t_submit=t_submit) -> tuple[np.ndarray, np.ndarray]:
                     scores = scored(pending, t_submit)
@@ -178,12 +188,18 @@ class GRPO(Algorithm):
             for j in np.flatnonzero(keep):
                 kept_rows.append(rows[j])
                 kept_samples.extend(samples[j * G : (j + 1) * G])
+                versions.extend([version] * G)
                 kept_scores.append((scores.scores[j * G : (j + 1) * G], scores.dropped[j * G : (j + 1) * G]))
             if len(kept_rows) >= want:
                 break
         if not kept_rows:  # every group was uninformative in every round: train on nothing, say so
             stats["rollout/empty"] = 1
-        stats.update({"timing/rollout": t_roll, "rollout/prompts": len(kept_rows)})
+        stats["timing/rollout"] = stats.get("timing/rollout", 0.0) + t_roll
+        stats["rollout/prompts"] = len(kept_rows)
+        self.versions = np.array(versions, dtype=np.int64)
+        if ctx.queue is not None and len(versions):  # later rounds sample from the current version
+            stats["rollout/staleness"] = float(np.mean(step - self.versions))
+            stats["rollout/staleness_max"] = float(np.max(step - self.versions))
         scores = (
             np.concatenate([s for s, _ in kept_scores])
             if kept_scores
@@ -193,19 +209,27 @@ class GRPO(Algorithm):
         return kept_rows, kept_samples, lambda: (scores, dropped), stats
 
     # ---------------------------------------------------------------- log-probs
-    def logprobs(self, ctx: RunContext, batch: dict, metrics: dict) -> None:
-        """Learner log-probs into ``batch``: reference (adapter off) for KL; the current policy (old)
-        when the update is off-policy (several epochs/minibatches), KL goes into the reward, or the
-        mismatch correction needs it; then the parity check and the mismatch weights."""
+    def logprobs(self, ctx: RunContext, batch: dict, metrics: dict, step: int = 0) -> None:
+        """Learner log-probs into ``batch``: reference (adapter off) for KL; the sampling policy (old)
+        when the update is off-policy (several epochs/minibatches, or a batch sampled by an earlier
+        adapter version: asynchronous training), KL goes into the reward, or the mismatch correction
+        needs it; then the parity check and the mismatch weights."""
         alg, cfg = self.cfg.algorithm, self.cfg
         t0 = time.time()
         need_ref = alg.kl.coef > 0
+        versions = getattr(self, "versions", None)
+        stale = versions is not None and bool((versions != step).any())
         need_old = (
             alg.ppo_epochs * alg.num_minibatches > 1
             or (need_ref and alg.kl.where == "reward")
             or alg.mismatch.level != "off"
+            or stale  # asynchronous: the ratio is taken against the version that sampled the batch
         )
-        if need_ref or need_old:
+        if stale:
+            batch.update(
+                ctx.queue.behaviour_logprobs(batch, versions, step, cfg.rollout.temperature, need_ref)
+            )
+        elif need_ref or need_old:
             batch.update(
                 ctx.learners.compute_logprobs(
                     batch, cfg.rollout.temperature, reference=need_ref, policy=need_old
@@ -275,7 +299,7 @@ class GRPO(Algorithm):
         if not samples:
             return metrics
         batch = pack(samples, ctx.tokenizer.pad_token_id)
-        self.logprobs(ctx, batch, metrics)
+        self.logprobs(ctx, batch, metrics, step)
         scores, dropped = resolve()  # the rewards ran during the log-prob pass
         objective = ctx.objective
         # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked

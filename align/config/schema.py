@@ -631,6 +631,20 @@ class RolloutSection(Section):
         description="Prompts per step whose vLLM sampling log-probs are compared with the learner's "
         "(metric rollout/logprob_abs_diff); vLLM log-probs cost throughput, so only a few.",
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Asynchronous training: the rollout workers generate the batches of steps t+1..t+K while the "
+        "learners train step t (K = this; 0: lockstep). Step t's batch comes from adapter version max(0, t - K); the "
+        "learners take the importance ratio against that version's log-probs (the behaviour policy). Checkpoints "
+        "record the batches in flight and their adapter versions, so --resume regenerates them exactly.",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU: torch/OpenMP threads of each vLLM engine (0: every core). With max_staleness > 0 "
+        "the engine and the learners run at once: split the cores (e.g. 1 and learner.threads 1 on 2 cores).",
+    )
 
 
 class LearnerSection(Section):
@@ -1058,6 +1072,20 @@ class Config(Section):
             if pref.domains:
                 known(pref.cofs.score, "algorithm.preference.cofs.score")
                 self.trainer.max_steps = sum(d.steps for d in pref.domains)  # the domains' steps, in order
+        if self.rollout.max_staleness and alg.name in PREFERENCE_FAMILY:
+            pref = alg.preference
+            if pref.domains:
+                raise ValueError(
+                    f"rollout.max_staleness {self.rollout.max_staleness}: COFS (algorithm.preference.domains) switches "
+                    "the prompt set at each domain boundary, so batches generated ahead would come from the previous "
+                    "domain: set rollout.max_staleness: 0"
+                )
+            if alg.name == "reward_model" or not pref.online:
+                raise ValueError(
+                    f"rollout.max_staleness {self.rollout.max_staleness}: algorithm.name {alg.name!r} trains on fixed "
+                    "pairs (nothing is generated during training, so there is nothing to overlap): set it to 0, or "
+                    "algorithm.preference.online: true"
+                )
         if isinstance(alg, GRPOFamilyAlgorithm) and (alg.apo.dads or alg.apo.stcr):
             known(alg.apo.accuracy, "algorithm.apo.accuracy")
         if alg.name == "adaptthink":

@@ -141,6 +141,12 @@ class RolloutGroup:
         self._adapter = (version, tensors_ref, adapter_config)
         return self._retrying(lambda: self._serve(version, tensors_ref, adapter_config))
 
+    def set_adapter(self, version: int, tensors_ref, adapter_config: dict) -> None:
+        """The version later calls sample from, without loading it now (asynchronous training: the
+        engines may be generating an earlier batch; each call carries its version, and an engine loads
+        it when the call starts)."""
+        self._adapter = (version, tensors_ref, adapter_config)
+
     def _serve(self, version: int, tensors_ref, adapter_config: dict) -> float:
         return max(
             gather([w.load_adapter.remote(version, tensors_ref, adapter_config) for w in self.workers])
@@ -156,25 +162,70 @@ class RolloutGroup:
     ) -> list[list[dict]]:
         """Groups of samples per prompt; sampling log-probs for the first ``logprobs_for`` prompts.
         ``forced``: AdaptThink's forced-mode rollouts (``RolloutEngine.generate_forced``)."""
+        return self.submit(prompts, seeds, logprobs_for, forced, **sampling).result()[0]
+
+    def submit(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        logprobs_for: int | None = None,
+        forced: bool = False,
+        adapter: tuple | None = None,
+        **sampling,
+    ) -> "PendingRollout":
+        """``generate`` without waiting: the workers start now, ``.result()`` collects (and repeats the
+        call if a worker was lost). ``adapter`` = (version, tensors ref, config) to sample from
+        (default: the version served now); each worker loads it first if it serves another one."""
         shares = shard_indices(len(prompts), len(self.workers))
         k = len(prompts) if logprobs_for is None else logprobs_for
-        if self._adapter is not None and sampling.get("use_adapter", True):
-            sampling["adapter_version"] = self._adapter[0]
+        adapter = adapter if adapter is not None else self._adapter
+        serve = {}
+        if adapter is not None and sampling.get("use_adapter", True):
+            sampling["adapter_version"] = adapter[0]
+            serve = {"serve": (adapter[0], adapter[2]), "serve_tensors": adapter[1]}
+        method = "generate_forced" if forced else "generate"
 
-        def call():
-            futures = [
-                (w.generate_forced if forced else w.generate).remote(
+        def call() -> list:
+            return [
+                w.call_timed.remote(
+                    method,
                     [prompts[i] for i in idx],
                     seeds=[seeds[i] for i in idx],
                     logprobs_for=sum(i < k for i in idx),
+                    **serve,
                     **sampling,
                 )
                 for w, idx in zip(self.workers, shares)
                 if idx
             ]
-            return [group for part in gather(futures) for group in part]
 
-        return self._retrying(call)
+        return PendingRollout(self, call)
+
+
+class PendingRollout:
+    """A generate call in flight (``RolloutGroup.submit``)."""
+
+    def __init__(self, group: RolloutGroup, call):
+        self.group, self.call = group, call
+        self.futures = call()
+
+    def result(self) -> tuple[list[list[dict]], dict[str, float]]:
+        """The groups of samples, and the call's ``start``/``end`` times on the engines (the earliest
+        start, the latest end). A call that fails because a worker died, or that reached a restarted
+        worker, is repeated once the worker is back (its seeds make the repeat sample the same)."""
+        from align.workers.rollout import StaleAdapter
+
+        attempt = 0
+        while True:
+            try:
+                outs = gather(self.futures)
+                break
+            except (ray.exceptions.RayActorError, StaleAdapter) as exc:
+                self.group._recover(exc, attempt)
+                attempt += 1
+                self.futures = self.call()
+        groups = [group for out in outs for group in out["result"]]
+        return groups, {"start": min(o["start"] for o in outs), "end": max(o["end"] for o in outs)}
 
 
 class LearnerLost(RuntimeError):
@@ -261,12 +312,14 @@ class LearnerGroup:
         return [(idx, {k: v[idx] for k, v in batch.items()}) for idx in shard_indices(n, len(self.ranks))]
 
     def compute_logprobs(
-        self, batch: dict, temperature: float, reference: bool, policy: bool = True
+        self, batch: dict, temperature: float, reference: bool, policy: bool = True, adapter=None
     ) -> dict[str, torch.Tensor]:
+        """``Learner.compute_logprobs`` over the ranks; ``adapter``: an earlier version's LoRA tensors
+        (or their object ref) for the policy pass."""
         shares = self._shares(batch)
         outs = self._gather(
             [
-                r.compute_logprobs.remote(share, temperature, reference, policy)
+                r.compute_logprobs.remote(share, temperature, reference, policy, adapter)
                 for r, (_, share) in zip(self.ranks, shares)
             ]
         )

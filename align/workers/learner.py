@@ -298,22 +298,47 @@ class Learner:
                     ent = torch.cat([ent.new_zeros(ent.shape[0], first), ent], dim=1)
             return lp, ent
 
+    @contextlib.contextmanager
+    def _adapter_weights(self, tensors: dict[str, np.ndarray] | None, name: str = "default"):
+        """Run with adapter ``name`` holding ``tensors`` (peft's saved names; None: as it is), then put
+        its own weights back, bit for bit (in place: DeepSpeed's buffers and hooks are untouched)."""
+        if tensors is None:
+            yield
+            return
+        from peft import set_peft_model_state_dict
+
+        own = {k: torch.from_numpy(v) for k, v in self.adapter_state(name).items()}
+        set_peft_model_state_dict(
+            self.model, {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}, adapter_name=name
+        )
+        try:
+            yield
+        finally:
+            set_peft_model_state_dict(self.model, own, adapter_name=name)
+
     def compute_logprobs(
-        self, batch: dict, temperature: float = 1.0, reference: bool = True, policy: bool = True
+        self,
+        batch: dict,
+        temperature: float = 1.0,
+        reference: bool = True,
+        policy: bool = True,
+        adapter: dict[str, np.ndarray] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Current-policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
-        log-probs, each ``(b, L-1)``."""
+        """Policy (``old_logps``, if ``policy``) and reference (adapter off, if ``reference``)
+        log-probs, each ``(b, L-1)``. The policy is the current adapter, or ``adapter`` (LoRA tensors
+        of an earlier version: asynchronous training's behaviour policy)."""
         self.engine.eval()
         mbs = self.spec.micro_batch_size
         olds, refs = [], []
         n = batch["input_ids"].shape[0]
-        for start in range(0, n, mbs):
-            part = {k: v[start : start + mbs] for k, v in batch.items()}
-            if policy:
-                olds.append(self._logps(part, temperature, grad=False).cpu())
-            if reference:
-                with self._adapters_off():
-                    refs.append(self._logps(part, temperature, grad=False).cpu())
+        with self._adapter_weights(adapter if policy else None):  # (the reference pass has no adapter)
+            for start in range(0, n, mbs):
+                part = {k: v[start : start + mbs] for k, v in batch.items()}
+                if policy:
+                    olds.append(self._logps(part, temperature, grad=False).cpu())
+                if reference:
+                    with self._adapters_off():
+                        refs.append(self._logps(part, temperature, grad=False).cpu())
         out = {}
         if policy:
             out["old_logps"] = torch.cat(olds)

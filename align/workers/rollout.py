@@ -99,6 +99,7 @@ class RolloutSpec(Spec):
             lora_mode=c.rollout.lora_mode,
             seed=c.trainer.seed,
             trust_remote_code=c.model.trust_remote_code,
+            threads=c.rollout.threads,
         )
 
 
@@ -119,8 +120,9 @@ class RolloutEngine:
             if merged:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            # Ray sets OMP_NUM_THREADS=1 in actors; rollout and learning phases do not overlap, so
-            # the engine may use every core while it generates.
+            # Ray sets OMP_NUM_THREADS=1 in actors; in lockstep mode rollout and learning phases do not
+            # overlap, so the engine may use every core while it generates (rollout.threads: fewer, for
+            # asynchronous training, where both run at once).
             threads = int(spec.threads or os.cpu_count() or 1)
             os.environ["OMP_NUM_THREADS"] = str(threads)
             import torch
@@ -195,6 +197,19 @@ class RolloutEngine:
         self.version = version
         self.serving = True
         return time.time() - t0
+
+    def call_timed(
+        self, method: str, *args, serve: tuple | None = None, serve_tensors: dict | None = None, **kwargs
+    ) -> dict:
+        """``method(*args, **kwargs)`` with its start and end times (the trainer measures how long the
+        engine waited between calls). ``serve`` = (version, adapter config) with ``serve_tensors``:
+        serve that adapter version first if the engine serves another one (asynchronous training:
+        each call names the version its batch is sampled from; a restarted engine loads it itself)."""
+        start = time.time()
+        if serve is not None and serve[0] != (self.version if self.serving else None):
+            self.load_adapter(serve[0], serve_tensors, serve[1])
+        out = getattr(self, method)(*args, **kwargs)
+        return {"result": out, "start": start, "end": time.time()}
 
     def _lora(self, use_adapter: bool, adapter_version: int | None):
         """The LoRA request to generate with (merged mode: None, after switching the engine's weights
