@@ -75,7 +75,7 @@ class RolloutGroup:
             **({"runtime_env": {"env_vars": env}} if env else {}),
         )
         self.max_restarts = max_restarts
-        self.restarts = 0  # calls repeated after a worker was lost (metric faults/rollout_restarts)
+        self.restarts = 0  # workers lost and restarted (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
         self.workers = [
             actor.remote(dataclasses.replace(spec, seed=spec.seed + i)) for i in range(num_workers)
@@ -103,12 +103,14 @@ class RolloutGroup:
                 f"rollout workers failed {attempt + 1} times in one call (trainer.actor_restarts="
                 f"{self.max_restarts}): {exc}"
             ) from exc
-        self.restarts += 1
         log.warning(
             "rollout worker lost (%s); waiting for its restart, then repeating the call",
             str(exc).splitlines()[0][:200],
         )
-        self.pids = [self._wait_alive(w) for w in self.workers]
+        before, self.pids = self.pids, [self._wait_alive(w) for w in self.workers]
+        # workers that came back as new processes (asynchronous training has several calls in flight:
+        # one lost worker fails each of them, and each is repeated, but it was lost once)
+        self.restarts += sum(a != b for a, b in zip(before, self.pids))
         if self._adapter is not None:
             self._serve(*self._adapter)
 

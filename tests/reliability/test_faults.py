@@ -181,6 +181,94 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
     assert diff == 0.0
 
 
+ASYNC = "rollout.max_staleness=1"  # asynchronous: step t+1's batch is sampled while step t trains
+
+
+@pytest.fixture(scope="module")
+def baseline_async(tmp_path_factory):
+    """The uninterrupted asynchronous run (K = 1) the asynchronous faults are compared with."""
+    out = tmp_path_factory.mktemp("baseline_async") / "run"
+    Trainer(_config(out, ASYNC), str(CONFIG.parent)).run()
+    rows = _rows(out)
+    assert [r.get("rollout/staleness") for r in rows] == [0, 1, 1, 1]
+    return rows
+
+
+def test_async_rollout_worker_killed_with_a_batch_in_flight(tmp_path, baseline_async):
+    """K = 1: the worker is killed 0.3 s after step 3's batch was sent to it (while step 2 trains):
+    Ray restarts it, the call (which names its adapter version, 1) is repeated from that version when
+    step 3 takes the batch, and the run equals the asynchronous baseline."""
+    out, killed = tmp_path / "run", {}
+
+    def inject(t):
+        send = t.ctx.queue._send
+
+        def send_then_kill(planned):
+            planned = send(planned)
+            if planned.step == 2 and "rollout" not in killed:  # sent at the start of step index 1
+                killed["rollout"] = t.rollouts.pids[0]
+                threading.Timer(0.3, _kill, (killed["rollout"],)).start()
+            return planned
+
+        t.ctx.queue._send = send_then_kill
+
+    FaultyTrainer.inject = staticmethod(inject)
+    trainer = FaultyTrainer(_config(out, ASYNC), str(CONFIG.parent))
+    trainer.run()
+    rows = _rows(out)
+    diff = max_abs_diff(rows, baseline_async)
+    ok = rows[-1].get("faults/rollout_restarts") == 1 and trainer.rollouts.pids[0] != killed["rollout"]
+    record(
+        "fault",
+        "async (K=1): rollout worker SIGKILLed with a batch in flight",
+        ok and diff == 0,
+        "Ray restarted it; the call repeated from the version it names",
+        max_abs_diff=diff,
+        corrupted=_corrupted(out),
+    )
+    record("resume", "async: rollout worker killed vs uninterrupted", diff == 0, max_abs_diff=diff)
+    assert ok, rows[-1]
+    assert diff == 0.0
+
+
+def test_async_learner_rank_killed_restarts_from_the_checkpoint_and_its_batches_in_flight(
+    tmp_path, baseline_async
+):
+    """K = 1: rank 1 of 2 killed in step 3's train step, with step 4's batch in flight: the group
+    restarts from step_2, whose checkpoint names the batch in flight then (step 3's, version 1); it is
+    sampled again from that version and the run equals the asynchronous baseline."""
+    out, killed = tmp_path / "run", []
+
+    def inject(t):
+        train_step = t.learners.train_step
+
+        def kill_then_train(*args, **kwargs):
+            if not killed and len(t.metrics.read(t.metrics.path)) == 2:
+                killed.append(t.learners.pids[1])
+                _kill(killed[0])
+            return train_step(*args, **kwargs)
+
+        t.learners.train_step = kill_then_train
+
+    FaultyTrainer.inject = staticmethod(inject)
+    trainer = FaultyTrainer(_config(out, ASYNC), str(CONFIG.parent))
+    trainer.run()
+    rows = _rows(out)
+    diff = max_abs_diff(rows, baseline_async)
+    ok = bool(killed) and rows[-1].get("faults/learner_restarts") == 1
+    record(
+        "fault",
+        "async (K=1): learner rank 1 of 2 SIGKILLed in a train step (step 3)",
+        ok and diff == 0,
+        "group restarted from step_2; its batch in flight sampled again",
+        max_abs_diff=diff,
+        corrupted=_corrupted(out),
+    )
+    record("resume", "async: learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
+    assert ok, rows[-1]
+    assert diff == 0.0
+
+
 @pytest.mark.slow
 def test_learner_restarts_are_bounded(tmp_path):
     """trainer.learner_restarts=0: a lost rank stops the run with a message naming the limit and the
