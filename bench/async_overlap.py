@@ -1,0 +1,272 @@
+"""Asynchronous training's throughput and what staleness costs: GRPO runs of the same settings at
+``rollout.max_staleness`` K = 0 (lockstep), 1 and 2, each in its own process, on this machine.
+
+    .venv/bin/python bench/async_overlap.py --part speed [--model builtin:smollm2-135m] [--steps 8]
+    .venv/bin/python bench/async_overlap.py --part curves [--steps 40] [--seeds 0 1]
+
+``speed``: each arm's steady steps (after the first K + 1, whose batches fill the pipeline), from
+the run's own metrics: step time, samples and completion tokens per second; the rollout phase R
+(the engine's time for one batch) and the learner phase L (the rest of the step: rewards, log-probs,
+update, sync). Lockstep gives every phase all cores (rollout.threads 0, learner.threads 0); the
+async arms split them (``--split``: engine threads + learner threads; default 1 + 1, and the 2 + 2
+oversubscribed split is measured too). Overlap achieved: (R + L - T) / min(R, L), the share of the
+shorter phase hidden (1: the step takes max(R, L), the ideal; 0: no overlap).
+
+``curves``: the training reward (sampled at the run's temperature) of K = 0, 1, 2 on the same seeds,
+with the final sampled evaluation; writes a PNG of the curves.
+
+Writes bench/results/async_<model>.md, async_curves.md and async_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.sides import emit, run_side, write_report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+CONFIGS = {"builtin:tiny": "grpo_tiny.yaml", "builtin:smollm2-135m": "grpo_smollm2.yaml"}
+
+
+def arm_overrides(k: int, split: str | None) -> list[str]:
+    """K and the core split: lockstep phases take every core; async ones ``engine+learner`` threads."""
+    if k == 0 and split is None:
+        return ["rollout.max_staleness=0", "rollout.threads=0", "learner.threads=0"]
+    r, lt = split.split("+")
+    return [f"rollout.max_staleness={k}", f"rollout.threads={r}", f"learner.threads={lt}"]
+
+
+def side(args) -> None:
+    """One run in this process; emits its metrics rows and wall time."""
+    import logging
+
+    from align.config.loading import load_config
+    from align.trainer import Trainer
+
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(tempfile.mkdtemp(prefix="align-async-")) / "run"
+    overrides = [f"trainer.output_dir={out}", *json.loads(args.overrides)]
+    cfg = load_config(ROOT / "configs" / CONFIGS[args.model], overrides)
+    t0 = time.time()
+    summary = Trainer(cfg, str(ROOT / "configs")).run()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    emit({"rows": rows, "wall": time.time() - t0, "after": summary.get("after")})
+
+
+def steady(rows: list[dict], k: int) -> list[dict]:
+    return [r for r in rows if r["step"] > k + 1 and "timing/step" in r]
+
+
+def phase_figures(rows: list[dict], k: int, samples: int) -> dict:
+    import numpy as np
+
+    rs = steady(rows, k)
+    t = float(np.mean([r["timing/step"] for r in rs]))
+    r_phase = float(np.mean([r["timing/rollout"] for r in rs]))
+    if k == 0:
+        l_phase = t - r_phase
+    else:  # the learners' busy time: the step less the wait for the batch
+        l_phase = t - float(np.mean([r.get("timing/rollout_wait", 0.0) for r in rs]))
+    tokens = float(np.mean([r["rollout/length"] for r in rs])) * samples
+    hidden = (r_phase + l_phase - t) / min(r_phase, l_phase) if k else 0.0
+    return {
+        "T": t,
+        "R": r_phase,
+        "L": l_phase,
+        "samples_s": samples / t,
+        "tokens_s": tokens / t,
+        "overlap": hidden,
+        "ideal": max(r_phase, l_phase),
+        "wait": float(np.mean([r.get("timing/rollout_wait", 0.0) for r in rs])),
+        "idle": float(np.mean([r.get("timing/rollout_idle", 0.0) for r in rs])),
+        "staleness": float(np.mean([r.get("rollout/staleness", 0.0) for r in rs])),
+        "clip": float(np.mean([r.get("loss/clip_frac", 0.0) for r in rs])),
+        "steps": len(rs),
+    }
+
+
+def part_speed(args) -> None:
+    common = [
+        f"trainer.max_steps={args.steps}",
+        "trainer.save_every=0",
+        "trainer.eval_every=0",
+        "data.eval=null",
+        "learner.num_ranks=1",
+    ]
+    arms = [("K=0 lockstep, all cores each phase", 0, None)]
+    for split in args.split:
+        arms += [(f"K=1, {split} threads", 1, split)]
+    arms += [(f"K=2, {args.split[0]} threads", 2, args.split[0])]
+    from align.config.loading import load_config
+
+    cfg = load_config(ROOT / "configs" / CONFIGS[args.model], common)
+    samples = cfg.data.prompts_per_step * cfg.algorithm.group_size
+    results = []
+    for name, k, split in arms:
+        print(f"-- {name}", flush=True)
+        res = run_side(
+            __file__,
+            "run",
+            ["--model", args.model, "--overrides", json.dumps([*common, *arm_overrides(k, split)])],
+        )
+        results.append((name, k, split, phase_figures(res["rows"], k, samples)))
+        print(json.dumps(results[-1][3]), flush=True)
+    base = results[0][3]
+    lines = [
+        f"# Asynchronous training: throughput of K = 0, 1, 2 on {args.model}",
+        "",
+        f"`bench/async_overlap.py --part speed --model {args.model} --steps {args.steps}`, "
+        f"{time.strftime('%Y-%m-%d')}, this machine ({_cpu()}). GRPO, {cfg.data.prompts_per_step} prompts x "
+        f"G {cfg.algorithm.group_size} = {samples} samples per step, up to {cfg.rollout.max_new_tokens} new tokens, "
+        f"temperature {cfg.rollout.temperature}, LoRA r {cfg.model.lora.r}, one learner rank, one vLLM engine "
+        f"(merged LoRA), no eval or checkpoints in the timed steps. Steady steps only (after the first K + 1).",
+        "",
+        "R: the engine's time for one batch; L: the learners' busy time per step (rewards, log-probs, update, "
+        "sync; async: the step less its wait for the batch); T: the step. Overlap: (R + L - T) / min(R, L), the "
+        "share of the shorter phase hidden; the ideal step is max(R, L) of the same arm.",
+        "",
+        "| arm | steps | T (s) | R (s) | L (s) | ideal max(R, L) | overlap | samples/s | tokens/s | vs K=0 | "
+        "learner wait (s) | engine idle (s) | staleness | clip frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, k, split, f in results:
+        lines.append(
+            f"| {name} | {f['steps']} | {f['T']:.2f} | {f['R']:.2f} | {f['L']:.2f} | {f['ideal']:.2f} | "
+            f"{f['overlap']:.2f} | {f['samples_s']:.2f} | {f['tokens_s']:.1f} | {base['T'] / f['T']:.2f}x | "
+            f"{f['wait']:.2f} | {f['idle']:.2f} | {f['staleness']:.1f} | {f['clip']:.4f} |"
+        )
+    r2, l2 = base["R"], base["L"]
+    lines += [
+        "",
+        f"Lockstep with every core per phase: R = {r2:.2f} s, L = {l2:.2f} s, so perfect overlap on the *same* "
+        f"cores could at best reach max(R, L) / (R + L) = {max(r2, l2) / (r2 + l2):.2f} of the lockstep step "
+        f"({(r2 + l2) / max(r2, l2):.2f}x). On 2 cores the two sides must share them: each phase on one core "
+        "is slower than on two, so the async gain is bounded by how far each phase is from scaling linearly "
+        "with cores (the async arms' R and L above against the lockstep ones).",
+    ]
+    write_report("\n".join(lines) + "\n", RESULTS / f"async_{args.model.split(':')[-1]}.md")
+
+
+def part_curves(args) -> None:
+    import numpy as np
+
+    common = [
+        f"trainer.max_steps={args.steps}",
+        "trainer.save_every=0",
+        "trainer.eval_every=0",
+        "data.eval_temperature=1.0",
+        "data.eval_samples=4",
+        "learner.num_ranks=1",
+    ]
+    curves: dict[int, list[list[float]]] = {}
+    finals: dict[int, list[float]] = {}
+    for k in (0, 1, 2):
+        for seed in args.seeds:
+            print(f"-- K={k} seed {seed}", flush=True)
+            res = run_side(
+                __file__,
+                "run",
+                [
+                    "--model",
+                    args.model,
+                    "--overrides",
+                    json.dumps([*common, f"trainer.seed={seed}", *arm_overrides(k, None if k == 0 else "1+1")]),
+                ],
+            )
+            rows = [r for r in res["rows"] if r["step"] > 0 and "reward/correctness" in r]
+            curves.setdefault(k, []).append([r["reward/correctness"] for r in rows])
+            finals.setdefault(k, []).append(res["after"]["correctness"])
+    _plot(curves, RESULTS / "async_curves.png", args)
+    lines = [
+        f"# Asynchronous training: does staleness cost learning? ({args.model})",
+        "",
+        f"`bench/async_overlap.py --part curves --model {args.model} --steps {args.steps} --seeds "
+        f"{' '.join(map(str, args.seeds))}`, {time.strftime('%Y-%m-%d')}. GRPO, the config's settings; K = 0 "
+        "(lockstep), 1 and 2 on the same seeds (same prompts, same sampling seeds per step). Train reward: "
+        "correctness of the step's samples (temperature 1); final eval: correctness of 4 samples per held-out "
+        "prompt at temperature 1 (sampled: greedy saturates on this task). Ceiling of both: 1.0. Mean ± half "
+        "the spread of the seeds.",
+        "",
+        "| K | train reward, first 5 steps | train reward, last 5 steps | final eval (sampled) |",
+        "|---|---|---|---|",
+    ]
+    for k in (0, 1, 2):
+        c = np.array(curves[k])
+        first, last = c[:, :5].mean(axis=1), c[:, -5:].mean(axis=1)
+        f = np.array(finals[k])
+        lines.append(f"| {k} | {_pm(first)} | {_pm(last)} | {_pm(f)} |")
+    lines += ["", "![reward curves](async_curves.png)"]
+    write_report("\n".join(lines) + "\n", RESULTS / "async_curves.md")
+
+
+def _pm(x) -> str:
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    return f"{x.mean():.3f} ± {(x.max() - x.min()) / 2:.3f}"
+
+
+def _plot(curves: dict, path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, runs in curves.items():
+        c = np.array(runs)
+        steps = np.arange(1, c.shape[1] + 1)
+        # a 5-step moving mean of the seeds' mean (one step's 128 samples are noisy)
+        m = np.convolve(c.mean(axis=0), np.ones(5) / 5, mode="valid")
+        ax.plot(steps[4:], m, label=f"K={k} ({len(runs)} seeds)")
+        ax.fill_between(steps, c.min(axis=0), c.max(axis=0), alpha=0.12)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train reward (correctness, sampled)")
+    ax.set_title(f"GRPO on {args.model}: lockstep vs async (5-step mean; band: seed range)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _cpu() -> str:
+    import os
+
+    try:
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{os.cpu_count()} cores, {name}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["speed", "curves"], default="speed")
+    ap.add_argument("--model", default="builtin:tiny", choices=sorted(CONFIGS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--split", nargs="+", default=["1+1", "2+2"], help="async arms: engine+learner threads")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--overrides", help=argparse.SUPPRESS)
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        side(args)
+    elif args.part == "speed":
+        part_speed(args)
+    else:
+        part_curves(args)
+
+
+if __name__ == "__main__":
+    main()
