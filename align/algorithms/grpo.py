@@ -152,7 +152,6 @@ class GRPO(Algorithm):
                 stats[key] = stats.get(key, 0) + n
             return scores
 
-        versions: list[int] = []  # the adapter version each kept sample came from
         for rnd in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
             need = want - len(kept_rows)
             if rnd == 0 and ctx.queue is not None:  # asynchronous: sampled while earlier steps trained
@@ -168,6 +167,8 @@ class GRPO(Algorithm):
                 )
                 t_roll += time.time() - t0
             samples = [s for g in groups for s in g]
+            for s in samples:  # the adapter version that sampled it (asynchronous: an earlier one)
+                s["version"] = version
             t_submit = time.time()
             pending = ctx.score([r for r in rows for _ in range(G)], samples, wait=False)
             stats["rollout/rounds"] += 1
@@ -175,7 +176,6 @@ class GRPO(Algorithm):
                 stats.update(
                     {"timing/rollout": stats.get("timing/rollout", t_roll), "rollout/prompts": len(rows)}
                 )
-                self.versions = np.full(len(samples), version)
 
                 def resolve(pending=pending, t_submit=t_submit) -> tuple[np.ndarray, np.ndarray]:
                     scores = scored(pending, t_submit)
@@ -188,7 +188,6 @@ class GRPO(Algorithm):
             for j in np.flatnonzero(keep):
                 kept_rows.append(rows[j])
                 kept_samples.extend(samples[j * G : (j + 1) * G])
-                versions.extend([version] * G)
                 kept_scores.append((scores.scores[j * G : (j + 1) * G], scores.dropped[j * G : (j + 1) * G]))
             if len(kept_rows) >= want:
                 break
@@ -196,10 +195,10 @@ class GRPO(Algorithm):
             stats["rollout/empty"] = 1
         stats["timing/rollout"] = stats.get("timing/rollout", 0.0) + t_roll
         stats["rollout/prompts"] = len(kept_rows)
-        self.versions = np.array(versions, dtype=np.int64)
-        if ctx.queue is not None and len(versions):  # later rounds sample from the current version
-            stats["rollout/staleness"] = float(np.mean(step - self.versions))
-            stats["rollout/staleness_max"] = float(np.max(step - self.versions))
+        if ctx.queue is not None and kept_samples:  # refill rounds sample from the current version
+            versions = np.array([s["version"] for s in kept_samples])
+            stats["rollout/staleness"] = float(np.mean(step - versions))
+            stats["rollout/staleness_max"] = float(np.max(step - versions))
         scores = (
             np.concatenate([s for s, _ in kept_scores])
             if kept_scores
@@ -209,15 +208,17 @@ class GRPO(Algorithm):
         return kept_rows, kept_samples, lambda: (scores, dropped), stats
 
     # ---------------------------------------------------------------- log-probs
-    def logprobs(self, ctx: RunContext, batch: dict, metrics: dict, step: int = 0) -> None:
+    def logprobs(
+        self, ctx: RunContext, batch: dict, metrics: dict, step: int = 0, versions: np.ndarray | None = None
+    ) -> None:
         """Learner log-probs into ``batch``: reference (adapter off) for KL; the sampling policy (old)
         when the update is off-policy (several epochs/minibatches, or a batch sampled by an earlier
         adapter version: asynchronous training), KL goes into the reward, or the mismatch correction
-        needs it; then the parity check and the mismatch weights."""
+        needs it; then the parity check and the mismatch weights. ``versions`` ``(b,)``: the adapter
+        version that sampled each row (None: the current one, ``step``)."""
         alg, cfg = self.cfg.algorithm, self.cfg
         t0 = time.time()
         need_ref = alg.kl.coef > 0
-        versions = getattr(self, "versions", None)
         stale = versions is not None and bool((versions != step).any())
         need_old = (
             alg.ppo_epochs * alg.num_minibatches > 1
@@ -299,7 +300,7 @@ class GRPO(Algorithm):
         if not samples:
             return metrics
         batch = pack(samples, ctx.tokenizer.pad_token_id)
-        self.logprobs(ctx, batch, metrics, step)
+        self.logprobs(ctx, batch, metrics, step, np.array([s["version"] for s in samples]))
         scores, dropped = resolve()  # the rewards ran during the log-prob pass
         objective = ctx.objective
         # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked

@@ -71,3 +71,47 @@ def test_async_k2_stopped_with_batches_in_flight_resumes_exactly(tmp_path):
     # stale batches: the first update's ratio is pi_theta / pi_version, no longer exactly 1
     assert all(abs(r["loss/ratio_mean"] - 1) > 1e-6 for r in a[2:]), [r["loss/ratio_mean"] for r in a]
     assert all(r["timing/rollout_wait"] >= 0 and "timing/rollout_idle" in r for r in a)
+
+
+def test_async_dapo_mixes_versions_and_online_dpo_trains_on_stale_pairs(tmp_path):
+    """DAPO's dynamic sampling with K = 1: round 0 of a step's batch was sampled ahead (version t - 1),
+    the refill rounds now (version t), so one batch mixes versions; each row's ratio is taken against
+    its own version (the parity with vLLM holds row by row). Online DPO with K = 1 trains on pairs
+    sampled one version back (its loss needs no sampling log-probs)."""
+    dapo = tmp_path / "dapo"
+    Trainer(
+        _config(
+            dapo,
+            "algorithm.name=dapo",
+            "rollout.max_staleness=1",
+            "trainer.max_steps=4",
+            "algorithm.max_sampling_rounds=3",
+        ),
+        str(CONFIG.parent),
+    ).run()
+    rows = _rows(dapo)
+    # steps 3 and 4 refilled: their batches mix version t - 1 (round 0) and version t (measured: 0.625, 0.375)
+    mixed = [r["step"] for r in rows if 0 < r["rollout/staleness"] < 1]
+    assert mixed, [(r["rollout/rounds"], r["rollout/staleness"]) for r in rows]
+    assert all(r["rollout/logprob_abs_diff"] < 1e-4 for r in rows)
+    assert max(r["rollout/staleness_max"] for r in rows) == 1
+
+    dpo = tmp_path / "dpo"
+    cfg = load_config(
+        ROOT / "configs" / "dpo_tiny.yaml",
+        [
+            f"trainer.output_dir={dpo}",
+            "algorithm.preference.online=true",
+            "data.train=builtin:arithmetic",
+            "data.eval=null",
+            "data.prompts_per_step=8",
+            "trainer.max_steps=3",
+            "trainer.save_every=0",
+            "rollout.max_staleness=1",
+        ],
+    )
+    Trainer(cfg, str(ROOT / "configs")).run()
+    rows = _rows(dpo)
+    assert [r["rollout/staleness"] for r in rows] == [0, 1, 1]
+    assert all(r["online/pairs"] + r["online/groups_dropped"] == 8 for r in rows)
+    assert all(r["dpo/loss"] > 0 for r in rows if r["online/pairs"])

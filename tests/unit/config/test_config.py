@@ -384,3 +384,25 @@ def test_rollout_lora_mode_and_learner_autocast():
     assert load_config(None, ["learner.autocast=bf16"]).learner.autocast == "bf16"
     with pytest.raises(ConfigError, match="learner.autocast"):
         load_config(None, ["learner.autocast=fp8"])
+
+
+def test_max_staleness_is_checked_against_the_method():
+    """Asynchronous training needs a method that generates during training, on one prompt set."""
+    assert load_config(None, []).rollout.max_staleness == 0
+    for ok in (
+        ["algorithm.name=dapo"],
+        ["algorithm.name=adaptthink"],
+        ["algorithm.name=dpo", "algorithm.preference.online=true"],
+    ):
+        assert load_config(None, [*ok, "rollout.max_staleness=2"]).rollout.max_staleness == 2
+    two = "[{name: a, train: x, eval: y, steps: 3}, {name: b, train: z, eval: w, steps: 4}]"
+    cases = [
+        (["algorithm.name=dpo"], "trains on fixed pairs"),
+        (["algorithm.name=reward_model", "rewards=[]"], "trains on fixed pairs"),
+        (["algorithm.name=dpo", f"algorithm.preference.domains={two}"], "switches the prompt set"),
+        (["rollout.max_staleness=-1"], "rollout.max_staleness"),
+    ]
+    for overrides, message in cases:
+        extra = [] if any("max_staleness" in o for o in overrides) else ["rollout.max_staleness=1"]
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [*overrides, *extra])
