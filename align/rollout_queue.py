@@ -33,6 +33,7 @@ class Planned:
     step: int
     version: int
     rows: list[int]  # indices into the training rows
+    position: int = 0  # the prompt sampler's position before they were drawn
     pending: object | None = field(default=None, repr=False)  # a PendingRollout
 
 
@@ -70,8 +71,8 @@ class RolloutQueue:
                 version = max(0, b - self.K)
                 if version not in self.adapters:  # resumed from a lockstep run's checkpoint: none older
                     version = min(self.adapters)
-                n = self.ctx.cfg.data.prompts_per_step
-                self.planned[b] = self._send(Planned(b, version, self.ctx.sampler.take(n)))
+                n, position = self.ctx.cfg.data.prompts_per_step, self.ctx.sampler.position
+                self.planned[b] = self._send(Planned(b, version, self.ctx.sampler.take(n), position))
 
     def _send(self, p: Planned) -> Planned:
         if p.step < self.ctx.cfg.trainer.max_steps:
@@ -108,8 +109,12 @@ class RolloutQueue:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> list[dict]:
-        """The batches in flight, in step order: step, adapter version, row indices."""
-        return [{"step": b, "version": p.version, "rows": p.rows} for b, p in sorted(self.planned.items())]
+        """The batches in flight, in step order: step, adapter version, row indices, and the sampler's
+        position before they were drawn (a lockstep run resuming from this checkpoint starts there)."""
+        return [
+            {"step": b, "version": p.version, "rows": p.rows, "position": p.position}
+            for b, p in sorted(self.planned.items())
+        ]
 
     def saved_adapters(self) -> dict[str, tuple[dict, dict]]:
         """The adapter versions the batches in flight were sampled from (``step_N/adapters/version_V``)."""
@@ -131,7 +136,9 @@ class RolloutQueue:
                     f"the checkpoint's batch of step {entry['step']} was sampled from adapter version "
                     f"{entry['version']}, which the checkpoint does not hold (adapters/version_{entry['version']})"
                 )
-            self.planned[entry["step"]] = self._send(Planned(entry["step"], entry["version"], entry["rows"]))
+            self.planned[entry["step"]] = self._send(
+                Planned(entry["step"], entry["version"], entry["rows"], entry["position"])
+            )
 
     # ------------------------------------------------------------------ the learner side
     def behaviour_logprobs(

@@ -355,6 +355,14 @@ class Trainer:
         step = st["step"]
         if self.ctx.queue is not None:  # the batches in flight at the checkpoint, sampled again
             self.ctx.queue.restore(st.get("in_flight", []), ckpt["extra_adapters"])
+        elif st.get("in_flight"):  # an asynchronous run's checkpoint resumed in lockstep: draw them again
+            self.ctx.sampler.position = st["in_flight"][0]["position"]
+            log.info(
+                "the checkpoint had %d batch(es) in flight (rollout.max_staleness > 0); lockstep draws their "
+                "prompts again from position %d",
+                len(st["in_flight"]),
+                self.ctx.sampler.position,
+            )
         self._sync(step)
         log.info("resumed from %s (step %d)", ckpt["path"], step)
         return step

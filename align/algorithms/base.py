@@ -121,6 +121,18 @@ class RunContext:
         return self.rewards.score(*args) if wait else self.rewards.submit(*args)
 
 
+def sampling_kwargs(cfg, n: int, logprobs_for: int) -> dict:
+    """``RolloutGroup.submit``'s keywords for ``n`` samples per prompt at the run's rollout settings,
+    with vLLM's sampling log-probs for the first ``logprobs_for`` prompts."""
+    return {
+        "n": n,
+        "max_tokens": cfg.rollout.max_new_tokens,
+        "temperature": cfg.rollout.temperature,
+        "top_p": cfg.rollout.top_p,
+        "logprobs_for": logprobs_for,
+    }
+
+
 def reward_metrics(names: list[str], scores: np.ndarray) -> dict[str, float]:
     """``reward/<name>``: each objective's mean over the samples it applies to."""
     out = {}

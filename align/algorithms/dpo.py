@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics
+from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics, sampling_kwargs
 from align.algorithms.ofs import Chase
 from align.batch import pack
 from align.sampling import PromptSampler, sample_seed
@@ -389,14 +389,7 @@ class PairMethod(Algorithm):
         return batch
 
     def rollout_kwargs(self, num_prompts: int) -> dict:
-        cfg = self.cfg
-        return {
-            "n": self.pref.num_completions,
-            "max_tokens": cfg.rollout.max_new_tokens,
-            "temperature": cfg.rollout.temperature,
-            "top_p": cfg.rollout.top_p,
-            "logprobs_for": 0,
-        }
+        return sampling_kwargs(self.cfg, self.pref.num_completions, 0)
 
     def online_batch(self, ctx: RunContext, step: int, metrics: dict) -> dict | None:
         """Online DPO's pairs: best vs worst of k samples per prompt. Asynchronous (``ctx.queue``): the

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from align.algorithms.apo import APOHook, correct_from_raw
-from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics
+from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics, sampling_kwargs
 from align.batch import pack
 from align.config.schema import GRPO_FAMILY, GRPO_NAMES
 from align.losses import group_advantages, mismatch_weights, reinforce_pp_advantages, rloo_advantages
@@ -112,14 +112,7 @@ class GRPO(Algorithm):
 
     def rollout_kwargs(self, num_prompts: int) -> dict:
         """How a batch of ``num_prompts`` prompts is sampled (``RolloutGroup.generate``'s keywords)."""
-        cfg = self.cfg
-        return {
-            "n": cfg.algorithm.group_size,
-            "max_tokens": cfg.rollout.max_new_tokens,
-            "temperature": cfg.rollout.temperature,
-            "top_p": cfg.rollout.top_p,
-            "logprobs_for": self.logprob_prompts(num_prompts),
-        }
+        return sampling_kwargs(self.cfg, self.cfg.algorithm.group_size, self.logprob_prompts(num_prompts))
 
     def generate(self, ctx: RunContext, prompts: list[str], seeds: list[int]) -> list[list[dict]]:
         return ctx.rollouts.generate(prompts, seeds, **self.rollout_kwargs(len(prompts)))

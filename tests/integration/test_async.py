@@ -55,7 +55,8 @@ def test_async_k2_stopped_with_batches_in_flight_resumes_exactly(tmp_path):
     ckpt = list_checkpoints(stopped / "checkpoints")[-1]
     state = json.loads((ckpt / "state.json").read_text())
     assert ckpt.name == "step_2"
-    assert [(b["step"], b["version"], len(b["rows"])) for b in state["in_flight"]] == [(2, 0, 8), (3, 1, 8)]
+    in_flight = [(b["step"], b["version"], len(b["rows"]), b["position"]) for b in state["in_flight"]]
+    assert in_flight == [(2, 0, 8, 16), (3, 1, 8, 24)]  # drawn in step order, 8 prompts a step
     assert sorted(p.name for p in (ckpt / "adapters").iterdir()) == ["version_0", "version_1"]
     v0 = load_file(str(ckpt / "adapters" / "version_0" / "adapter_model.safetensors"))
     assert all(not v.any() for k_, v in v0.items() if "lora_B" in k_)  # version 0: peft's initial B = 0

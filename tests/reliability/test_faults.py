@@ -141,10 +141,18 @@ def test_rollout_and_reward_workers_killed_mid_step(tmp_path, baseline):
     assert diff == 0.0
 
 
-def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_path, baseline):
+ASYNC = "rollout.max_staleness=1"  # asynchronous: step t+1's batch is sampled while step t trains
+
+
+@pytest.mark.parametrize("mode", ["lockstep", "async"])
+def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_path, request, mode):
     """Rank 1 of 2 killed at step 3 (rank 0 then blocks in its all-reduce): the trainer sees the loss
-    at once, kills the group, starts it again from step_2 and recomputes steps 3 and 4."""
+    at once, kills the group, starts it again from step_2 and recomputes steps 3 and 4. Async (K = 1):
+    step_2's checkpoint names the batch in flight then (step 3's, version 1); it is sampled again from
+    that version, and the run equals the asynchronous baseline."""
     out, killed = tmp_path / "run", []
+    baseline = request.getfixturevalue("baseline" if mode == "lockstep" else "baseline_async")
+    extra = [] if mode == "lockstep" else [ASYNC]
 
     def inject(t):
         train_step = t.learners.train_step
@@ -159,7 +167,7 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
 
     FaultyTrainer.inject = staticmethod(inject)
     t0 = time.time()
-    trainer = FaultyTrainer(_config(out), str(CONFIG.parent))
+    trainer = FaultyTrainer(_config(out, *extra), str(CONFIG.parent))
     trainer.run()
     rows = _rows(out)
     diff = max_abs_diff(rows, baseline)
@@ -168,20 +176,18 @@ def test_learner_rank_killed_restarts_the_group_from_the_last_checkpoint(tmp_pat
         and rows[-1].get("faults/learner_restarts") == 1
         and killed[0] not in trainer.learners.pids
     )
+    tag = "" if mode == "lockstep" else "async (K=1): "
     record(
         "fault",
-        "learner rank 1 of 2 SIGKILLed in a train step (step 3)",
+        f"{tag}learner rank 1 of 2 SIGKILLed in a train step (step 3)",
         ok and diff == 0,
         f"group restarted from step_2 on its own; run took {time.time() - t0:.0f}s",
         max_abs_diff=diff,
         corrupted=_corrupted(out),
     )
-    record("resume", "learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
+    record("resume", f"{tag}learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert ok, rows[-1]
     assert diff == 0.0
-
-
-ASYNC = "rollout.max_staleness=1"  # asynchronous: step t+1's batch is sampled while step t trains
 
 
 @pytest.fixture(scope="module")
@@ -227,44 +233,6 @@ def test_async_rollout_worker_killed_with_a_batch_in_flight(tmp_path, baseline_a
         corrupted=_corrupted(out),
     )
     record("resume", "async: rollout worker killed vs uninterrupted", diff == 0, max_abs_diff=diff)
-    assert ok, rows[-1]
-    assert diff == 0.0
-
-
-def test_async_learner_rank_killed_restarts_from_the_checkpoint_and_its_batches_in_flight(
-    tmp_path, baseline_async
-):
-    """K = 1: rank 1 of 2 killed in step 3's train step, with step 4's batch in flight: the group
-    restarts from step_2, whose checkpoint names the batch in flight then (step 3's, version 1); it is
-    sampled again from that version and the run equals the asynchronous baseline."""
-    out, killed = tmp_path / "run", []
-
-    def inject(t):
-        train_step = t.learners.train_step
-
-        def kill_then_train(*args, **kwargs):
-            if not killed and len(t.metrics.read(t.metrics.path)) == 2:
-                killed.append(t.learners.pids[1])
-                _kill(killed[0])
-            return train_step(*args, **kwargs)
-
-        t.learners.train_step = kill_then_train
-
-    FaultyTrainer.inject = staticmethod(inject)
-    trainer = FaultyTrainer(_config(out, ASYNC), str(CONFIG.parent))
-    trainer.run()
-    rows = _rows(out)
-    diff = max_abs_diff(rows, baseline_async)
-    ok = bool(killed) and rows[-1].get("faults/learner_restarts") == 1
-    record(
-        "fault",
-        "async (K=1): learner rank 1 of 2 SIGKILLed in a train step (step 3)",
-        ok and diff == 0,
-        "group restarted from step_2; its batch in flight sampled again",
-        max_abs_diff=diff,
-        corrupted=_corrupted(out),
-    )
-    record("resume", "async: learner restart from checkpoint vs uninterrupted", diff == 0, max_abs_diff=diff)
     assert ok, rows[-1]
     assert diff == 0.0
 
