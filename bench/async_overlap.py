@@ -108,7 +108,7 @@ def part_speed(args) -> None:
 
     cfg = load_config(ROOT / "configs" / CONFIGS[args.model], common)
     samples = cfg.data.prompts_per_step * cfg.algorithm.group_size
-    results = []
+    figures = {"_run": {"steps": args.steps, "date": time.strftime("%Y-%m-%d"), "cpu": _cpu()}}
     for name, k, split in arms:
         print(f"-- {name}", flush=True)
         res = run_side(
@@ -116,45 +116,66 @@ def part_speed(args) -> None:
             "run",
             ["--model", args.model, "--overrides", json.dumps([*common, *arm_overrides(k, split)])],
         )
-        results.append((name, k, split, phase_figures(res["rows"], k, samples)))
-        print(json.dumps(results[-1][3]), flush=True)
-    base = results[0][3]
+        figures[name] = {"K": k, "split": split, **phase_figures(res["rows"], k, samples)}
+        print(json.dumps(figures[name]), flush=True)
+    (RESULTS / f"async_{args.model.split(':')[-1]}.json").write_text(json.dumps(figures, indent=1) + "\n")
+    render_speed(args)
+
+
+def render_speed(args) -> None:
+    """``async_<model>.md`` from ``async_<model>.json`` (``--part report`` redraws it alone)."""
+    from align.config.loading import load_config
+
+    name = args.model.split(":")[-1]
+    figures = json.loads((RESULTS / f"async_{name}.json").read_text())
+    run = figures.pop("_run", {})
+    cfg = load_config(ROOT / "configs" / CONFIGS[args.model], [])
+    samples = cfg.data.prompts_per_step * cfg.algorithm.group_size
+    base = next(f for f in figures.values() if f["K"] == 0)
     lines = [
         f"# Asynchronous training: throughput of K = 0, 1, 2 on {args.model}",
         "",
-        f"`bench/async_overlap.py --part speed --model {args.model} --steps {args.steps}`, "
-        f"{time.strftime('%Y-%m-%d')}, this machine ({_cpu()}). GRPO, {cfg.data.prompts_per_step} prompts x "
+        f"`bench/async_overlap.py --part speed --model {args.model} --steps {run.get('steps', '?')} --split "
+        f"{' '.join(sorted({f['split'] for f in figures.values() if f['split']}))}`, {run.get('date', '?')}, "
+        f"this machine ({run.get('cpu', _cpu())}). GRPO, {cfg.data.prompts_per_step} prompts x "
         f"G {cfg.algorithm.group_size} = {samples} samples per step, up to {cfg.rollout.max_new_tokens} new tokens, "
         f"temperature {cfg.rollout.temperature}, LoRA r {cfg.model.lora.r}, one learner rank, one vLLM engine "
         f"(merged LoRA), no eval or checkpoints in the timed steps. Steady steps only (after the first K + 1).",
         "",
         "R: the engine's time for one batch; L: the learners' busy time per step (rewards, log-probs, update, "
-        "sync; async: the step less its wait for the batch); T: the step. Overlap: (R + L - T) / min(R, L), the "
-        "share of the shorter phase hidden; the ideal step is max(R, L) of the same arm.",
+        "sync; async: the step less its wait for the batch); T: the step. Achieved T / (R + L) against the ideal "
+        "max(R, L) / (R + L) of the same arm (perfect overlap); hidden: (R + L - T) / min(R, L), the share of "
+        "the shorter phase hidden.",
         "",
-        "| arm | steps | T (s) | R (s) | L (s) | ideal max(R, L) | overlap | samples/s | tokens/s | vs K=0 | "
-        "learner wait (s) | engine idle (s) | staleness | clip frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | steps | T (s) | R (s) | L (s) | T / (R + L) | ideal max(R, L) / (R + L) | hidden | samples/s | "
+        "tokens/s | vs K=0 | learner wait (s) | engine idle (s) | staleness | clip frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, k, split, f in results:
+    for arm, f in figures.items():
+        rl = f["R"] + f["L"]
         lines.append(
-            f"| {name} | {f['steps']} | {f['T']:.2f} | {f['R']:.2f} | {f['L']:.2f} | {f['ideal']:.2f} | "
-            f"{f['overlap']:.2f} | {f['samples_s']:.2f} | {f['tokens_s']:.1f} | {base['T'] / f['T']:.2f}x | "
-            f"{f['wait']:.2f} | {f['idle']:.2f} | {f['staleness']:.1f} | {f['clip']:.4f} |"
+            f"| {arm} | {f['steps']} | {f['T']:.2f} | {f['R']:.2f} | {f['L']:.2f} | {f['T'] / rl:.2f} | "
+            f"{max(f['R'], f['L']) / rl:.2f} | {f['overlap']:.2f} | {f['samples_s']:.2f} | {f['tokens_s']:.1f} | "
+            f"{base['T'] / f['T']:.2f}x | {f['wait']:.2f} | {f['idle']:.2f} | {f['staleness']:.1f} | {f['clip']:.4f} |"
         )
     r2, l2 = base["R"], base["L"]
+    one = next((f for f in figures.values() if f["K"] == 1 and f["split"] == "1+1"), None)
     lines += [
         "",
-        f"Lockstep with every core per phase: R = {r2:.2f} s, L = {l2:.2f} s, so perfect overlap on the *same* "
-        f"cores could at best reach max(R, L) / (R + L) = {max(r2, l2) / (r2 + l2):.2f} of the lockstep step "
+        f"Lockstep with every core per phase: R = {r2:.2f} s, L = {l2:.2f} s, so perfect overlap at those phase "
+        f"times would take max(R, L) / (R + L) = {max(r2, l2) / (r2 + l2):.2f} of the lockstep step "
         f"({(r2 + l2) / max(r2, l2):.2f}x). On 2 cores the two sides must share them: each phase on one core "
         "is slower than on two, so the async gain is bounded by how far each phase is from scaling linearly "
-        "with cores (the async arms' R and L above against the lockstep ones).",
+        "with cores"
+        + (
+            f": from two cores to one the rollout went {r2:.2f} -> {one['R']:.2f} s ({one['R'] / r2:.2f}x) and the "
+            f"learner {l2:.2f} -> {one['L']:.2f} s ({one['L'] / l2:.2f}x), so the async step max(R, L) on one core "
+            f"each is {one['T']:.2f} s against lockstep's {base['T']:.2f} s."
+            if one
+            else "."
+        ),
     ]
-    name = args.model.split(":")[-1]
     write_report("\n".join(lines) + "\n", RESULTS / f"async_{name}.md")
-    figures = {n: {"K": k, "split": split, **f} for n, k, split, f in results}
-    (RESULTS / f"async_{name}.json").write_text(json.dumps(figures, indent=1) + "\n")
 
 
 def part_model(args) -> None:
@@ -162,7 +183,7 @@ def part_model(args) -> None:
     here (``--part speed`` on the same model first)."""
     name = args.model.split(":")[-1]
     figures = json.loads((RESULTS / f"async_{name}.json").read_text())
-    base = next(f for f in figures.values() if f["K"] == 0)
+    base = next(f for n, f in figures.items() if n != "_run" and f["K"] == 0)
     r, l_ = base["R"], base["L"]
     rhos = [1, 1.5, 2, 3, 5, 10]
     lines = [
@@ -229,6 +250,9 @@ def part_curves(args) -> None:
         f"data.eval_size={args.eval_size}",
         "learner.num_ranks=1",
     ]
+    from align.config.loading import load_config
+
+    reward = load_config(ROOT / "configs" / CONFIGS[args.model], []).rewards[0].name  # the task's score
     curves: dict[int, list[list[float]]] = {}
     finals: dict[int, list[float]] = {}
     for k in args.ks:
@@ -246,11 +270,11 @@ def part_curves(args) -> None:
                     ),
                 ],
             )
-            rows = [r for r in res["rows"] if r["step"] > 0 and "reward/correctness" in r]
-            curves.setdefault(k, []).append([r["reward/correctness"] for r in rows])
-            finals.setdefault(k, []).append(res["after"]["correctness"])
+            rows = [r for r in res["rows"] if r["step"] > 0 and f"reward/{reward}" in r]
+            curves.setdefault(k, []).append([r[f"reward/{reward}"] for r in rows])
+            finals.setdefault(k, []).append(res["after"][reward])
     name = "" if args.model == "builtin:tiny" else "_" + args.model.split(":")[-1]
-    _plot(curves, RESULTS / f"async_curves{name}.png", args)
+    _plot(curves, RESULTS / f"async_curves{name}.png", args, reward)
     w = args.window
     lines = [
         f"# Asynchronous training: does staleness cost learning? ({args.model})",
@@ -259,8 +283,8 @@ def part_curves(args) -> None:
         f"{' '.join(map(str, args.seeds))} --ks {' '.join(map(str, args.ks))} --window {w} --eval-size "
         f"{args.eval_size} --eval-samples {args.eval_samples}`, {time.strftime('%Y-%m-%d')}. GRPO, the config's "
         "settings; K = 0 (lockstep, every core per phase) and K > 0 (engine 1 thread + learner 1) on the same "
-        "seeds (same prompts, same sampling seeds per step). Train reward: correctness of the step's samples (at "
-        f"the config's temperature); final eval: correctness of {args.eval_samples} samples per held-out prompt "
+        f"seeds (same prompts, same sampling seeds per step). Train reward: {reward} of the step's samples (at "
+        f"the config's temperature); final eval: {reward} of {args.eval_samples} samples per held-out prompt "
         f"({args.eval_size} prompts) at temperature 1 (sampled: greedy saturates on the tiny task). Ceiling of "
         "both: 1.0. Mean ± half the spread of the seeds.",
         "",
@@ -283,7 +307,7 @@ def _pm(x) -> str:
     return f"{x.mean():.3f} ± {(x.max() - x.min()) / 2:.3f}"
 
 
-def _plot(curves: dict, path: Path, args) -> None:
+def _plot(curves: dict, path: Path, args, reward: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,7 +324,7 @@ def _plot(curves: dict, path: Path, args) -> None:
         ax.plot(steps[w - 1 :], m, label=f"K={k} ({len(runs)} seeds)")
         ax.fill_between(steps, c.min(axis=0), c.max(axis=0), alpha=0.12)
     ax.set_xlabel("step")
-    ax.set_ylabel("train reward (correctness, sampled)")
+    ax.set_ylabel(f"train reward ({reward}, sampled)")
     ax.set_title(f"GRPO on {args.model}: lockstep vs async ({args.window}-step mean; band: seed range)")
     ax.legend()
     fig.tight_layout()
@@ -323,7 +347,7 @@ def _cpu() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["speed", "curves", "model"], default="speed")
+    ap.add_argument("--part", choices=["speed", "curves", "model", "report"], default="speed")
     ap.add_argument("--model", default="builtin:tiny", choices=sorted(CONFIGS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--split", nargs="+", default=["1+1", "2+2"], help="async arms: engine+learner threads")
@@ -341,6 +365,8 @@ def main() -> None:
         part_speed(args)
     elif args.part == "model":
         part_model(args)
+    elif args.part == "report":
+        render_speed(args)
     else:
         part_curves(args)
 

@@ -108,7 +108,11 @@ class GRPO(Algorithm):
     def logprob_prompts(self, n: int) -> int:
         """Prompts (of ``n``) whose vLLM sampling log-probs come back: all of them for the mismatch
         correction, else the few of the parity check."""
-        return n if self.cfg.algorithm.mismatch.level != "off" else self.cfg.rollout.logprob_check_prompts
+        cfg = self.cfg
+        every = cfg.algorithm.mismatch.level != "off" or (
+            cfg.rollout.max_staleness and cfg.rollout.behaviour_logps == "rollout"
+        )
+        return n if every else cfg.rollout.logprob_check_prompts
 
     def rollout_kwargs(self, num_prompts: int) -> dict:
         """How a batch of ``num_prompts`` prompts is sampled (``RolloutGroup.generate``'s keywords)."""
@@ -219,7 +223,12 @@ class GRPO(Algorithm):
             or alg.mismatch.level != "off"
             or stale  # asynchronous: the ratio is taken against the version that sampled the batch
         )
-        if stale:
+        from_rollout = ctx.queue is not None and cfg.rollout.behaviour_logps == "rollout"
+        if from_rollout:  # vLLM's sampling log-probs are the behaviour policy's: no learner pass
+            if need_ref:
+                batch.update(ctx.learners.compute_logprobs(batch, cfg.rollout.temperature, True, False))
+            batch["old_logps"] = batch["rollout_logps"] * batch["rollout_logp_mask"]
+        elif stale:
             batch.update(
                 ctx.queue.behaviour_logprobs(batch, versions, step, cfg.rollout.temperature, need_ref)
             )
@@ -230,13 +239,18 @@ class GRPO(Algorithm):
                 )
             )
         check = torch.nonzero(batch["has_rollout_logps"]).flatten()  # parity: vLLM vs learner on these rows
+        if from_rollout:  # every row has them: the learner checks the first prompts', under their versions
+            check = check[: cfg.rollout.logprob_check_prompts * alg.group_size]
         if len(check):
             sub = {k: v[check] for k, v in batch.items()}
-            learner_lp = (
-                sub["old_logps"]
-                if need_old
-                else ctx.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
-            )
+            if from_rollout:
+                learner_lp = ctx.queue.behaviour_logprobs(
+                    sub, versions[check.numpy()], step, cfg.rollout.temperature, False
+                )["old_logps"]
+            elif need_old:
+                learner_lp = sub["old_logps"]
+            else:
+                learner_lp = ctx.learners.compute_logprobs(sub, cfg.rollout.temperature, False)["old_logps"]
             m = sub["rollout_logp_mask"]
             metrics["rollout/logprob_abs_diff"] = float(
                 ((learner_lp - sub["rollout_logps"]).abs() * m).sum() / m.sum().clamp(min=1)

@@ -639,6 +639,14 @@ class RolloutSection(Section):
         "learners take the importance ratio against that version's log-probs (the behaviour policy). Checkpoints "
         "record the batches in flight and their adapter versions, so --resume regenerates them exactly.",
     )
+    behaviour_logps: Literal["learner", "rollout"] = Field(
+        "learner",
+        description="Asynchronous training: where the behaviour policy's log-probs (the ratio's denominator) come "
+        "from. learner: the learners recompute them with the sampling version's adapter (one more forward pass "
+        "per step, exact learner numerics); rollout: vLLM's sampling log-probs (no learner pass, the engine "
+        "returns log-probs for every sample, which costs it throughput; AReaL's choice). Any train/inference "
+        "mismatch then sits inside the ratio.",
+    )
     threads: int = Field(
         0,
         ge=0,
@@ -1072,6 +1080,11 @@ class Config(Section):
             if pref.domains:
                 known(pref.cofs.score, "algorithm.preference.cofs.score")
                 self.trainer.max_steps = sum(d.steps for d in pref.domains)  # the domains' steps, in order
+        if self.rollout.behaviour_logps == "rollout" and not self.rollout.max_staleness:
+            raise ValueError(
+                "rollout.behaviour_logps 'rollout' applies to asynchronous training: set rollout.max_staleness > 0 "
+                "(lockstep batches are sampled by the learners' own version)"
+            )
         if self.rollout.max_staleness and alg.name in PREFERENCE_FAMILY:
             pref = alg.preference
             if pref.domains:

@@ -74,11 +74,12 @@ def test_async_k2_stopped_with_batches_in_flight_resumes_exactly(tmp_path):
     assert all(r["timing/rollout_wait"] >= 0 and "timing/rollout_idle" in r for r in a)
 
 
-def test_async_dapo_mixes_versions_and_online_dpo_trains_on_stale_pairs(tmp_path):
+def test_async_dapo_mixed_versions_vllm_behaviour_logps_and_online_dpo(tmp_path):
     """DAPO's dynamic sampling with K = 1: round 0 of a step's batch was sampled ahead (version t - 1),
     the refill rounds now (version t), so one batch mixes versions; each row's ratio is taken against
     its own version (the parity with vLLM holds row by row). Online DPO with K = 1 trains on pairs
-    sampled one version back (its loss needs no sampling log-probs)."""
+    sampled one version back (its loss needs no sampling log-probs). GRPO with the behaviour log-probs
+    taken from vLLM instead of recomputed by the learners."""
     dapo = tmp_path / "dapo"
     Trainer(
         _config(
@@ -96,6 +97,18 @@ def test_async_dapo_mixes_versions_and_online_dpo_trains_on_stale_pairs(tmp_path
     assert mixed, [(r["rollout/rounds"], r["rollout/staleness"]) for r in rows]
     assert all(r["rollout/logprob_abs_diff"] < 1e-4 for r in rows)
     assert max(r["rollout/staleness_max"] for r in rows) == 1
+
+    # the behaviour log-probs from vLLM (rollout.behaviour_logps: rollout): every sample returns them, no
+    # learner pass; the learner's recomputation under the sampling version still matches on the check rows
+    vllm = tmp_path / "vllm"
+    Trainer(
+        _config(vllm, "rollout.max_staleness=1", "rollout.behaviour_logps=rollout", "trainer.max_steps=3"),
+        str(CONFIG.parent),
+    ).run()
+    rows = _rows(vllm)
+    assert [r["rollout/staleness"] for r in rows] == [0, 1, 1]
+    assert all(r["rollout/logprob_abs_diff"] < 1e-4 for r in rows)
+    assert all(abs(r["loss/ratio_mean"] - 1) > 1e-6 for r in rows[1:]), [r["loss/ratio_mean"] for r in rows]
 
     dpo = tmp_path / "dpo"
     cfg = load_config(

@@ -401,6 +401,7 @@ def test_max_staleness_is_checked_against_the_method():
         (["algorithm.name=reward_model", "rewards=[]"], "trains on fixed pairs"),
         (["algorithm.name=dpo", f"algorithm.preference.domains={two}"], "switches the prompt set"),
         (["rollout.max_staleness=-1"], "rollout.max_staleness"),
+        (["rollout.behaviour_logps=rollout", "rollout.max_staleness=0"], "applies to asynchronous training"),
     ]
     for overrides, message in cases:
         extra = [] if any("max_staleness" in o for o in overrides) else ["rollout.max_staleness=1"]
