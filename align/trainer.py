@@ -116,6 +116,15 @@ class Trainer:
             from align.rollout_queue import RolloutQueue
 
             ctx.queue = RolloutQueue(ctx, alg, cfg.rollout.max_staleness)
+            if ctx.rollouts.lora_mode == "merged" and not (cfg.rollout.threads and cfg.learner.threads):
+                log.warning(
+                    "rollout.max_staleness=%d on CPU with rollout.threads=%d, learner.threads=%d (0: every core): "
+                    "the engine and the learners now run at once, and oversubscribed cores are slow (2 cores, "
+                    "2 + 2 threads: 0.30x of lockstep, bench/results/async_tiny.md); split the cores",
+                    cfg.rollout.max_staleness,
+                    cfg.rollout.threads,
+                    cfg.learner.threads,
+                )
 
     def _start_actors(self, lspec: dict, rspec: dict | None, rewards: bool = True):
         """Ray, then the learner ranks, rollout workers (``rspec`` None: none) and reward actors

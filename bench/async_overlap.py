@@ -255,24 +255,24 @@ def part_curves(args) -> None:
     reward = load_config(ROOT / "configs" / CONFIGS[args.model], []).rewards[0].name  # the task's score
     curves: dict[int, list[list[float]]] = {}
     finals: dict[int, list[float]] = {}
-    for k in args.ks:
-        for seed in args.seeds:
-            print(f"-- K={k} seed {seed}", flush=True)
-            res = run_side(
-                __file__,
-                "run",
-                [
-                    "--model",
-                    args.model,
-                    "--overrides",
-                    json.dumps(
-                        [*common, f"trainer.seed={seed}", *arm_overrides(k, None if k == 0 else "1+1")]
-                    ),
-                ],
-            )
-            rows = [r for r in res["rows"] if r["step"] > 0 and f"reward/{reward}" in r]
-            curves.setdefault(k, []).append([r[f"reward/{reward}"] for r in rows])
-            finals.setdefault(k, []).append(res["after"][reward])
+    befores: dict[int, list[float]] = {}  # the step-0 eval, same settings as the final one
+    if args.from_runs:  # redraw from finished runs (their config.yaml and metrics.jsonl)
+        results = [_finished_run(Path(d)) for d in args.from_runs]
+        args.ks = sorted({k for k, _, _, _ in results})
+        args.seeds = sorted({seed for _, seed, _, _ in results})
+    else:
+        results = []
+        for k in args.ks:
+            for seed in args.seeds:
+                print(f"-- K={k} seed {seed}", flush=True)
+                overrides = [*common, f"trainer.seed={seed}", *arm_overrides(k, None if k == 0 else "1+1")]
+                res = run_side(__file__, "run", ["--model", args.model, "--overrides", json.dumps(overrides)])
+                results.append((k, seed, res["rows"], res["after"]))
+    for k, _, rows, after in sorted(results, key=lambda r: r[:2]):
+        befores.setdefault(k, []).extend(r[f"eval/{reward}"] for r in rows if r["step"] == 0)
+        rows = [r for r in rows if r["step"] > 0 and f"reward/{reward}" in r]
+        curves.setdefault(k, []).append([r[f"reward/{reward}"] for r in rows])
+        finals.setdefault(k, []).append(after[reward])
     name = "" if args.model == "builtin:tiny" else "_" + args.model.split(":")[-1]
     _plot(curves, RESULTS / f"async_curves{name}.png", args, reward)
     w = args.window
@@ -288,16 +288,27 @@ def part_curves(args) -> None:
         f"({args.eval_size} prompts) at temperature 1 (sampled: greedy saturates on the tiny task). Ceiling of "
         "both: 1.0. Mean ± half the spread of the seeds.",
         "",
-        f"| K | train reward, first {w} steps | train reward, last {w} steps | final eval (sampled) |",
-        "|---|---|---|---|",
+        f"| K | train reward, first {w} steps | train reward, last {w} steps | eval before (sampled) | "
+        "final eval (sampled) |",
+        "|---|---|---|---|---|",
     ]
     for k in args.ks:
         c = np.array(curves[k])
         first, last = c[:, :w].mean(axis=1), c[:, -w:].mean(axis=1)
         f = np.array(finals[k])
-        lines.append(f"| {k} | {_pm(first)} | {_pm(last)} | {_pm(f)} |")
+        lines.append(f"| {k} | {_pm(first)} | {_pm(last)} | {_pm(befores[k])} | {_pm(f)} |")
     lines += ["", f"![reward curves](async_curves{name}.png)"]
     write_report("\n".join(lines) + "\n", RESULTS / f"async_curves{name}.md")
+
+
+def _finished_run(run: Path) -> tuple[int, int, list[dict], dict]:
+    """(K, seed, metrics rows, final eval) of a finished run directory."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    after = {k[5:]: v for k, v in rows[-1].items() if k.startswith("eval/")}
+    return cfg["rollout"]["max_staleness"], cfg["trainer"]["seed"], rows, after
 
 
 def _pm(x) -> str:
@@ -356,6 +367,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=5, help="curves: steps averaged at each end")
     ap.add_argument("--eval-size", type=int, default=200)
     ap.add_argument("--eval-samples", type=int, default=4)
+    ap.add_argument("--from-runs", nargs="+", help="curves: redraw from these finished run directories")
     ap.add_argument("--overrides", help=argparse.SUPPRESS)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     args = ap.parse_args()
