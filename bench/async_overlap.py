@@ -336,7 +336,9 @@ def _plot(curves: dict, path: Path, args, reward: str) -> None:
         ax.fill_between(steps, c.min(axis=0), c.max(axis=0), alpha=0.12)
     ax.set_xlabel("step")
     ax.set_ylabel(f"train reward ({reward}, sampled)")
-    ax.set_title(f"GRPO on {args.model}: lockstep vs async ({args.window}-step mean; band: seed range)")
+    ax.set_title(
+        f"GRPO on {args.model}: lockstep vs async\n({args.window}-step mean; band: seed range)", fontsize=10
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
