@@ -7,6 +7,7 @@ and syncs the adapter it serves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -72,9 +73,22 @@ class Trainer:
     """Runs one config: starts the actors the algorithm asks for, steps it, evaluates, checkpoints."""
 
     def __init__(
-        self, config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False
+        self,
+        config: Config,
+        config_dir: str | None = None,
+        address: str | None = None,
+        resume: bool = False,
+        shared=None,
     ):
         self.cfg, self.config_dir, self.address, self.resume = config, config_dir, address, resume
+        # actors shared with other trials of one job (``align.jobs``): this run takes views of them
+        # and neither starts nor stops them
+        self.shared = shared
+        self.tag = ""  # a job's trials prefix their progress lines with their names
+        # a job's trials take turns (``align.jobs.Turns``): held for a step (with its evaluation and
+        # checkpoint) and for the start (first sync, eval before)
+        self.turn = contextlib.nullcontext()
+        self._prepared = False
         self.run_dir = Path(config.trainer.output_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.algorithm: Algorithm = algorithm_class(config.algorithm.name)(config)
@@ -89,7 +103,19 @@ class Trainer:
     rewards = property(lambda self: self.ctx.rewards)
 
     # ------------------------------------------------------------------ set-up
-    def _setup(self) -> None:
+    def prepare(self) -> None:
+        """Everything before the actors: the checkpoint ``--resume`` continues from (read and
+        verified: a bad checkpoint costs nothing), the tokenizer, the data, the resolved config, the
+        actors' specs. A job of several trials prepares each before it starts their shared actors."""
+        if self._prepared:
+            return
+        if self.resume:
+            self._preloaded = self._latest_checkpoint() or {}
+        self.clock = StartupClock(log)
+        self._setup_local()
+        self._prepared = True
+
+    def _setup_local(self) -> None:
         from transformers import AutoTokenizer
 
         from align.models.builtin import resolve_model_path
@@ -107,10 +133,18 @@ class Trainer:
         ctx.sampler = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
-        rspec = alg.rollout_spec(ctx, rollout_spec(cfg, self.model_path))
-        ctx.learners, ctx.rollouts, ctx.rewards = self._start_actors(
-            alg.learner_spec(ctx, learner_spec(cfg, self.model_path)), rspec, rewards=alg.uses_rewards
-        )
+        self.rspec = alg.rollout_spec(ctx, rollout_spec(cfg, self.model_path))
+        self.lspec = alg.learner_spec(ctx, learner_spec(cfg, self.model_path))
+
+    def _setup_actors(self) -> None:
+        cfg, ctx, alg = self.cfg, self.ctx, self.algorithm
+        if self.shared is not None:
+            self._owns_ray = False
+            ctx.learners, ctx.rollouts, ctx.rewards = self.shared.views(self)
+        else:
+            ctx.learners, ctx.rollouts, ctx.rewards = self._start_actors(
+                self.lspec, self.rspec, rewards=alg.uses_rewards
+            )
         alg.setup(ctx)
         if cfg.rollout.max_staleness and ctx.rollouts is not None:
             from align.rollout_queue import RolloutQueue
@@ -381,11 +415,10 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         old_handlers: dict = {}
         try:
-            interrupts.clear()
-            if self.resume:  # read and verified before any actor starts: a bad checkpoint costs nothing
-                self._preloaded = self._latest_checkpoint() or {}
-            self.clock = StartupClock(log)
-            self._setup()
+            if self.shared is None:  # (a job's trials share the process: one stop request for all)
+                interrupts.clear()
+            self.prepare()
+            self._setup_actors()
             if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
                 self._watch = ClusterWatch(self.address, self._state_line).__enter__()
             # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
@@ -393,17 +426,18 @@ class Trainer:
             if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
                 old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
                 old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
-            with self.clock.phase("restore" if self.resume else "first adapter sync"):
-                start = self._restore() if self.resume else 0
-                if start == 0:
-                    self._sync(0)
-            self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
-            before = None
-            if start == 0 and ctx.eval_rows:
-                with self.clock.phase("eval before", f"{len(ctx.eval_rows)} prompts"):
-                    before = self._evaluate()
-                ctx.before_eval = before  # handed to the objective once it exists (first scored batch)
-                self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
+            with self.turn:
+                with self.clock.phase("restore" if self.resume else "first adapter sync"):
+                    start = self._restore() if self.resume else 0
+                    if start == 0:
+                        self._sync(0)
+                self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
+                before = None
+                if start == 0 and ctx.eval_rows:
+                    with self.clock.phase("eval before", f"{len(ctx.eval_rows)} prompts"):
+                        before = self._evaluate()
+                    ctx.before_eval = before  # handed to the objective once it exists (first scored batch)
+                    self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
             startup = self.clock.metrics()
             self.metrics.log_startup(startup)
             log.info("start-up: %.1fs in all", startup["startup/total"])
@@ -411,30 +445,33 @@ class Trainer:
             step = start
             while step < cfg.trainer.max_steps:
                 try:
-                    interrupts.check()
-                    m = self._step(step)
-                    done += 1
-                    last = step + 1 == cfg.trainer.max_steps
-                    periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                    wanted = ctx.objective.wants_eval(step + 1) if ctx.objective is not None else False
-                    if ctx.eval_rows and (last or periodic or wanted):
-                        result = self._evaluate()
-                        m.update({f"eval/{k}": v for k, v in result.items()})
-                        # only the evaluations it asked for move the objective (a run extended later
-                        # continues exactly)
-                        if wanted:
-                            m.update(ctx.objective.observe_eval(step + 1, result))
-                        after = result if last else after
-                    if ctx.objective is not None:
-                        m.update(ctx.objective.state_metrics())
-                    m.update(self._fault_metrics())
-                    saved = bool(
-                        last
-                        or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0)
-                        or self._stop_signal
-                    )
-                    if saved:  # before the metrics row: a row is never logged for a step a restart would redo
-                        self._save(step + 1)
+                    with self.turn:
+                        interrupts.check()
+                        m = self._step(step)
+                        done += 1
+                        last = step + 1 == cfg.trainer.max_steps
+                        periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
+                        wanted = ctx.objective.wants_eval(step + 1) if ctx.objective is not None else False
+                        if ctx.eval_rows and (last or periodic or wanted):
+                            result = self._evaluate()
+                            m.update({f"eval/{k}": v for k, v in result.items()})
+                            # only the evaluations it asked for move the objective (a run extended later
+                            # continues exactly)
+                            if wanted:
+                                m.update(ctx.objective.observe_eval(step + 1, result))
+                            after = result if last else after
+                        if ctx.objective is not None:
+                            m.update(ctx.objective.state_metrics())
+                        m.update(self._fault_metrics())
+                        saved = bool(
+                            last
+                            or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0)
+                            or self._stop_signal
+                        )
+                        if (
+                            saved
+                        ):  # before the metrics row: a row is never logged for a step a restart would redo
+                            self._save(step + 1)
                 except LearnerLost as exc:
                     step = self._recover_learners(exc)
                     continue
@@ -442,7 +479,8 @@ class Trainer:
                 eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
                 if (step + 1) % cfg.trainer.log_every == 0:
                     log.info(
-                        "step %d/%d | %s | %.1fs/step | ETA %s",
+                        "%sstep %d/%d | %s | %.1fs/step | ETA %s",
+                        self.tag,
                         step + 1,
                         cfg.trainer.max_steps,
                         self.algorithm.progress(m),
@@ -472,6 +510,8 @@ class Trainer:
                 self.metrics.close()
             if getattr(self, "_cluster_lost", False):
                 pass  # nothing to shut down: talking to a dead cluster would only wait
+            elif self.shared is not None:  # the job stops the actors; the learners forget this trial
+                self.shared.release(self)
             elif ray.is_initialized() and getattr(self, "_owns_ray", True):
                 ray.shutdown()
             elif ray.is_initialized():  # a trial in a shared cluster: free its actors

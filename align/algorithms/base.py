@@ -153,6 +153,12 @@ class Algorithm:
     def __init__(self, cfg):
         self.cfg = cfg
 
+    def shares_learners(self) -> bool:
+        """Whether trials of this method can share one learner group with other trials (``align
+        sweep``'s ``trials_per_job``): the learner then holds each trial's one LoRA module and its
+        optimizer state; a method with more learner state than that runs alone."""
+        return self.adapter_modules == ("default",)
+
     # ---------------------------------------------------------------- set-up
     def load_data(self, ctx: RunContext) -> None:
         """Training prompts and eval rows (``data.train`` / ``data.eval``), checked."""

@@ -185,6 +185,9 @@ class PairMethod(Algorithm):
     def uses_rewards(self) -> bool:  # rewards score generations only (online pairs, generation eval)
         return self.generates
 
+    def shares_learners(self) -> bool:  # COFS keeps per-domain modules besides the trained one
+        return super().shares_learners() and not self.pref.domains
+
     def learner_spec(self, ctx: RunContext, spec):
         if self.chase:
             spec.ofs = self.pref.ofs.model_dump()

@@ -73,6 +73,9 @@ class RewardModel(PairMethod):
     panels = RM_PANELS
     prefix = "rm"
 
+    def shares_learners(self) -> bool:  # a sequence-classification model (its own head, maybe fully trained)
+        return False
+
     def loss_name(self) -> str:
         return "bradley_terry"
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,7 @@ class RolloutGroup:
         self.max_restarts = max_restarts
         self.restarts = 0  # workers lost and restarted (metric faults/rollout_restarts)
         self._adapter: tuple | None = None  # (version, tensors ref, config) served now
+        self._recovering = threading.Lock()  # calls of several threads (trials sharing the engines)
         self.workers = [
             actor.remote(dataclasses.replace(spec, seed=spec.seed + i)) for i in range(num_workers)
         ]
@@ -107,10 +109,12 @@ class RolloutGroup:
             "rollout worker lost (%s); waiting for its restart, then repeating the call",
             str(exc).splitlines()[0][:200],
         )
-        before, self.pids = self.pids, [self._wait_alive(w) for w in self.workers]
-        # workers that came back as new processes (asynchronous training has several calls in flight:
-        # one lost worker fails each of them, and each is repeated, but it was lost once)
-        self.restarts += sum(a != b for a, b in zip(before, self.pids))
+        with self._recovering:
+            before, self.pids = self.pids, [self._wait_alive(w) for w in self.workers]
+            # workers that came back as new processes (asynchronous training, or trials sharing the
+            # engines, have several calls in flight: one lost worker fails each of them, and each is
+            # repeated, but it was lost once)
+            self.restarts += sum(a != b for a, b in zip(before, self.pids))
         if self._adapter is not None:
             self._serve(*self._adapter)
 
@@ -427,6 +431,13 @@ class LearnerGroup:
 
     def set_fast(self, index: int) -> None:
         self._gather([r.set_fast.remote(index) for r in self.ranks])
+
+    def use_slot(self, slot: str, seed: int, lr: float) -> None:
+        """Every rank makes trial ``slot``'s state the live one (``Learner.use_slot``)."""
+        self._gather([r.use_slot.remote(slot, seed, lr) for r in self.ranks])
+
+    def drop_slot(self, slot: str) -> None:
+        self._gather([r.drop_slot.remote(slot) for r in self.ranks])
 
     def adapter(self, name: str = "default") -> tuple[dict[str, np.ndarray], dict]:
         return self._gather(

@@ -66,6 +66,9 @@ class LearnerSpec(Spec):
     finetune: str = "lora"  # reward_model: lora or full
     pad_token_id: int | None = None
     ofs: dict | None = None  # OFS-DPO: a second LoRA module ({lr_ratio, ...})
+    # trials sharing this learner (``align sweep`` with trials_per_job > 1): their seeds, whose LoRA
+    # initialisations are made at start-up exactly as a learner of that seed makes its own
+    slot_seeds: list[int] | None = None
     master_addr: str = "127.0.0.1"
 
     @classmethod
@@ -131,8 +134,12 @@ class Learner:
             target_modules=lora["target_modules"],
             task_type="SEQ_CLS" if self.reward_model else "CAUSAL_LM",
         )
+        self._init_adapters: dict[int, dict] = {}
         if not self.full:
             model = get_peft_model(model, self.peft_config)
+            self._init_adapters = self._slot_initialisations(
+                model, self.peft_config, spec.slot_seeds or [], seed
+            )
         # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
         # own optimizer parameter group so the fast and slow learning rates can swap.
         self.ofs = spec.ofs
@@ -181,6 +188,14 @@ class Learner:
             self.set_fast(0)
         if not self.reward_model:
             self._warm_up()
+        # trials sharing this learner: the live adapter, optimizer state and RNG belong to one slot
+        self._slot: str | None = None
+        self._slots: dict[str, dict] = {}
+        self._train_params = [p for p in self.model.parameters() if p.requires_grad]
+        self._fresh_groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self._base_optimizer().param_groups
+        ]
+        torch.manual_seed(seed)  # the RNG (LoRA dropout) starts where a slot of this seed starts
 
     def _warm_up(self) -> None:
         """One forward and backward on a dummy micro-batch, gradients discarded: the first real step
@@ -202,6 +217,111 @@ class Learner:
         self.model.train()
         lp = self._logps(part, 1.0, grad=True, plain=True)
         torch.autograd.grad(lp.sum(), params, allow_unused=True)
+
+    # ----------------------------------------------------------------- trials sharing one learner
+    @staticmethod
+    def _slot_initialisations(model, peft_config, seeds: list[int], own_seed: int) -> dict[int, dict]:
+        """Initial LoRA tensors of a learner seeded with each of ``seeds``: peft's ``add_adapter``
+        after ``torch.manual_seed(s)`` draws what ``get_peft_model`` drew for ``s`` (same layers, same
+        order), checked against this learner's own module. Made before DeepSpeed wraps the model
+        (adding and deleting modules there would touch the parameters ZeRO hooks)."""
+        from peft import get_peft_model_state_dict
+
+        out: dict[int, dict] = {}
+        for s in sorted(set(seeds)):
+            torch.manual_seed(s)
+            model.add_adapter("_slot_init", peft_config)
+            out[s] = {
+                k: v.detach().clone()
+                for k, v in get_peft_model_state_dict(model, adapter_name="_slot_init").items()
+            }
+            model.delete_adapter("_slot_init")
+        if own_seed in out:
+            own = get_peft_model_state_dict(model, adapter_name="default")
+            if any(not torch.equal(own[k], out[own_seed][k]) for k in own):
+                raise RuntimeError(
+                    "peft's add_adapter no longer draws the initialisation get_peft_model draws for the same "
+                    "seed: trials sharing a learner would not start where their solo runs start"
+                )
+        for name, p in model.named_parameters():
+            if "lora_" in name and ".default." in name and not p.requires_grad:
+                raise RuntimeError(f"{name}: no longer trainable after the slot initialisations")
+        return out
+
+    def _base_optimizer(self):
+        """The torch optimizer stepping the fp32 weights (ZeRO's inner one, or the engine's own)."""
+        inner = getattr(self.optimizer, "optimizer", None)
+        return inner if isinstance(inner, torch.optim.Optimizer) else self.optimizer
+
+    def _masters(self) -> list[torch.Tensor]:
+        """ZeRO's fp32 master partitions of this rank (none without ZeRO)."""
+        if hasattr(self.optimizer, "single_partition_of_fp32_groups"):
+            return list(self.optimizer.single_partition_of_fp32_groups)
+        if not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise ValueError(
+                f"trials sharing a learner need learner.zero_stage 1 or 2, or a float32 stage-0 engine "
+                f"(this engine's optimizer is {type(self.optimizer).__name__})"
+            )
+        return []
+
+    def use_slot(self, slot: str, seed: int, lr: float) -> str | None:
+        """Make trial ``slot`` the live one: its LoRA weights, fp32 master partition, optimizer state
+        (moments, step counts), learning rate and RNG, kept by copy while other trials train (only
+        this rank's partition: each rank swaps its own). A slot seen for the first time starts as a
+        fresh learner of ``seed`` would (its LoRA initialisation, no optimizer state, RNG at
+        ``manual_seed(seed)``). Tensors are copied in place: DeepSpeed's buffers and hooks keep
+        pointing at the same parameters. Returns the slot that was live before."""
+        from peft import set_peft_model_state_dict
+
+        before = self._slot
+        if slot == before:
+            return before
+        opt, masters = self._base_optimizer(), self._masters()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if before is not None:
+            index = {id(p): i for i, p in enumerate(params)}
+            self._slots[before] = {
+                "weights": [p.detach().clone() for p in self._train_params],
+                "masters": [m.detach().clone() for m in masters],
+                "state": {
+                    index[id(p)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                    for p, st in opt.state.items()
+                },
+                "groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+                "rng": torch.get_rng_state(),
+            }
+        saved = self._slots.pop(slot, None)
+        opt.state.clear()
+        with torch.no_grad():
+            if saved is None:
+                if seed not in self._init_adapters:
+                    raise ValueError(f"slot {slot!r}: seed {seed} was not among the learner's slot_seeds")
+                set_peft_model_state_dict(self.model, self._init_adapters[seed], adapter_name="default")
+                if masters:
+                    self.optimizer._restore_from_bit16_weights()  # the fp32 master from the weights
+                for g, fresh in zip(opt.param_groups, self._fresh_groups):
+                    g.update(fresh)
+                torch.manual_seed(seed)
+            else:
+                for p, w in zip(self._train_params, saved["weights"]):
+                    p.copy_(w)
+                for m, w in zip(masters, saved["masters"]):
+                    m.copy_(w)
+                for i, st in saved["state"].items():
+                    opt.state[params[i]] = st
+                for g, kept in zip(opt.param_groups, saved["groups"]):
+                    g.update(kept)
+                torch.set_rng_state(saved["rng"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        self._slot = slot
+        return before
+
+    def drop_slot(self, slot: str) -> None:
+        """Forget a trial's kept state (it ended)."""
+        self._slots.pop(slot, None)
+        if self._slot == slot:
+            self._slot = None
 
     # ----------------------------------------------------------------- OFS-DPO modules
     def set_fast(self, index: int) -> list[float]:

@@ -86,6 +86,7 @@ class RolloutSpec(Spec):
     trust_remote_code: bool = False
     threads: int = 0
     prefix_caching: bool = False
+    max_loras: int = 1  # lora_mode adapter: adapters held at once (trials sharing the engine: one each)
 
     @classmethod
     def from_config(cls, c, model_path: str) -> "RolloutSpec":
@@ -143,7 +144,8 @@ class RolloutEngine:
                 else {
                     "enable_lora": True,
                     "max_lora_rank": next(r for r in LORA_RANKS if r >= spec.lora_rank),
-                    "max_loras": 1,
+                    "max_loras": spec.max_loras,
+                    "max_cpu_loras": spec.max_loras,
                 }
             ),
             enforce_eager=spec.device == "cpu",

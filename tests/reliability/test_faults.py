@@ -72,8 +72,8 @@ class FaultyTrainer(Trainer):
 
     inject = None
 
-    def _setup(self) -> None:
-        super()._setup()
+    def _setup_actors(self) -> None:
+        super()._setup_actors()
         type(self).inject(self)
 
 
