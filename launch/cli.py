@@ -197,7 +197,7 @@ def _cmd_sweep(args) -> int:
 
     if args.dry_run:
         for t in plan_sweep(args.config, args.overrides, args.quick)[3]:
-            print(t["name"], " ".join(t["overrides"]))
+            print(t["job"], t["name"], " ".join(t["overrides"]))
         return 0
     summary = run_sweep(args.config, args.overrides, quick=args.quick, address=args.address)
     return 1 if summary.get("failed") else 0

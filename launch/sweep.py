@@ -103,8 +103,27 @@ class SweepConfig(Section):
     output_dir: str = Field(
         "runs/sweep", description="Sweep directory: Tune state, trial runs, CSVs, plots, report."
     )
-    max_concurrent: int = Field(
-        0, ge=0, description="Trials at once (0: as many as the cluster's CPUs hold)."
+    max_concurrent: int = Field(0, ge=0, description="Jobs at once (0: as many as the cluster's CPUs hold).")
+    trials_per_job: int = Field(
+        1,
+        ge=0,
+        description="Trials run as one job on one set of actors (one vLLM engine group serving every trial's "
+        "adapter, one learner group holding every trial's adapter and optimizer state over one base model, one "
+        "reward pool); 1: each trial starts its own actors; 0: every trial that can share. Trials whose actors "
+        "would differ (model, LoRA, engine settings, reward definitions, method family) go to separate jobs.",
+    )
+    job_concurrency: int = Field(
+        1,
+        ge=1,
+        description="Trials of a job that run a step at once. 1: they take turns, first come first served, each "
+        "step using every core; more lets one trial's batch generate while another's trains (worth it when "
+        "rollout.threads / learner.threads split the cores, or on GPUs).",
+    )
+    front_every: int = Field(
+        0,
+        ge=0,
+        description="Evaluate every trial every this many steps (trainer.eval_every) so that the front's "
+        "hypervolume can be followed over steps (plots/hypervolume_by_step.png); 0: before and after only.",
     )
     quick: QuickSection = Field(default_factory=QuickSection, description="The --quick preset (CI).")
 
@@ -188,6 +207,7 @@ def trial_specs(sweep: SweepConfig, quick: bool, reward_names: list[str]) -> lis
             *(sweep.quick.overrides if quick else []),
             f"trainer.seed={seed}",
             f"trainer.max_steps={steps}",
+            *([f"trainer.eval_every={sweep.front_every}"] if sweep.front_every else []),
         ]
         out.append(
             {
@@ -223,30 +243,99 @@ def trial_resources(config) -> list[dict]:
     return [{"CPU": 0.01}, actors]
 
 
-def run_trial(params: dict) -> None:
-    """The Tune trainable: one real training run; reports the final eval as the objective vector."""
-    from ray import tune
+def trial_dir(output_dir: str | Path, name: str) -> Path:
+    return Path(output_dir) / "trials" / name
 
-    from align.trainer import make_trainer
 
-    spec, base, objectives = params["trial"], params["base"], params["objectives"]
-    run_dir = Path(params["output_dir"]) / "trials" / spec["name"]
-    cfg = load_config(base, [*spec["overrides"], f"trainer.output_dir={run_dir}"])
-    resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*"))
-    summary = make_trainer(cfg, str(Path(base).parent), resume=resume).run()
+def read_result(output_dir: str | Path, name: str) -> dict | None:
+    """A trial's ``result.json`` (its final objective vector, or the error it ended with), if written."""
+    path = trial_dir(output_dir, name) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_result(output_dir: str | Path, name: str, result: dict) -> None:
+    path = trial_dir(output_dir, name) / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)  # atomic: a stopped sweep never leaves half a result
+
+
+def _objective_vector(summary: dict, objectives: list[str]) -> dict:
     final = summary["after"] or {}
     missing = [k for k in objectives if k not in final]
     if missing:
         raise KeyError(
             f"objectives {missing} are not eval metrics of the trial (have: {', '.join(sorted(final))})"
         )
-    tune.report(
-        {
-            **{f"obj/{k}": float(final[k]) for k in objectives},
-            **{f"before/{k}": float((summary["before"] or {}).get(k, math.nan)) for k in objectives},
-            "run_dir": str(run_dir),
-        }
-    )
+    return {
+        "objectives": {k: float(final[k]) for k in objectives},
+        "before": {k: float((summary["before"] or {}).get(k, math.nan)) for k in objectives},
+    }
+
+
+def run_job(params: dict) -> None:
+    """The Tune trainable: one job of one or more trials (``trials_per_job``). A trial with a result
+    is skipped (a restored sweep runs only what did not finish); one with checkpoints resumes from the
+    newest. One trial runs on actors of its own; several share one set (``align.jobs``). Each trial's
+    result (its final eval as the objective vector, or its error) goes to ``trials/<name>/result.json``;
+    a job with a failed trial ends in error, so that Tune's restore runs it again (the finished trials
+    are skipped then)."""
+    from ray import tune
+
+    from align.jobs import TrialRun, run_trials
+    from align.trainer import make_trainer
+
+    base, objectives, out = params["base"], params["objectives"], params["output_dir"]
+    todo = []
+    for spec in params["job"]["trials"]:
+        done = read_result(out, spec["name"])
+        if done and "objectives" in done:
+            continue
+        run_dir = trial_dir(out, spec["name"])
+        cfg = load_config(base, [*spec["overrides"], f"trainer.output_dir={run_dir}"])
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*"))
+        todo.append(TrialRun(spec["name"], cfg, str(Path(base).parent), resume))
+    if len(todo) == 1:
+        try:
+            t = todo[0]
+            results = {t.name: make_trainer(t.config, t.config_dir, resume=t.resume).run()}
+        except Exception as exc:
+            results = {todo[0].name: exc}
+    elif todo:
+        results = run_trials(todo, concurrency=params.get("concurrency", 1))
+    else:
+        results = {}
+    failed = []
+    for name, res in results.items():
+        if not isinstance(res, BaseException):
+            try:
+                res = {**_objective_vector(res, objectives), "run_dir": str(trial_dir(out, name))}
+            except KeyError as exc:
+                res = exc
+        if isinstance(res, BaseException):
+            failed.append(f"{name}: {type(res).__name__}: {res}")
+            res = {"error": f"{type(res).__name__}: {res}", "run_dir": str(trial_dir(out, name))}
+        write_result(out, name, res)
+    tune.report({"trials": len(params["job"]["trials"]), "ran": len(results), "failed": len(failed)})
+    if failed:
+        raise RuntimeError(f"{len(failed)} trial(s) of {params['job']['name']} failed: " + "; ".join(failed))
+
+
+def plan_jobs(trials: list[dict], base: str, per_job: int) -> list[dict]:
+    """Trials grouped into jobs: those whose actors would be the same (``align.jobs.share_key``) in
+    order, at most ``per_job`` (0: all) to a job."""
+    from align.jobs import share_key
+
+    groups: dict[str, list[dict]] = {}
+    for t in trials:
+        groups.setdefault(share_key(load_config(base, t["overrides"])), []).append(t)
+    jobs = []
+    for members in groups.values():
+        size = per_job or len(members)
+        for start in range(0, len(members), size):
+            jobs.append({"name": f"job-{len(jobs)}", "trials": members[start : start + size]})
+    return jobs
 
 
 # ---------------------------------------------------------------------------------- analysis
@@ -308,6 +397,15 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
                 i = next(j for j, r in enumerate(rows) if r["name"] == name)
                 w.writerow([method, name, *pts[i]])
     plots = plot_fronts(rows, pts, names, maximize, out_dir / "plots")
+    by_step = front_by_step(rows, names, maximize, ref)
+    with open(out_dir / "front_by_step.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "step", "hypervolume"])
+        for set_name, values in by_step.items():
+            for step, hv in values.items():
+                w.writerow([set_name, step, hv])
+    if any(len(v) > 1 for v in by_step.values()):
+        plots.append(plot_front_by_step(by_step, out_dir / "plots" / "hypervolume_by_step.png"))
     summary = {
         "reference": dict(zip(names, ref.tolist())),
         "maximize": dict(zip(names, maximize)),
@@ -316,11 +414,71 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
         "methods": per_method,
         "nondominated": [rows[i]["name"] for i in np.flatnonzero(overall)],
         "trials": len(rows),
+        "hypervolume_by_step": {k: {str(st): hv for st, hv in v.items()} for k, v in by_step.items()},
         "plots": [str(p) for p in plots],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, rows, pts, names, out_dir / "report.md")
     return summary
+
+
+def front_by_step(rows: list[dict], names: list[str], maximize, ref) -> dict[str, dict[int, float]]:
+    """The hypervolume of each set (every method's trials, and all trials) at each step where every
+    trial of the set was evaluated (step 0: before training; ``front_every``; the last step), from
+    the trials' ``metrics.jsonl``."""
+    from align.objectives.pareto import hypervolume
+
+    evals: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        path = Path(r.get("run_dir", "")) / "metrics.jsonl"
+        by_step: dict[int, list[float]] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if all(f"eval/{n}" in row for n in names):  # a resumed run's repeated row: the last wins
+                    by_step[int(row["step"])] = [float(row[f"eval/{n}"]) for n in names]
+        evals[r["name"]] = by_step
+    sets = {m: [r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)}
+    sets["all"] = rows
+    out: dict[str, dict[int, float]] = {}
+    for set_name, members in sets.items():
+        steps = set.intersection(*(set(evals[r["name"]]) for r in members)) if members else set()
+        out[set_name] = {
+            st: hypervolume(np.array([evals[r["name"]][st] for r in members]), ref, maximize)
+            for st in sorted(steps)
+        }
+    return out
+
+
+def plot_front_by_step(by_step: dict[str, dict[int, float]], path: Path) -> Path:
+    """Hypervolume against training step, one line per method and one for all trials together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.get_cmap("tab10")
+    for c, (set_name, values) in enumerate(by_step.items()):
+        steps = list(values)
+        ax.plot(
+            steps,
+            [values[st] for st in steps],
+            marker="o",
+            color="black" if set_name == "all" else colours(c),
+            lw=2.5 if set_name == "all" else 1.5,
+            label=set_name,
+        )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("hypervolume of the front")
+    ax.set_title("The front's evolution: hypervolume per step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_fronts(rows, pts, names, maximize, out_dir: Path) -> list[Path]:
@@ -385,6 +543,22 @@ def write_report(summary: dict, rows, pts, names, path: Path) -> None:
     ]
     for r, p in zip(rows, pts):
         lines.append(f"| {r['name']} | " + " | ".join(f"{x:.4f}" for x in p) + " |")
+    by_step = summary.get("hypervolume_by_step") or {}
+    steps = sorted({int(st) for v in by_step.values() for st in v})
+    if len(steps) > 1:
+        lines += [
+            "",
+            "## The front over steps (hypervolume)",
+            "",
+            "| set | " + " | ".join(f"step {st}" for st in steps) + " |",
+            "|---|" + "---:|" * len(steps),
+        ]
+        for set_name, values in by_step.items():
+            lines.append(
+                f"| {set_name} | "
+                + " | ".join(f"{values[str(st)]:.4f}" if str(st) in values else "-" for st in steps)
+                + " |"
+            )
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}](plots/{Path(p).name})" for p in summary["plots"]]
     path.write_text("\n".join(lines) + "\n")
 
@@ -406,7 +580,11 @@ def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = Fals
         raise ConfigError(
             f"sweep {path}: the base config {sweep.base} has no data.eval; trials are compared on it"
         )
-    return sweep, base, base_cfg, trials
+    jobs = plan_jobs(trials, base, sweep.trials_per_job)
+    for job in jobs:
+        for t in job["trials"]:
+            t["job"] = job["name"]
+    return sweep, base, base_cfg, trials, jobs
 
 
 def run_sweep(
@@ -416,14 +594,16 @@ def run_sweep(
     import ray
     from ray import tune
 
-    sweep, base, base_cfg, trials = plan_sweep(path, overrides, quick)
+    sweep, base, base_cfg, trials, jobs = plan_sweep(path, overrides, quick)
     out_dir = Path(sweep.output_dir)
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
     out_dir = out_dir / "quick" if quick else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sweep.json").write_text(
-        json.dumps({"sweep": sweep.model_dump(mode="json"), "quick": quick, "trials": trials}, indent=2)
+        json.dumps(
+            {"sweep": sweep.model_dump(mode="json"), "quick": quick, "trials": trials, "jobs": jobs}, indent=2
+        )
     )
     owns = not ray.is_initialized()
     if owns:
@@ -446,13 +626,15 @@ def run_sweep(
                 f"one trial needs {need:g} Ray CPUs (rollout workers, learner ranks and the trial driver) but the "
                 f"cluster has {have:g}: lower the base config's num_cpus / num_workers / num_ranks"
             )
-        trainable = tune.with_resources(run_trial, resources)
+        trainable = tune.with_resources(run_job, resources)
         param_space = {
-            "trial": tune.grid_search(trials),
+            "job": tune.grid_search(jobs),
             "base": base,
             "objectives": list(sweep.objectives),
             "output_dir": str(out_dir),
+            "concurrency": sweep.job_concurrency,
         }
+        log.info("%d trial(s) in %d job(s) (trials_per_job=%d)", len(trials), len(jobs), sweep.trials_per_job)
         storage, name = str(out_dir), "tune"
         concurrent = sweep.max_concurrent or None
         if tune.Tuner.can_restore(os.path.join(storage, name)):
@@ -477,20 +659,20 @@ def run_sweep(
                 ),
             )
         results = tuner.fit()
+        errors = {r.config["job"]["name"]: r.error for r in results if r.error is not None}
         rows, failed = [], []
-        for res in results:
-            spec = res.config["trial"]
-            if (
-                res.error is not None
-                or not res.metrics
-                or f"obj/{next(iter(sweep.objectives))}" not in res.metrics
-            ):
-                failed.append(f"{spec['name']}: {res.error}")
+        for spec in trials:
+            res = read_result(out_dir, spec["name"])
+            if res is None or "objectives" not in res:
+                why = res["error"] if res else f"no result ({errors.get(spec['job'], 'the job did not run')})"
+                failed.append(f"{spec['name']}: {why}")
                 continue
             rows.append(
                 {
                     **spec,
-                    **{k: v for k, v in res.metrics.items() if k.startswith(("obj/", "before/", "run_dir"))},
+                    **{f"obj/{k}": v for k, v in res["objectives"].items()},
+                    **{f"before/{k}": v for k, v in res["before"].items()},
+                    "run_dir": res["run_dir"],
                 }
             )
         if failed:
@@ -501,6 +683,8 @@ def run_sweep(
             )
         summary = analyse(rows, sweep, out_dir)
         summary["failed"] = failed
+        summary["jobs"] = len(jobs)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info(
             "sweep done: %d trials, hypervolume %s; report %s",
             len(rows),

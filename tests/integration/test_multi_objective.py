@@ -133,6 +133,7 @@ def test_resume_is_exact_with_objective_state(tmp_path):
 
 
 def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
+    """Two trials as one job on Ray Tune; the front over steps; a second run restores, trains nothing."""
     out = tmp_path / "sweep"
     cmd = [
         sys.executable,
@@ -143,6 +144,10 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
         "--quick",
         "--set",
         f"output_dir={out}",
+        "--set",
+        "trials_per_job=0",  # both trials as one job on one set of actors (tests/integration/test_sweep_jobs.py)
+        "--set",
+        "front_every=1",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -159,6 +164,11 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     assert summary["reference"] == {"correctness": 0.0, "brevity": 0.0, "shows_work": 0.0}
     assert len(list((quick / "plots").glob("pareto_*.png"))) == 3  # pairwise projections of K = 3
     assert "hypervolume" in (quick / "report.md").read_text()
+    assert summary["jobs"] == 1 and "2 trial(s) in 1 job(s)" in done.stderr
+    # the front's evolution: every trial evaluated at steps 0 (before), 1 and 2
+    assert list(summary["hypervolume_by_step"]["all"]) == ["0", "1", "2"]
+    assert summary["hypervolume_by_step"]["all"]["2"] == pytest.approx(summary["hypervolume_all"])
+    assert (quick / "plots" / "hypervolume_by_step.png").stat().st_size > 10_000
     # run again: Tune restores the finished sweep; no trial trains again, the analysis is the same
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
