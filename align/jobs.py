@@ -61,7 +61,7 @@ class SharedActors:
     with them (but for its seed and learning rate)."""
 
     def __init__(self, trainers: list):
-        from align.workers.shared import RolloutSlot, SharedLearners
+        from align.workers.shared import SharedLearners
 
         first = trainers[0]
         for t in trainers[1:]:
@@ -87,13 +87,14 @@ class SharedActors:
         )
         self.owns_ray = first._owns_ray
         self.learners = SharedLearners(learners)
-        self._slot_view = RolloutSlot
 
     def views(self, trainer):
         """(learners, rollouts, rewards) as ``trainer`` sees them."""
+        from align.workers.shared import RolloutSlot
+
         i, cfg = self.index[id(trainer)], trainer.cfg
         learners = self.learners.view(trainer.run_dir.name, cfg.trainer.seed, cfg.learner.lr)
-        rollouts = self._slot_view(self.rollouts, i) if self.rollouts is not None else None
+        rollouts = RolloutSlot(self.rollouts, i) if self.rollouts is not None else None
         return learners, rollouts, self.rewards
 
     def release(self, trainer) -> None:
