@@ -100,7 +100,7 @@ class SharedActors:
     def release(self, trainer) -> None:
         """``trainer`` ended (finished or failed): the learners forget its state."""
         try:
-            self.learners.view(trainer.run_dir.name, 0, 0.0).release()
+            self.learners.drop(trainer.run_dir.name)
         except Exception as exc:  # a lost rank: nothing to forget
             log.debug("releasing %s: %s", trainer.run_dir.name, exc)
 

@@ -350,8 +350,9 @@ def nondominated(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
     )
 
 
-def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
-    """CSV files, per-method hypervolume, pairwise Pareto plots and the markdown report."""
+def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path, extra: dict | None = None) -> dict:
+    """CSV files, per-method hypervolume, pairwise Pareto plots and the markdown report; ``extra``
+    entries join the summary."""
     from align.objectives.pareto import hypervolume
 
     names = list(sweep.objectives)
@@ -417,6 +418,7 @@ def analyse(rows: list[dict], sweep: SweepConfig, out_dir: Path) -> dict:
         "hypervolume_by_step": {k: {str(st): hv for st, hv in v.items()} for k, v in by_step.items()},
         "plots": [str(p) for p in plots],
     }
+    summary.update(extra or {})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(summary, rows, pts, names, out_dir / "report.md")
     return summary
@@ -681,10 +683,7 @@ def run_sweep(
             raise RuntimeError(
                 "every trial failed; see the errors above and the trial logs under " + str(out_dir / name)
             )
-        summary = analyse(rows, sweep, out_dir)
-        summary["failed"] = failed
-        summary["jobs"] = len(jobs)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary = analyse(rows, sweep, out_dir, {"failed": failed, "jobs": len(jobs)})
         log.info(
             "sweep done: %d trials, hypervolume %s; report %s",
             len(rows),

@@ -42,6 +42,13 @@ class SharedLearners:
             self.group.use_slot(slot, seed, lr)
             self.active = slot
 
+    def drop(self, slot: str) -> None:
+        """A trial ended: the ranks forget its kept state."""
+        with self.lock:
+            self.group.drop_slot(slot)
+            if self.active == slot:
+                self.active = None
+
 
 class LearnerSlot:
     """A trial's ``LearnerGroup``: the group's methods, each run with the trial's slot live."""
@@ -72,13 +79,6 @@ class LearnerSlot:
                 self._shared.generation += 1
                 self._shared.active = None
             self._generation = self._shared.generation
-
-    def release(self) -> None:
-        """The trial ended: the ranks forget its kept state."""
-        with self._shared.lock:
-            self._shared.group.drop_slot(self.slot)
-            if self._shared.active == self.slot:
-                self._shared.active = None
 
 
 class RolloutSlot:
