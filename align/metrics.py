@@ -37,6 +37,17 @@ class StartupClock:
         return {**{key(n): v for n, v in self.seconds.items()}, "startup/total": time.time() - self.t0}
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader (or a
+    resumed run) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 class MetricsLog:
     def __init__(self, run_dir: str | Path, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
@@ -48,9 +59,8 @@ class MetricsLog:
             rows = [r for r in rows if r.get("step", -1) <= resume_step]
         elif rows:
             rows = []  # a fresh run in an old directory starts a fresh log
-        tmp = self.path.with_name(self.path.name + ".tmp")  # rewritten whole, then renamed: never half a log
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.path)
+        # rewritten whole, then renamed: never half a log
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(
@@ -76,10 +86,7 @@ class MetricsLog:
     def log_startup(self, seconds: dict[str, float]) -> None:
         """Start-up phase times: ``startup.json`` (temp file + rename; a resumed run writes its own)
         and TensorBoard at step 0. Not a ``metrics.jsonl`` row: that log keeps one row per step."""
-        path = self.run_dir / "startup.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(seconds, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(self.run_dir / "startup.json", json.dumps(seconds, indent=1) + "\n")
         for key, value in seconds.items():
             self.tb.add_scalar(key, value, 0)
         self.tb.flush()

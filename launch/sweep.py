@@ -254,11 +254,10 @@ def read_result(output_dir: str | Path, name: str) -> dict | None:
 
 
 def write_result(output_dir: str | Path, name: str, result: dict) -> None:
-    path = trial_dir(output_dir, name) / "result.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)  # atomic: a stopped sweep never leaves half a result
+    from align.metrics import write_text_atomic
+
+    # atomic: a stopped sweep never leaves half a result
+    write_text_atomic(trial_dir(output_dir, name) / "result.json", json.dumps(result, indent=2))
 
 
 def _objective_vector(summary: dict, objectives: list[str]) -> dict:

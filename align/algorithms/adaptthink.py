@@ -27,6 +27,7 @@ import numpy as np
 
 from align.algorithms.base import RunContext, register_algorithm
 from align.algorithms.grpo import GRPO
+from align.metrics import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ class ReferenceAccuracy:
         return np.array([self.values[p] for p in prompts], dtype=np.float64)
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"meta": self.meta, "values": self.values}, default=str))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"meta": self.meta, "values": self.values}, default=str))
 
 
 def adaptthink_metrics(
