@@ -321,14 +321,14 @@ def run_job(params: dict) -> None:
         raise RuntimeError(f"{len(failed)} trial(s) of {params['job']['name']} failed: " + "; ".join(failed))
 
 
-def plan_jobs(trials: list[dict], base: str, per_job: int) -> list[dict]:
-    """Trials grouped into jobs: those whose actors would be the same (``align.jobs.share_key``) in
-    order, at most ``per_job`` (0: all) to a job."""
+def plan_jobs(trials: list[dict], configs: list, per_job: int) -> list[dict]:
+    """Trials grouped into jobs: those whose actors would be the same (``align.jobs.share_key`` of
+    each trial's validated config) in order, at most ``per_job`` (0: all) to a job."""
     from align.jobs import share_key
 
     groups: dict[str, list[dict]] = {}
-    for t in trials:
-        groups.setdefault(share_key(load_config(base, t["overrides"])), []).append(t)
+    for t, cfg in zip(trials, configs):
+        groups.setdefault(share_key(cfg), []).append(t)
     jobs = []
     for members in groups.values():
         size = per_job or len(members)
@@ -572,16 +572,17 @@ def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = Fals
     base = str((Path(path).resolve().parent / sweep.base).resolve())
     base_cfg = load_config(base, sweep.overrides)
     trials = trial_specs(sweep, quick, [r.name for r in base_cfg.rewards])
+    configs = []
     for t in trials:
         try:
-            load_config(base, t["overrides"])
+            configs.append(load_config(base, t["overrides"]))
         except ConfigError as exc:
             raise ConfigError(f"sweep {path}: trial {t['name']}: {exc}") from None
     if base_cfg.data.eval is None:
         raise ConfigError(
             f"sweep {path}: the base config {sweep.base} has no data.eval; trials are compared on it"
         )
-    jobs = plan_jobs(trials, base, sweep.trials_per_job)
+    jobs = plan_jobs(trials, configs, sweep.trials_per_job)
     for job in jobs:
         for t in job["trials"]:
             t["job"] = job["name"]

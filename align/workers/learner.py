@@ -283,10 +283,9 @@ class Learner:
             self._slots[before] = {
                 "weights": [p.detach().clone() for p in self._train_params],
                 "masters": [m.detach().clone() for m in masters],
-                "state": {
-                    index[id(p)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
-                    for p, st in opt.state.items()
-                },
+                # the optimizer's own state dicts, taken over: opt.state is cleared below, so
+                # nothing else holds them (the weights and masters stay live: those are copied)
+                "state": {index[id(p)]: st for p, st in opt.state.items()},
                 "groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
                 "rng": torch.get_rng_state(),
             }
