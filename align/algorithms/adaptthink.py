@@ -193,6 +193,7 @@ class AdaptThink(GRPO):
         kl_reward,
         dropped: np.ndarray,
         metrics: dict,
+        batch: dict | None = None,
     ) -> np.ndarray:
         """``R - R_ref(x) + delta * 1[NoThinking]`` (+ the KL reward when asked), no group normalisation."""
         G = self.cfg.algorithm.group_size

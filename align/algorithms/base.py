@@ -37,7 +37,7 @@ from align.evaluation_loop import columns
 log = logging.getLogger("align.train")
 
 ALGORITHMS: dict[str, type["Algorithm"]] = {}
-BUILTIN = ("grpo", "adaptthink", "dpo", "reward_model")  # modules that register the built-in methods
+BUILTIN = ("grpo", "adaptthink", "ppo", "dpo", "reward_model")  # modules that register the built-in methods
 
 
 def register_algorithm(*names: str) -> Callable[[type], type]:

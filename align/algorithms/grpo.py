@@ -73,9 +73,13 @@ LEARNER_KEYS = (
 )
 
 
-@register_algorithm(*GRPO_NAMES)  # every row of GRPO_FAMILY but adaptthink (its own file)
+@register_algorithm(*GRPO_NAMES)  # every row of GRPO_FAMILY but adaptthink and ppo (their own files)
 class GRPO(Algorithm):
     panels = PANELS
+    learner_keys = LEARNER_KEYS  # what a minibatch sends to the learners
+    # the objective may mix per-objective advantages itself (Lagrangian, GDPO), and the KL reward is
+    # one number per sample; PPO (per-token advantages from a critic) takes neither
+    objective_advantages = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -296,9 +300,18 @@ class GRPO(Algorithm):
         kl_reward,
         dropped: np.ndarray,
         metrics: dict,
+        batch: dict | None = None,
     ) -> np.ndarray:
-        """The advantage of each sample from its shaped reward and the KL reward (None: none)."""
+        """The advantage of each sample from its shaped reward and the KL reward (None: none);
+        ``batch``: the step's learner tensors (PPO's per-token advantages read them)."""
         return self.group_advantages(rewards + (kl_reward if kl_reward is not None else 0.0), dropped)
+
+    def before_scores(self, ctx: RunContext, batch: dict, metrics: dict) -> None:
+        """After the log-prob pass, while the rewards may still run (PPO: the critic's values)."""
+
+    def train_minibatch(self, ctx: RunContext, part: dict, step: int) -> dict[str, float]:
+        """One optimizer step of the update on minibatch ``part``; its metrics."""
+        return ctx.learners.train_step(part, self.loss_cfg)
 
     # ---------------------------------------------------------------- the step
     def step(self, ctx: RunContext, step: int) -> dict[str, float]:
@@ -308,7 +321,8 @@ class GRPO(Algorithm):
             return metrics
         batch = pack(samples, ctx.tokenizer.pad_token_id)
         self.logprobs(ctx, batch, metrics, step, np.array([s["version"] for s in samples]))
-        scores, dropped = resolve()  # the rewards ran during the log-prob pass
+        self.before_scores(ctx, batch, metrics)
+        scores, dropped = resolve()  # the rewards ran during the log-prob pass (and PPO's values)
         objective = ctx.objective
         # -- shape: objectives -> one reward (or advantage) per sample, with KL in the reward if asked
         mask = batch["completion_mask"]
@@ -317,7 +331,7 @@ class GRPO(Algorithm):
         if "ref_logps" in batch and "old_logps" in batch:
             kl_tok = (batch["old_logps"] - batch["ref_logps"]) * mask  # k1 per token
             metrics["kl/mean"] = float(kl_tok.sum() / mask.sum().clamp(min=1))
-            if alg.kl.where == "reward":
+            if alg.kl.where == "reward" and self.objective_advantages:
                 kl_reward = -alg.kl.coef * kl_tok.sum(dim=1).double().numpy()
         if dropped.any():  # nan_policy=skip: out of the loss (and neutral in its group's baseline, below)
             mask[torch.from_numpy(dropped)] = 0
@@ -332,22 +346,22 @@ class GRPO(Algorithm):
             part = {k: batch[k] for k in LEARNER_KEYS if k in batch and k != "advantages"}
             return ctx.learners.objective_gradients(part, adv, self.loss_cfg, param_pattern, clip)
 
-        octx = {
-            "group_size": G,
-            "lengths": lengths,
-            "step": step,
-            "advantages": advantages,
-            "kl_reward": kl_reward,
-        }
+        octx = {"group_size": G, "lengths": lengths, "step": step, "kl_reward": kl_reward}
         t0 = time.time()
-        metrics.update(objective.before_update(scores, {**octx, "gradient_gram": gradient_gram}))
+        metrics.update(
+            objective.before_update(
+                scores, {**octx, "advantages": advantages, "gradient_gram": gradient_gram}
+            )
+        )
         metrics["timing/objective"] = time.time() - t0
-        shaped = objective.shape(scores, octx)
+        shaped = objective.shape(
+            scores, {**octx, "advantages": advantages} if self.objective_advantages else octx
+        )
         # -- advantage
-        if shaped.advantages is not None:  # the objective mixed per-objective advantages itself
+        if shaped.advantages is not None and self.objective_advantages:  # mixed by the objective itself
             adv = np.asarray(shaped.advantages, dtype=np.float64)
         else:
-            adv = self.advantages(ctx, rows, samples, shaped.rewards, kl_reward, dropped, metrics)
+            adv = self.advantages(ctx, rows, samples, shaped.rewards, kl_reward, dropped, metrics, batch)
         kl_weight = shaped.kl_weight
         for hook in self.hooks:  # APO: STCR scales advantages, DADS weights the KL per sample
             adv, kl_weight = hook.adjust(adv, kl_weight, scores, objective.names, lengths, G, metrics)
@@ -365,8 +379,8 @@ class GRPO(Algorithm):
         learn_stats: list[dict] = []
         for _ in range(alg.ppo_epochs):
             for mb in np.array_split(order, alg.num_minibatches):
-                part = {k: batch[k][torch.from_numpy(np.sort(mb))] for k in LEARNER_KEYS if k in batch}
-                learn_stats.append(ctx.learners.train_step(part, self.loss_cfg))
+                part = {k: batch[k][torch.from_numpy(np.sort(mb))] for k in self.learner_keys if k in batch}
+                learn_stats.append(self.train_minibatch(ctx, part, step))
         metrics["timing/learner"] = time.time() - t0
         metrics.update({k: float(np.mean([s[k] for s in learn_stats])) for k in learn_stats[0]})
         # -- metrics

@@ -37,6 +37,8 @@ GRPO_FAMILY = {
     # AdaptThink: advantage = the shaped reward itself (the authors' ``naive`` estimator: the
     # per-prompt reference accuracy is the baseline), sequence-level ratio by default.
     "adaptthink": ("naive", "seq_mean_token_mean", 0.2, 0.2, "clip_sequence_mean"),
+    # PPO with a learned critic: per-token advantages from GAE (whitened over the batch), token mean.
+    "ppo": ("gae", "token_mean", 0.2, 0.2, "clip"),
 }
 
 # Default (clip_low, clip_high) of each policy loss used outside its own algorithm.
@@ -326,7 +328,8 @@ class MismatchSection(Section):
     floor: Optional[float] = Field(None, ge=0, description="Lower bound; default none (0).")
 
 
-GRPO_NAMES = tuple(n for n in GRPO_FAMILY if n != "adaptthink")  # a new variant is one row of GRPO_FAMILY
+# a new variant is one row of GRPO_FAMILY; adaptthink and ppo have their own sections and files
+GRPO_NAMES = tuple(n for n in GRPO_FAMILY if n not in ("adaptthink", "ppo"))
 
 
 class GRPOFamilyAlgorithm(Section):
@@ -335,7 +338,7 @@ class GRPOFamilyAlgorithm(Section):
     name: Literal[GRPO_NAMES] = Field(  # type: ignore[valid-type]
         "grpo",
         description="Training algorithm: the GRPO family (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo), "
-        "adaptthink, the DPO family (dpo, simpo), or reward_model (a Bradley-Terry reward model on preference pairs); "
+        "adaptthink, ppo (a learned critic, GAE), the DPO family (dpo, simpo), or reward_model (a Bradley-Terry reward model on preference pairs); "
         "each carries only its own settings.",
     )
     group_size: int = Field(8, ge=1, description="Completions sampled per prompt (G).")
@@ -436,7 +439,7 @@ class GRPOFamilyAlgorithm(Section):
     @classmethod
     def _group_of_two(cls, value: int, info):
         name = info.data.get("name", "grpo")
-        if value < 2:
+        if value < 2 and name != "ppo":
             raise ValueError(f"{name} compares samples within a group: set it to 2 or more (got {value})")
         return value
 
@@ -448,6 +451,73 @@ class AdaptThinkAlgorithm(GRPOFamilyAlgorithm):
     adaptthink: AdaptThinkSection = Field(
         default_factory=AdaptThinkSection, description="AdaptThink's settings."
     )
+
+
+class PPOSection(Section):
+    """PPO's critic and advantage estimation (Schulman et al. 2017; ALGORITHMS.md, PPO)."""
+
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount per token in GAE (OpenRLHF, TRL: 1.0).")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE's lambda (OpenRLHF, TRL: 0.95).")
+    value_clip: Optional[float] = Field(
+        0.2,
+        gt=0,
+        description="Clip of the value update around the rollout's values, as PPO's value loss (OpenRLHF 0.2, "
+        "TRL cliprange_value 0.2); null: the plain squared error.",
+    )
+    whiten_advantages: bool = Field(
+        True, description="Standardise the advantages over the batch's completion tokens (OpenRLHF, TRL)."
+    )
+    critic_lr: Optional[float] = Field(
+        None, gt=0, description="The critic's learning rate (its own optimizer); default learner.lr."
+    )
+    critic_warmup: int = Field(
+        0,
+        ge=0,
+        description="Steps at the start where only the critic trains (the policy is not updated; OpenRLHF's "
+        "freezing_actor_steps).",
+    )
+    critic_model: Optional[str] = Field(
+        None,
+        description="A separate base model for the critic (a second copy of the weights in every learner rank, "
+        "as other frameworks hold it); null: the critic is a second LoRA adapter with a value head on the "
+        "policy's own frozen base (one copy).",
+    )
+
+
+class PPOAlgorithm(GRPOFamilyAlgorithm):
+    """PPO with a learned critic: the GRPO family's sampling, rewards and clipped policy loss, with
+    per-token advantages from GAE over a critic's values instead of group baselines."""
+
+    name: Literal["ppo"] = Field("ppo", description="ppo.")
+    group_size: int = Field(
+        1, ge=1, description="Completions sampled per prompt (PPO needs no group: 1 by default)."
+    )
+    ppo: PPOSection = Field(default_factory=PPOSection, description="The critic and GAE.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kl_in_reward(cls, data):
+        """PPO's KL penalty sits in the per-token reward by default (k1, coefficient 0.05: TRL's PPO);
+        keys the user gives override these one by one."""
+        if isinstance(data, dict):
+            kl = data.get("kl")
+            given = kl.model_dump(exclude_unset=True) if isinstance(kl, BaseModel) else dict(kl or {})
+            data = {**data, "kl": {"coef": 0.05, "where": "reward", "estimator": "k1", **given}}
+        return data
+
+    @model_validator(mode="after")
+    def _token_level(self):
+        if self.loss not in ("clip", "cispo"):
+            raise ValueError(
+                f"algorithm.loss {self.loss!r}: ppo's advantages are per token (GAE); use clip or cispo"
+            )
+        if self.dynamic_sampling:
+            raise ValueError("algorithm.dynamic_sampling filters groups; ppo has none: leave it off")
+        if self.apo.dads or self.apo.stcr:
+            raise ValueError(
+                "algorithm.apo (dads, stcr) works on group advantages of the GRPO family, not ppo's per-token ones"
+            )
+        return self
 
 
 class PairAlgorithm(Section):
@@ -495,20 +565,26 @@ class RewardModelAlgorithm(Section):
         return self
 
 
-ALGORITHM_VARIANTS = (GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm)
+ALGORITHM_VARIANTS = (
+    GRPOFamilyAlgorithm,
+    AdaptThinkAlgorithm,
+    PPOAlgorithm,
+    PairAlgorithm,
+    RewardModelAlgorithm,
+)
 ALGORITHM_NAMES = {
     n: cls for cls in ALGORITHM_VARIANTS for n in typing.get_args(cls.model_fields["name"].annotation)
 }
 # ``algorithm`` is a union tagged by ``name``: each method carries only its own settings.
 AlgorithmSection = Annotated[
-    Union[GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PairAlgorithm, RewardModelAlgorithm],
+    Union[GRPOFamilyAlgorithm, AdaptThinkAlgorithm, PPOAlgorithm, PairAlgorithm, RewardModelAlgorithm],
     Field(discriminator="name"),
 ]
 
 
 def algorithm_section(
     **values,
-) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | PairAlgorithm | RewardModelAlgorithm:
+) -> GRPOFamilyAlgorithm | AdaptThinkAlgorithm | PPOAlgorithm | PairAlgorithm | RewardModelAlgorithm:
     """The validated ``algorithm`` section of ``values`` (``name`` defaults to grpo)."""
     return TypeAdapter(AlgorithmSection).validate_python({"name": "grpo", **values})
 
@@ -1119,6 +1195,11 @@ class Config(Section):
                 )
         if obj.name == "lagrangian":
             known(obj.lagrangian.task, "objective.lagrangian.task", ("kl",))
+            if obj.lagrangian.task == "kl" and alg.name == "ppo":
+                raise ValueError(
+                    "objective.lagrangian.task: 'kl' maximises the sequence's KL reward; ppo puts the KL penalty "
+                    "per token into its rewards (algorithm.kl): name a reward as the task"
+                )
             if obj.lagrangian.task == "kl" and not (
                 isinstance(alg, GRPOFamilyAlgorithm) and alg.kl.coef > 0 and alg.kl.where == "reward"
             ):

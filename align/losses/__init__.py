@@ -17,12 +17,26 @@ from align.losses.policy import (
     with_behaviour_logps,
 )
 from align.losses.preference import DPO_KINDS, PAIR_LOSSES, dpo_loss, fast_slow_losses, simpo_loss
+from align.losses.value import (
+    explained_variance,
+    gae,
+    last_token_mask,
+    masked_whiten,
+    token_rewards,
+    value_loss,
+)
 
 __all__ = [
     "AGG_MODES",
     "PAIR_LOSSES",
     "POLICY_LOSSES",
     "cispo_loss",
+    "explained_variance",
+    "gae",
+    "last_token_mask",
+    "masked_whiten",
+    "token_rewards",
+    "value_loss",
     "fast_slow_losses",
     "mismatch_weights",
     "policy_loss_name",

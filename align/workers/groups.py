@@ -329,19 +329,28 @@ class LearnerGroup:
                 for r, (_, share) in zip(self.ranks, shares)
             ]
         )
-        width = batch["input_ids"].shape[1] - 1
-        merged = {}
-        for key in outs[0]:
-            full = torch.zeros(batch["input_ids"].shape[0], width)
-            for (idx, _), out in zip(shares, outs):
-                full[idx, : out[key].shape[1]] = out[key]
-            merged[key] = full
-        return merged
+        return {key: self._rows(batch, shares, [o[key] for o in outs]) for key in outs[0]}
+
+    def compute_values(self, batch: dict) -> torch.Tensor:
+        """PPO's critic values ``(b, L - 1)`` over the ranks (``Learner.compute_values``)."""
+        shares = self._shares(batch)
+        return self._rows(
+            batch, shares, self._gather([r.compute_values.remote(s) for r, (_, s) in zip(self.ranks, shares)])
+        )
+
+    @staticmethod
+    def _rows(batch: dict, shares: list, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Per-token results of the ranks' shares, back in the batch's rows, ``(b, L - 1)``."""
+        full = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+        for (idx, _), part in zip(shares, parts):
+            full[idx, : part.shape[1]] = part
+        return full
 
     def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
         """One optimizer step over ``batch`` with global normalisers. ``loss_cfg["kind"]``: ``policy``
-        (rows are samples; returns the merged policy metrics) or ``pair`` (rows 2i, 2i+1 a pair, whole
-        pairs per rank; returns the statistics summed over ranks)."""
+        (rows are samples; returns the merged policy metrics), ``value`` (PPO's critic, its own
+        engine) or ``pair`` (rows 2i, 2i+1 a pair, whole pairs per rank; returns the statistics summed
+        over ranks)."""
         if loss_cfg.get("kind") == "pair":
             shares = self._pair_shares(batch)
             # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
@@ -367,6 +376,13 @@ class LearnerGroup:
             ]
         )
         tokens = sum(s.get("tokens", 0.0) for s in stats)
+        if loss_cfg.get("kind") == "value":  # PPO's critic
+            return {
+                "critic/value_loss": sum(s["critic/value_loss"] for s in stats),
+                "critic/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
+                "critic/grad_norm": stats[0]["grad_norm"],
+                "timing/critic_compute": max(s["seconds"] for s in stats),
+            }
         return {
             "loss/policy": sum(s.get("loss/policy", 0.0) for s in stats),
             "loss/kl": sum(s.get("loss/kl", 0.0) for s in stats),
@@ -383,9 +399,9 @@ class LearnerGroup:
         normalizers = {
             "num_tokens": float(batch["completion_mask"].sum().item()),
             "num_seqs": float(n),
-            "max_len": loss_cfg["max_len"],
+            "max_len": loss_cfg.get("max_len"),
         }
-        if loss_cfg["agg"] != "seq_mean_token_sum_norm":
+        if loss_cfg.get("agg") != "seq_mean_token_sum_norm":
             normalizers.pop("max_len")
         shares = self._shares(batch)
         num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))

@@ -32,6 +32,7 @@ from align.losses import (
 from align.workers.spec import Spec
 
 log = logging.getLogger(__name__)
+CRITIC_OPTIMIZER = "critic_optimizer"  # prefix of the critic's optimizer state in a rank's saved state
 
 
 def _device(name: str) -> str:
@@ -66,6 +67,8 @@ class LearnerSpec(Spec):
     finetune: str = "lora"  # reward_model: lora or full
     pad_token_id: int | None = None
     ofs: dict | None = None  # OFS-DPO: a second LoRA module ({lr_ratio, ...})
+    # PPO: a critic (LoRA module "critic" + value head) with its own engine: {lr, model_path, value_clip}
+    critic: dict | None = None
     # trials sharing this learner (``align sweep`` with trials_per_job > 1): their seeds, whose LoRA
     # initialisations are made at start-up exactly as a learner of that seed makes its own
     slot_seeds: list[int] | None = None
@@ -140,6 +143,11 @@ class Learner:
             self._init_adapters = self._slot_initialisations(
                 model, self.peft_config, spec.slot_seeds or [], seed
             )
+        critic_seed = seed + 7919  # the critic's LoRA initialisation differs from the policy's
+        if spec.critic and not spec.critic.get("model_path"):  # PPO: the critic on this same base
+            from align.workers.critic import Critic
+
+            Critic.inject(model, self.peft_config, critic_seed)
         # OFS-DPO: a second, identical module on the same base ("default" and "second"), each in its
         # own optimizer parameter group so the fast and slow learning rates can swap.
         self.ofs = spec.ofs
@@ -151,14 +159,57 @@ class Learner:
             for name, p in model.named_parameters():
                 if "lora_" in name:
                     p.requires_grad_(True)
-        ds_config = {
+        if self.ofs:
+            trainable = [
+                {
+                    "params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n],
+                    "lr": spec.lr,
+                }
+                for a in self.adapter_names
+            ]
+        else:
+            trainable = [p for _, p in self._policy_named(model)]
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=self._ds_config(spec.lr)
+        )
+        self.model = self.engine.module
+        self.critic = None
+        if spec.critic:
+            from align.workers.critic import Critic
+
+            body = (
+                Critic.separate(
+                    spec.critic["model_path"], self.peft_config, dtype, spec.trust_remote_code, critic_seed
+                )
+                if spec.critic.get("model_path")
+                else self.model
+            )
+            self.critic = Critic(
+                body, self.peft_config, dtype, self._ds_config(spec.critic["lr"]), critic_seed, self.device
+            )
+        if self.ofs:
+            self.set_fast(0)
+        if not self.reward_model:
+            self._warm_up()
+        # trials sharing this learner: the live adapter, optimizer state and RNG belong to one slot
+        self._slot: str | None = None
+        self._slots: dict[str, dict] = {}
+        self._train_params = [p for _, p in self._policy_named()]
+        self._fresh_groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self._base_optimizer().param_groups
+        ]
+        torch.manual_seed(seed)  # the RNG (LoRA dropout) starts where a slot of this seed starts
+
+    def _ds_config(self, lr: float) -> dict:
+        spec = self.spec
+        return {
             "train_micro_batch_size_per_gpu": spec.micro_batch_size,
             "gradient_accumulation_steps": 1,  # we mark accumulation boundaries ourselves
             "zero_optimization": {"stage": spec.zero_stage},
             "optimizer": {
                 "type": "AdamW",
                 "params": {
-                    "lr": spec.lr,
+                    "lr": lr,
                     "betas": [0.9, 0.999],
                     "eps": 1e-8,
                     "weight_decay": 0.0,
@@ -170,32 +221,13 @@ class Learner:
             "fp16": {"enabled": spec.dtype == "float16"},
             "steps_per_print": 2**31 - 1,
         }
-        if self.ofs:
-            trainable = [
-                {
-                    "params": [p for n, p in model.named_parameters() if p.requires_grad and f".{a}." in n],
-                    "lr": spec.lr,
-                }
-                for a in self.adapter_names
-            ]
-        else:
-            trainable = [p for p in model.parameters() if p.requires_grad]
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, model_parameters=trainable, config=ds_config
-        )
-        self.model = self.engine.module
-        if self.ofs:
-            self.set_fast(0)
-        if not self.reward_model:
-            self._warm_up()
-        # trials sharing this learner: the live adapter, optimizer state and RNG belong to one slot
-        self._slot: str | None = None
-        self._slots: dict[str, dict] = {}
-        self._train_params = [p for p in self.model.parameters() if p.requires_grad]
-        self._fresh_groups = [
-            {k: v for k, v in g.items() if k != "params"} for g in self._base_optimizer().param_groups
-        ]
-        torch.manual_seed(seed)  # the RNG (LoRA dropout) starts where a slot of this seed starts
+
+    def _policy_named(self, model=None) -> list[tuple[str, torch.nn.Parameter]]:
+        """The policy's trainable parameters (PPO's critic module, trained by its own engine, left out)."""
+        from align.workers.critic import CRITIC
+
+        model = self.model if model is None else model
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad and f".{CRITIC}." not in n]
 
     def _warm_up(self) -> None:
         """One forward and backward on a dummy micro-batch, gradients discarded: the first real step
@@ -203,7 +235,7 @@ class Learner:
         cores: first step 15.9 s, the next ones 10.8-12.8 s), and they are paid while the rollout
         engine is still loading (the trainer starts both at once). ``torch.autograd.grad`` on the
         module itself: no optimizer step, no ZeRO reduction, the engine's gradient buffers untouched."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for _, p in self._policy_named()]
         ids = torch.randint(
             0, int(self.model.config.vocab_size), (self.spec.micro_batch_size, 64), device=self.device
         )
@@ -626,6 +658,40 @@ class Learner:
             loss = loss + loss_cfg["kl_coef"] * kl
         return loss, terms
 
+    def _value_loss(self, part: dict, cfg: dict, normalizers: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO's clipped value loss of one micro-batch, normalised by the global token count."""
+        from align.losses import value_loss
+
+        values = self.critic.values(part, grad=True)
+        mask = part["completion_mask"].to(values.device)
+        loss, st = value_loss(
+            values,
+            part["old_values"].to(values.device),
+            part["returns"].to(values.device),
+            mask,
+            cfg["value_clip"],
+            "token_mean",
+            num_tokens=normalizers["num_tokens"],
+        )
+        tokens = mask.sum().item()
+        return loss, {
+            "critic/value_loss": loss.item(),
+            "clip_tokens": st["clip_frac"].item() * tokens,
+            "tokens": tokens,
+        }
+
+    def compute_values(self, batch: dict) -> torch.Tensor:
+        """The critic's values ``(b, L - 1)`` of a batch, no gradient."""
+        self.critic.engine.eval()
+        mbs = self.spec.micro_batch_size
+        n = batch["input_ids"].shape[0]
+        return torch.cat(
+            [
+                self.critic.values({k: v[s : s + mbs] for k, v in batch.items()}, grad=False).cpu()
+                for s in range(0, n, mbs)
+            ]
+        )
+
     # ----------------------------------------------------------------- one optimizer step
     def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
         """Accumulate gradients over this rank's share in ``num_micro`` micro-batches (the same count on
@@ -633,15 +699,21 @@ class Learner:
 
         The one accumulation loop of every loss: ``loss_cfg["kind"]`` is ``policy`` (rows are
         samples: input_ids, attention_mask, completion_mask, advantages, optional old_logps,
-        ref_logps, kl_weight, is_weights) or ``pair`` (rows 2i and 2i+1 are a pair's chosen and
-        rejected responses; a pair never straddles micro-batches). Every loss is normalised by the
+        ref_logps, kl_weight, is_weights), ``pair`` (rows 2i and 2i+1 are a pair's chosen and
+        rejected responses; a pair never straddles micro-batches) or ``value`` (PPO's critic, its own
+        engine: rows are samples with old_values and returns). Every loss is normalised by the
         global counts in ``normalizers`` (num_tokens / num_seqs / max_len, or num_pairs), and each
         backward is scaled by the world size to undo DeepSpeed's data-parallel mean, so the step is
         that of the whole batch on any split. Returns the micro-batches' summed statistics.
         """
-        self.engine.train()
-        unit = 2 if loss_cfg.get("kind") == "pair" else 1
-        loss_fn = self._pair_loss if unit == 2 else self._policy_loss
+        kind = loss_cfg.get("kind", "policy")
+        if kind == "value":
+            engine, params, loss_fn = self.critic.engine, self.critic.params, self._value_loss
+        else:
+            engine, params = self.engine, [p for _, p in self._policy_named()]
+            loss_fn = self._pair_loss if kind == "pair" else self._policy_loss
+        engine.train()
+        unit = 2 if kind == "pair" else 1
         n = batch["input_ids"].shape[0] // unit
         size = max(1, math.ceil(n / num_micro))
         # Units of similar lengths pad less; the order does not change the (globally normalised)
@@ -652,7 +724,7 @@ class Learner:
         t0 = time.time()
         for m in range(num_micro):
             units = by_length[m * size : (m + 1) * size]
-            self.engine.set_gradient_accumulation_boundary(m == num_micro - 1)
+            engine.set_gradient_accumulation_boundary(m == num_micro - 1)
             if units:
                 loss, stats = loss_fn(
                     select(batch, [u * unit + j for u in units for j in range(unit)]), loss_cfg, normalizers
@@ -660,10 +732,10 @@ class Learner:
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
             else:  # an empty share still joins the gradient reduction
-                loss = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-            self.engine.step()
-        grad_norm = self.engine.get_global_grad_norm()
+                loss = sum(p.sum() for p in params) * 0.0
+            engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            engine.step()
+        grad_norm = engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["seconds"] = time.time() - t0
         return totals
@@ -693,7 +765,7 @@ class Learner:
         import torch.distributed as dist
 
         self.engine.train()
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        named = self._policy_named()
         if param_pattern:
             named = [(n, p) for n, p in named if re.search(param_pattern, n)]
             if not named:
@@ -736,6 +808,10 @@ class Learner:
         """The LoRA tensors only (peft's saved names), as numpy arrays: what moves to rollout workers."""
         from peft import get_peft_model_state_dict
 
+        from align.workers.critic import CRITIC
+
+        if name == CRITIC and self.critic is not None:  # PPO: LoRA module and value head
+            return self.critic.state()
         if self.full:  # full fine-tuning: every weight is "the adapter"
             return {
                 k: v.detach().to("cpu", torch.float32, copy=True).numpy()
@@ -760,32 +836,55 @@ class Learner:
         """This rank's optimizer state as flat named arrays (for safetensors checkpoints)."""
         from align.checkpoint import flatten_state
 
-        return flatten_state(self.optimizer.state_dict())
+        out = flatten_state(self.optimizer.state_dict())
+        if self.critic is not None:  # PPO: the critic's own optimizer, in the same file
+            out.update(flatten_state(self.critic.optimizer.state_dict(), CRITIC_OPTIMIZER))
+        return out
 
     def load_state(
         self, adapter: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None, name: str = "default"
     ) -> None:
-        """Restore adapter ``name``'s weights and (if given) this rank's optimizer state."""
+        """Restore adapter ``name``'s weights (PPO's ``critic``: its LoRA module and value head) and, if
+        given, this rank's optimizer state (the critic's included)."""
         from peft import set_peft_model_state_dict
 
+        from align.workers.critic import CRITIC
+
+        if name == CRITIC and self.critic is not None:
+            self.critic.load(adapter)
+            if optimizer is None and hasattr(self.critic.optimizer, "_restore_from_bit16_weights"):
+                self.critic.optimizer._restore_from_bit16_weights()
+        else:
+            tensors = {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}
+            if self.full:
+                current = self.model.state_dict()
+                self.model.load_state_dict({k: t.to(current[k].dtype) for k, t in tensors.items()})
+            else:
+                set_peft_model_state_dict(self.model, tensors, adapter_name=name)
+            if optimizer is None and hasattr(self.optimizer, "_restore_from_bit16_weights"):
+                self.optimizer._restore_from_bit16_weights()  # ZeRO keeps an fp32 master copy: refresh it from the weights
+        if optimizer is not None:
+            prefix = CRITIC_OPTIMIZER + "."
+            own = {k: v for k, v in optimizer.items() if not k.startswith(prefix)}
+            self._load_optimizer(self.optimizer, own)
+            if self.critic is not None:
+                critic = {k[len(prefix) :]: v for k, v in optimizer.items() if k.startswith(prefix)}
+                if not critic:
+                    raise ValueError(
+                        "the checkpoint has no critic optimizer state (not a ppo run's checkpoint)"
+                    )
+                self._load_optimizer(self.critic.optimizer, critic)
+
+    def _load_optimizer(self, optimizer, flat: dict[str, np.ndarray]) -> None:
         from align.checkpoint import unflatten_state
 
-        tensors = {k: torch.from_numpy(v.copy()) for k, v in adapter.items()}
-        if self.full:
-            current = self.model.state_dict()
-            self.model.load_state_dict({k: t.to(current[k].dtype) for k, t in tensors.items()})
+        state = unflatten_state(optimizer.state_dict(), flat)
+        if self.spec.zero_stage > 0:
+            # ZeRO reads entry [dp_rank] of a per-rank list; the fp32 master partition is restored
+            # from the saved one (not re-derived from the weights) so the resume is bit-exact.
+            optimizer.load_state_dict([state] * self.world_size, load_from_fp32_weights=True)
         else:
-            set_peft_model_state_dict(self.model, tensors, adapter_name=name)
-        if optimizer is None and hasattr(self.optimizer, "_restore_from_bit16_weights"):
-            self.optimizer._restore_from_bit16_weights()  # ZeRO keeps an fp32 master copy: refresh it from the weights
-        if optimizer is not None:
-            state = unflatten_state(self.optimizer.state_dict(), optimizer)
-            if self.spec.zero_stage > 0:
-                # ZeRO reads entry [dp_rank] of a per-rank list; the fp32 master partition is restored
-                # from the saved one (not re-derived from the weights) so the resume is bit-exact.
-                self.optimizer.load_state_dict([state] * self.world_size, load_from_fp32_weights=True)
-            else:
-                self.optimizer.load_state_dict(state)
+            optimizer.load_state_dict(state)
 
     def ping(self) -> int:
         """This rank's process id (the group waits on it: the engine is ready)."""

@@ -407,3 +407,41 @@ def test_max_staleness_is_checked_against_the_method():
         extra = [] if any("max_staleness" in o for o in overrides) else ["rollout.max_staleness=1"]
         with pytest.raises(ConfigError, match=message):
             load_config(None, [*overrides, *extra])
+
+
+def test_ppo_options_are_checked():
+    ppo = load_config(None, ["algorithm.name=ppo"])
+    alg = ppo.algorithm
+    # one sample per prompt, a token-level clipped loss, KL k1 0.05 in the reward (TRL's PPO defaults)
+    assert (alg.group_size, alg.loss, alg.loss_agg, alg.clip_low, alg.clip_high) == (
+        1,
+        "clip",
+        "token_mean",
+        0.2,
+        0.2,
+    )
+    assert (alg.kl.coef, alg.kl.where, alg.kl.estimator) == (0.05, "reward", "k1")
+    assert (alg.ppo.gamma, alg.ppo.lam, alg.ppo.value_clip, alg.ppo.critic_model) == (1.0, 0.95, 0.2, None)
+    # a key given keeps the other defaults
+    kl = load_config(None, ["algorithm.name=ppo", "algorithm.kl.coef=0.1"]).algorithm.kl
+    assert (kl.coef, kl.where, kl.estimator) == (0.1, "reward", "k1")
+    assert load_config(None, ["algorithm.name=ppo", "algorithm.kl.where=loss"]).algorithm.kl.where == "loss"
+    for bad, fragment in [
+        ("algorithm.loss=clip_sequence_mean", "per token"),
+        ("algorithm.dynamic_sampling=true", "ppo has none"),
+        ("algorithm.apo.stcr=true", "not ppo"),
+        ("algorithm.ppo.lam=1.5", "algorithm.ppo.lam"),
+        ("algorithm.ppo.critic_warmup=-1", "algorithm.ppo.critic_warmup"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(None, ["algorithm.name=ppo", bad])
+    with pytest.raises(ConfigError, match="ppo puts the KL penalty per token"):
+        load_config(
+            None,
+            [
+                "algorithm.name=ppo",
+                "objective.name=lagrangian",
+                "objective.lagrangian.task=kl",
+                "objective.lagrangian.constraints=[{name: correctness, threshold: 0.5}]",
+            ],
+        )
