@@ -111,7 +111,7 @@ class PPO(GRPO):
     def train_minibatch(self, ctx: RunContext, part: dict, step: int) -> dict[str, float]:
         """The critic's step, then the policy's (none while the critic warms up)."""
         stats = ctx.learners.train_step(part, self.value_cfg)
-        if step > self.ppo.critic_warmup:
+        if step >= self.ppo.critic_warmup:  # (step counts from 0)
             stats.update(ctx.learners.train_step(part, self.loss_cfg))
         return stats
 

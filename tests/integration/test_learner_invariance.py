@@ -15,9 +15,10 @@ from align.workers.groups import LearnerGroup
 pytestmark = pytest.mark.integration
 
 
-def tiny_learners(micro_batch_sizes: dict[str, tuple[int, int]]):
+def tiny_learners(micro_batch_sizes: dict[str, tuple], critic: dict | None = None):
     """A Ray cluster of 2 CPUs, the tiny model's tokenizer and learner groups (name -> (ranks,
-    micro_batch_size)) with the same LoRA initialisation; shut Ray down when done."""
+    micro_batch_size[, critic model path])) with the same LoRA initialisation; with ``critic`` (its
+    lr) every group holds PPO's critic (on its own base where a path is given); shut Ray down when done."""
     from transformers import AutoTokenizer
 
     path = str(ensure_builtin("tiny"))
@@ -31,17 +32,31 @@ def tiny_learners(micro_batch_sizes: dict[str, tuple[int, int]]):
         lr=1e-3,
         grad_clip=0.0,
     )
-    cpus = 2.0 / sum(ranks for ranks, _ in micro_batch_sizes.values())
+    cpus = 2.0 / sum(ranks for ranks, *_ in micro_batch_sizes.values())
     groups = {
-        name: LearnerGroup({**spec, "micro_batch_size": mbs}, ranks, cpus, 0, seed=0)
-        for name, (ranks, mbs) in micro_batch_sizes.items()
+        name: LearnerGroup(
+            {
+                **spec,
+                "micro_batch_size": mbs,
+                "critic": {**critic, "model_path": rest[0] if rest else None} if critic else None,
+            },
+            ranks,
+            cpus,
+            0,
+            seed=0,
+        )
+        for name, (ranks, mbs, *rest) in micro_batch_sizes.items()
     }
     return AutoTokenizer.from_pretrained(path), groups
 
 
 @pytest.fixture(scope="module")
 def groups():
-    tok, g = tiny_learners({"one": (1, 16), "two": (2, 3)})  # two: 8 rows per rank -> 3 micro-batches
+    # two: 8 rows per rank -> 3 micro-batches; every group holds PPO's critic (on the policy's base;
+    # "separate": on a second copy of the base), which must not change the policy's step
+    tok, g = tiny_learners(
+        {"one": (1, 16), "two": (2, 3), "separate": (1, 5, str(ensure_builtin("tiny")))}, critic={"lr": 1e-3}
+    )
     rng = np.random.default_rng(0)
     samples = []
     for i in range(16):  # different prompt and completion lengths, so padding and token counts differ
@@ -53,12 +68,12 @@ def groups():
                 "completion_ids": tok(a, add_special_tokens=False)["input_ids"],
             }
         )
-    yield g["one"], g["two"], pack(samples, tok.pad_token_id)
+    yield g["one"], g["two"], pack(samples, tok.pad_token_id), g["separate"]
     ray.shutdown()
 
 
 def test_one_rank_equals_two_ranks_for_every_aggregation(groups):
-    one, two, batch = groups
+    one, two, batch, _ = groups
     for step, agg in enumerate(AGG_MODES):
         cfg = dict(
             temperature=1.0,
@@ -88,7 +103,7 @@ def test_one_rank_equals_two_ranks_for_every_aggregation(groups):
 def test_objective_gradient_gram_is_the_same_on_one_and_two_ranks(groups):
     """The per-objective gradients are all-reduced across ranks: the Gram matrix of the whole
     batch does not depend on the split (and taking it moves no weight)."""
-    one, two, batch = groups
+    one, two, batch, _ = groups
     cfg = dict(
         temperature=1.0,
         clip_low=0.2,
@@ -114,3 +129,60 @@ def test_objective_gradient_gram_is_the_same_on_one_and_two_ranks(groups):
     np.testing.assert_allclose(np.diag(clipped), 1e-8, rtol=1e-3)
     with pytest.raises(Exception, match="matches no trainable parameter"):
         two.objective_gradients(batch, adv, cfg, r"no_such_param", None)
+
+
+def test_ppo_critic_is_rank_invariant_and_separate_from_the_policy(groups):
+    """The critic's values and its clipped value-loss step are the same on one rank or two (with
+    micro-batches), and the same whether it sits on the policy's own base or on a second copy; a
+    critic step leaves the policy untouched and a policy step leaves the critic untouched."""
+    one, two, batch, separate = groups
+    value_cfg = {"kind": "value", "value_clip": 0.2, "agg": "token_mean"}
+    policy_before = [g.adapter()[0] for g in (one, two, separate)]
+    values = [g.compute_values(batch) for g in (one, two, separate)]
+    m = batch["completion_mask"] > 0
+    assert float(values[0][m].abs().max()) == 0.0  # the value head starts at zero
+    returns = torch.where(m, torch.linspace(-1.0, 1.0, 16)[:, None].expand_as(m), torch.zeros_like(values[0]))
+    stats = []
+    for _ in range(2):  # the second step starts from values that differ from the first's
+        step_stats = []
+        for g in (one, two, separate):
+            vals = g.compute_values(batch)
+            step_stats.append(g.train_step({**batch, "old_values": vals, "returns": returns}, value_cfg))
+        stats.append(step_stats)
+    for step_stats in stats:
+        a, b, c = step_stats
+        assert a["critic/value_loss"] > 0
+        for other in (b, c):
+            assert other["critic/value_loss"] == pytest.approx(a["critic/value_loss"], rel=1e-5)
+            assert other["critic/grad_norm"] == pytest.approx(a["critic/grad_norm"], rel=1e-4)
+    after = [g.compute_values(batch) for g in (one, two, separate)]
+    assert float((after[0][m] - values[0][m]).abs().max()) > 1e-3  # the critic moved
+    for other in after[1:]:
+        assert float((other[m] - after[0][m]).abs().max()) < 1e-5
+    crit = [g.adapter("critic")[0] for g in (one, two, separate)]
+    assert {"v_head.weight", "v_head.bias"} <= set(crit[0])
+    for other in crit[1:]:
+        assert max(float(np.abs(crit[0][k] - other[k]).max()) for k in crit[0]) < 1e-5
+    for g, before in zip((one, two, separate), policy_before):  # the critic's steps left the policy alone
+        now = g.adapter()[0]
+        assert all(np.array_equal(before[k], now[k]) for k in before)
+    # a policy step leaves the critic alone
+    b = {
+        **batch,
+        **one.compute_logprobs(batch, 1.0, reference=False),
+        "advantages": torch.linspace(-1, 1, 16),
+    }
+    one.train_step(
+        b,
+        dict(
+            temperature=1.0,
+            clip_low=0.2,
+            clip_high=0.2,
+            agg="token_mean",
+            kl_coef=0.0,
+            kl_in_loss=True,
+            kl_estimator="k3",
+            max_len=24,
+        ),
+    )
+    assert all(np.array_equal(crit[0][k], one.adapter("critic")[0][k]) for k in crit[0])
