@@ -95,6 +95,11 @@ class MetricsLog:
         self.tb.close()
 
 
+# metrics that differ between two runs of the same config (wall times, start-up, memory, faults
+# recovered): left out when runs are compared for equality (resume, sharing, rank invariance)
+VOLATILE = ("timing/", "startup/", "faults/", "memory/")
+
+
 PANELS = (
     ("train reward", lambda k: k.startswith("reward/") and "/skipped/" not in k and "/retries/" not in k),
     (

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from align.metrics import VOLATILE
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 
@@ -110,7 +112,7 @@ def run_arm(sweep: str, n: int, sets: list[str], out: Path, log: Path) -> dict:
 def rows_of(out: str, trial: str) -> list[dict]:
     path = Path(out) / "trials" / trial / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{k: v for k, v in r.items() if not k.startswith(("timing/", "startup/"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
 def compare(first: dict, other: dict) -> dict:

@@ -457,6 +457,7 @@ class PairMethod(Algorithm):
             f"{p}/logps_rejected": stats["rejected_logps"] / n,
             "loss/grad_norm": stats["grad_norm"],
             "timing/learner_compute": stats["seconds"],
+            **{k: v for k, v in stats.items() if k.startswith("memory/")},  # summed over the ranks
         }
 
     def step(self, ctx: RunContext, step: int) -> dict[str, float]:

@@ -367,7 +367,7 @@ class LearnerGroup:
                 k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")
             }
             out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
-            return out
+            return out  # (memory/* summed over the ranks too)
         normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
         stats = self._gather(
             [
@@ -376,14 +376,17 @@ class LearnerGroup:
             ]
         )
         tokens = sum(s.get("tokens", 0.0) for s in stats)
+        memory = {k: sum(s[k] for s in stats) for k in stats[0] if k.startswith("memory/")}  # all ranks
         if loss_cfg.get("kind") == "value":  # PPO's critic
             return {
+                **memory,
                 "critic/value_loss": sum(s["critic/value_loss"] for s in stats),
                 "critic/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
                 "critic/grad_norm": stats[0]["grad_norm"],
                 "timing/critic_compute": max(s["seconds"] for s in stats),
             }
         return {
+            **memory,
             "loss/policy": sum(s.get("loss/policy", 0.0) for s in stats),
             "loss/kl": sum(s.get("loss/kl", 0.0) for s in stats),
             "loss/clip_frac": sum(s.get("clip_tokens", 0.0) for s in stats) / max(tokens, 1.0),

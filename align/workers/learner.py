@@ -738,7 +738,17 @@ class Learner:
         grad_norm = engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["seconds"] = time.time() - t0
+        totals.update(self.memory())
         return totals
+
+    @staticmethod
+    def memory() -> dict[str, float]:
+        """This rank's memory after a step, in GiB: PSS (its share of physical memory: pages it shares,
+        such as a frozen base mapped from the same file twice, count once) and RSS (every page it maps)."""
+        import psutil
+
+        info = psutil.Process().memory_full_info()
+        return {"memory/learner_pss_gib": info.pss / 2**30, "memory/learner_rss_gib": info.rss / 2**30}
 
     # ----------------------------------------------------------------- per-objective gradients
     def objective_gradients(

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from align.checkpoint import list_checkpoints
 from align.config.loading import load_config
 from align.interrupts import StopRequested
+from align.metrics import VOLATILE
 from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def test_async_k2_stopped_with_batches_in_flight_resumes_exactly(tmp_path):
     a, b = _rows(whole), _rows(stopped)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b):
-        keys = {key for key in ra if not key.startswith(("timing/", "faults/"))}
+        keys = {key for key in ra if not key.startswith(VOLATILE)}
         assert {key: ra[key] for key in keys} == {key: rb[key] for key in keys}, ra["step"]
     assert [r["rollout/staleness"] for r in a] == [0, 1, 2, 2, 2]
     assert all(r["rollout/logprob_abs_diff"] < 1e-4 for r in a), [r["rollout/logprob_abs_diff"] for r in a]

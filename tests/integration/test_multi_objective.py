@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from align.config.loading import load_config
+from align.metrics import VOLATILE
 from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
@@ -126,7 +127,7 @@ def test_resume_is_exact_with_objective_state(tmp_path):
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
-        keys = {k for k in ra if not k.startswith("timing/")}
+        keys = {k for k in ra if not k.startswith(VOLATILE)}
         assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
     assert any("objective/nm/f" in r for r in a)  # the search told values within the run
     assert len({r["objective/threshold/brevity"] for r in a[1:]}) > 1  # and moved the threshold

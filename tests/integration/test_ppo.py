@@ -10,6 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
+from align.metrics import VOLATILE
 from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
@@ -66,6 +67,6 @@ def test_ppo_trains_its_critic_and_resumes_exactly(tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
         keys = {
-            k for k in ra if not k.startswith("timing/") and not (k.startswith("eval/") and ra["step"] == 2)
+            k for k in ra if not k.startswith(VOLATILE) and not (k.startswith("eval/") and ra["step"] == 2)
         }
         assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]

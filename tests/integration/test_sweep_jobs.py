@@ -9,6 +9,7 @@ import pytest
 
 from align.config.loading import load_config
 from align.jobs import TrialRun, run_trials, share_key
+from align.metrics import VOLATILE
 from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(("timing/", "startup/"))}
+    return {k: v for k, v in row.items() if not k.startswith(VOLATILE)}
 
 
 def test_share_key_separates_what_the_actors_cannot_share():

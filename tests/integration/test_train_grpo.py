@@ -12,6 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
+from align.metrics import VOLATILE
 from align.trainer import Trainer
 
 pytestmark = pytest.mark.integration
@@ -106,7 +107,7 @@ def test_resume_is_exact(tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
         keys = {
-            k for k in ra if not k.startswith("timing/") and not (k.startswith("eval/") and ra["step"] == 2)
+            k for k in ra if not k.startswith(VOLATILE) and not (k.startswith("eval/") and ra["step"] == 2)
         }
         assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
     assert a[-1]["eval/correctness"] == b[-1]["eval/correctness"]

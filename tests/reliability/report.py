@@ -8,6 +8,8 @@ import math
 import time
 from pathlib import Path
 
+from align.metrics import VOLATILE
+
 RECORDS: list[dict] = []
 FAILED: list[str] = []  # node ids of reliability tests that failed (conftest.py)
 
@@ -17,7 +19,7 @@ def record(kind: str, name: str, ok: bool, detail: str = "", **figures) -> None:
     RECORDS.append({"kind": kind, "name": name, "ok": bool(ok), "detail": detail, **figures})
 
 
-def max_abs_diff(rows_a: list[dict], rows_b: list[dict], skip=("timing/", "faults/")) -> float:
+def max_abs_diff(rows_a: list[dict], rows_b: list[dict], skip=VOLATILE) -> float:
     """Largest absolute difference of the numeric metrics two runs logged for the same steps
     (``inf`` when the steps or keys differ)."""
     a, b = {r["step"]: r for r in rows_a}, {r["step"]: r for r in rows_b}
