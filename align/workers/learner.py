@@ -491,10 +491,11 @@ class Learner:
                     with self._adapters_off():
                         refs.append(self._logps(part, temperature, grad=False).cpu())
         out = {}
+        empty = torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))  # a rank's share may be empty
         if policy:
-            out["old_logps"] = torch.cat(olds)
+            out["old_logps"] = torch.cat(olds) if olds else empty
         if reference:
-            out["ref_logps"] = torch.cat(refs)
+            out["ref_logps"] = torch.cat(refs) if refs else empty
         return out
 
     # ----------------------------------------------------------------- DPO family
@@ -685,12 +686,11 @@ class Learner:
         self.critic.engine.eval()
         mbs = self.spec.micro_batch_size
         n = batch["input_ids"].shape[0]
-        return torch.cat(
-            [
-                self.critic.values({k: v[s : s + mbs] for k, v in batch.items()}, grad=False).cpu()
-                for s in range(0, n, mbs)
-            ]
-        )
+        parts = [
+            self.critic.values({k: v[s : s + mbs] for k, v in batch.items()}, grad=False).cpu()
+            for s in range(0, n, mbs)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))
 
     # ----------------------------------------------------------------- one optimizer step
     def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:

@@ -186,3 +186,10 @@ def test_ppo_critic_is_rank_invariant_and_separate_from_the_policy(groups):
         ),
     )
     assert all(np.array_equal(crit[0][k], one.adapter("critic")[0][k]) for k in crit[0])
+    # one row over two ranks (PPO's group of 1: the parity check's single row): one rank's share is empty
+    row = {k: v[:1] for k, v in batch.items()}
+    assert two.compute_logprobs(row, 1.0, reference=True)["old_logps"].shape == (
+        1,
+        batch["input_ids"].shape[1] - 1,
+    )
+    torch.testing.assert_close(two.compute_values(row), after[1][:1], atol=1e-5, rtol=0)
