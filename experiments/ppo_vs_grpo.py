@@ -37,6 +37,21 @@ MODELS = {
             "grpo 16x8": ("grpo_tiny.yaml", []),
             "ppo 128x1": ("ppo_tiny.yaml", ["algorithm.group_size=1", "data.prompts_per_step=128"]),
             "ppo 16x8": ("ppo_tiny.yaml", []),
+            # PPO's own update schedules: TRL's PPOTrainer took 4 epochs over each batch
+            "ppo 128x1, 4 epochs": (
+                "ppo_tiny.yaml",
+                ["algorithm.group_size=1", "data.prompts_per_step=128", "algorithm.ppo_epochs=4"],
+            ),
+            # Monte-Carlo returns (lam 1: no bootstrapping from a young critic) and a faster critic
+            "ppo 128x1, lam 1, critic lr 5e-3": (
+                "ppo_tiny.yaml",
+                [
+                    "algorithm.group_size=1",
+                    "data.prompts_per_step=128",
+                    "algorithm.ppo.lam=1.0",
+                    "algorithm.ppo.critic_lr=5.0e-3",
+                ],
+            ),
         },
         "common": [
             "trainer.eval_every=5",
