@@ -246,7 +246,7 @@ def main() -> None:
         res = results.setdefault(model, {"arms": {}})
         for arm, (config, sets) in spec["arms"].items():
             for seed in args.seeds:
-                label = f"ppo_vs_grpo/{model}_{arm.replace(' ', '_')}_s{seed}"
+                label = f"ppo_vs_grpo/{model}_{arm.replace(',', '').replace(' ', '_')}_s{seed}"
                 run = train(
                     config,
                     label,
