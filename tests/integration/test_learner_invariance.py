@@ -15,6 +15,20 @@ from align.workers.groups import LearnerGroup
 pytestmark = pytest.mark.integration
 
 
+def policy_cfg(agg: str) -> dict:
+    """A policy loss config of the learner (no KL, clip 0.2) with aggregation ``agg``."""
+    return dict(
+        temperature=1.0,
+        clip_low=0.2,
+        clip_high=0.2,
+        agg=agg,
+        kl_coef=0.0,
+        kl_in_loss=True,
+        kl_estimator="k3",
+        max_len=24,
+    )
+
+
 def tiny_learners(micro_batch_sizes: dict[str, tuple], critic: dict | None = None):
     """A Ray cluster of 2 CPUs, the tiny model's tokenizer and learner groups (name -> (ranks,
     micro_batch_size[, critic model path])) with the same LoRA initialisation; with ``critic`` (its
@@ -75,16 +89,7 @@ def groups():
 def test_one_rank_equals_two_ranks_for_every_aggregation(groups):
     one, two, batch, _ = groups
     for step, agg in enumerate(AGG_MODES):
-        cfg = dict(
-            temperature=1.0,
-            clip_low=0.2,
-            clip_high=0.2,
-            agg=agg,
-            kl_coef=0.0,
-            kl_in_loss=True,
-            kl_estimator="k3",
-            max_len=24,
-        )
+        cfg = policy_cfg(agg)
         stats = []
         for group in (one, two):
             b = dict(batch)
@@ -104,16 +109,7 @@ def test_objective_gradient_gram_is_the_same_on_one_and_two_ranks(groups):
     """The per-objective gradients are all-reduced across ranks: the Gram matrix of the whole
     batch does not depend on the split (and taking it moves no weight)."""
     one, two, batch, _ = groups
-    cfg = dict(
-        temperature=1.0,
-        clip_low=0.2,
-        clip_high=0.2,
-        agg="seq_mean_token_mean",
-        kl_coef=0.0,
-        kl_in_loss=True,
-        kl_estimator="k3",
-        max_len=24,
-    )
+    cfg = policy_cfg("seq_mean_token_mean")
     adv = np.stack(
         [np.linspace(-1.0, 1.0, 16), np.where(np.arange(16) % 2 == 0, 1.0, -1.0), np.ones(16) * 0.5]
     )
@@ -172,19 +168,7 @@ def test_ppo_critic_is_rank_invariant_and_separate_from_the_policy(groups):
         **one.compute_logprobs(batch, 1.0, reference=False),
         "advantages": torch.linspace(-1, 1, 16),
     }
-    one.train_step(
-        b,
-        dict(
-            temperature=1.0,
-            clip_low=0.2,
-            clip_high=0.2,
-            agg="token_mean",
-            kl_coef=0.0,
-            kl_in_loss=True,
-            kl_estimator="k3",
-            max_len=24,
-        ),
-    )
+    one.train_step(b, policy_cfg("token_mean"))
     assert all(np.array_equal(crit[0][k], one.adapter("critic")[0][k]) for k in crit[0])
     # one row over two ranks (PPO's group of 1: the parity check's single row): one rank's share is empty
     row = {k: v[:1] for k, v in batch.items()}

@@ -50,6 +50,10 @@ CASES = {
         ],
     ),
     "lagrangian-reinforce_pp": (CONSTRAINED, ["algorithm.name=reinforce_pp"]),
+    # PPO: the objectives shape the reward its critic and GAE work on (per-objective gradients for the
+    # gradient objective from each reward's batch-whitened value: one critic, not one per objective)
+    "gradient-ppo": (MULTI, ["objective.name=gradient", "algorithm.name=ppo", "algorithm.group_size=1"]),
+    "lagrangian-ppo": (CONSTRAINED, ["algorithm.name=ppo"]),
 }
 
 
@@ -70,6 +74,8 @@ def test_objective_trains(case, tmp_path):
     rows = _rows(tmp_path)
     steps = [r for r in rows if r["step"] > 0]
     assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["loss/policy"]) for r in steps)
+    if case.endswith("ppo"):  # the shaped reward reaches the critic's returns
+        assert all(math.isfinite(r["critic/value_loss"]) and r["critic/returns"] != 0 for r in steps)
     if case.startswith(("hv", "gradient")):
         for r in steps:  # the weights are logged every step and stay on the simplex
             w = [r[f"objective/weight/{n}"] for n in ("correctness", "brevity", "shows_work")]

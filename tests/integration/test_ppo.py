@@ -10,8 +10,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
-from align.metrics import VOLATILE
 from align.trainer import Trainer
+from tests.integration.test_train_grpo import assert_resumed_equal
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "ppo_tiny.yaml"
@@ -63,10 +63,4 @@ def test_ppo_trains_its_critic_and_resumes_exactly(tmp_path):
     # stop after step 2, resume: every logged value of steps 3 and 4 is the same
     _train(tmp_path / "b", "trainer.max_steps=2")
     _train(tmp_path / "b", "trainer.max_steps=4", resume=True)
-    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        keys = {
-            k for k in ra if not k.startswith(VOLATILE) and not (k.startswith("eval/") and ra["step"] == 2)
-        }
-        assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
+    assert_resumed_equal(_rows(tmp_path / "a"), _rows(tmp_path / "b"), stop=2, steps=4)
