@@ -37,7 +37,8 @@ MODELS = {
             "grpo 16x8": ("grpo_tiny.yaml", []),
             "ppo 128x1": ("ppo_tiny.yaml", ["algorithm.group_size=1", "data.prompts_per_step=128"]),
             "ppo 16x8": ("ppo_tiny.yaml", []),
-            # PPO's own update schedules: TRL's PPOTrainer took 4 epochs over each batch
+            # PPO's own update schedule (TRL's PPOTrainer took 4 epochs over each batch), and GRPO's at it
+            "grpo 16x8, 4 epochs": ("grpo_tiny.yaml", ["algorithm.ppo_epochs=4"]),
             "ppo 128x1, 4 epochs": (
                 "ppo_tiny.yaml",
                 ["algorithm.group_size=1", "data.prompts_per_step=128", "algorithm.ppo_epochs=4"],
@@ -150,9 +151,9 @@ def plot(results: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2 * len(results), figsize=(6 * 2 * len(results), 4), squeeze=False)
+    fig, axes = plt.subplots(len(results), 2, figsize=(13, 4.2 * len(results)), squeeze=False)
     for i, (model, res) in enumerate(results.items()):
-        ax_t, ax_e = axes[0][2 * i], axes[0][2 * i + 1]
+        ax_t, ax_e = axes[i]
         for k, (arm, seeds) in enumerate(res["arms"].items()):
             color = f"C{k}"
             for j, s in enumerate(seeds.values()):
