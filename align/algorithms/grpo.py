@@ -8,7 +8,9 @@ rewards, running while the learners compute log-probs), log-probs (reference / o
 vLLM-vs-learner parity check, the train/inference mismatch weights), shape (the objective: one reward
 or advantage per sample), advantage (the estimator; hooks such as APO adjust it), update
 (``ppo_epochs x num_minibatches`` optimizer steps); the runner then syncs the adapter.
-AdaptThink (``align.algorithms.adaptthink``) overrides sampling and advantages.
+AdaptThink (``align.algorithms.adaptthink``) overrides sampling and advantages; PPO
+(``align.algorithms.ppo``) overrides ``before_scores`` (the critic's values), ``advantages`` (GAE per
+token) and ``train_minibatch`` (the critic's step before the policy's).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ learner rank (``align.workers.critic``), or on a separate base with ``ppo.critic
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -73,9 +75,20 @@ class PPO(GRPO):
         )
 
     # ---------------------------------------------------------------- the step's hooks
-    def before_scores(self, ctx: RunContext, batch: dict, metrics: dict) -> None:
-        import time
+    def group_advantages(self, r: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+        """Per-objective advantages for the gradient objective's per-objective gradients (``r`` (N,)
+        or (N, K)): each reward whitened over the batch (one critic serves the mixed reward, none
+        each objective; a group of 1 has no group baseline)."""
+        r = np.asarray(r, dtype=np.float64)
+        cols = r[:, None] if r.ndim == 1 else r
+        out = np.zeros_like(cols)
+        for k, c in enumerate(cols.T):
+            ok = ~(dropped | np.isnan(c))
+            if ok.sum() > 1:
+                out[ok, k] = (c[ok] - c[ok].mean()) / (c[ok].std(ddof=1) + 1e-6)
+        return out[:, 0] if r.ndim == 1 else out
 
+    def before_scores(self, ctx: RunContext, batch: dict, metrics: dict) -> None:
         t0 = time.time()
         batch["old_values"] = ctx.learners.compute_values(batch)
         metrics["timing/values"] = time.time() - t0

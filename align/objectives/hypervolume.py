@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SCALE_INVARIANT = {
     "group_std": "grpo/dapo std-normalised group advantages",
     "reinforce_pp": "reinforce_pp's batch-normalised advantages",
+    "gae": "ppo's whitened advantages (algorithm.ppo.whiten_advantages)",
 }
 FD_STEP = 0.05  # finite-difference step of the hypervolume gradient, in relative units
 

@@ -61,7 +61,7 @@ class Critic:
     """The critic of one learner rank: ``values`` (no gradient, or with one for the loss), its saved
     state (LoRA tensors + head) and optimizer state."""
 
-    def __init__(self, peft_model, peft_config, dtype, ds_config: dict, seed: int, device: str):
+    def __init__(self, peft_model, dtype, ds_config: dict, seed: int, device: str):
         import deepspeed
 
         self.peft_model, self.device = peft_model, device

@@ -184,9 +184,7 @@ class Learner:
                 if spec.critic.get("model_path")
                 else self.model
             )
-            self.critic = Critic(
-                body, self.peft_config, dtype, self._ds_config(spec.critic["lr"]), critic_seed, self.device
-            )
+            self.critic = Critic(body, dtype, self._ds_config(spec.critic["lr"]), critic_seed, self.device)
         if self.ofs:
             self.set_fast(0)
         if not self.reward_model:

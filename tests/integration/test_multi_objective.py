@@ -52,7 +52,15 @@ CASES = {
     "lagrangian-reinforce_pp": (CONSTRAINED, ["algorithm.name=reinforce_pp"]),
     # PPO: the objectives shape the reward its critic and GAE work on (per-objective gradients for the
     # gradient objective from each reward's batch-whitened value: one critic, not one per objective)
-    "gradient-ppo": (MULTI, ["objective.name=gradient", "algorithm.name=ppo", "algorithm.group_size=1"]),
+    "gradient-ppo": (
+        MULTI,
+        [
+            "objective.name=gradient",
+            "algorithm.name=ppo",
+            "algorithm.group_size=1",
+            "data.prompts_per_step=32",
+        ],
+    ),
     "lagrangian-ppo": (CONSTRAINED, ["algorithm.name=ppo"]),
 }
 
