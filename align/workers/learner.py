@@ -41,6 +41,11 @@ def _device(name: str) -> str:
     return name
 
 
+def _no_rows(batch: dict) -> torch.Tensor:
+    """A per-token result ``(0, L - 1)`` for a share of no rows."""
+    return torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))
+
+
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) over the last axis, in float32."""
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -67,7 +72,8 @@ class LearnerSpec(Spec):
     finetune: str = "lora"  # reward_model: lora or full
     pad_token_id: int | None = None
     ofs: dict | None = None  # OFS-DPO: a second LoRA module ({lr_ratio, ...})
-    # PPO: a critic (LoRA module "critic" + value head) with its own engine: {lr, model_path, value_clip}
+    # PPO: a critic (LoRA module "critic" + value head) with its own engine: {lr, model_path (None:
+    # on this learner's own base)}
     critic: dict | None = None
     # trials sharing this learner (``align sweep`` with trials_per_job > 1): their seeds, whose LoRA
     # initialisations are made at start-up exactly as a learner of that seed makes its own
@@ -173,6 +179,7 @@ class Learner:
             model=model, model_parameters=trainable, config=self._ds_config(spec.lr)
         )
         self.model = self.engine.module
+        self._train_params = [p for _, p in self._policy_named()]  # what the policy's engine steps
         self.critic = None
         if spec.critic:
             from align.workers.critic import Critic
@@ -192,7 +199,6 @@ class Learner:
         # trials sharing this learner: the live adapter, optimizer state and RNG belong to one slot
         self._slot: str | None = None
         self._slots: dict[str, dict] = {}
-        self._train_params = [p for _, p in self._policy_named()]
         self._fresh_groups = [
             {k: v for k, v in g.items() if k != "params"} for g in self._base_optimizer().param_groups
         ]
@@ -233,7 +239,7 @@ class Learner:
         cores: first step 15.9 s, the next ones 10.8-12.8 s), and they are paid while the rollout
         engine is still loading (the trainer starts both at once). ``torch.autograd.grad`` on the
         module itself: no optimizer step, no ZeRO reduction, the engine's gradient buffers untouched."""
-        params = [p for _, p in self._policy_named()]
+        params = self._train_params
         ids = torch.randint(
             0, int(self.model.config.vocab_size), (self.spec.micro_batch_size, 64), device=self.device
         )
@@ -489,7 +495,7 @@ class Learner:
                     with self._adapters_off():
                         refs.append(self._logps(part, temperature, grad=False).cpu())
         out = {}
-        empty = torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))  # a rank's share may be empty
+        empty = _no_rows(batch)  # a rank's share may be empty
         if policy:
             out["old_logps"] = torch.cat(olds) if olds else empty
         if reference:
@@ -688,7 +694,7 @@ class Learner:
             self.critic.values({k: v[s : s + mbs] for k, v in batch.items()}, grad=False).cpu()
             for s in range(0, n, mbs)
         ]
-        return torch.cat(parts) if parts else torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))
+        return torch.cat(parts) if parts else _no_rows(batch)
 
     # ----------------------------------------------------------------- one optimizer step
     def train_step(self, batch: dict, loss_cfg: dict, normalizers: dict, num_micro: int) -> dict[str, float]:
@@ -708,7 +714,7 @@ class Learner:
         if kind == "value":
             engine, params, loss_fn = self.critic.engine, self.critic.params, self._value_loss
         else:
-            engine, params = self.engine, [p for _, p in self._policy_named()]
+            engine, params = self.engine, self._train_params
             loss_fn = self._pair_loss if kind == "pair" else self._policy_loss
         engine.train()
         unit = 2 if kind == "pair" else 1
