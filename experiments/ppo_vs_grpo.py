@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from effects import metrics_rows  # noqa: E402
+
 from runs import OUT, RUNS, train  # noqa: E402
 
 MODELS = {
@@ -78,12 +80,8 @@ MODELS = {
 }
 
 
-def rows_of(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def summarise(run: Path, metric: str) -> dict:
-    rows = rows_of(run)
+    rows = metrics_rows(run)
     steps = [r for r in rows if r["step"] > 0]
     evals = [r for r in rows if f"eval/{metric}" in r]
     curve = [r.get(f"reward/{metric}") for r in steps]
@@ -136,11 +134,11 @@ def memory_arms(model: str, spec: dict, reuse: bool) -> dict:
         run = train(
             config, f"ppo_vs_grpo/{model}_memory_{arm.replace(' ', '_').replace(',', '')}", sets, reuse
         )
-        mem = [r for r in rows_of(run) if "memory/learner_pss_gib" in r]
+        mem = [r for r in metrics_rows(run) if "memory/learner_pss_gib" in r]
         out[arm] = {
             "pss_gib": max(r["memory/learner_pss_gib"] for r in mem),
             "rss_gib": max(r["memory/learner_rss_gib"] for r in mem),
-            "step_s": statistics.median(r["timing/step"] for r in rows_of(run) if r["step"] > 0),
+            "step_s": statistics.median(r["timing/step"] for r in metrics_rows(run) if r["step"] > 0),
         }
     return out
 

@@ -79,13 +79,12 @@ class PPO(GRPO):
         """Per-objective advantages for the gradient objective's per-objective gradients (``r`` (N,)
         or (N, K)): each reward whitened over the batch (one critic serves the mixed reward, none
         each objective; a group of 1 has no group baseline)."""
-        r = np.asarray(r, dtype=np.float64)
+        r = torch.as_tensor(np.asarray(r, dtype=np.float64))
         cols = r[:, None] if r.ndim == 1 else r
-        out = np.zeros_like(cols)
-        for k, c in enumerate(cols.T):
-            ok = ~(dropped | np.isnan(c))
-            if ok.sum() > 1:
-                out[ok, k] = (c[ok] - c[ok].mean()) / (c[ok].std(ddof=1) + 1e-6)
+        ok = ~(torch.as_tensor(dropped)[:, None] | torch.isnan(cols))  # (N, K)
+        out = torch.stack(
+            [masked_whiten(torch.nan_to_num(c)[None], m[None])[0] for c, m in zip(cols.T, ok.T)], dim=1
+        ).numpy()
         return out[:, 0] if r.ndim == 1 else out
 
     def before_scores(self, ctx: RunContext, batch: dict, metrics: dict) -> None:
@@ -102,8 +101,8 @@ class PPO(GRPO):
             kl = kl_penalty(batch["old_logps"], batch["ref_logps"], alg.kl.estimator) * mask
         seq = torch.from_numpy(np.nan_to_num(np.asarray(rewards, dtype=np.float64))).float()
         r = token_rewards(seq, mask, kl, alg.kl.coef)
-        values = batch["old_values"] * mask
-        adv, returns = gae(r, values, mask, ppo.gamma, ppo.lam)
+        values = batch["old_values"]
+        adv, returns = gae(r, values, mask, ppo.gamma, ppo.lam)  # (values off the mask never enter)
         batch["returns"] = returns
         m = mask > 0
         if m.any():
