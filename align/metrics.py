@@ -49,7 +49,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
+    """``metrics.jsonl`` (the run's record, read back by resume and the tools) and the run's trackers
+    (``align.trackers.Trackers``: TensorBoard, MLflow, W&B), which get the same rows."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, trackers=None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -61,11 +64,9 @@ class MetricsLog:
             rows = []  # a fresh run in an old directory starts a fresh log
         # rewritten whole, then renamed: never half a log
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(
-            str(self.run_dir / "tb"), purge_step=(resume_step + 1) if resume_step is not None else None
-        )
+        self.trackers = trackers
+        if trackers is not None:
+            trackers.rewind(resume_step)
 
     @staticmethod
     def read(path: str | Path) -> list[dict]:
@@ -78,21 +79,19 @@ class MetricsLog:
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                self.tb.add_scalar(key, value, step)
-        self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.log(step, metrics)
 
     def log_startup(self, seconds: dict[str, float]) -> None:
         """Start-up phase times: ``startup.json`` (temp file + rename; a resumed run writes its own)
-        and TensorBoard at step 0. Not a ``metrics.jsonl`` row: that log keeps one row per step."""
+        and the trackers at step 0. Not a ``metrics.jsonl`` row: that log keeps one row per step."""
         write_text_atomic(self.run_dir / "startup.json", json.dumps(seconds, indent=1) + "\n")
-        for key, value in seconds.items():
-            self.tb.add_scalar(key, value, 0)
-        self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.log(0, seconds)
 
     def close(self) -> None:
-        self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 # metrics that differ between two runs of the same config (wall times, start-up, memory, faults

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from align.evaluation_loop import format_eval
 from align.interrupts import StopRequested
 from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, MetricsLog, StartupClock, plot_curves, plot_levels
 from align.sampling import PromptSampler
+from align.trackers import Trackers
 from align.workers.groups import LearnerLost
 
 log = logging.getLogger("align.train")
@@ -336,7 +338,8 @@ class Trainer:
         self.ctx.objective = None  # rebuilt from the checkpoint's state at the next scores
         step = self._restore()
         self.metrics.close()
-        self.metrics = MetricsLog(self.run_dir, resume_step=step)  # the steps after it are recomputed
+        # the steps after it are recomputed
+        self.metrics = MetricsLog(self.run_dir, resume_step=step, trackers=self.trackers)
         return step
 
     # ------------------------------------------------------------------ checkpoints
@@ -418,6 +421,7 @@ class Trainer:
             if self.shared is None:  # (a job's trials share the process: one stop request for all)
                 interrupts.clear()
             self.prepare()
+            self.trackers = Trackers(cfg, self.run_dir, resume=self.resume)
             self._setup_actors()
             if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
                 self._watch = ClusterWatch(self.address, self._state_line).__enter__()
@@ -431,7 +435,9 @@ class Trainer:
                     start = self._restore() if self.resume else 0
                     if start == 0:
                         self._sync(0)
-                self.metrics = MetricsLog(self.run_dir, resume_step=start if self.resume else None)
+                self.metrics = MetricsLog(
+                    self.run_dir, resume_step=start if self.resume else None, trackers=self.trackers
+                )
                 before = None
                 if start == 0 and ctx.eval_rows:
                     with self.clock.phase("eval before", f"{len(ctx.eval_rows)} prompts"):
@@ -508,6 +514,10 @@ class Trainer:
                 signal.signal(s, h)
             if getattr(self, "metrics", None):
                 self.metrics.close()
+            if getattr(self, "trackers", None):
+                exc = sys.exc_info()[1]
+                stopped = isinstance(exc, (StopRequested, KeyboardInterrupt))
+                self.trackers.finish("FINISHED" if exc is None else "KILLED" if stopped else "FAILED")
             if getattr(self, "_cluster_lost", False):
                 pass  # nothing to shut down: talking to a dead cluster would only wait
             elif self.shared is not None:  # the job stops the actors; the learners forget this trial
@@ -537,6 +547,14 @@ class Trainer:
                 title=f"{cfg.algorithm.name}: {self.run_dir.name}",
             )
         last = list_checkpoints(self.ckpt_dir)[-1]
+        self.trackers.artifacts(
+            {
+                "config.yaml": self.run_dir / "config.yaml",
+                "metrics.jsonl": self.metrics.path,
+                **{f"plots/{p.name}": p for p in sorted((self.run_dir / "plots").glob("*.png"))},
+                **({"adapter": last / "adapter"} if cfg.trainer.tracking.log_adapter else {}),
+            }
+        )
         summary = {
             "before": before,
             "after": after,

@@ -292,7 +292,8 @@ def run_job(params: dict) -> None:
         if done and "objectives" in done:
             continue
         run_dir = trial_dir(out, spec["name"])
-        cfg = load_config(base, [*spec["overrides"], f"trainer.output_dir={run_dir}"])
+        tracking = [*params.get("tracking", []), f"trainer.tracking.run_name={json.dumps(spec['name'])}"]
+        cfg = load_config(base, [*spec["overrides"], f"trainer.output_dir={run_dir}", *tracking])
         resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*"))
         todo.append(TrialRun(spec["name"], cfg, str(Path(base).parent), resume))
     if len(todo) == 1:
@@ -566,8 +567,8 @@ def write_report(summary: dict, rows, pts, names, path: Path) -> None:
 
 # ---------------------------------------------------------------------------------- driver
 def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = False):
-    """The validated sweep, its base config (path and Config) and its trials; every trial's config
-    is validated here, before anything starts."""
+    """The validated sweep, its base config (path and Config), its trials, their jobs and their
+    validated configs; every trial's config is validated here, before anything starts."""
     sweep = load_config(path, overrides or [], model=SweepConfig)
     base = str((Path(path).resolve().parent / sweep.base).resolve())
     base_cfg = load_config(base, sweep.overrides)
@@ -586,7 +587,7 @@ def plan_sweep(path: str, overrides: list[str] | None = None, quick: bool = Fals
     for job in jobs:
         for t in job["trials"]:
             t["job"] = job["name"]
-    return sweep, base, base_cfg, trials, jobs
+    return sweep, base, base_cfg, trials, jobs, configs
 
 
 def run_sweep(
@@ -596,12 +597,18 @@ def run_sweep(
     import ray
     from ray import tune
 
-    sweep, base, base_cfg, trials, jobs = plan_sweep(path, overrides, quick)
+    from align.trackers import SweepRun
+
+    sweep, base, base_cfg, trials, jobs, configs = plan_sweep(path, overrides, quick)
     out_dir = Path(sweep.output_dir)
     if not out_dir.is_absolute():
         out_dir = Path.cwd() / out_dir
     out_dir = out_dir / "quick" if quick else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the trackers group every trial under the sweep (an MLflow parent run, a W&B group)
+    tracking = SweepRun(
+        configs[0], out_dir, Path(path).stem + ("-quick" if quick else ""), sweep.model_dump(mode="json")
+    )
     (out_dir / "sweep.json").write_text(
         json.dumps(
             {"sweep": sweep.model_dump(mode="json"), "quick": quick, "trials": trials, "jobs": jobs}, indent=2
@@ -635,6 +642,7 @@ def run_sweep(
             "objectives": list(sweep.objectives),
             "output_dir": str(out_dir),
             "concurrency": sweep.job_concurrency,
+            "tracking": tracking.overrides,
         }
         log.info("%d trial(s) in %d job(s) (trials_per_job=%d)", len(trials), len(jobs), sweep.trials_per_job)
         storage, name = str(out_dir), "tune"
@@ -684,6 +692,8 @@ def run_sweep(
                 "every trial failed; see the errors above and the trial logs under " + str(out_dir / name)
             )
         summary = analyse(rows, sweep, out_dir, {"failed": failed, "jobs": len(jobs)})
+        files = {n: out_dir / n for n in ("report.md", "trials.csv", "pareto.csv", "front_by_step.csv")}
+        tracking.finish(summary, {**files, **{f"plots/{Path(p).name}": Path(p) for p in summary["plots"]}})
         log.info(
             "sweep done: %d trials, hypervolume %s; report %s",
             len(rows),
@@ -691,6 +701,9 @@ def run_sweep(
             out_dir / "report.md",
         )
         return summary
+    except BaseException as exc:
+        tracking.finish(None, {}, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         if owns:
             ray.shutdown()

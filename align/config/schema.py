@@ -620,6 +620,38 @@ def _sort_algorithm(data):
     return {**data, "algorithm": {k: v for k, v in alg.items() if k not in dropped}}
 
 
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it needs
+
+
+class TrackingSection(Section):
+    """Where and under what name the trackers of ``trainer.report_to`` log a run."""
+
+    project: str = Field("align", description="MLflow experiment and W&B project.")
+    run_name: Optional[str] = Field(
+        None, description="The run's name in the trackers (default: the run directory's name)."
+    )
+    group: Optional[str] = Field(
+        None, description="W&B group, and MLflow tag 'group' (align sweep sets it to the sweep's name)."
+    )
+    mlflow_uri: Optional[str] = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///path.db, databricks, ...); default: "
+        "MLFLOW_TRACKING_URI if set, else a local store in mlruns/ of the run directory (mlruns/mlflow.db, "
+        "artifacts in mlruns/artifacts; `mlflow ui --backend-store-uri sqlite:///RUN/mlruns/mlflow.db`).",
+    )
+    mlflow_parent_run: Optional[str] = Field(
+        None,
+        description="An MLflow run id to nest this run under (align sweep sets it to the sweep's own run).",
+    )
+    wandb_mode: Literal["auto", "online", "offline"] = Field(
+        "auto",
+        description="auto: WANDB_MODE if set, else online when logged in (WANDB_API_KEY or ~/.netrc), else "
+        "offline (files in wandb/ of the run directory; `wandb sync` uploads them later).",
+    )
+    wandb_entity: Optional[str] = Field(None, description="W&B entity (team or user); default: yours.")
+    log_adapter: bool = Field(True, description="Upload the final adapter as an artifact (MLflow, W&B).")
+
+
 class TrainerSection(Section):
     max_steps: int = Field(20, ge=1, description="Optimizer steps (each: rollouts, rewards, update, sync).")
     output_dir: str = Field(
@@ -651,6 +683,30 @@ class TrainerSection(Section):
         description="Seconds after SIGINT/SIGTERM within which the run stops: it finishes "
         "the step and checkpoints, or past this stops without (the last checkpoint stays good).",
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Experiment trackers that get the run's config, every step's metrics, the plots and the "
+        "final adapter (metrics.jsonl is always written; [] for it alone). A tracker that fails during the "
+        "run (server down) warns once and is switched off; the run goes on.",
+    )
+    tracking: TrackingSection = Field(
+        default_factory=TrackingSection, description="Project, run name and destinations of the trackers."
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value):
+        import importlib.util
+
+        dup = sorted({t for t in value if value.count(t) > 1})
+        if dup:
+            raise ValueError(f"{dup[0]} is named twice")
+        missing = [t for t in value if importlib.util.find_spec(TRACKERS[t]) is None]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)}: not installed; pip install 'align[trackers]' (mlflow-skinny, wandb)"
+            )
+        return value
 
 
 class DataSection(Section):

@@ -13,6 +13,7 @@ import pytest
 from align.config.loading import load_config
 from align.metrics import VOLATILE
 from align.trainer import Trainer
+from tests.integration.tracker_files import assert_trackers_hold
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,13 +132,20 @@ def test_resume_is_exact_with_objective_state(tmp_path):
         "objective.lagrangian.threshold_search.max_evals=4",
     ]
 
-    def train(out, steps, resume=False):
-        cfg = load_config(CONSTRAINED, [f"trainer.output_dir={out}", f"trainer.max_steps={steps}", *common])
+    # the resumed run also reports to MLflow and W&B (offline): both continue across the resume
+    trackers = ["trainer.report_to=[tensorboard,mlflow,wandb]", "trainer.tracking.wandb_mode=offline"]
+
+    def train(out, steps, resume=False, extra=()):
+        cfg = load_config(
+            CONSTRAINED, [f"trainer.output_dir={out}", f"trainer.max_steps={steps}", *common, *extra]
+        )
         Trainer(cfg, str(CONSTRAINED.parent), resume=resume).run()
 
     train(tmp_path / "a", 4)
-    train(tmp_path / "b", 2)
-    train(tmp_path / "b", 4, resume=True)
+    train(tmp_path / "b", 2, extra=trackers)
+    first_part = json.loads((tmp_path / "b" / "trackers.json").read_text())
+    train(tmp_path / "b", 4, resume=True, extra=trackers)
+    assert_trackers_hold(tmp_path / "b", _rows(tmp_path / "b"), first_part)
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):
