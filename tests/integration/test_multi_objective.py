@@ -13,7 +13,7 @@ import pytest
 from align.config.loading import load_config
 from align.metrics import VOLATILE
 from align.trainer import Trainer
-from tests.integration.tracker_files import assert_trackers_hold
+from tests.integration.tracker_files import assert_trackers_hold, wandb_records
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,6 +171,9 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
         "trials_per_job=0",  # both trials as one job on one set of actors (tests/integration/test_sweep_jobs.py)
         "--set",
         "front_every=1",
+        "--set",  # the quick preset's overrides, and the trackers: each trial a run grouped under the sweep
+        "quick.overrides=[data.eval_size=32, data.prompts_per_step=8, objective.hypervolume.every=1, "
+        "'trainer.report_to=[tensorboard,mlflow,wandb]', trainer.tracking.wandb_mode=offline]",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -192,8 +195,38 @@ def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     assert list(summary["hypervolume_by_step"]["all"]) == ["0", "1", "2"]
     assert summary["hypervolume_by_step"]["all"]["2"] == pytest.approx(summary["hypervolume_all"])
     assert (quick / "plots" / "hypervolume_by_step.png").stat().st_size > 10_000
+    parent, children = _sweep_runs(quick)
+    assert parent.info.run_name == "sweep_tiny-quick" and parent.info.status == "FINISHED"
+    assert {c.info.run_name for c in children} == {t["trial"] for t in trials}
+    assert all(c.info.status == "FINISHED" and c.data.tags["group"] == "sweep_tiny-quick" for c in children)
+    assert {f"hypervolume/{m}": v for m, v in summary["hypervolume"].items()} == pytest.approx(
+        {
+            k: v
+            for k, v in parent.data.metrics.items()
+            if k.startswith("hypervolume/") and k != "hypervolume/all"
+        }
+    )
+    assert parent.data.params["objectives.brevity"] == "max" and parent.data.params["steps"] == "12"
+    for t in trials:  # each trial's W&B offline run is in the sweep's group
+        runs = [r.run for r in wandb_records(Path(t["run_dir"])) if r.WhichOneof("record_type") == "run"]
+        assert [(r.display_name, r.run_group) for r in runs] == [(t["trial"], "sweep_tiny-quick")]
     # run again: Tune restores the finished sweep; no trial trains again, the analysis is the same
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming the sweep" in again.stderr
     assert json.loads((quick / "summary.json").read_text())["hypervolume"] == summary["hypervolume"]
+    again_parent, again_children = _sweep_runs(quick)  # the restored sweep continued its run
+    assert again_parent.info.run_id == parent.info.run_id and len(again_children) == 2
+
+
+def _sweep_runs(sweep_dir: Path):
+    """The sweep's MLflow run and the trial runs nested under it (its store: mlruns/ of the sweep)."""
+    from mlflow import MlflowClient
+
+    state = json.loads((sweep_dir / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(state["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("align").experiment_id])
+    parent = next(r for r in runs if r.info.run_id == state["run_id"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["run_id"]]
+    assert len(runs) == 1 + len(children)
+    return parent, children
