@@ -249,11 +249,13 @@ def _type_name(annotation) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    """One line per config key: ``dotted.key  type  default  help``."""
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]:
+    """Every config key of ``model``, once: ``{"key", "type", "default", "help", "only"}`` (``only``:
+    the ``algorithm.name`` / ``rewards[i].type`` values that have the key, "" for all). A list of
+    sections is one row (type ``list``) and then its items' keys as ``key[i].*``."""
     from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
 
-    rows = []
+    rows: list[dict] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         unions = {
@@ -262,42 +264,92 @@ def config_help(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
         }
         if model is Config and name in unions:  # a section per method / reward type: each one's keys, once
             tag, members, full = unions[name]
-            base = key + ("[i]." if name == "rewards" else ".")
             if name == "rewards":
-                rows.append(f"{key}  (list)  {field.description}")
-            tagged: dict[
-                str, list[str]
-            ] = {}  # row -> the member names that have it (same type, default, help)
+                rows.append(
+                    {"key": key, "type": "list", "default": "", "help": field.description, "only": ""}
+                )
+            tagged: dict[str, tuple[dict, list[str]]] = {}  # key -> (row, the member names that have it)
             for variant in dict.fromkeys(members.values()):
                 names = [n for n, c in members.items() if c is variant]
-                for row in config_help(variant, base):
-                    tagged.setdefault(row, []).extend(names)
-            for row, names in tagged.items():
-                head = row.split("  ")[0]
-                if head == full:
-                    if not any(r.startswith(full + "  ") for r in rows):
-                        rows.append(f"{full}  ({'|'.join(members)})  " + row.split(")  ", 1)[1])
+                for row in config_keys(variant, key + ("[i]." if name == "rewards" else ".")):
+                    same = (row["key"], row["type"], row["default"], row["help"])
+                    tagged.setdefault(repr(same), (row, []))[1].extend(names)
+            for row, names in tagged.values():
+                if row["key"] == full:
+                    if not any(r["key"] == full for r in rows):
+                        rows.append({**row, "type": "|".join(members), "only": ""})
                 else:
-                    rows.append(f"{row}  [{tag}: {'|'.join(names)}]")
+                    rows.append({**row, "only": f"{tag}: {'|'.join(names)}"})
             continue
         sub = _unwrap(field.annotation)
-        if (
-            isinstance(sub, type)
-            and issubclass(sub, BaseModel)
-            and typing.get_origin(field.annotation) is not list
-        ):
-            rows.extend(config_help(sub, key + "."))
+        is_model = isinstance(sub, type) and issubclass(sub, BaseModel)
+        if is_model and typing.get_origin(field.annotation) is not list:
+            rows.extend(config_keys(sub, key + "."))
             continue
-        if (
-            typing.get_origin(field.annotation) is list
-            and isinstance(sub, type)
-            and issubclass(sub, BaseModel)
-        ):
-            rows.append(f"{key}  (list)  {field.description}")
-            rows.extend(config_help(sub, key + "[i]."))
+        if is_model:
+            rows.append({"key": key, "type": "list", "default": "", "help": field.description, "only": ""})
+            rows.extend(config_keys(sub, key + "[i]."))
             continue
-        default = (
-            "required" if field.is_required() else f"default {field.get_default(call_default_factory=True)!r}"
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append(
+            {
+                "key": key,
+                "type": _type_name(field.annotation),
+                "default": default,
+                "help": field.description,
+                "only": "",
+            }
         )
-        rows.append(f"{key}  ({_type_name(field.annotation)}, {default})  {field.description}")
     return rows
+
+
+def config_help(model: type[BaseModel] = Config) -> list[str]:
+    """One line per config key: ``dotted.key  (type, default D)  help  [name: ...]``."""
+    lines = []
+    for r in config_keys(model):
+        if r["type"] == "list" and not r["default"]:
+            head = "(list)"
+        elif r["key"] in ("algorithm.name", "rewards[i].type"):
+            head = f"({r['type']})"
+        else:
+            head = f"({r['type']}, {'required' if r['default'] == 'required' else 'default ' + r['default']})"
+        lines.append(f"{r['key']}  {head}  {r['help']}" + (f"  [{r['only']}]" if r["only"] else ""))
+    return lines
+
+
+def config_reference(models: dict[str, type[BaseModel]] | None = None) -> str:
+    """The configuration reference as Markdown, generated from the config models: per model (title ->
+    model; default: the run config; the docs add the sweep file's) a table per top-level section with
+    every key, its type, default and help."""
+    models = models or {"Run config (`align train`, `align eval`)": Config}
+
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from the config models when the site is built; `align train --help` prints the same "
+        "keys. Every key is set in the YAML file or with "
+        "`--set key=value`; an unknown key is an error that names the file and line.",
+        "",
+    ]
+    for title, model in models.items():
+        out += [f"## {title}", ""]
+        sections: dict[str, list[dict]] = {}
+        for row in config_keys(model):
+            top = row["key"].split(".")[0].split("[")[0]
+            sections.setdefault(top if "." in row["key"] or "[" in row["key"] else "", []).append(row)
+        for top, rows in sections.items():
+            if top:
+                out += [f"### `{top}`", ""]
+                field = model.model_fields[top]
+                if field.description:
+                    out += [cell(field.description), ""]
+            out += ["| key | type | default | description |", "|---|---|---|---|"]
+            for r in rows:
+                only = f" *({r['only']} only)*" if r["only"] else ""
+                default = f"`{cell(r['default'])}`" if r["default"] else ""
+                out.append(f"| `{r['key']}` | {cell(r['type'])} | {default} | {cell(r['help'])}{only} |")
+            out.append("")
+    return "\n".join(out)
