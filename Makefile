@@ -15,7 +15,7 @@ EXTRAS ?= cpu,dev
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint format test test-unit test-integration test-reliability test-slow test-all demo clean
+.PHONY: install lint format docs test test-unit test-integration test-reliability test-slow test-all demo clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The documentation site (docs/, mkdocs.yml) into site/; strict: a broken link or a warning fails.
+# `make test` builds it too (tests/unit/docs: strict build, links and anchors, the config reference).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 test: lint
 	$(VENV)/bin/python -m pytest
@@ -61,4 +66,4 @@ demo: $(STAMP)
 	$(VENV)/bin/align train configs/grpo_tiny.yaml
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -233,7 +233,7 @@ def part_model(args) -> None:
         f"{(r + l_) / max(r, l_):.2f}x; on this machine the two sides share 2 cores, and each phase on one core "
         f"is slower than lockstep's two-core phases (see `async_{name}.md`), which is why the measured "
         "ratio is below 1 here. align's asynchronous mode samples whole batches per call (no partial "
-        "rollouts, see the README), so its cluster gain is the overlap column, at most 2x at rho = 1.",
+        "rollouts, see docs/async.md), so its cluster gain is the overlap column, at most 2x at rho = 1.",
     ]
     write_report("\n".join(lines) + "\n", RESULTS / f"async_model_{name}.md")
 

