@@ -28,7 +28,9 @@ ORIGIN: dict[str, str] = {}  # generated page -> its source file's folder in the
 def _site_path(repo_path: str) -> str | None:
     for folder, mount in sorted(MOUNTS.items(), key=lambda m: -len(m[0])):
         if repo_path == folder or repo_path.startswith(folder + "/"):
-            return posixpath.join(mount, repo_path[len(folder) + 1 :]) if mount else repo_path[len(folder) + 1 :]
+            return (
+                posixpath.join(mount, repo_path[len(folder) + 1 :]) if mount else repo_path[len(folder) + 1 :]
+            )
     return None
 
 
