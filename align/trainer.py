@@ -11,7 +11,6 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -417,6 +416,7 @@ class Trainer:
     def run(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
         old_handlers: dict = {}
+        status = "FAILED"  # how the trackers' runs end, unless the run finishes or is stopped
         try:
             if self.shared is None:  # (a job's trials share the process: one stop request for all)
                 interrupts.clear()
@@ -501,7 +501,12 @@ class Trainer:
                         f"checkpoint written to {self.ckpt_dir}; continue with --resume"
                     )
                 step += 1
-            return self._finish(before, after)
+            summary = self._finish(before, after)
+            status = "FINISHED"
+            return summary
+        except (StopRequested, KeyboardInterrupt):
+            status = "KILLED"  # the trackers' word for a run stopped on purpose (it resumes)
+            raise
         except ClusterLost:
             self._cluster_lost = True
             raise
@@ -515,9 +520,7 @@ class Trainer:
             if getattr(self, "metrics", None):
                 self.metrics.close()
             if getattr(self, "trackers", None):
-                exc = sys.exc_info()[1]
-                stopped = isinstance(exc, (StopRequested, KeyboardInterrupt))
-                self.trackers.finish("FINISHED" if exc is None else "KILLED" if stopped else "FAILED")
+                self.trackers.finish(status)
             if getattr(self, "_cluster_lost", False):
                 pass  # nothing to shut down: talking to a dead cluster would only wait
             elif self.shared is not None:  # the job stops the actors; the learners forget this trial

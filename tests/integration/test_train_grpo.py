@@ -3,7 +3,9 @@ on the built-in tiny model: learning happens, ranks agree, resume is exact (sign
 resume equality: tests/reliability/test_faults.py)."""
 
 import json
+import logging
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +32,22 @@ def _rows(run):
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_grpo_raises_correctness_and_ranks_agree(tmp_path):
+def test_grpo_raises_correctness_and_ranks_agree(tmp_path, caplog):
     out = tmp_path / "run"
-    summary = _train(out, "trainer.max_steps=12", "trainer.save_every=6", "data.eval_size=200")
+    with socket.socket() as s:  # an MLflow server that is not there: one warning, the run goes on
+        s.bind(("127.0.0.1", 0))
+        down = f"trainer.tracking.mlflow_uri=http://127.0.0.1:{s.getsockname()[1]}"
+    with caplog.at_level(logging.WARNING, logger="align.trackers"):
+        summary = _train(
+            out,
+            "trainer.max_steps=12",
+            "trainer.save_every=6",
+            "data.eval_size=200",
+            "trainer.report_to=[tensorboard,mlflow]",
+            down,
+        )
+    warned = [r.getMessage() for r in caplog.records if r.name == "align.trackers"]
+    assert len(warned) == 1 and warned[0].startswith("tracker mlflow failed while starting"), warned
     rows = [r for r in _rows(out) if r["step"] > 0]
     train = [r["reward/correctness"] for r in rows]
     # halves, not quarters: over 12 steps at T=1 the sampled reward moves ~0.01 and one step's mean

@@ -275,7 +275,8 @@ def test_learner_restarts_are_bounded(tmp_path):
 )
 def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baseline, sig):
     out = tmp_path / "run"
-    overrides = [a for o in [f"trainer.output_dir={out}", *COMMON] for a in ("--set", o)]
+    mlflow = "trainer.report_to=[tensorboard,mlflow]"  # its run ends KILLED, the resume continues it
+    overrides = [a for o in [f"trainer.output_dir={out}", *COMMON, mlflow] for a in ("--set", o)]
     proc = subprocess.Popen(
         [ALIGN, "train", str(CONFIG), *overrides],
         stdout=subprocess.PIPE,
@@ -302,7 +303,12 @@ def test_signal_to_the_driver_checkpoints_then_resume_is_exact(tmp_path, baselin
         and waited < stop_timeout
     )
     assert clean, (proc.returncode, ckpts, waited, "".join(lines)[-2000:] + rest[-3000:])
-    Trainer(_config(out), str(CONFIG.parent), resume=True).run()
+    from tests.integration.tracker_files import mlflow_client
+
+    client, run_id = mlflow_client(out)
+    assert client.get_run(run_id).info.status == "KILLED"
+    Trainer(_config(out, mlflow), str(CONFIG.parent), resume=True).run()
+    assert mlflow_client(out)[1] == run_id and client.get_run(run_id).info.status == "FINISHED"
     diff = max_abs_diff(_rows(out), baseline)
     record(
         "fault",
