@@ -290,17 +290,25 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]
             rows.append({"key": key, "type": "list", "default": "", "help": field.description, "only": ""})
             rows.extend(config_keys(sub, key + "[i]."))
             continue
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
         rows.append(
             {
                 "key": key,
                 "type": _type_name(field.annotation),
-                "default": default,
+                "default": "required" if field.is_required() else repr(value),
+                "yaml": "" if field.is_required() else _yaml_value(value),
                 "help": field.description,
                 "only": "",
             }
         )
     return rows
+
+
+def _yaml_value(value) -> str:
+    """A default as it is written in a config file (``true``, ``null``, ``[a, b]``, ``0.1``)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
 def config_help(model: type[BaseModel] = Config) -> list[str]:
@@ -349,7 +357,13 @@ def config_reference(models: dict[str, type[BaseModel]] | None = None) -> str:
             out += ["| key | type | default | description |", "|---|---|---|---|"]
             for r in rows:
                 only = f" *({r['only']} only)*" if r["only"] else ""
-                default = f"`{cell(r['default'])}`" if r["default"] else ""
+                default = (
+                    f"`{cell(r['yaml'])}`"
+                    if r.get("yaml")
+                    else "required"
+                    if r["default"] == "required"
+                    else ""
+                )
                 out.append(f"| `{r['key']}` | {cell(r['type'])} | {default} | {cell(r['help'])}{only} |")
             out.append("")
     return "\n".join(out)
