@@ -47,23 +47,15 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def scalars(metrics: dict) -> dict[str, float]:
     """The numeric, finite values of a metrics row (a ``null`` NaN or a string is not a point)."""
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class TensorBoardTracker:
     name = "tensorboard"
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, **_):
         self.run_dir = run_dir
         self.writer = None
-
-    @classmethod
-    def for_run(cls, run_dir: Path, **_):
-        return cls(run_dir)
 
     def rewind(self, step: int | None) -> None:
         """(Re)open the writer; steps after ``step`` (a resumed run recomputes them) are purged."""
@@ -226,7 +218,6 @@ class WandbTracker:
     process). Files go to ``wandb/`` in the run directory; console capture is off (align logs itself)."""
 
     name = "wandb"
-    for_run = classmethod(lambda cls, *args, **kw: cls(*args, **kw))
 
     def __init__(self, run_dir: Path, cfg, config_tree: dict, saved: dict | None, resume: bool):
         import wandb
@@ -276,7 +267,8 @@ class WandbTracker:
         pass
 
 
-KINDS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker, "wandb": WandbTracker}
+# name -> what starts the tracker for a run: (run_dir, cfg=, config_tree=, saved=, resume=)
+KINDS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker.for_run, "wandb": WandbTracker}
 
 
 class Trackers:
@@ -295,21 +287,12 @@ class Trackers:
                 name,
                 "starting",
                 lambda: self.active.append(
-                    KINDS[name].for_run(
-                        self.run_dir, cfg=cfg, config_tree=tree, saved=saved.get(name), resume=resume
-                    )
+                    KINDS[name](self.run_dir, cfg=cfg, config_tree=tree, saved=saved.get(name), resume=resume)
                 ),
             )
         state = {t.name: t.state() for t in self.active if hasattr(t, "state")}
         if state:
             write_text_atomic(self.run_dir / self.STATE, json.dumps(state, indent=1) + "\n")
-
-    @classmethod
-    def tensorboard(cls, run_dir: str | Path) -> "Trackers":
-        """TensorBoard alone (what a run without a config's trackers writes)."""
-        self = cls.__new__(cls)
-        self.run_dir, self.active = Path(run_dir), [TensorBoardTracker(Path(run_dir))]
-        return self
 
     def _saved(self) -> dict:
         path = self.run_dir / self.STATE

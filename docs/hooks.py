@@ -90,13 +90,13 @@ def on_files(files, config):
 
 
 def _defaults_table(name: str, prefix: str) -> str:
-    from align.config.loading import _yaml_value, config_keys, load_config
+    from align.config.loading import config_keys, load_config, yaml_text
 
     cfg = load_config(None, [f"algorithm.name={name}"]) if name != "-" else load_config(None)
     values = _flat(cfg.model_dump(mode="json"))
     helps = {r["key"].replace("[i]", ""): r["help"] for r in config_keys()}
     rows = [
-        f"| `{k}` | `{_yaml_value(v)}` | {str(helps.get(k, '')).replace('|', '/')} |"
+        f"| `{k}` | `{yaml_text(v)}` | {str(helps.get(k, '')).replace('|', '/')} |"
         for k, v in values.items()
         if k == prefix or k.startswith(prefix + ".")
     ]

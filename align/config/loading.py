@@ -250,7 +250,8 @@ def _type_name(annotation) -> str:
 
 
 def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]:
-    """Every config key of ``model``, once: ``{"key", "type", "default", "help", "only"}`` (``only``:
+    """Every config key of ``model``, once: ``{"key", "type", "default", "help", "only"}`` (``default``
+    as written in a config file, or ``required``; ``only``:
     the ``algorithm.name`` / ``rewards[i].type`` values that have the key, "" for all). A list of
     sections is one row (type ``list``) and then its items' keys as ``key[i].*``."""
     from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
@@ -290,13 +291,14 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]
             rows.append({"key": key, "type": "list", "default": "", "help": field.description, "only": ""})
             rows.extend(config_keys(sub, key + "[i]."))
             continue
-        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = (
+            "required" if field.is_required() else yaml_text(field.get_default(call_default_factory=True))
+        )
         rows.append(
             {
                 "key": key,
                 "type": _type_name(field.annotation),
-                "default": "required" if field.is_required() else repr(value),
-                "yaml": "" if field.is_required() else _yaml_value(value),
+                "default": default,
                 "help": field.description,
                 "only": "",
             }
@@ -304,7 +306,7 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]
     return rows
 
 
-def _yaml_value(value) -> str:
+def yaml_text(value) -> str:
     """A default as it is written in a config file (``true``, ``null``, ``[a, b]``, ``0.1``)."""
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
@@ -357,13 +359,7 @@ def config_reference(models: dict[str, type[BaseModel]] | None = None) -> str:
             out += ["| key | type | default | description |", "|---|---|---|---|"]
             for r in rows:
                 only = f" *({r['only']} only)*" if r["only"] else ""
-                default = (
-                    f"`{cell(r['yaml'])}`"
-                    if r.get("yaml")
-                    else "required"
-                    if r["default"] == "required"
-                    else ""
-                )
+                default = f"`{cell(r['default'])}`" if r["default"] not in ("", "required") else r["default"]
                 out.append(f"| `{r['key']}` | {cell(r['type'])} | {default} | {cell(r['help'])}{only} |")
             out.append("")
     return "\n".join(out)

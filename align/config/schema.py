@@ -620,9 +620,6 @@ def _sort_algorithm(data):
     return {**data, "algorithm": {k: v for k, v in alg.items() if k not in dropped}}
 
 
-TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it needs
-
-
 class TrackingSection(Section):
     """Where and under what name the trackers of ``trainer.report_to`` log a run."""
 
@@ -701,7 +698,7 @@ class TrainerSection(Section):
         dup = sorted({t for t in value if value.count(t) > 1})
         if dup:
             raise ValueError(f"{dup[0]} is named twice")
-        missing = [t for t in value if importlib.util.find_spec(TRACKERS[t]) is None]
+        missing = [t for t in value if importlib.util.find_spec(t) is None]  # each is its module's name
         if missing:
             raise ValueError(
                 f"{', '.join(missing)}: not installed; pip install 'align[trackers]' (mlflow-skinny, wandb)"

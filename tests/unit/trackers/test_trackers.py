@@ -33,10 +33,8 @@ def test_flatten_and_scalars():
         "rewards.1.w": 0.5,
         "e": None,
     }
-    assert scalars({"x": 1, "y": 0.5, "n": None, "nan": float("nan"), "s": "text", "b": True}) == {
-        "x": 1.0,
-        "y": 0.5,
-    }
+    row = {"x": 1, "y": 0.5, "n": None, "nan": float("nan"), "inf": float("inf"), "s": "text", "b": True}
+    assert scalars(row) == {"x": 1.0, "y": 0.5, "b": 1.0}  # a flag is a 0/1 point, as TensorBoard took it
 
 
 def test_report_to_is_checked_before_anything_starts(tmp_path):
@@ -124,7 +122,7 @@ def test_a_tracker_that_fails_mid_run_is_switched_off_after_one_warning(tmp_path
 
 
 def test_tensorboard_rewind_purges_the_recomputed_steps(tmp_path):
-    trackers = Trackers.tensorboard(tmp_path)
+    trackers = Trackers(_cfg(tmp_path), tmp_path)  # the default: report_to [tensorboard]
     trackers.rewind(None)
     for step in (1, 2, 3):
         trackers.log(step, {"m": step})
