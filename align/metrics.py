@@ -52,7 +52,7 @@ class MetricsLog:
     """``metrics.jsonl`` (the run's record, read back by resume and the tools) and the run's trackers
     (``align.trackers.Trackers``: TensorBoard, MLflow, W&B), which get the same rows."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, trackers=None):
+    def __init__(self, run_dir: str | Path, trackers, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,8 +65,7 @@ class MetricsLog:
         # rewritten whole, then renamed: never half a log
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self.trackers = trackers
-        if trackers is not None:
-            trackers.rewind(resume_step)
+        trackers.rewind(resume_step)
 
     @staticmethod
     def read(path: str | Path) -> list[dict]:
@@ -79,19 +78,16 @@ class MetricsLog:
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.trackers is not None:
-            self.trackers.log(step, metrics)
+        self.trackers.log(step, metrics)
 
     def log_startup(self, seconds: dict[str, float]) -> None:
         """Start-up phase times: ``startup.json`` (temp file + rename; a resumed run writes its own)
         and the trackers at step 0. Not a ``metrics.jsonl`` row: that log keeps one row per step."""
         write_text_atomic(self.run_dir / "startup.json", json.dumps(seconds, indent=1) + "\n")
-        if self.trackers is not None:
-            self.trackers.log(0, seconds)
+        self.trackers.log(0, seconds)
 
     def close(self) -> None:
-        if self.trackers is not None:
-            self.trackers.close()
+        self.trackers.close()
 
 
 # metrics that differ between two runs of the same config (wall times, start-up, memory, faults

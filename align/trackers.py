@@ -267,6 +267,14 @@ class WandbTracker:
         pass
 
 
+def _warn_off(name: str, doing: str, exc: Exception, consequence: str) -> None:
+    """The policy's one warning: which tracker, doing what, the error's first line, what follows."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    log.warning(
+        "tracker %s failed while %s (%s: %s); %s", name, doing, type(exc).__name__, first, consequence
+    )
+
+
 # name -> what starts the tracker for a run: (run_dir, cfg=, config_tree=, saved=, resume=)
 KINDS = {"tensorboard": TensorBoardTracker, "mlflow": MLflowTracker.for_run, "wandb": WandbTracker}
 
@@ -276,13 +284,12 @@ class Trackers:
 
     STATE = "trackers.json"
 
-    def __init__(self, cfg, run_dir: str | Path, resume: bool = False, names: list[str] | None = None):
+    def __init__(self, cfg, run_dir: str | Path, resume: bool = False):
         self.run_dir = Path(run_dir)
-        names = cfg.trainer.report_to if names is None else names
         saved = self._saved() if resume else {}
         tree = cfg.model_dump(mode="json")
         self.active: list = []
-        for name in names:
+        for name in cfg.trainer.report_to:
             self._guard(
                 name,
                 "starting",
@@ -306,13 +313,11 @@ class Trackers:
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - the stated policy: warn once, switch it off, go on
-            log.warning(
-                "tracker %s failed while %s (%s: %s); it is off for the rest of this run (metrics.jsonl and "
-                "the other trackers go on)",
+            _warn_off(
                 name,
                 doing,
-                type(exc).__name__,
-                str(exc).splitlines()[0] if str(exc) else "",
+                exc,
+                "it is off for the rest of this run (metrics.jsonl and the other trackers go on)",
             )
             self.active = [t for t in self.active if t.name != name]
 
@@ -373,11 +378,7 @@ class SweepRun:
                 )
             write_text_atomic(path, json.dumps({"mlflow": self.mlflow.state()}, indent=1) + "\n")
         except Exception as exc:  # noqa: BLE001 - the trackers' policy: warn once, go on without
-            log.warning(
-                "tracker mlflow failed while starting the sweep's run (%s: %s); trials log ungrouped",
-                type(exc).__name__,
-                exc,
-            )
+            _warn_off("mlflow", "starting the sweep's run", exc, "the trials log ungrouped")
             self.mlflow = None
             return
         self.overrides += [
@@ -396,12 +397,13 @@ class SweepRun:
                 self.mlflow.log(
                     0, {"hypervolume/all": summary["hypervolume_all"], "trials": summary["trials"]}
                 )
+                steps: dict[int, dict] = {}  # step -> every set's hypervolume at it: one call a step
                 for set_name, by_step in summary.get("hypervolume_by_step", {}).items():
                     for step, hv in by_step.items():
-                        self.mlflow.log(int(step), {f"front/hypervolume/{set_name}": hv})
+                        steps.setdefault(int(step), {})[f"front/hypervolume/{set_name}"] = hv
+                for step, values in sorted(steps.items()):
+                    self.mlflow.log(step, values)
             self.mlflow.artifacts({d: Path(p) for d, p in files.items() if Path(p).exists()})
             self.mlflow.finish(status)
         except Exception as exc:  # noqa: BLE001
-            log.warning(
-                "tracker mlflow failed while finishing the sweep's run (%s: %s)", type(exc).__name__, exc
-            )
+            _warn_off("mlflow", "finishing the sweep's run", exc, "the sweep's files are in its directory")

@@ -338,7 +338,7 @@ class Trainer:
         step = self._restore()
         self.metrics.close()
         # the steps after it are recomputed
-        self.metrics = MetricsLog(self.run_dir, resume_step=step, trackers=self.trackers)
+        self.metrics = MetricsLog(self.run_dir, self.trackers, resume_step=step)
         return step
 
     # ------------------------------------------------------------------ checkpoints
@@ -436,7 +436,7 @@ class Trainer:
                     if start == 0:
                         self._sync(0)
                 self.metrics = MetricsLog(
-                    self.run_dir, resume_step=start if self.resume else None, trackers=self.trackers
+                    self.run_dir, self.trackers, resume_step=start if self.resume else None
                 )
                 before = None
                 if start == 0 and ctx.eval_rows:
