@@ -91,9 +91,10 @@ def on_files(files, config):
 
 def _defaults_table(name: str, prefix: str) -> str:
     from align.config.loading import config_keys, load_config, yaml_text
+    from align.trackers import flatten
 
     cfg = load_config(None, [f"algorithm.name={name}"]) if name != "-" else load_config(None)
-    values = _flat(cfg.model_dump(mode="json"))
+    values = flatten(cfg.model_dump(mode="json"))
     helps = {r["key"].replace("[i]", ""): r["help"] for r in config_keys()}
     rows = [
         f"| `{k}` | `{yaml_text(v)}` | {str(helps.get(k, '')).replace('|', '/')} |"
@@ -103,16 +104,6 @@ def _defaults_table(name: str, prefix: str) -> str:
     if not rows:
         raise ValueError(f"<!-- defaults: {name} {prefix} -->: no key under {prefix}")
     return "\n".join(["| key | default | description |", "|---|---|---|", *rows])
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def on_page_markdown(markdown, page, config, files):
