@@ -76,8 +76,8 @@ def test_every_link_and_image_resolves(site):
 
 
 def _schema_keys(schema: dict, node: dict, prefix: str = "") -> set[str]:
-    """Dotted keys of a pydantic JSON schema: sections nest, lists of sections add ``[i]``, a union
-    (``anyOf`` / ``oneOf``) contributes every member's keys."""
+    """Dotted keys of a pydantic JSON schema: sections nest, lists add ``[i]``, a union (``anyOf`` /
+    ``oneOf``: Optional, the algorithm and reward-type variants) contributes every member's keys."""
     defs = schema.get("$defs", {})
 
     def resolve(n):
@@ -85,22 +85,17 @@ def _schema_keys(schema: dict, node: dict, prefix: str = "") -> set[str]:
             n = defs[n["$ref"].split("/")[-1]]
         return n
 
+    def below(n, key: str) -> set[str]:
+        n = resolve(n)
+        if "properties" in n:
+            return _schema_keys(schema, n, key + ".")
+        if n.get("type") == "array":
+            return below(n.get("items", {}), key + "[i]")
+        return set().union(*(below(m, key) for m in n.get("anyOf", n.get("oneOf", []))))
+
     keys = set()
     for name, prop in resolve(node).get("properties", {}).items():
-        key = f"{prefix}{name}"
-        keys.add(key)
-        variants = [resolve(v) for v in prop.get("anyOf", prop.get("oneOf", [prop]))]
-        for v in variants:
-            if "properties" in v:
-                keys |= _schema_keys(schema, v, key + ".")
-            elif v.get("type") == "array" and "properties" in resolve(v.get("items", {})):
-                keys |= _schema_keys(schema, resolve(v["items"]), key + "[i].")
-            for member in v.get("oneOf", v.get("anyOf", [])):
-                m = resolve(member)
-                if "properties" in m:
-                    keys |= _schema_keys(schema, m, key + ".")
-                elif m.get("type") == "array" and "properties" in resolve(m.get("items", {})):
-                    keys |= _schema_keys(schema, resolve(m["items"]), key + "[i].")
+        keys |= {prefix + name} | below(prop, prefix + name)
     return keys
 
 
