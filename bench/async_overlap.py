@@ -48,7 +48,7 @@ def side(args) -> None:
     import logging
 
     from align.config.loading import load_config
-    from align.trainer import Trainer
+    from align.runner.trainer import Trainer
 
     logging.basicConfig(level=logging.WARNING)
     out = Path(tempfile.mkdtemp(prefix="align-async-")) / "run"

@@ -36,8 +36,8 @@ SIDES = {
 
 def _rows(args) -> list[dict]:
     """The pairs of every step, in align's order."""
+    from align.data.sampling import PromptSampler
     from align.data.tasks import preference_pairs
-    from align.sampling import PromptSampler
 
     rows = preference_pairs("arithmetic", args.steps * args.pairs, 0)
     order = PromptSampler(len(rows), 0).take(args.steps * args.pairs)
@@ -111,7 +111,7 @@ def run_trl(args, precompute: bool) -> dict:
 
 def run_align(args, reference: str) -> dict:
     from align.config.loading import load_config
-    from align.trainer import make_trainer
+    from align.runner.trainer import Trainer
 
     out = Path(tempfile.mkdtemp())
     ordered, rows = _rows(args)
@@ -142,7 +142,7 @@ def run_align(args, reference: str) -> dict:
             f"learner.autocast={getattr(args, 'autocast', 'off')}",
         ],
     )
-    make_trainer(cfg).run()
+    Trainer(cfg).run()
     steps = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in steps if "timing/step" in r]
     seconds = sum(r["timing/step"] + r.get("timing/reference_precompute", 0.0) for r in steps)

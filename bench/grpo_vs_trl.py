@@ -95,7 +95,7 @@ def run_trl(args) -> dict:
 
 def run_align(args) -> dict:
     from align.config.loading import load_config
-    from align.trainer import Trainer
+    from align.runner.trainer import Trainer
 
     out = tempfile.mkdtemp()
     data = (

@@ -65,9 +65,9 @@ def main() -> None:
     import ray
     import yaml
 
-    from align.config.schema import reward_entry
+    from align.config import reward_entry
     from align.workers.reward import RewardPool
-    from tests.integration.reward_server import RewardServer
+    from rewards.process import RewardServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_remote_"))
     model = args.model or seeded_reward_model(tmp / "rm")

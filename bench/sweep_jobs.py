@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from align.metrics import VOLATILE
+from align.reporting.metrics import VOLATILE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

@@ -1,5 +1,5 @@
 """What the experiment trackers cost a run: a finished run's own metrics rows, plots and final
-adapter replayed through ``align.trackers.Trackers`` (each tracker alone, then all three), against
+adapter replayed through ``align.reporting.trackers.Trackers`` (each tracker alone, then all three), against
 that run's own median step time. Nothing trains here: the calls are the ones the trainer makes
 (start, one ``log`` per step, ``artifacts`` at the end, ``finish``), with the run's real rows and
 files (SmolLM2-135M's adapter is 19 MB).
@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 def replay(run: Path, names: list[str], repeats: int) -> dict:
     from align.config.loading import load_config
-    from align.metrics import MetricsLog
-    from align.trackers import Trackers
+    from align.reporting.metrics import MetricsLog
+    from align.reporting.trackers import Trackers
 
     rows = MetricsLog.read(run / "metrics.jsonl")
     adapter = sorted((run / "checkpoints").glob("step_*"))[-1] / "adapter"
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="times the run's rows are logged (more samples)")
     args = ap.parse_args()
     run = Path(args.run)
-    from align.metrics import MetricsLog
+    from align.reporting.metrics import MetricsLog
 
     rows = MetricsLog.read(run / "metrics.jsonl")
     step_s = statistics.median(r["timing/step"] for r in rows if "timing/step" in r)

@@ -66,8 +66,8 @@ def on_files(files, config):
     import sys
 
     sys.path.insert(0, str(ROOT))
+    from align.config import Config
     from align.config.loading import config_reference
-    from align.config.schema import Config
     from launch.sweep import SweepConfig
 
     _add(files, config, "index.md", (ROOT / "README.md").read_text(), "")
@@ -91,7 +91,7 @@ def on_files(files, config):
 
 def _defaults_table(name: str, prefix: str) -> str:
     from align.config.loading import config_keys, load_config, yaml_text
-    from align.trackers import flatten
+    from align.reporting.trackers import flatten
 
     cfg = load_config(None, [f"algorithm.name={name}"]) if name != "-" else load_config(None)
     values = flatten(cfg.model_dump(mode="json"))

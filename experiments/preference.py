@@ -64,9 +64,9 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     from align.config.loading import load_config
     from align.data.loading import load_prompts
     from align.models.builtin import resolve_model_path
-    from align.trainer import rollout_spec
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
+    from align.workers.rollout import RolloutSpec
 
     cfg = load_config(ROOT / "configs" / "dpo_tiny.yaml", ONLINE)
     path = resolve_model_path(cfg.model.path)
@@ -74,7 +74,7 @@ def sampled_rewards(runs: dict[str, Path], n: int = 4, prompts: int = 200) -> di
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], None)
-        rollouts = RolloutGroup(rollout_spec(cfg, path), 1, cfg.rollout.num_cpus)
+        rollouts = RolloutGroup(RolloutSpec.from_config(cfg, path), 1, cfg.rollout.num_cpus)
         out = {}
         for version, (label, run) in enumerate(runs.items(), start=1):
             adapter = served(run)
@@ -187,7 +187,7 @@ SETTINGS_B = {  # tag -> (extra overrides, description)
 
 
 def part_b(reuse: bool, tag: str) -> list[str]:
-    from align.metrics import plot_domains
+    from align.reporting.metrics import plot_domains
 
     extra, description = SETTINGS_B[tag]
     runs = {

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="Train a policy (GRPO family) from a config.",
+        help="Train from a config: the GRPO family, PPO, the DPO family or a reward model (algorithm.name).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys (set in the YAML file or with --set):\n  " + "\n  ".join(config_help()),
     )
@@ -167,24 +167,27 @@ def _cmd_config_only(args, what: str) -> int:
         import yaml
 
         print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        for key, why in config.derived.items():  # values one section set for another
+            print(f"# derived: {key} = {why}")
         return 0
     config_dir = str(Path(args.config).resolve().parent) if args.config else None
     if what == "train":
-        from align.interrupts import StopRequested
-        from align.trainer import make_trainer
+        from align.runner.interrupts import StopRequested
+        from align.runner.trainer import Trainer
 
         try:
-            make_trainer(config, config_dir, address=args.address, resume=args.resume).run()
+            Trainer(config, config_dir, address=args.address, resume=args.resume).run()
         except StopRequested as stop:
             print(f"stopped: {stop}", file=sys.stderr)
             return 130
         return 0
     if what == "eval":
-        from align.eval_run import run_eval
+        from align.eval.checkpoints import run_eval
 
-        run_eval(
+        report = run_eval(
             config, config_dir, args.checkpoint, address=getattr(args, "address", None), labels=args.label
         )
+        print("\n".join(report.lines()))
         return 0
     path = save_resolved(config, config.trainer.output_dir)
     raise NotImplementedError(
@@ -205,7 +208,7 @@ def _cmd_sweep(args) -> int:
 
 def served_entries(target: str, names: list[str], name: str | None) -> tuple[list[dict], str | None]:
     """Reward entries (and their base folder) for ``align serve-reward TARGET``."""
-    from align.config.schema import reward_entry
+    from align.config import reward_entry
 
     if target.endswith((".yaml", ".yml")):
         config = load_config(target, [])
@@ -238,7 +241,9 @@ def _cmd_serve_reward(args) -> int:
     )
     check_bind(args.host, token)  # before loading anything
     entries, base_dir = served_entries(args.target, args.reward, args.name)
-    rewards = [build(e, base_dir) for e in entries]
+    from align.models.builtin import resolve_model_path
+
+    rewards = [build(e, base_dir, resolve_model_path) for e in entries]
     log.info(
         "serving %s on http://%s:%d (token %s; max batch %d, max body %d bytes)",
         ", ".join(r.name for r in rewards),
@@ -283,7 +288,7 @@ def _cmd_model(args) -> int:
         if END_THINK not in tok.get_vocab():  # a chat model: the conversational arithmetic task
             return _chat_report(model, tok, path, args)
         from align.data.tasks import arithmetic_dataset
-        from align.evaluation import accuracy_by_level
+        from align.eval.generation import accuracy_by_level
 
         rows = arithmetic_dataset(args.n or 500, 1, args.split)
         rep = accuracy_by_level(model, tok, rows)
@@ -308,7 +313,7 @@ def _chat_report(model, tok, path: str, args) -> int:
     import time
 
     from align.data.chat import INSTRUCTION, chat_dataset
-    from align.evaluation import chat_accuracy_by_level
+    from align.eval.generation import chat_accuracy_by_level
 
     rows = chat_dataset(args.n or 200, 1, args.split)
     start = time.time()
@@ -341,7 +346,7 @@ def _supervise(argv: list[str], args) -> int:
     import subprocess
     import threading
 
-    from align.cluster import check_address
+    from align.runner.cluster import check_address
 
     child = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", *argv],
@@ -379,7 +384,7 @@ def _supervise(argv: list[str], args) -> int:
     except ValueError:
         pass
     try:
-        from align.checkpoint import list_checkpoints
+        from align.store.checkpoint import list_checkpoints
 
         found = list_checkpoints(
             Path(load_config(args.config, args.overrides).trainer.output_dir) / "checkpoints"
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve-reward":
             return _cmd_serve_reward(args)
         if args.command == "compare":
-            from align.metrics import compare_runs
+            from align.reporting.metrics import compare_runs
 
             print(compare_runs(args.runs, args.out, labels=args.label, metrics=args.metric or None))
             return 0
@@ -428,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         exc = _unwrap(exc)
-        from align.checkpoint import CheckpointError
         from align.data.loading import DataError
+        from align.store.checkpoint import CheckpointError
         from rewards import RewardError, RewardLoadError
 
         known = (
@@ -445,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, known):
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        from align.cluster import ClusterLost
+        from align.runner.cluster import ClusterLost
 
         if isinstance(exc, ClusterLost):  # nothing to shut down: leave without waiting on the dead cluster
             print(f"error: {exc}", file=sys.stderr)

@@ -33,8 +33,8 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
+from align.config import Section
 from align.config.loading import ConfigError, load_config
-from align.config.schema import Section
 
 log = logging.getLogger("align.sweep")
 
@@ -254,7 +254,7 @@ def read_result(output_dir: str | Path, name: str) -> dict | None:
 
 
 def write_result(output_dir: str | Path, name: str, result: dict) -> None:
-    from align.metrics import write_text_atomic
+    from align.reporting.metrics import write_text_atomic
 
     # atomic: a stopped sweep never leaves half a result
     write_text_atomic(trial_dir(output_dir, name) / "result.json", json.dumps(result, indent=2))
@@ -276,14 +276,14 @@ def _objective_vector(summary: dict, objectives: list[str]) -> dict:
 def run_job(params: dict) -> None:
     """The Tune trainable: one job of one or more trials (``trials_per_job``). A trial with a result
     is skipped (a restored sweep runs only what did not finish); one with checkpoints resumes from the
-    newest. One trial runs on actors of its own; several share one set (``align.jobs``). Each trial's
+    newest. One trial runs on actors of its own; several share one set (``align.runner.jobs``). Each trial's
     result (its final eval as the objective vector, or its error) goes to ``trials/<name>/result.json``;
     a job with a failed trial ends in error, so that Tune's restore runs it again (the finished trials
     are skipped then)."""
     from ray import tune
 
-    from align.jobs import TrialRun, run_trials
-    from align.trainer import make_trainer
+    from align.runner.jobs import TrialRun, run_trials
+    from align.runner.trainer import Trainer
 
     base, objectives, out = params["base"], params["objectives"], params["output_dir"]
     todo = []
@@ -299,7 +299,7 @@ def run_job(params: dict) -> None:
     if len(todo) == 1:
         try:
             t = todo[0]
-            results = {t.name: make_trainer(t.config, t.config_dir, resume=t.resume).run()}
+            results = {t.name: Trainer(t.config, t.config_dir, resume=t.resume).run()}
         except Exception as exc:
             results = {todo[0].name: exc}
     elif todo:
@@ -323,9 +323,9 @@ def run_job(params: dict) -> None:
 
 
 def plan_jobs(trials: list[dict], configs: list, per_job: int) -> list[dict]:
-    """Trials grouped into jobs: those whose actors would be the same (``align.jobs.share_key`` of
+    """Trials grouped into jobs: those whose actors would be the same (``align.runner.jobs.share_key`` of
     each trial's validated config) in order, at most ``per_job`` (0: all) to a job."""
-    from align.jobs import share_key
+    from align.runner.jobs import share_key
 
     groups: dict[str, list[dict]] = {}
     for t, cfg in zip(trials, configs):
@@ -597,7 +597,7 @@ def run_sweep(
     import ray
     from ray import tune
 
-    from align.trackers import SweepRun
+    from align.reporting.trackers import SweepRun
 
     sweep, base, base_cfg, trials, jobs, configs = plan_sweep(path, overrides, quick)
     out_dir = Path(sweep.output_dir)

@@ -98,15 +98,19 @@ def load(spec: str, base_dir: str | Path | None = None) -> Callable:
     return fn
 
 
-def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
+def model_dir(entry: dict, base_dir: str | Path | None = None, resolve_model=None) -> Path:
     """The reward model folder of a ``type: model`` entry: as given (absolute, or relative to the
-    working directory), else relative to the config's folder; it must hold a config.json. A built-in
-    model name (``builtin:smollm2-135m``) is its cached folder (a causal LM: its score head starts
-    untrained, as a base for reward-model training)."""
+    working directory), else relative to the config's folder; it must hold a config.json. A name of
+    the form ``builtin:NAME`` is the folder ``resolve_model(name)`` gives (the trainer passes
+    ``align.models.builtin.resolve_model_path``: a built-in causal LM, its score head untrained, as a
+    base for reward-model training)."""
     if entry["model"].startswith("builtin:"):
-        from align.models.builtin import resolve_model_path
-
-        return Path(resolve_model_path(entry["model"]))
+        if resolve_model is None:
+            raise RewardLoadError(
+                f"reward {entry.get('name')!r}: model {entry['model']!r} names a built-in model; "
+                "pass resolve_model (align resolves built-in names) or give a model folder"
+            )
+        return Path(resolve_model(entry["model"]))
     path = Path(entry["model"])
     if (
         not path.is_absolute()
@@ -123,12 +127,12 @@ def model_dir(entry: dict, base_dir: str | Path | None = None) -> Path:
     return path
 
 
-def build(entry, base_dir: str | Path | None = None):
-    """A ``Reward`` from a config entry (``align.config.schema.RewardEntry``, or the dict of one: it is
+def build(entry, base_dir: str | Path | None = None, resolve_model=None):
+    """A ``Reward`` from a config entry (``rewards.config.RewardEntry``, or the dict of one: it is
     validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
-    (a local HF sequence-classification model, ``rewards.model``) or ``http`` (a reward server,
-    ``rewards.http``)."""
-    from align.config.schema import REWARD_TYPES, reward_entry
+    (a local HF sequence-classification model, ``rewards.model``; ``resolve_model`` turns a
+    ``builtin:NAME`` into a folder) or ``http`` (a reward server, ``rewards.http``)."""
+    from rewards.config import REWARD_TYPES, reward_entry
     from rewards.scoring import Reward
 
     e = entry if isinstance(entry, tuple(REWARD_TYPES.values())) else reward_entry(**entry)
@@ -138,7 +142,7 @@ def build(entry, base_dir: str | Path | None = None):
         from rewards.model import ModelReward
 
         fn = ModelReward(
-            str(model_dir(e.model_dump(), base_dir)),
+            str(model_dir(e.model_dump(), base_dir, resolve_model)),
             heads=e.heads,
             batch_size=e.batch_size,
             max_length=e.max_length,

@@ -4,7 +4,7 @@ to skip thinking (ALGORITHMS.md section 3).
 Pieces, each where it runs:
 - rollouts: ``RolloutEngine.generate_forced`` forces ``round(G * nothink_ratio)`` samples of each group
   to open with the end-of-thinking token and the rest into Thinking; the forced token's proposal
-  log-probability replaces its old log-prob in the loss (``align.batch.pack``'s ``behaviour_logps``,
+  log-probability replaces its old log-prob in the loss (``align.rollout.batch.pack``'s ``behaviour_logps``,
   ``align.losses.with_behaviour_logps``: the learner knows no AdaptThink);
 - reward/advantage: :func:`adaptthink_advantages` (the authors' ``naive`` estimator, no group
   normalisation: the reference accuracy is the baseline);
@@ -27,7 +27,7 @@ import numpy as np
 
 from align.algorithms.base import RunContext, register_algorithm
 from align.algorithms.grpo import GRPO
-from align.metrics import write_text_atomic
+from align.reporting.metrics import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class AdaptThink(GRPO):
 
     def _reference_accuracy(self, ctx: RunContext) -> ReferenceAccuracy:
         """R_ref(x): mean R of K Thinking samples of the reference policy (adapter off), cached by prompt."""
-        from align.sampling import PromptSampler, sample_seed
+        from align.data.sampling import PromptSampler, sample_seed
 
         cfg, at = self.cfg, self.cfg.algorithm.adaptthink
         K, temp = at.ref_samples, at.ref_temperature or cfg.rollout.temperature

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from align.evaluation_loop import correct_from_raw  # "correct": what evaluation reports too
+from align.eval.loop import correct_from_raw  # "correct": what evaluation reports too
 
 
 def dads_weight(p: float | np.ndarray, scale: float = math.e) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The seam between the runner (``align.trainer``) and a training method.
+"""The seam between the runner (``align.runner.trainer``) and a training method.
 
 The runner owns what every method shares: Ray and the actor groups, the run directory, signals,
 recovery from lost actors, checkpoints and ``--resume``, the evaluation cadence, metrics and plots.
@@ -19,7 +19,7 @@ method's own state, in ``state.json``) and ``restore`` (put the learners back). 
 plot panels and ``progress`` the middle of its per-step log line.
 
 A new method is one file in this package with ``@register_algorithm("name")`` and a config section
-(``align.config.schema``); ``README.md`` ("Adding a method") says which file to copy.
+(``align.config``); ``README.md`` ("Adding a method") says which file to copy.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from align.evaluation_loop import columns
+from align.eval.loop import columns
 
 log = logging.getLogger("align.train")
 
@@ -81,7 +81,7 @@ class RunContext:
     objective: Any = None
     objective_state: dict | None = None  # from a checkpoint, loaded into the objective once it exists
     before_eval: dict | None = None  # the initial model's validation, handed to the objective once it exists
-    queue: Any = None  # asynchronous training (rollout.max_staleness > 0): align.rollout_queue.RolloutQueue
+    queue: Any = None  # asynchronous training (rollout.max_staleness > 0): align.rollout.queue.RolloutQueue
 
     def objective_for(self, scores) -> Any:
         """The objective (built once the objective names are known, from the first scored batch)."""
@@ -198,7 +198,7 @@ class Algorithm:
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
         """Greedy generations of the eval rows, scored by every reward."""
-        from align.evaluation_loop import evaluate
+        from align.eval.loop import evaluate
 
         return evaluate(ctx.rollouts, ctx.rewards, ctx.eval_rows, ctx.tokenizer, self.cfg)
 

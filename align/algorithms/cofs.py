@@ -1,8 +1,15 @@
-"""COFS-DPO's schedule over preference domains (``algorithm.preference.domains``), wrapping any pair
-method (``align.algorithms.dpo.PairMethod``): training runs over the domains in order; after each
-domain its fast module is stored and, with ``cofs.combine``, the adapter served from then on is the
-best (on held-out rows of every domain seen so far) linear combination ``lambda * previous +
-(1 - lambda) * this domain's module`` (``align.algorithms.ofs.combine_lora``, exact on delta W)."""
+"""COFS-DPO (Qi et al., 2024, arXiv 2406.05534): a schedule over preference domains
+(``algorithm.preference.domains``) wrapping a pair method (``align.algorithms.dpo.PairMethod``, with
+either module strategy). Training runs over the domains in order; after each domain its fast module is
+stored and, with ``cofs.combine``, the adapter served from then on is the best (on held-out rows of
+every domain seen so far) linear combination ``lambda * previous + (1 - lambda) * this domain's
+module``, taken on the low-rank product ``delta W = B A`` (never on A and B separately, which is not
+linear in delta W; ``align.models.lora.combine_lora``). The combination is exact and stays a LoRA
+adapter: the factors are concatenated along the rank, so the rank adds up. Without ``cofs.combine``
+it is plain sequential training.
+
+``DomainSchedule`` is an ``Algorithm`` that delegates to the method it wraps: the method trains, the
+schedule switches the data, chooses and serves the combination, and evaluates every domain."""
 
 from __future__ import annotations
 
@@ -13,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from align.algorithms.base import RunContext
-from align.algorithms.ofs import combine_lora, truncate_lora
-from align.checkpoint import atomic_dir, write_adapter_dir
-from align.sampling import PromptSampler
+from align.algorithms.base import Algorithm, RunContext
+from align.data.sampling import PromptSampler
+from align.models.lora import combine_lora, truncate_lora
+from align.store.checkpoint import atomic_dir, write_adapter_dir
 
 log = logging.getLogger("align.train")
 
@@ -35,20 +42,30 @@ def read_adapter(directory: Path) -> tuple[dict, dict]:
     )
 
 
-class Domains:
-    """The domain schedule of one pair method: data per domain, the current domain, the adapter
-    served instead of the learner's (a combination), and the per-domain results."""
+class DomainSchedule(Algorithm):
+    """A pair method trained over domains in order: data per domain, the current domain, the
+    adapter served instead of the learner's (a combination), and the per-domain results."""
 
     def __init__(self, method):
-        self.method, self.cfg, self.pref = method, method.cfg, method.pref
+        super().__init__(method.cfg)
+        self.method, self.pref = method, method.pref
+        method.generates = True  # every domain is evaluated on generations
+        self.panels, self.adapter_modules = method.panels, method.adapter_modules
         self.domain = 0
         self.served: tuple[dict, dict] | None = None
         self.results: list[dict] = []
 
-    def load(self, ctx: RunContext) -> None:
-        pref = self.pref
-        self.train = [self.method.train_data(ctx, d.train) for d in pref.domains]
-        evals = [self.method.eval_data(ctx, d.eval) for d in pref.domains]
+    uses_rewards = True
+
+    def shares_learners(self) -> bool:  # keeps per-domain modules besides the trained one
+        return False
+
+    # ---------------------------------------------------------------- set-up
+    def load_data(self, ctx: RunContext) -> None:
+        """Every domain's data, checked before any actor starts."""
+        pref, m = self.pref, self.method
+        self.train = [m.train_data(ctx, d.train) for d in pref.domains]
+        evals = [m.eval_data(ctx, d.eval) for d in pref.domains]
         for d, rows in zip(pref.domains, evals):
             if len(rows) <= pref.cofs.heldout:
                 raise ValueError(
@@ -58,6 +75,55 @@ class Domains:
         self.heldout = [rows[: pref.cofs.heldout] for rows in evals]
         self.eval = [rows[pref.cofs.heldout : pref.cofs.heldout + self.cfg.data.eval_size] for rows in evals]
         ctx.train_rows, ctx.eval_rows = self.train[0], self.eval[0]
+        m.warn_skipped()
+
+    def learner_spec(self, ctx: RunContext, spec):
+        return self.method.learner_spec(ctx, spec)
+
+    def rollout_spec(self, ctx: RunContext, spec):
+        spec = self.method.rollout_spec(ctx, spec)
+        spec.lora_rank = self.cfg.model.lora.r * len(self.pref.domains)  # combinations add ranks up
+        if not self.pref.online:
+            longest = max(self.method.longest_pair(ctx, rows) for rows in self.train)
+            spec.max_model_len = max(spec.max_model_len, longest + 8)
+        return spec
+
+    def rollout_kwargs(self, num_prompts: int) -> dict:
+        return self.method.rollout_kwargs(num_prompts)
+
+    def setup(self, ctx: RunContext) -> None:
+        self.method.setup(ctx, precompute=False)  # each domain precomputes its reference on entering
+
+    def progress(self, m: dict) -> str:
+        return self.method.progress(m)
+
+    # ---------------------------------------------------------------- a step
+    def step(self, ctx: RunContext, step: int) -> dict[str, float]:
+        self.enter(ctx, step)
+        metrics = self.method.step(ctx, step)
+        if step + 1 == self.end(self.domain):
+            metrics.update(self.finish_domain(ctx, step + 1))
+        return metrics
+
+    # ---------------------------------------------------------------- adapters and state
+    def train_adapter(self) -> str:
+        return self.method.train_adapter()
+
+    def served_adapter(self, ctx: RunContext) -> tuple[dict, dict]:
+        return self.served if self.served is not None else self.method.served_adapter(ctx)
+
+    def extra_adapters(self, ctx: RunContext) -> dict:
+        # the learner's module(s) whenever step_N/adapter alone does not hold them
+        if self.served is not None:
+            return {name: ctx.learners.adapter(name) for name in self.adapter_modules}
+        return self.method.extra_adapters(ctx)
+
+    def finish(self, ctx: RunContext, summary: dict) -> dict:
+        if self.results:
+            from align.reporting.metrics import plot_domains
+
+            plot_domains(ctx.run_dir / "domains.json", ctx.run_dir / "plots" / "domains.png")
+        return self.method.finish(ctx, summary)
 
     def end(self, d: int) -> int:
         return sum(x.steps for x in self.pref.domains[: d + 1])
@@ -69,7 +135,7 @@ class Domains:
         self.domain = d
         ctx.train_rows, ctx.eval_rows = self.train[d], self.eval[d]
         ctx.sampler = PromptSampler(len(ctx.train_rows), self.cfg.trainer.seed + d)
-        self.method.ref_cache = {}
+        self.method.ref_cache = {}  # the reference log-probs of another domain's pairs
 
     def enter(self, ctx: RunContext, step: int) -> None:
         """At a domain's first step: switch the data; the learner starts from the served adapter."""
@@ -102,17 +168,14 @@ class Domains:
             self.pref.domains[d].steps,
         )
 
-    def after_step(self, ctx: RunContext, step: int) -> dict[str, float]:
-        return self.finish_domain(ctx, step + 1) if step + 1 == self.end(self.domain) else {}
-
     def score(self, ctx: RunContext, rows: list[dict]) -> float:
         """Mean greedy ``cofs.score`` reward of the served adapter on ``rows``."""
-        from align.evaluation_loop import evaluate
+        from align.eval.loop import evaluate
 
         return evaluate(ctx.rollouts, ctx.rewards, rows, ctx.tokenizer, self.cfg)[self.pref.cofs.score]
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
-        from align.evaluation_loop import evaluate
+        from align.eval.loop import evaluate
 
         return {
             f"{d.name}/{k}": v
@@ -149,10 +212,10 @@ class Domains:
                     best = (lam, candidate)
             lam, self.served = best[0], best[1]
             metrics["cofs/lambda"] = lam
-        else:
-            self.served = fast if self.method.chase else None
+        else:  # with two modules the fast one is served (and both start the next domain from it)
+            self.served = fast if len(self.adapter_modules) > 1 else None
             lam = None
-        served = self.method.served_adapter(ctx)
+        served = self.served_adapter(ctx)
         write_adapter_atomic(self.dir(ctx, d) / "served_adapter", *served)
         ctx.rollouts.load_adapter(10_000 * (d + 1) + 9_999, ray.put(served[0]), served[1])
         scores = {x.name: self.score(ctx, rows) for x, rows in zip(pref.domains, self.eval)}
@@ -185,12 +248,15 @@ class Domains:
 
     def state_dict(self) -> dict:
         return {
+            **self.method.state_dict(),
             "domain": self.domain,
             "domain_results": self.results,
             "served_is_combination": self.served is not None,
         }
 
     def restore(self, ctx: RunContext, ckpt: dict) -> None:
+        """The method's modules first, then the domain (its data, reference log-probs, served adapter)."""
+        self.method.restore(ctx, ckpt)
         st = ckpt["state"]
         self._switch(ctx, st["domain"])
         self.results = st["domain_results"]

@@ -6,11 +6,10 @@
 - Online (``preference.online``): the rollout workers sample ``num_completions`` per prompt with
   the current adapter, the rewards rank them, best versus worst form a pair (ties dropped), a step
   follows and the adapter syncs back.
-- OFS-DPO (``preference.ofs.enabled``): two LoRA modules per learner rank, fast and slow, chasing
-  (``align.algorithms.ofs``); both are checkpointed, one is served.
-- Domains (``preference.domains``, ``align.algorithms.cofs``): a schedule over domains wrapping the
-  pair method; with ``cofs.combine`` (COFS-DPO) the adapter served after each domain is the best
-  linear combination of the previous one and this domain's fast module.
+- Modules: one LoRA module, or OFS-DPO's fast and slow modules chasing (``preference.ofs.enabled``):
+  a strategy object the method holds (``align.algorithms.ofs``: ``OneModule`` / ``FastSlow``).
+- Domains (``preference.domains``): the method wrapped in COFS-DPO's schedule over domains
+  (``align.algorithms.cofs.DomainSchedule``).
 
 The loss is a row of ``align.losses.PAIR_LOSSES`` (sigmoid, ipo, hinge, simpo, bradley_terry); the
 learner looks it up by name.
@@ -25,14 +24,13 @@ import numpy as np
 import torch
 
 from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics, sampling_kwargs
-from align.algorithms.ofs import Chase
-from align.batch import pack
-from align.sampling import PromptSampler, sample_seed
+from align.algorithms.ofs import FastSlow, OneModule
+from align.data.sampling import PromptSampler, sample_seed
+from align.rollout.batch import pack
+from align.workers.learner.kinds import PairLossConfig
 from rewards.model import sequence_ids
 
 log = logging.getLogger("align.train")
-
-MODULES = ("default", "second")  # OFS-DPO's two LoRA modules in each learner rank (peft adapter names)
 
 PREFERENCE_PANELS = (
     ("DPO loss", lambda k: k in ("dpo/loss", "ofs/dpo_fast", "ofs/dpo_slow", "ofs/fs", "eval/pairs_loss")),
@@ -79,7 +77,7 @@ def tokenize_row(tokenizer, row: dict) -> dict:
 
 
 def pack_pairs(pairs: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rows 2i (chosen) and 2i+1 (rejected) of pair i, right-padded (see ``align.batch.pack``)."""
+    """Rows 2i (chosen) and 2i+1 (rejected) of pair i, right-padded (see ``align.rollout.batch.pack``)."""
     samples = []
     for p in pairs:
         samples.append({"prompt_ids": p["prompt_ids"], "completion_ids": p["chosen_ids"]})
@@ -109,6 +107,16 @@ def best_worst_pairs(rewards: np.ndarray, valid: np.ndarray, k: int) -> tuple[li
 
 
 @register_algorithm("dpo", "simpo")
+def pair_method(cfg) -> Algorithm:
+    """The DPO family: a ``PairMethod``, inside COFS-DPO's domain schedule when it has domains."""
+    method = PairMethod(cfg)
+    if cfg.algorithm.preference.domains:
+        from align.algorithms.cofs import DomainSchedule
+
+        return DomainSchedule(method)
+    return method
+
+
 class PairMethod(Algorithm):
     panels = PREFERENCE_PANELS
     prefix = "dpo"  # metric namespace of the training statistics
@@ -116,31 +124,28 @@ class PairMethod(Algorithm):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.pref = cfg.algorithm.preference
-        self.chase = Chase(self.pref.ofs.swap_window) if self.pref.ofs.enabled else None
-        self.adapter_modules = MODULES if self.chase else ("default",)
-        self.domains = None
-        if self.pref.domains:
-            from align.algorithms.cofs import Domains
-
-            self.domains = Domains(self)
+        self.modules = FastSlow(self.pref.ofs, cfg.learner.lr) if self.pref.ofs.enabled else OneModule()
+        self.adapter_modules = self.modules.names
+        # rewards score generations only: online pairs, generation eval (a domain schedule sets it)
+        self.generates = self.pref.online or self.pref.generate_eval
         self.ref_cache: dict[int, tuple[float, float]] = {}
         self.data_skipped: dict[str, int] = {}
+        self.eval_pair_rows: list[dict] = []
+        self.eval_pairs: list[dict] = []
         self._precompute_seconds = 0.0
 
     def loss_name(self) -> str:
-        return "simpo" if self.cfg.algorithm.name == "simpo" else self.pref.loss_type
+        return self.cfg.algorithm.pair_loss
 
-    def loss_cfg(self) -> dict:
+    def loss_cfg(self):
         pref = self.pref
-        return {
-            "kind": "pair",
-            "loss": self.loss_name(),
-            "beta": pref.beta,
-            "gamma": pref.gamma,
-            "label_smoothing": pref.label_smoothing,
-            "fast": self.chase.fast if self.chase else 0,
-            "fast_slow": {"alpha": pref.ofs.alpha, "slow_term": pref.ofs.slow_term} if self.chase else None,
-        }
+        return PairLossConfig(
+            loss=self.loss_name(),
+            beta=pref.beta,
+            gamma=pref.gamma,
+            label_smoothing=pref.label_smoothing,
+            **self.modules.loss_fields(),
+        )
 
     # ---------------------------------------------------------------- data and actors
     def train_data(self, ctx: RunContext, source: str) -> list[dict]:
@@ -159,60 +164,50 @@ class PairMethod(Algorithm):
         return ctx.checked(load_eval_rows(source, ctx.tokenizer, ctx.config_dir), source) if source else []
 
     def load_data(self, ctx: RunContext) -> None:
-        cfg, pref = self.cfg, self.pref
-        if self.domains:  # every domain's data is checked before any actor starts
-            self.domains.load(ctx)
-        else:
-            ctx.train_rows = self.train_data(ctx, cfg.data.train)
-            ctx.eval_rows = self.eval_data(ctx, cfg.data.eval)[: cfg.data.eval_size]
+        cfg = self.cfg
+        ctx.train_rows = self.train_data(ctx, cfg.data.train)
+        ctx.eval_rows = self.eval_data(ctx, cfg.data.eval)[: cfg.data.eval_size]
+        self.warn_skipped()
+        # held-out pairs for the pair metrics: eval rows that are preference rows
+        pair_rows = [r for r in ctx.eval_rows if "chosen" in r and "rejected" in r]
+        self.eval_pair_rows = pair_rows[: self.pref.eval_pairs]
+        self.eval_pairs = [tokenize_row(ctx.tokenizer, r) for r in self.eval_pair_rows]
+        if not self.generates:
+            ctx.eval_rows = ctx.eval_rows if self.eval_pairs else []
+
+    def warn_skipped(self) -> None:
         if self.data_skipped:
             log.warning(
                 "preference data: skipped %s rows (data.bad_rows: skip): %s",
                 sum(self.data_skipped.values()),
                 self.data_skipped,
             )
-        # held-out pairs for the pair metrics: eval rows that are preference rows
-        pair_rows = [
-            r for r in (ctx.eval_rows if not self.domains else []) if "chosen" in r and "rejected" in r
-        ]
-        self.eval_pair_rows = pair_rows[: pref.eval_pairs]
-        self.eval_pairs = [tokenize_row(ctx.tokenizer, r) for r in self.eval_pair_rows]
-        self.generates = pref.online or bool(self.domains) or pref.generate_eval
-        if not self.generates:
-            ctx.eval_rows = ctx.eval_rows if self.eval_pairs else []
 
     @property
     def uses_rewards(self) -> bool:  # rewards score generations only (online pairs, generation eval)
         return self.generates
 
-    def shares_learners(self) -> bool:  # COFS keeps per-domain modules besides the trained one
-        return super().shares_learners() and not self.pref.domains
-
     def learner_spec(self, ctx: RunContext, spec):
-        if self.chase:
-            spec.ofs = self.pref.ofs.model_dump()
+        spec.lora_modules = self.modules.names
         return spec
 
     def rollout_spec(self, ctx: RunContext, spec):
         if not self.generates:
             return None
-        spec.lora_rank = self.cfg.model.lora.r * max(
-            1, len(self.pref.domains)
-        )  # COFS combinations add ranks up
-        spec.max_model_len = max(spec.max_model_len, self._longest_pair(ctx) + 8)
+        if not self.pref.online:
+            spec.max_model_len = max(spec.max_model_len, self.longest_pair(ctx, ctx.train_rows) + 8)
         return spec
 
-    def _longest_pair(self, ctx: RunContext) -> int:
-        if self.pref.online:
-            return 0
-        rows = [r for rows in (self.domains.train if self.domains else [ctx.train_rows]) for r in rows]
+    def longest_pair(self, ctx: RunContext, rows: list[dict]) -> int:
+        """Tokens of the longest prompt + response among the first 2000 preference rows."""
         return max(
             len(ctx.tokenizer(r["prompt"] + max(r["chosen"], r["rejected"], key=len))["input_ids"])
             for r in rows[:2000]
         )
 
-    def setup(self, ctx: RunContext) -> None:
-        if self.precomputes_reference() and not self.domains:  # domains precompute on entering each one
+    def setup(self, ctx: RunContext, precompute: bool = True) -> None:
+        self.modules.setup(ctx)
+        if precompute and self.precomputes_reference():
             with ctx.clock.phase("reference log-probs"):
                 self.precompute_reference(ctx, ctx.train_rows, ctx.sampler, self.cfg.trainer.max_steps)
 
@@ -293,49 +288,19 @@ class PairMethod(Algorithm):
 
     # ---------------------------------------------------------------- adapters and state
     def train_adapter(self) -> str:
-        if self.chase is None:
-            return "default"
-        return MODULES[self.chase.fast if self.pref.ofs.serve == "fast" else self.chase.slow]
+        return self.modules.train_adapter()
 
     def fast_adapter(self) -> str:
-        return MODULES[self.chase.fast] if self.chase else "default"
-
-    def served_adapter(self, ctx: RunContext) -> tuple[dict, dict]:
-        served = self.domains.served if self.domains else None
-        return served if served is not None else ctx.learners.adapter(self.train_adapter())
+        return self.modules.fast_adapter()
 
     def extra_adapters(self, ctx: RunContext) -> dict:
-        # the learner's module(s) whenever step_N/adapter alone does not hold them
-        if self.chase or (self.domains and self.domains.served is not None):
-            return {name: ctx.learners.adapter(name) for name in self.adapter_modules}
-        return {}
+        return self.modules.extra_adapters(ctx)  # the modules step_N/adapter alone does not hold
 
     def state_dict(self) -> dict:
-        state = {"chase": self.chase.state_dict() if self.chase else None}
-        if self.domains:
-            state.update(self.domains.state_dict())
-        return state
+        return {"chase": self.modules.state_dict()}
 
     def restore(self, ctx: RunContext, ckpt: dict) -> None:
-        st, extra = ckpt["state"], ckpt.get("extra_adapters", {})
-        if self.chase is not None:
-            self.chase.load_state_dict(st["chase"])
-            ctx.learners.load_state(extra["second"][0], None, "second")
-            ctx.learners.load_state(extra["default"][0], ckpt["optimizer_states"], "default")
-            ctx.learners.set_fast(self.chase.fast)
-        else:
-            ctx.learners.load_state(
-                extra["default"][0] if "default" in extra else ckpt["adapter"], ckpt["optimizer_states"]
-            )
-        if self.domains:
-            self.domains.restore(ctx, ckpt)
-
-    def finish(self, ctx: RunContext, summary: dict) -> dict:
-        if self.domains and self.domains.results:
-            from align.metrics import plot_domains
-
-            plot_domains(ctx.run_dir / "domains.json", ctx.run_dir / "plots" / "domains.png")
-        return {}
+        self.modules.restore(ctx, ckpt)
 
     # ---------------------------------------------------------------- evaluation
     def pair_metrics(self, ctx: RunContext) -> dict[str, float]:
@@ -367,10 +332,8 @@ class PairMethod(Algorithm):
         }
 
     def evaluate(self, ctx: RunContext) -> dict[str, float]:
-        from align.evaluation_loop import evaluate
+        from align.eval.loop import evaluate
 
-        if self.domains:  # every domain's held-out prompts, keys prefixed by the domain's name
-            return self.domains.evaluate(ctx)
         out = self.pair_metrics(ctx)
         if ctx.rollouts is not None and ctx.eval_rows:
             out.update(evaluate(ctx.rollouts, ctx.rewards, ctx.eval_rows, ctx.tokenizer, self.cfg))
@@ -462,8 +425,6 @@ class PairMethod(Algorithm):
 
     def step(self, ctx: RunContext, step: int) -> dict[str, float]:
         metrics: dict = {}
-        if self.domains:
-            self.domains.enter(ctx, step)
         batch = (
             self.online_batch(ctx, step, metrics) if self.pref.online else self.offline_batch(ctx, metrics)
         )
@@ -472,26 +433,7 @@ class PairMethod(Algorithm):
             stats = ctx.learners.train_step(batch, self.loss_cfg())
             metrics["timing/learner"] = time.time() - t0
             metrics.update(self.step_metrics(stats))
-            if self.chase is not None:
-                n = max(stats["pairs"], 1.0)
-                fast, slow = stats["dpo_fast"] / n, stats["dpo_slow"] / n
-                metrics.update(
-                    {
-                        "ofs/total": metrics["dpo/loss"],
-                        "dpo/loss": fast,
-                        "ofs/dpo_fast": fast,
-                        "ofs/dpo_slow": slow,
-                        "ofs/fs": stats["fs"] / n,
-                        "ofs/slow_accuracy": stats["slow_accuracy"] / n,
-                    }
-                )
-                if self.chase.update(fast, slow):
-                    ctx.learners.set_fast(self.chase.fast)
-                    log.info(
-                        "OFS-DPO: the slow module overtook the fast one; roles swapped (swap %d)",
-                        self.chase.swaps,
-                    )
-                metrics.update({"ofs/fast_module": self.chase.fast, "ofs/swaps": self.chase.swaps})
+            self.modules.after_step(ctx, stats, metrics)
         else:
             metrics["online/empty"] = 1
         if self._precompute_seconds:  # logged once, with the next step
@@ -499,6 +441,4 @@ class PairMethod(Algorithm):
             self._precompute_seconds = 0.0
         for reason, count in self.data_skipped.items():
             metrics[f"data/skipped/{reason}"] = count
-        if self.domains:
-            metrics.update(self.domains.after_step(ctx, step))
         return metrics

@@ -1,5 +1,5 @@
 """The GRPO family (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo, cispo) as one algorithm whose
-variants are data: ``align.config.schema.GRPO_FAMILY`` gives each name its advantage estimator (a row
+variants are data: ``align.algorithms.family.GRPO_FAMILY`` gives each name its advantage estimator (a row
 of ``ESTIMATORS``), loss aggregation, clip range and policy loss (a row of
 ``align.losses.POLICY_LOSSES``); DAPO's dynamic sampling and overlong filter are switches.
 
@@ -22,11 +22,12 @@ import torch
 
 from align.algorithms.apo import APOHook, correct_from_raw
 from align.algorithms.base import Algorithm, RunContext, register_algorithm, reward_metrics, sampling_kwargs
-from align.batch import pack
-from align.config.schema import GRPO_FAMILY, GRPO_NAMES
+from align.algorithms.family import GRPO_FAMILY, GRPO_NAMES
+from align.data.sampling import sample_seed
 from align.losses import group_advantages, mismatch_weights, reinforce_pp_advantages, rloo_advantages
-from align.metrics import PANELS
-from align.sampling import sample_seed
+from align.reporting.metrics import PANELS
+from align.rollout.batch import pack
+from align.workers.learner.kinds import PolicyLossConfig
 
 ESTIMATORS = {
     "group_std": lambda r, g: group_advantages(r, g, normalize="std"),
@@ -86,20 +87,19 @@ class GRPO(Algorithm):
     def __init__(self, cfg):
         super().__init__(cfg)
         alg = cfg.algorithm
-        self.estimator = GRPO_FAMILY[alg.name][0]
+        self.estimator = GRPO_FAMILY[alg.name].estimator
         self.hooks = [h for h in (APOHook.from_config(alg.apo),) if h is not None]
-        self.loss_cfg = {
-            "kind": "policy",
-            "loss": alg.loss,
-            "temperature": cfg.rollout.temperature,
-            "clip_low": alg.clip_low,
-            "clip_high": alg.clip_high,
-            "agg": alg.loss_agg,
-            "kl_coef": alg.kl.coef,
-            "kl_in_loss": alg.kl.where == "loss",
-            "kl_estimator": alg.kl.estimator,
-            "max_len": cfg.rollout.max_new_tokens,
-        }
+        self.loss_cfg = PolicyLossConfig(
+            loss=alg.loss,
+            temperature=cfg.rollout.temperature,
+            clip_low=alg.clip_low,
+            clip_high=alg.clip_high,
+            agg=alg.loss_agg,
+            kl_coef=alg.kl.coef,
+            kl_in_loss=alg.kl.where == "loss",
+            kl_estimator=alg.kl.estimator,
+            max_len=cfg.rollout.max_new_tokens,
+        )
 
     def progress(self, m: dict) -> str:
         rewards = " ".join(

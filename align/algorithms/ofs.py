@@ -1,33 +1,39 @@
-"""OFS-DPO and COFS-DPO (Qi et al., 2024, arXiv 2406.05534). No author code is public.
+"""OFS-DPO (Qi et al., 2024, arXiv 2406.05534): how a pair method trains its LoRA modules. No author
+code is public.
 
-Our reading of the paper (ALGORITHMS.md section 5; every constant is configurable in
-``algorithm.preference.ofs`` / ``cofs``):
+A pair method (``align.algorithms.dpo.PairMethod``) holds one of two module strategies, each with the
+same small interface (the learner's modules, the loss's extra fields, what is served and saved, the
+update after a step, state and restore):
 
-- Two identical LoRA modules F (fast, learning rate ``lr``) and S (slow, ``lr / lr_ratio``) on one
-  frozen base, which is also the DPO reference pi_0. Each minimises its own DPO loss against pi_0.
-- The fast-slow term is DPO with the other module as the reference,
-  ``L_FS = -log sigmoid(beta * [(log F(y_w) - log S(y_w)) - (log F(y_l) - log S(y_l))])``.
-  F minimises ``L_DPO(F) + alpha * L_FS`` with S detached: it widens its lead over S. S minimises
-  ``L_DPO(S) - alpha * L_FS`` with F detached (``slow_term: neg_fs``, the min-max reading of the
-  paper's shared objective: S closes the gap), or ``L_DPO(S) + alpha * L_SF`` (``sf``: DPO of S
-  against F, the bounded variant of the same push). With F = S the term is log 2 and its gradient
-  is not zero, which is the paper's point: it keeps a gradient where plain DPO's fades.
-- Chasing: the two modules' DPO losses are averaged over non-overlapping windows of
-  ``swap_window`` steps; when the slow module's mean is lower, the roles (and so the learning
-  rates) swap and the window restarts.
-- COFS-DPO: after each domain the fast module is stored; the served adapter is the linear
-  combination ``lambda * C + (1 - lambda) * F_t`` of the previous combination C and this domain's
-  fast module, taken on the low-rank product ``delta W = B A`` (never on A and B separately, which
-  is not linear in delta W). The combination is exact and stays a LoRA adapter: the factors are
-  concatenated along the rank, ``A = [A_1; A_2]``, ``B = [c_1 B_1, c_2 B_2]``, so the rank adds up.
-  lambda is chosen on a grid by the mean score on held-out rows of every domain seen so far.
+- ``OneModule``: one LoRA module, the default;
+- ``FastSlow`` (``preference.ofs.enabled``): our reading of the paper (every constant is configurable
+  in ``algorithm.preference.ofs``):
+
+  - Two identical LoRA modules F (fast, learning rate ``learner.lr``) and S (slow, ``learner.lr /
+    lr_ratio``) on one frozen base, which is also the DPO reference pi_0. Each minimises its own DPO
+    loss against pi_0.
+  - The fast-slow term is DPO with the other module as the reference,
+    ``L_FS = -log sigmoid(beta * [(log F(y_w) - log S(y_w)) - (log F(y_l) - log S(y_l))])``.
+    F minimises ``L_DPO(F) + alpha * L_FS`` with S detached: it widens its lead over S. S minimises
+    ``L_DPO(S) - alpha * L_FS`` with F detached (``slow_term: neg_fs``, the min-max reading of the
+    paper's shared objective: S closes the gap), or ``L_DPO(S) + alpha * L_SF`` (``sf``: DPO of S
+    against F, the bounded variant of the same push). With F = S the term is log 2 and its gradient
+    is not zero, which is the paper's point: it keeps a gradient where plain DPO's fades
+    (``align.losses.preference.fast_slow_losses``).
+  - Chasing: the two modules' DPO losses are averaged over non-overlapping windows of
+    ``swap_window`` steps; when the slow module's mean is lower, the roles (and so the learning
+    rates) swap and the window restarts.
+
+COFS-DPO's schedule over domains is a wrapper around any pair method (``align.algorithms.cofs``).
 """
 
 from __future__ import annotations
 
-import re
+import logging
 
 import numpy as np
+
+log = logging.getLogger("align.train")
 
 
 class Chase:
@@ -70,99 +76,99 @@ class Chase:
         self.history = [tuple(h) for h in state["history"]]
 
 
-# ------------------------------------------------------------------ LoRA combination (COFS)
-_A = re.compile(r"\.lora_A(\.[^.]+)?\.weight$")
+class OneModule:
+    """One LoRA module (``default``), trained, served and saved as the run's adapter."""
+
+    names: tuple[str, ...] = ("default",)
+
+    def loss_fields(self) -> dict:
+        return {}
+
+    def train_adapter(self) -> str:
+        return "default"
+
+    def fast_adapter(self) -> str:
+        return "default"
+
+    def setup(self, ctx) -> None:
+        pass
+
+    def after_step(self, ctx, stats: dict, metrics: dict) -> None:
+        pass
+
+    def extra_adapters(self, ctx) -> dict:
+        return {}
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def restore(self, ctx, ckpt: dict) -> None:
+        extra = ckpt.get("extra_adapters", {})
+        ctx.learners.load_state(
+            extra["default"][0] if "default" in extra else ckpt["adapter"], ckpt["optimizer_states"]
+        )
 
 
-def _pairs(tensors: dict[str, np.ndarray]) -> dict[str, tuple[str, str]]:
-    """Module prefix -> (A key, B key) in peft's saved names."""
-    out = {}
-    for key in tensors:
-        m = _A.search(key)
-        if m:
-            b = key[: m.start()] + ".lora_B" + (m.group(1) or "") + ".weight"
-            if b not in tensors:
-                raise ValueError(f"adapter has {key} but no {b}")
-            out[key[: m.start()]] = (key, b)
-    if not out:
-        raise ValueError("no LoRA A/B tensors in the adapter")
-    return out
+class FastSlow:
+    """OFS-DPO's two modules, ``default`` and ``second``, chasing each other (see the module
+    docstring); both are checkpointed, the fast (or, with ``ofs.serve: slow``, the slow) one served."""
 
+    names: tuple[str, ...] = ("default", "second")
 
-def _scale(config: dict) -> float:
-    if config.get("use_rslora"):
-        return config["lora_alpha"] / config["r"] ** 0.5
-    return config["lora_alpha"] / config["r"]
+    def __init__(self, ofs, lr: float):
+        self.ofs, self.lr = ofs, lr
+        self.chase = Chase(ofs.swap_window)
 
+    def loss_fields(self) -> dict:
+        return {
+            "fast": self.chase.fast,
+            "fast_slow": {"alpha": self.ofs.alpha, "slow_term": self.ofs.slow_term},
+        }
 
-def delta_w(tensors: dict[str, np.ndarray], config: dict) -> dict[str, np.ndarray]:
-    """``scale * B A`` per adapted module (float64): what the adapter adds to each weight."""
-    s = _scale(config)
-    return {
-        p: s * (tensors[b].astype(np.float64) @ tensors[a].astype(np.float64))
-        for p, (a, b) in _pairs(tensors).items()
-    }
+    def train_adapter(self) -> str:
+        return self.names[self.chase.fast if self.ofs.serve == "fast" else self.chase.slow]
 
+    def fast_adapter(self) -> str:
+        return self.names[self.chase.fast]
 
-def combine_lora(
-    adapters: list[tuple[dict[str, np.ndarray], dict]], coeffs: list[float]
-) -> tuple[dict[str, np.ndarray], dict]:
-    """The adapter whose ``delta W`` is ``sum_j coeffs[j] * delta W_j``, exactly, as one LoRA adapter.
+    def lrs(self) -> list[float]:
+        """The fast module gets learner.lr, the other learner.lr / lr_ratio."""
+        return [self.lr if i == self.chase.fast else self.lr / self.ofs.lr_ratio for i in range(2)]
 
-    Factors are concatenated along the rank (``A = [A_1; A_2; ...]``, ``B = [c_1 s_1/s B_1, ...]``,
-    with ``s`` the LoRA scale of the result), so the rank is the sum of the ranks of the terms kept.
-    Terms with coefficient 0 are dropped, and a single term with coefficient 1 is returned as it
-    was, so ``combine([x, y], [1, 0])`` reproduces adapter ``x`` bit for bit.
-    """
-    if len(adapters) != len(coeffs) or not adapters:
-        raise ValueError("give one coefficient per adapter")
-    kept = [(t, c, k) for (t, c), k in zip(adapters, coeffs) if k != 0]
-    if not kept:
-        raise ValueError("every coefficient is 0: the combination would be the base model")
-    if len(kept) == 1 and kept[0][2] == 1:
-        return {k: v.copy() for k, v in kept[0][0].items()}, dict(kept[0][1])
-    keys = [set(_pairs(t)) for t, _, _ in kept]
-    if any(k != keys[0] for k in keys):
-        raise ValueError("the adapters adapt different modules; they cannot be combined")
-    rank = sum(int(c["r"]) for _, c, _ in kept)
-    config = {**kept[0][1], "r": rank, "lora_alpha": float(rank), "use_rslora": False}  # result scale 1
-    for field in ("rank_pattern", "alpha_pattern"):
-        if config.get(field):
-            raise ValueError(f"adapters with a {field} are not supported by combine_lora")
-    out: dict[str, np.ndarray] = {}
-    for prefix, (a_key, b_key) in _pairs(kept[0][0]).items():
-        a_parts, b_parts = [], []
-        for tensors, cfg, k in kept:
-            a, b = _pairs(tensors)[prefix]
-            a_parts.append(tensors[a].astype(np.float32))
-            b_parts.append((k * _scale(cfg)) * tensors[b].astype(np.float32))
-        out[a_key] = np.ascontiguousarray(np.concatenate(a_parts, axis=0))
-        out[b_key] = np.ascontiguousarray(np.concatenate(b_parts, axis=1))
-    return out, config
+    def setup(self, ctx) -> None:
+        ctx.learners.set_lrs(self.lrs())
 
+    def after_step(self, ctx, stats: dict, metrics: dict) -> None:
+        """Both modules' DPO losses into the metrics (``dpo/loss`` is the fast module's, the total is
+        ``ofs/total``), then the chase: a swap changes the learning rates."""
+        n = max(stats["pairs"], 1.0)
+        fast, slow = stats["dpo_fast"] / n, stats["dpo_slow"] / n
+        metrics.update(
+            {
+                "ofs/total": metrics["dpo/loss"],
+                "dpo/loss": fast,
+                "ofs/dpo_fast": fast,
+                "ofs/dpo_slow": slow,
+                "ofs/fs": stats["fs"] / n,
+                "ofs/slow_accuracy": stats["slow_accuracy"] / n,
+            }
+        )
+        if self.chase.update(fast, slow):
+            ctx.learners.set_lrs(self.lrs())
+            log.info(
+                "OFS-DPO: the slow module overtook the fast one; roles swapped (swap %d)", self.chase.swaps
+            )
+        metrics.update({"ofs/fast_module": self.chase.fast, "ofs/swaps": self.chase.swaps})
 
-def truncate_lora(
-    tensors: dict[str, np.ndarray], config: dict, rank: int, alpha: float
-) -> tuple[dict[str, np.ndarray], dict, float]:
-    """The best rank-``rank`` adapter (scale ``alpha / rank``) for each module's ``delta W`` (truncated
-    SVD), so a learner of that rank can start from a combination. Returns the relative Frobenius
-    error over all modules too (0 when the combination's rank is at most ``rank``)."""
-    scale = alpha / rank
-    out, err2, total2 = {}, 0.0, 0.0
-    for prefix, dw in delta_w(tensors, config).items():
-        a_key, b_key = _pairs(tensors)[prefix]
-        u, s, vt = np.linalg.svd(dw, full_matrices=False)
-        k = min(rank, len(s))
-        root = np.sqrt(s[:k])
-        a = np.zeros((rank, dw.shape[1]))
-        b = np.zeros((dw.shape[0], rank))
-        a[:k] = root[:, None] * vt[:k]
-        b[:, :k] = u[:, :k] * root[None, :] / scale
-        out[a_key], out[b_key] = a.astype(np.float32), b.astype(np.float32)
-        err2 += float((s[k:] ** 2).sum())
-        total2 += float((s**2).sum())
-    return (
-        out,
-        {**config, "r": rank, "lora_alpha": alpha, "use_rslora": False},
-        (err2 / total2) ** 0.5 if total2 else 0.0,
-    )
+    def extra_adapters(self, ctx) -> dict:
+        return {name: ctx.learners.adapter(name) for name in self.names}
+
+    def state_dict(self) -> dict:
+        return self.chase.state_dict()
+
+    def restore(self, ctx, ckpt: dict) -> None:
+        self.chase.load_state_dict(ckpt["state"]["chase"])
+        extra = ckpt["extra_adapters"]
+        ctx.learners.load_state(extra["second"][0], None, "second")
+        ctx.learners.load_state(extra["default"][0], ckpt["optimizer_states"], "default")
+        ctx.learners.set_lrs(self.lrs())

@@ -11,7 +11,7 @@ The GRPO family's step (sample, score, log-probs, shape, update) with three diff
   loss, its own optimizer) and then the policy (none during ``critic_warmup`` steps).
 
 The critic is LoRA module ``critic`` plus a value head on the policy's own frozen base in every
-learner rank (``align.workers.critic``), or on a separate base with ``ppo.critic_model``.
+learner rank (``align.workers.learner.critic``), or on a separate base with ``ppo.critic_model``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import torch
 from align.algorithms.base import RunContext, register_algorithm
 from align.algorithms.grpo import GRPO, LEARNER_KEYS
 from align.losses import explained_variance, gae, kl_penalty, masked_whiten, token_rewards
-from align.metrics import PANELS
-from align.workers.critic import CRITIC
+from align.reporting.metrics import PANELS
+from align.workers.learner.critic import CRITIC
+from align.workers.learner.kinds import ValueLossConfig
+from align.workers.learner.spec import CriticSpec
 
 CRITIC_PANELS = (
     ("critic", lambda k: k in ("critic/value_loss", "critic/explained_variance")),
@@ -43,13 +45,12 @@ class PPO(GRPO):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.ppo = cfg.algorithm.ppo
-        self.value_cfg = {"kind": "value", "value_clip": self.ppo.value_clip, "agg": "token_mean"}
+        self.value_cfg = ValueLossConfig(value_clip=self.ppo.value_clip, agg="token_mean")
 
     def learner_spec(self, ctx: RunContext, spec):
-        spec.critic = {
-            "lr": self.ppo.critic_lr or self.cfg.learner.lr,
-            "model_path": self._critic_path(ctx),
-        }
+        spec.critic = CriticSpec(
+            lr=self.ppo.critic_lr or self.cfg.learner.lr, model_path=self._critic_path(ctx)
+        )
         return spec
 
     def _critic_path(self, ctx: RunContext) -> str | None:

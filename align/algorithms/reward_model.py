@@ -23,8 +23,9 @@ import torch
 
 from align.algorithms.base import RunContext, register_algorithm
 from align.algorithms.dpo import PairMethod, pack_pairs
-from align.checkpoint import atomic_dir, write_adapter_dir
 from align.losses.preference import bradley_terry
+from align.store.checkpoint import atomic_dir, write_adapter_dir
+from align.workers.learner.kinds import RewardModelLossConfig
 
 log = logging.getLogger("align.train")
 
@@ -79,13 +80,13 @@ class RewardModel(PairMethod):
     def loss_name(self) -> str:
         return "bradley_terry"
 
-    def loss_cfg(self) -> dict:
-        return {**super().loss_cfg(), "center_coef": self.cfg.algorithm.reward_model.center_coef}
+    def loss_cfg(self) -> RewardModelLossConfig:
+        return RewardModelLossConfig(center_coef=self.cfg.algorithm.reward_model.center_coef)
 
     def learner_spec(self, ctx: RunContext, spec):
         spec = super().learner_spec(ctx, spec)
-        spec.task, spec.finetune, spec.pad_token_id = (
-            "reward_model",
+        spec.head, spec.finetune, spec.pad_token_id = (
+            "score",
             self.cfg.algorithm.reward_model.finetune,
             ctx.tokenizer.pad_token_id,
         )

@@ -15,7 +15,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from align.config.schema import Config
+from align.config.algorithms import ALGORITHM_NAMES
+from align.config.run import Config
+from rewards.config import REWARD_TYPES
 
 
 class ConfigError(ValueError):
@@ -88,8 +90,6 @@ def _untagged(loc: tuple) -> tuple[tuple, type[BaseModel] | None, int]:
     """``loc`` without the tag pydantic puts after a tagged union (``algorithm.<name>.key`` ->
     ``algorithm.key``, ``rewards.<i>.<type>.key`` -> ``rewards.<i>.key``), the union member the tag
     names, and where the member's own keys start in the returned ``loc``."""
-    from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
-
     if len(loc) > 1 and loc[0] == "algorithm" and loc[1] in ALGORITHM_NAMES:
         return (loc[0],) + loc[2:], ALGORITHM_NAMES[loc[1]], 1
     if len(loc) > 2 and loc[0] == "rewards" and isinstance(loc[1], int) and loc[2] in REWARD_TYPES:
@@ -102,8 +102,6 @@ def _describe(err: dict, root: type[BaseModel] = Config) -> str:
     key = _dotted(loc)
     kind = err["type"]
     if kind == "union_tag_invalid":  # algorithm.name that names no method
-        from align.config.schema import ALGORITHM_NAMES
-
         tag = str(err.get("ctx", {}).get("tag", ""))
         close = difflib.get_close_matches(tag, list(ALGORITHM_NAMES), n=1)
         return (
@@ -113,8 +111,6 @@ def _describe(err: dict, root: type[BaseModel] = Config) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[start:], member) if member is not None else _model_at(loc, root)
         if model is member and member is not None:  # a key of another method / reward type?
-            from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
-
             tags = ALGORITHM_NAMES if start == 1 else REWARD_TYPES
             owners = [t for t, c in tags.items() if loc[-1] in c.model_fields]
             if owners:
@@ -254,8 +250,6 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[dict]
     as written in a config file, or ``required``; ``only``:
     the ``algorithm.name`` / ``rewards[i].type`` values that have the key, "" for all). A list of
     sections is one row (type ``list``) and then its items' keys as ``key[i].*``."""
-    from align.config.schema import ALGORITHM_NAMES, REWARD_TYPES
-
     rows: list[dict] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"

@@ -213,7 +213,7 @@ def mismatch_weights(
     return w, {"ratio_mean": float((ratio * unit).sum() / n), "outside": float(out.sum() / n)}
 
 
-# Policy losses by name (``algorithm.loss`` / the GRPO family's table in ``align.config.schema``): a
+# Policy losses by name (``algorithm.loss`` / the GRPO family's rows in ``align.algorithms.family``): a
 # new loss is a function with ``policy_loss``'s signature and one row here.
 POLICY_LOSSES = {
     "clip": policy_loss,  # PPO / GRPO / DAPO: per-token ratio

@@ -122,7 +122,8 @@ def fast_slow_losses(
 @dataclass(frozen=True)
 class PairLoss:
     """A pair loss as the learner runs it: ``fn(chosen, rejected, ref_chosen, ref_rejected, cfg,
-    margin)`` -> ``(losses (b,), chosen_rewards, rejected_rewards)``; what it reads: the reference
+    margin)`` -> ``(losses (b,), chosen_rewards, rejected_rewards)``, ``cfg`` a pair loss config
+    (``beta``, ``gamma``, ``label_smoothing``, ``center_coef`` as attributes); what it reads: the reference
     policy's log-probs (``reference``), length-averaged log-probs (``average``), or the model's
     scalar scores instead of log-probs (``scores``: a reward model)."""
 
@@ -134,12 +135,12 @@ class PairLoss:
 
 def _dpo(kind: str) -> Callable:
     return lambda c, r, rc, rr, cfg, margin=None: dpo_loss(
-        c, r, rc, rr, cfg["beta"], kind, cfg.get("label_smoothing", 0.0)
+        c, r, rc, rr, cfg.beta, kind, getattr(cfg, "label_smoothing", 0.0)
     )
 
 
 def _bradley_terry(c, r, rc, rr, cfg, margin=None):
-    return bradley_terry(c, r, margin, cfg.get("center_coef", 0.0)), c.detach(), r.detach()
+    return bradley_terry(c, r, margin, getattr(cfg, "center_coef", 0.0)), c.detach(), r.detach()
 
 
 # Pair losses by name (``algorithm.preference.loss_type``, simpo, reward_model): a new pair loss is a
@@ -149,7 +150,7 @@ PAIR_LOSSES: dict[str, PairLoss] = {
     "ipo": PairLoss(_dpo("ipo"), average=True),  # token-averaged log-probs, as TRL
     "hinge": PairLoss(_dpo("hinge")),
     "simpo": PairLoss(
-        lambda c, r, rc, rr, cfg, margin=None: simpo_loss(c, r, cfg["beta"], cfg["gamma"]),
+        lambda c, r, rc, rr, cfg, margin=None: simpo_loss(c, r, cfg.beta, cfg.gamma),
         reference=False,
         average=True,
     ),

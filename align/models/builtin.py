@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from align.checkpoint import build_once
 from align.models.tokenizer import build_tokenizer
+from align.store.checkpoint import build_once
 
 log = logging.getLogger(__name__)
 

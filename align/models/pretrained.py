@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from align.checkpoint import build_once, sha256_file
+from align.store.checkpoint import build_once, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -144,15 +144,15 @@ def build_objective(name: str, names: list[str], weights: dict[str, float], conf
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(sorted(OBJECTIVES))}")
     if config is None:
-        from align.config.schema import ObjectiveSection
+        from align.config import ObjectiveSection
 
         return OBJECTIVES[name](names, weights, getattr(ObjectiveSection(), name, None), RunInfo())
-    from align.config.schema import GRPO_FAMILY
+    from align.algorithms.family import GRPO_FAMILY
 
     family = GRPO_FAMILY.get(config.algorithm.name)
     run = RunInfo(
         config.algorithm.name,
-        family[0] if family else None,
+        family.estimator if family else None,
         config.learner.lr,
         config.learner.grad_clip or None,
         config.trainer.seed,

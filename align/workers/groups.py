@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import socket
 import threading
 import time
@@ -15,11 +14,11 @@ import numpy as np
 import ray
 import torch
 
-from align import interrupts
-from align.batch import shard_indices
+from align.rollout.batch import shard_indices
+from align.runner import interrupts
 
 if TYPE_CHECKING:
-    from align.workers.learner import LearnerSpec
+    from align.workers.learner.spec import LearnerSpec
     from align.workers.rollout import RolloutSpec
 
 log = logging.getLogger(__name__)
@@ -255,7 +254,7 @@ class LearnerGroup:
         seed: int = 0,
         wait: bool = True,
     ):
-        from align.workers.learner import LearnerSpec
+        from align.workers.learner.spec import LearnerSpec
 
         spec = LearnerSpec.of(spec)
         self._args = (spec, num_ranks, num_cpus, num_gpus, seed)
@@ -263,7 +262,7 @@ class LearnerGroup:
         self._start(wait)
 
     def _start(self, wait: bool = True) -> None:
-        from align.workers.learner import Learner
+        from align.workers.learner.rank import Learner
 
         spec, num_ranks, num_cpus, num_gpus, seed = self._args
         port = free_port()  # a fresh rendezvous for every start
@@ -346,81 +345,40 @@ class LearnerGroup:
             full[idx, : part.shape[1]] = part
         return full
 
-    def train_step(self, batch: dict, loss_cfg: dict) -> dict[str, float]:
-        """One optimizer step over ``batch`` with global normalisers. ``loss_cfg["kind"]``: ``policy``
-        (rows are samples; returns the merged policy metrics), ``value`` (PPO's critic, its own
-        engine) or ``pair`` (rows 2i, 2i+1 a pair, whole pairs per rank; returns the statistics summed
-        over ranks)."""
-        if loss_cfg.get("kind") == "pair":
-            shares = self._pair_shares(batch)
-            # micro_batch_size counts sequences: a pair is two (chosen and rejected share a micro-batch)
-            per_micro = max(2, self.micro_batch_size - self.micro_batch_size % 2)
-            num_micro = max(1, max(math.ceil(s["input_ids"].shape[0] / per_micro) for s in shares))
-            normalizers = {"num_pairs": batch["input_ids"].shape[0] / 2}
-            stats = self._gather(
-                [
-                    r.train_step.remote(share, loss_cfg, normalizers, num_micro)
-                    for r, share in zip(self.ranks, shares)
-                ]
-            )
-            out = {
-                k: sum(s.get(k, 0.0) for s in stats) for k in stats[0] if k not in ("grad_norm", "seconds")
-            }
-            out["grad_norm"], out["seconds"] = stats[0]["grad_norm"], max(s["seconds"] for s in stats)
-            return out  # (memory/* summed over the ranks too)
-        normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
+    def train_step(self, batch: dict, cfg) -> dict[str, float]:
+        """One optimizer step over ``batch`` of loss kind ``cfg.kind`` (``align.workers.learner.kinds``:
+        policy, pair, reward_model or value; a config or a plain dict): the kind splits the batch over
+        the ranks and gives the global normalisers, every rank runs the same number of micro-batches,
+        and the kind merges the ranks' statistics into the step's metrics."""
+        from align.workers.learner.kinds import KINDS, loss_config
+
+        cfg = loss_config(cfg)
+        kind = KINDS[cfg.kind]
+        shares, normalizers, num_micro = kind.plan(batch, cfg, len(self.ranks), self.micro_batch_size)
         stats = self._gather(
             [
                 r.train_step.remote(share, cfg, normalizers, num_micro)
                 for r, (_, share) in zip(self.ranks, shares)
             ]
         )
-        tokens = sum(s.get("tokens", 0.0) for s in stats)
-        memory = {k: sum(s[k] for s in stats) for k in stats[0] if k.startswith("memory/")}  # all ranks
-        if loss_cfg.get("kind") == "value":  # PPO's critic
-            return {
-                **memory,
-                "critic/value_loss": sum(s["critic/value_loss"] for s in stats),
-                "critic/clip_frac": sum(s["clip_tokens"] for s in stats) / max(tokens, 1.0),
-                "critic/grad_norm": stats[0]["grad_norm"],
-                "timing/critic_compute": max(s["seconds"] for s in stats),
-            }
-        return {
-            **memory,
-            "loss/policy": sum(s.get("loss/policy", 0.0) for s in stats),
-            "loss/kl": sum(s.get("loss/kl", 0.0) for s in stats),
-            "loss/clip_frac": sum(s.get("clip_tokens", 0.0) for s in stats) / max(tokens, 1.0),
-            "loss/ratio_mean": sum(s.get("ratio_sum", 0.0) for s in stats) / max(tokens, 1.0),
-            "policy/entropy": sum(s.get("entropy_sum", 0.0) for s in stats)
-            / max(tokens, 1.0),  # mean over completion tokens
-            "loss/grad_norm": stats[0]["grad_norm"],
-            "timing/learner_compute": max(s["seconds"] for s in stats),
-        }
-
-    def _normalizers(self, batch: dict, loss_cfg: dict) -> tuple[dict, dict, list, int]:
-        n = batch["input_ids"].shape[0]
-        normalizers = {
-            "num_tokens": float(batch["completion_mask"].sum().item()),
-            "num_seqs": float(n),
-            "max_len": loss_cfg.get("max_len"),
-        }
-        if loss_cfg.get("agg") != "seq_mean_token_sum_norm":
-            normalizers.pop("max_len")
-        shares = self._shares(batch)
-        num_micro = max(1, max(math.ceil(len(idx) / self.micro_batch_size) for idx, _ in shares))
-        return normalizers, {k: v for k, v in loss_cfg.items() if k != "max_len"}, shares, num_micro
+        return kind.reduce(stats)
 
     def objective_gradients(
         self,
         batch: dict,
         advantages: np.ndarray,
-        loss_cfg: dict,
+        cfg,
         param_pattern: str | None = None,
         clip: float | None = None,
     ) -> np.ndarray:
-        """Gram matrix ``(K, K)`` of the whole batch's per-objective loss gradients (one backward
-        pass per objective on every rank, summed across ranks)."""
-        normalizers, cfg, shares, num_micro = self._normalizers(batch, loss_cfg)
+        """Gram matrix ``(K, K)`` of the whole batch's per-objective policy-loss gradients (one
+        backward pass per objective on every rank, summed across ranks)."""
+        from align.workers.learner.kinds import KINDS, loss_config
+
+        cfg = loss_config(cfg)
+        shares, normalizers, num_micro = KINDS["policy"].plan(
+            batch, cfg, len(self.ranks), self.micro_batch_size
+        )
         adv = torch.as_tensor(np.asarray(advantages), dtype=torch.float32)  # (K, N)
         grams = self._gather(
             [
@@ -432,14 +390,6 @@ class LearnerGroup:
         )
         return grams[0]
 
-    def _pair_shares(self, batch: dict) -> list[dict]:
-        """Whole pairs (rows 2i, 2i+1) per rank."""
-        n_pairs = batch["input_ids"].shape[0] // 2
-        return [
-            {k: v[[i for p in idx for i in (2 * p, 2 * p + 1)]] for k, v in batch.items()}
-            for idx in shard_indices(n_pairs, len(self.ranks))
-        ]
-
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
         """Per-row completion log-prob sums for each of ``which`` (``reference`` or an adapter name)."""
         shares = self._shares(batch)
@@ -448,8 +398,9 @@ class LearnerGroup:
         )
         return {w: torch.cat([o[w] for o in outs]) for w in which}
 
-    def set_fast(self, index: int) -> None:
-        self._gather([r.set_fast.remote(index) for r in self.ranks])
+    def set_lrs(self, lrs: list[float]) -> None:
+        """Every rank's learning rate per LoRA module (``Learner.set_lrs``)."""
+        self._gather([r.set_lrs.remote(lrs) for r in self.ranks])
 
     def use_slot(self, slot: str, seed: int, lr: float) -> None:
         """Every rank makes trial ``slot``'s state the live one (``Learner.use_slot``)."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from align import interrupts
+from align.runner import interrupts
 from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
 from rewards.scoring import RewardContractError, apply_failure_policy, combine
 
@@ -45,8 +45,10 @@ class RewardActor:
     """One reward (function, model or server client), loaded once in its own process."""
 
     def __init__(self, entry: dict, base_dir: str | None = None):
+        from align.models.builtin import resolve_model_path
+
         self.entry = entry
-        self.reward = build(entry, base_dir)
+        self.reward = build(entry, base_dir, resolve_model_path)
 
     def ready(self) -> dict:
         """The process id, and for a server its /info (checks the URL and the token before the run starts)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from align.checkpoint import write_adapter_dir
+from align.store.checkpoint import write_adapter_dir
 from align.workers.spec import Spec
 
 log = logging.getLogger(__name__)

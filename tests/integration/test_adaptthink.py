@@ -11,7 +11,7 @@ import torch
 
 from align.config.loading import load_config
 from align.models.builtin import ensure_builtin
-from align.trainer import Trainer
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "adaptthink_tiny.yaml"
@@ -113,8 +113,8 @@ def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):
 # make test-all only (CI budget, 45 minutes): the AdaptThink math is unit-tested; the forced split runs above
 @pytest.mark.slow
 def test_adaptthink_trains_with_cached_reference_and_reports_levels(tmp_path):
-    from align.eval_run import run_eval
-    from align.metrics import compare_runs
+    from align.eval.checkpoints import run_eval
+    from align.reporting.metrics import compare_runs
 
     run, cache = tmp_path / "run", tmp_path / "ref.json"
     cfg = load_config(
@@ -154,7 +154,7 @@ def test_adaptthink_trains_with_cached_reference_and_reports_levels(tmp_path):
     cfg_eval = load_config(CONFIG, [f"trainer.output_dir={tmp_path / 'eval'}", "data.eval_size=20"])
     results = run_eval(
         cfg_eval, str(CONFIG.parent), [str(run / "checkpoints" / "step_1"), str(run)], labels=["one", "two"]
-    )
+    ).results
     assert set(results) == {"base", "one", "two"} and "nothink_rate/level_1" in results["two"]
     assert (tmp_path / "eval" / "eval_levels.png").stat().st_size > 0
     text = compare_runs([str(run), str(run)], tmp_path / "cmp.png", labels=["a", "b"])

@@ -9,7 +9,7 @@ import pytest
 
 from align.config.loading import load_config
 from align.models.builtin import ensure_builtin
-from align.trainer import Trainer
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo_tiny.yaml"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from align.checkpoint import list_checkpoints
 from align.config.loading import load_config
-from align.interrupts import StopRequested
-from align.metrics import VOLATILE
-from align.trainer import Trainer
+from align.reporting.metrics import VOLATILE
+from align.runner.interrupts import StopRequested
+from align.runner.trainer import Trainer
+from align.store.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

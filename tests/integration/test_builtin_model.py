@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.data.tasks import arithmetic_dataset
-from align.evaluation import accuracy_by_level
+from align.eval.generation import accuracy_by_level
 from align.models.builtin import ensure_builtin, init_model, parse_builtin, resolve_model_path
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import yaml
 
-from align.checkpoint import list_checkpoints, load_checkpoint
 from align.config.loading import load_config
-from align.trainer import make_trainer
-from tests.integration.reward_server import RewardServer
+from align.runner.trainer import Trainer
+from align.store.checkpoint import list_checkpoints, load_checkpoint
+from rewards.process import RewardServer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_reward_model_trains_exports_and_scores_as_a_reward(tmp_path):
             "trainer.save_every=10",
         ],
     )
-    summary = make_trainer(cfg, str(ROOT / "configs")).run()
+    summary = Trainer(cfg, str(ROOT / "configs")).run()
     before, after = summary["before"], summary["after"]
     print(
         f"reward model, held-out pairs: accuracy {before['pairs_accuracy']:.3f} -> {after['pairs_accuracy']:.3f}, "

@@ -7,9 +7,9 @@ import pytest
 import ray
 import torch
 
-from align.batch import pack
 from align.losses import AGG_MODES
 from align.models.builtin import ensure_builtin
+from align.rollout.batch import pack
 from align.workers.groups import LearnerGroup
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from align.config.loading import load_config
-from align.metrics import VOLATILE
-from align.trainer import Trainer
+from align.reporting.metrics import VOLATILE
+from align.runner.trainer import Trainer
 from tests.integration.tracker_files import assert_trackers_hold, wandb_records
 
 pytestmark = pytest.mark.integration

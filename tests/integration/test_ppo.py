@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
-from align.trainer import Trainer
+from align.runner.trainer import Trainer
 from tests.integration.test_train_grpo import assert_resumed_equal
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
-from align.trainer import make_trainer
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _train(config, out, *overrides, resume=False):
     cfg = load_config(ROOT / "configs" / config, [f"trainer.output_dir={out}", *overrides])
-    return make_trainer(cfg, str(ROOT / "configs"), resume=resume).run()
+    return Trainer(cfg, str(ROOT / "configs"), resume=resume).run()
 
 
 def _rows(run):
@@ -83,8 +83,8 @@ def test_offline_ofs_dpo_learns_on_two_ranks_and_resumes_exactly(tmp_path):
 def test_online_ofs_over_two_domains_combines_adapters_and_resumes_at_the_boundary(tmp_path, monkeypatch):
     import signal
 
-    from align.interrupts import StopRequested
-    from align.trainer import Trainer as PreferenceTrainer
+    from align.runner.interrupts import StopRequested
+    from align.runner.trainer import Trainer as PreferenceTrainer
 
     out = tmp_path / "cofs"
     two = (

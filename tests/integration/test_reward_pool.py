@@ -11,10 +11,10 @@ import ray
 import torch
 import yaml
 
-from align.config.schema import reward_entry
+from align.config import reward_entry
 from align.workers.reward import RewardPool
 from rewards import RewardError
-from tests.integration.reward_server import RewardServer
+from rewards.process import RewardServer
 
 pytestmark = pytest.mark.integration
 

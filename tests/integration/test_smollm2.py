@@ -17,7 +17,7 @@ import torch
 
 from align.config.loading import load_config
 from align.models.builtin import resolve_model_path
-from align.trainer import make_trainer
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def _load(loader, rows, tok):
 
 def _train(config, out, *overrides):
     cfg = load_config(ROOT / "configs" / config, [f"trainer.output_dir={out}", *overrides])
-    return make_trainer(cfg, str(ROOT / "configs")).run()
+    return Trainer(cfg, str(ROOT / "configs")).run()
 
 
 def _rows(run):

@@ -1,4 +1,4 @@
-"""Trials of a sweep as adapters over one base (``align.jobs``): one vLLM engine, one learner rank and
+"""Trials of a sweep as adapters over one base (``align.runner.jobs``): one vLLM engine, one learner rank and
 one reward pool serve several trials, and each trial's results equal its solo run's, key for key;
 a trial that fails ends alone; a stopped job resumes every trial exactly."""
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from align.config.loading import load_config
-from align.jobs import TrialRun, run_trials, share_key
-from align.metrics import VOLATILE
-from align.trainer import Trainer
+from align.reporting.metrics import VOLATILE
+from align.runner.jobs import TrialRun, run_trials, share_key
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from align.config.loading import load_config
-from align.metrics import VOLATILE
-from align.trainer import Trainer
+from align.reporting.metrics import VOLATILE
+from align.runner.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path, caplog):
     with socket.socket() as s:  # an MLflow server that is not there: one warning, the run goes on
         s.bind(("127.0.0.1", 0))
         down = f"trainer.tracking.mlflow_uri=http://127.0.0.1:{s.getsockname()[1]}"
-    with caplog.at_level(logging.WARNING, logger="align.trackers"):
+    with caplog.at_level(logging.WARNING, logger="align.reporting.trackers"):
         summary = _train(
             out,
             "trainer.max_steps=12",
@@ -46,7 +46,7 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path, caplog):
             "trainer.report_to=[tensorboard,mlflow]",
             down,
         )
-    warned = [r.getMessage() for r in caplog.records if r.name == "align.trackers"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "align.reporting.trackers"]
     assert len(warned) == 1 and warned[0].startswith("tracker mlflow failed while starting"), warned
     rows = [r for r in _rows(out) if r["step"] > 0]
     train = [r["reward/correctness"] for r in rows]
@@ -87,10 +87,10 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path, caplog):
     ]
     assert model is not None and max(abs(v).max() for v in lora_b) > 0  # the adapter trained (B starts at 0)
     # `align eval` (base and checkpoint, greedy through vLLM) reproduces the run's own before/after eval
-    from align.eval_run import run_eval
+    from align.eval.checkpoints import run_eval
 
     cfg = load_config(CONFIG, [f"trainer.output_dir={out}", "data.eval_size=200"])
-    results = run_eval(cfg, str(CONFIG.parent), str(out / "checkpoints" / "step_12"))
+    results = run_eval(cfg, str(CONFIG.parent), str(out / "checkpoints" / "step_12")).results
     assert results["base"]["correctness"] == before and results["checkpoint"]["correctness"] == after
     assert {"length/level_5", "nothink_rate/level_1"} <= set(results["checkpoint"])
     # sampled eval (data.eval_temperature, eval_samples): 4 seeded samples per prompt, so the same
@@ -105,7 +105,7 @@ def test_grpo_raises_correctness_and_ranks_agree(tmp_path, caplog):
         ],
     )
     ckpt = str(out / "checkpoints" / "step_12")
-    sampled = run_eval(cfg, str(CONFIG.parent), [ckpt, ckpt], labels=["a", "b"])
+    sampled = run_eval(cfg, str(CONFIG.parent), [ckpt, ckpt], labels=["a", "b"]).results
     assert sampled["a"] == sampled["b"], sampled
     right = sampled["base"]["correctness"] * 400
     assert abs(right - round(right)) < 1e-6 and 0 < sampled["base"]["nothink_rate"] < 1, sampled["base"]

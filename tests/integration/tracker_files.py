@@ -72,7 +72,7 @@ def assert_trackers_hold(run: Path, rows: list[dict], first_part: dict) -> None:
     import pytest
     import yaml
 
-    from align.trackers import MLflowTracker
+    from align.reporting.trackers import MLflowTracker
 
     run = Path(run)
     last = max(r["step"] for r in rows)

@@ -8,7 +8,7 @@ import math
 import time
 from pathlib import Path
 
-from align.metrics import VOLATILE
+from align.reporting.metrics import VOLATILE
 
 RECORDS: list[dict] = []
 FAILED: list[str] = []  # node ids of reliability tests that failed (conftest.py)

@@ -59,7 +59,7 @@ def case(name, config=None, files=None, args=(), expect=(), raw=None, command="t
 
 def _adapter_checkpoint(directory: Path, shape_in: int) -> None:
     """A complete, valid checkpoint whose adapter was trained on a model of another width."""
-    from align.checkpoint import save_checkpoint
+    from align.store.checkpoint import save_checkpoint
 
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     config = {

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from align.config.schema import reward_entry
+from align.config import reward_entry
 from align.workers.reward import RewardPool
 from rewards import RewardError
 from tests.reliability.report import record

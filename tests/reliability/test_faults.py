@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from align.checkpoint import CheckpointError, list_checkpoints, verify
 from align.config.loading import load_config
-from align.trainer import Trainer
+from align.runner.trainer import Trainer
+from align.store.checkpoint import CheckpointError, list_checkpoints, verify
 from tests.reliability.report import max_abs_diff, record
 
 pytestmark = pytest.mark.integration
@@ -375,8 +375,8 @@ def test_a_step_that_outlasts_stop_timeout_stops_without_a_new_checkpoint(tmp_pa
 KILL_IN_SAVE = textwrap.dedent("""
     import json, os, signal, sys
     import psutil
-    import align.checkpoint as ck
-    from align.trainer import Trainer
+    import align.store.checkpoint as ck
+    from align.runner.trainer import Trainer
     from align.config.loading import load_config
 
     real_replace = os.replace

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from align.config import Config
 from align.config.loading import ConfigError, load_config
-from align.config.schema import Config
 from align.data.loading import DataError, load_preferences, load_prompts
 from tests.reliability.report import record
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.reward_server import RewardServer
+from rewards.process import RewardServer
 from tests.reliability.report import record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +150,12 @@ def test_plugin_code_is_loaded_only_from_the_config():
     """``rewards.loading.load`` / ``build`` (which import user code) are called only where a config's
     reward entry (or serve-reward's TARGET) is turned into a reward: never from a dataset row or a
     checkpoint file (checkpoints are safetensors + JSON state without code references)."""
-    allowed = {"align/workers/reward.py", "align/trainer.py", "launch/cli.py", "bench/remote_reward.py"}
+    allowed = {
+        "align/workers/reward.py",
+        "align/runner/trainer.py",
+        "launch/cli.py",
+        "bench/remote_reward.py",
+    }
     users = set()
     for path in SOURCES:
         tree = ast.parse(path.read_text(), str(path))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from align.metrics import compare_runs, plot_levels
+from align.reporting.metrics import compare_runs, plot_levels
 
 
 def _run(path, values):
@@ -38,7 +38,7 @@ def test_plot_levels_skips_metrics_without_levels(tmp_path):
 
 
 def test_eval_table_tolerates_a_model_without_a_metric():
-    from align.eval_run import table
+    from align.eval.checkpoints import table
 
     text = table(
         {

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from align.algorithms.adaptthink import ReferenceAccuracy, adaptthink_advantages, nothink_count
-from align.batch import pack
 from align.losses import with_behaviour_logps
+from align.rollout.batch import pack
 
 
 def test_reward_acc_1_ref_075():

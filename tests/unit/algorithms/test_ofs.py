@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from align.algorithms.dpo import best_worst_pairs
-from align.algorithms.ofs import Chase, combine_lora, delta_w, truncate_lora
+from align.algorithms.ofs import Chase
+from align.models.lora import combine_lora, delta_w, truncate_lora
 from align.losses.preference import fast_slow_losses
 
 

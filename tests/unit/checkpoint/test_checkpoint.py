@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.checkpoint import (
+from align.store.checkpoint import (
     CheckpointError,
     flatten_state,
     list_checkpoints,

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from align.config import Config
 from align.config.loading import ConfigError, config_help, load_config, save_resolved
-from align.config.schema import Config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").glob("*.yaml"))
 
@@ -143,7 +143,7 @@ def test_help_lists_every_key_with_help_text():
 
 
 def test_runs_that_cannot_be_placed_are_refused():
-    from align.cluster import check_resources
+    from align.runner.cluster import check_resources
 
     cfg = load_config(None, ["learner.num_ranks=4"])  # 1 rollout CPU + 4 x 0.5 learner CPUs = 3
     with pytest.raises(

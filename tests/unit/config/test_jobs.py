@@ -4,7 +4,7 @@ import threading
 import time
 from pathlib import Path
 
-from align.jobs import Turns
+from align.runner.jobs import Turns
 from launch.sweep import plan_sweep
 
 SWEEP = str(Path(__file__).resolve().parents[3] / "configs" / "sweep_tiny.yaml")

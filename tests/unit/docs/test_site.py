@@ -100,7 +100,7 @@ def _schema_keys(schema: dict, node: dict, prefix: str = "") -> set[str]:
 
 
 def test_configuration_reference_covers_every_key(site):
-    from align.config.schema import Config
+    from align.config import Config
     from launch.sweep import SweepConfig
 
     text = (site / "reference" / "configuration" / "index.html").read_text(encoding="utf-8")

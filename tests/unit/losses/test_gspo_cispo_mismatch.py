@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from align.config.schema import algorithm_section as AlgorithmSection
+from align.config import algorithm_section as AlgorithmSection
 from align.losses import POLICY_LOSSES, cispo_loss, mismatch_weights, policy_loss, policy_loss_name
 
 

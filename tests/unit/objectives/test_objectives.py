@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from align.algorithms.grpo import compute_advantages
-from align.config.schema import Config
+from align.config import Config
 from align.objectives import build_objective
 
 NAMES = ["correctness", "brevity", "shows_work"]
@@ -238,7 +238,7 @@ def test_lagrangian_multiplier_direction_under_constant_violation():
 def test_lagrangian_authors_clip_and_updates_per_step():
     """The authors clip the multipliers' gradient at 0.5 and step after every minibatch:
     updates_per_step=2 is two SGD steps, on each half of the samples."""
-    from align.config.schema import LagrangianSection
+    from align.config.objectives import LagrangianSection
     from align.objectives.multipliers import Multipliers
 
     assert LagrangianSection().max_grad_norm == 0.5

@@ -7,7 +7,7 @@ import sys
 def test_pure_packages_do_not_import_heavy_runtime():
     code = (
         "import sys, align.losses, align.objectives, align.objectives.pareto, align.objectives.simplex, "
-        "align.objectives.multipliers, align.data.tasks, align.data.loading, rewards, align.config.loading, align.config.schema;"
+        "align.objectives.multipliers, align.data.tasks, align.data.loading, rewards, align.config.loading, align.config;"
         "heavy = [m for m in ('ray', 'vllm', 'deepspeed') if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -8,7 +8,15 @@ import time
 import pytest
 
 from align.config.loading import ConfigError, load_config
-from align.trackers import KINDS, MLflowTracker, TensorBoardTracker, Trackers, flatten, scalars, wandb_mode
+from align.reporting.trackers import (
+    KINDS,
+    MLflowTracker,
+    TensorBoardTracker,
+    Trackers,
+    flatten,
+    scalars,
+    wandb_mode,
+)
 
 
 def _cfg(tmp_path, *overrides):
@@ -84,13 +92,13 @@ def test_a_tracker_whose_server_is_down_warns_once_and_the_others_go_on(tmp_path
         f"trainer.tracking.mlflow_uri=http://127.0.0.1:{port}",
     )
     t0 = time.time()
-    with caplog.at_level(logging.WARNING, logger="align.trackers"):
+    with caplog.at_level(logging.WARNING, logger="align.reporting.trackers"):
         trackers = Trackers(cfg, tmp_path)
         trackers.rewind(None)
         for step in (1, 2, 3):
             trackers.log(step, {"reward/x": step / 10})
         trackers.finish("FINISHED")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "align.trackers"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "align.reporting.trackers"]
     assert len(warnings) == 1 and "tracker mlflow failed while starting" in warnings[0], warnings
     assert time.time() - t0 < 60  # a refused connection is not retried for minutes
     assert _tb_steps(tmp_path, "reward/x") == [(1, 0.1), (2, 0.2), (3, 0.3)]
@@ -108,14 +116,14 @@ def test_a_tracker_that_fails_mid_run_is_switched_off_after_one_warning(tmp_path
 
     monkeypatch.setitem(KINDS, "mlflow", FailsAtStep2)
     cfg = _cfg(tmp_path, "trainer.report_to=[mlflow,tensorboard]")
-    with caplog.at_level(logging.WARNING, logger="align.trackers"):
+    with caplog.at_level(logging.WARNING, logger="align.reporting.trackers"):
         trackers = Trackers(cfg, tmp_path)
         trackers.rewind(None)
         for step in (1, 2, 3, 4):
             trackers.log(step, {"reward/x": float(step)})
         trackers.artifacts({})
         trackers.finish("FINISHED")
-    warnings = [r.getMessage() for r in caplog.records if r.name == "align.trackers"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "align.reporting.trackers"]
     assert len(warnings) == 1 and "logging step 2 (ConnectionError: server went away)" in warnings[0]
     assert FailsAtStep2.calls == [1, 2]  # off after the failure
     assert _tb_steps(tmp_path, "reward/x") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]

@@ -50,7 +50,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 class MetricsLog:
     """``metrics.jsonl`` (the run's record, read back by resume and the tools) and the run's trackers
-    (``align.trackers.Trackers``: TensorBoard, MLflow, W&B), which get the same rows."""
+    (``align.reporting.trackers.Trackers``: TensorBoard, MLflow, W&B), which get the same rows."""
 
     def __init__(self, run_dir: str | Path, trackers, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
@@ -169,7 +169,7 @@ def plot_levels(
 ) -> Path | None:
     """Per-difficulty-level eval metrics of several models side by side (one panel per metric, one
     line per model, the overall value in the legend): ``results`` maps a label to an eval result
-    with ``<metric>/level_<N>`` keys (``align.evaluation_loop.evaluate``)."""
+    with ``<metric>/level_<N>`` keys (``align.eval.loop.evaluate``)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,9 +21,9 @@ import re
 import time
 from pathlib import Path
 
-from align.metrics import write_text_atomic
+from align.reporting.metrics import write_text_atomic
 
-log = logging.getLogger("align.trackers")
+log = logging.getLogger("align.reporting.trackers")
 
 # status of a run as it ends -> MLflow's RunStatus name (W&B: exit code 0 or 1)
 STATUSES = ("FINISHED", "FAILED", "KILLED")

@@ -17,34 +17,27 @@ from pathlib import Path
 
 import ray
 
-from align import interrupts
 from align.algorithms.base import Algorithm, RunContext, algorithm_class
-from align.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from align.cluster import ClusterLost, ClusterWatch, start_ray
+from align.config import Config
 from align.config.loading import save_resolved
-from align.config.schema import Config
-from align.evaluation_loop import format_eval
-from align.interrupts import StopRequested
-from align.metrics import LEVEL_METRICS, OBJECTIVE_PANELS, MetricsLog, StartupClock, plot_curves, plot_levels
-from align.sampling import PromptSampler
-from align.trackers import Trackers
+from align.data.sampling import PromptSampler
+from align.eval.loop import format_eval
+from align.reporting.metrics import (
+    LEVEL_METRICS,
+    OBJECTIVE_PANELS,
+    MetricsLog,
+    StartupClock,
+    plot_curves,
+    plot_levels,
+)
+from align.reporting.trackers import Trackers
+from align.runner import interrupts
+from align.runner.cluster import ClusterLost, ClusterWatch, start_ray
+from align.runner.interrupts import StopRequested
+from align.store.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from align.workers.groups import LearnerLost
 
 log = logging.getLogger("align.train")
-
-
-def learner_spec(c: Config, model_path: str):
-    """What a learner rank needs (``align.workers.learner.LearnerSpec``)."""
-    from align.workers.learner import LearnerSpec
-
-    return LearnerSpec.from_config(c, model_path)
-
-
-def rollout_spec(c: Config, model_path: str):
-    """What a rollout worker needs (``align.workers.rollout.RolloutSpec``)."""
-    from align.workers.rollout import RolloutSpec
-
-    return RolloutSpec.from_config(c, model_path)
 
 
 def check_context(c: Config, model_path: str) -> int:
@@ -63,13 +56,6 @@ def check_context(c: Config, model_path: str) -> int:
     return context or 10**9
 
 
-def make_trainer(
-    config: Config, config_dir: str | None = None, address: str | None = None, resume: bool = False
-) -> "Trainer":
-    """The runner of any ``algorithm.name`` (kept for callers of the earlier per-family trainers)."""
-    return Trainer(config, config_dir, address=address, resume=resume)
-
-
 class Trainer:
     """Runs one config: starts the actors the algorithm asks for, steps it, evaluates, checkpoints."""
 
@@ -82,11 +68,11 @@ class Trainer:
         shared=None,
     ):
         self.cfg, self.config_dir, self.address, self.resume = config, config_dir, address, resume
-        # actors shared with other trials of one job (``align.jobs``): this run takes views of them
+        # actors shared with other trials of one job (``align.runner.jobs``): this run takes views of them
         # and neither starts nor stops them
         self.shared = shared
         self.tag = ""  # a job's trials prefix their progress lines with their names
-        # a job's trials take turns (``align.jobs.Turns``): held for a step (with its evaluation and
+        # a job's trials take turns (``align.runner.jobs.Turns``): held for a step (with its evaluation and
         # checkpoint) and for the start (first sync, eval before)
         self.turn = contextlib.nullcontext()
         self._prepared = False
@@ -134,8 +120,11 @@ class Trainer:
         ctx.sampler = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
         self._check_resumed_adapter()
         save_resolved(cfg, self.run_dir)
-        self.rspec = alg.rollout_spec(ctx, rollout_spec(cfg, self.model_path))
-        self.lspec = alg.learner_spec(ctx, learner_spec(cfg, self.model_path))
+        from align.workers.learner.spec import LearnerSpec
+        from align.workers.rollout import RolloutSpec
+
+        self.rspec = alg.rollout_spec(ctx, RolloutSpec.from_config(cfg, self.model_path))
+        self.lspec = alg.learner_spec(ctx, LearnerSpec.from_config(cfg, self.model_path))
 
     def _setup_actors(self) -> None:
         cfg, ctx, alg = self.cfg, self.ctx, self.algorithm
@@ -148,7 +137,7 @@ class Trainer:
             )
         alg.setup(ctx)
         if cfg.rollout.max_staleness and ctx.rollouts is not None:
-            from align.rollout_queue import RolloutQueue
+            from align.rollout.queue import RolloutQueue
 
             ctx.queue = RolloutQueue(ctx, alg, cfg.rollout.max_staleness)
             if ctx.rollouts.lora_mode == "merged" and not (cfg.rollout.threads and cfg.learner.threads):
@@ -207,14 +196,15 @@ class Trainer:
         return learners, rollouts, pool
 
     def _init_ray(self, rollout_workers: int | None = None) -> int:
-        """Start (or join) Ray and check the run's actors fit (``align.cluster.start_ray``); returns
+        """Start (or join) Ray and check the run's actors fit (``align.runner.cluster.start_ray``); returns
         GPUs per actor (0 or 1). What can be checked without Ray is checked first: function rewards
         import, reward-model folders exist."""
+        from align.models.builtin import resolve_model_path
         from rewards.loading import load, model_dir
 
         for entry in self.cfg.rewards:
             if entry.type == "model":
-                model_dir(entry.model_dump(), self.config_dir)
+                model_dir(entry.model_dump(), self.config_dir, resolve_model_path)
             elif entry.type == "function":  # the user's plug-in, imported here as the reward actor will
                 load(entry.fn, self.config_dir)
         gpu, self._owns_ray = start_ray(self.cfg, self.address, rollout_workers)

@@ -1,18 +1,21 @@
-"""``align eval CONFIG [--checkpoint DIR]``: the config's eval split, generated with vLLM (greedy, or
-sampled with data.eval_temperature and data.eval_samples), for the base model (adapter off) and, if
-given, a checkpoint's adapter; a table per level."""
+"""Evaluate checkpoints (``align eval CONFIG [--checkpoint DIR]``): the config's eval split, generated
+with vLLM (greedy, or sampled with data.eval_temperature and data.eval_samples), for the base model
+(adapter off) and each checkpoint's adapter. A library function: it returns an ``EvalReport`` (the
+results, and the lines of a table per level for whoever shows them) and writes ``eval.json`` and a
+plot into ``trainer.output_dir``; it prints nothing."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
-from align.checkpoint import load_checkpoint, verify
-from align.evaluation_loop import evaluate
-from align.metrics import LEVEL_METRICS, plot_levels
+from align.eval.loop import evaluate
+from align.reporting.metrics import LEVEL_METRICS, plot_levels
+from align.store.checkpoint import load_checkpoint, verify
 
 log = logging.getLogger("align.eval")
 
@@ -23,7 +26,7 @@ def _adapter_from(path: str) -> tuple[dict, dict]:
 
     p = Path(path)
     if (p / "checkpoints").is_dir():  # a run directory: its newest checkpoint
-        from align.checkpoint import list_checkpoints
+        from align.store.checkpoint import list_checkpoints
 
         found = list_checkpoints(p / "checkpoints")
         if not found:
@@ -59,21 +62,35 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class EvalReport:
+    """What ``run_eval`` measured: ``results`` (label -> metric -> value; ``base`` is the adapter off)."""
+
+    results: dict[str, dict[str, float]]
+    header: str
+    json_path: Path
+    plot: Path | None
+
+    def lines(self) -> list[str]:
+        """The header, the table per level, and where the plot is."""
+        return [self.header, table(self.results)] + ([f"plot: {self.plot}"] if self.plot else [])
+
+
 def run_eval(
     cfg,
     config_dir: str | None,
     checkpoints: list[str] | str | None,
     address: str | None = None,
     labels: list[str] | None = None,
-) -> dict:
+) -> EvalReport:
     from transformers import AutoTokenizer
 
-    from align.cluster import check_address, start_ray
     from align.data.loading import load_eval_rows
     from align.models.builtin import resolve_model_path
-    from align.trainer import rollout_spec
+    from align.runner.cluster import check_address, start_ray
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
+    from align.workers.rollout import RolloutSpec
 
     if not cfg.data.eval:
         raise ValueError("data.eval is null: name an eval dataset to evaluate on")
@@ -97,7 +114,9 @@ def run_eval(
     start_ray(cfg, address, rollout_workers=1, learner_ranks=0)
     try:
         rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
-        spec = rollout_spec(cfg, model_path)  # a COFS combination has a larger rank than model.lora.r
+        spec = RolloutSpec.from_config(
+            cfg, model_path
+        )  # a COFS combination has a larger rank than model.lora.r
         spec.lora_rank = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
         rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus, max_restarts=cfg.trainer.actor_restarts)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
@@ -111,11 +130,9 @@ def run_eval(
         if cfg.data.eval_temperature > 0
         else "greedy"
     )
-    print(
-        f"eval: {cfg.data.eval} ({len(rows)} prompts, {how}, vLLM)"
-        + "".join(f"; {lb}: {c}" for lb, c in zip(labels, checkpoints))
+    header = f"eval: {cfg.data.eval} ({len(rows)} prompts, {how}, vLLM)" + "".join(
+        f"; {lb}: {c}" for lb, c in zip(labels, checkpoints)
     )
-    print(table(results))
     out = Path(cfg.trainer.output_dir) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
@@ -125,6 +142,4 @@ def run_eval(
         LEVEL_METRICS + ("length_wrong",),
         title=f"{cfg.data.eval}, {how}, {len(rows)} prompts",
     )
-    if plot:
-        print(f"plot: {plot}")
-    return results
+    return EvalReport(results, header, out, plot)

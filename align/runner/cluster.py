@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from align import interrupts
+from align.runner import interrupts
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 
 class ClusterWatch:
     """Probe ``address`` every ``every`` seconds from a daemon thread; after ``grace`` seconds without
-    an answer, post :class:`ClusterLost` for the main thread (``align.interrupts``: raised at its next
+    an answer, post :class:`ClusterLost` for the main thread (``align.runner.interrupts``: raised at its next
     wait slice). A main thread blocked inside Ray's C++ (creating an actor on the dead cluster)
     never gets there: ``exit_after`` seconds later the watcher prints the error line and ends the
     process itself (exit code 1)."""

@@ -23,9 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from align.config.schema import Config
+from align.config import Config
 
-log = logging.getLogger("align.jobs")
+log = logging.getLogger("align.runner.jobs")
 
 # per-trial settings: a trial's own, never an actor's
 TRIAL_OWN_ROLLOUT = ("temperature", "top_p", "logprob_check_prompts")
@@ -166,7 +166,7 @@ def run_trials(
     """Run ``runs`` as one job; returns each trial's summary (``Trainer.run``'s) or the exception
     it ended with. Each trial is prepared (its data and checkpoint read) before the actors start;
     one that cannot be prepared fails alone. ``concurrency``: trials stepping at once (``Turns``)."""
-    from align.trainer import Trainer
+    from align.runner.trainer import Trainer
 
     results: dict[str, dict | BaseException] = {}
     trainers: dict[str, Trainer] = {}

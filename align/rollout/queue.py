@@ -23,7 +23,7 @@ import numpy as np
 import ray
 import torch
 
-from align.sampling import sample_seed
+from align.data.sampling import sample_seed
 
 
 @dataclass
