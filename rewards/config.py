@@ -2,11 +2,17 @@
 the key given: ``fn``, ``model`` or ``url``), each type with only its own keys, and the failure
 policy every type shares. The reward package owns these models and imports nothing from ``align``:
 the run config (``align.config``) uses them as they are.
+
+Each type also says how it becomes a ``Reward`` (``build``), what can be checked before any actor
+starts (``precheck``), whether it scores one sample per call (``per_sample``) and what its actor's
+environment needs (``actor_env``). A new reward type is a class here (and its scorer's module).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -22,6 +28,23 @@ class _Entry(BaseModel):
 
 class _RewardBase(_Entry):
     """What every reward type has: its name and weight, and the failure policy."""
+
+    per_sample: ClassVar[bool] = False  # called once per sample (a function), not once per batch
+
+    def build(
+        self, base_dir: str | Path | None = None, resolve_model: Callable[[str], str] | None = None
+    ) -> Any:
+        """The ``rewards.scoring.Reward`` this entry scores with (``base_dir``: the config's folder,
+        where relative paths are also looked up; ``resolve_model``: a ``builtin:NAME`` model to a
+        folder)."""
+        raise NotImplementedError
+
+    def precheck(self, base_dir: str | Path | None = None, resolve_model=None) -> None:
+        """What can be checked before any actor starts (a plug-in imports, a folder exists)."""
+
+    def actor_env(self) -> dict[str, str]:
+        """Environment variables the reward's actor needs from the driver."""
+        return {}
 
     name: Optional[str] = Field(
         None,
@@ -76,10 +99,23 @@ class FunctionReward(_RewardBase):
         description="function: a built-in name, 'package.module:function' or 'path/to/file.py:function'."
     )
 
+    per_sample: ClassVar[bool] = True
+
     @model_validator(mode="after")
     def _name(self):
         self.name = self.name or self.fn.rpartition(":")[2] or self.fn
         return self
+
+    def build(self, base_dir=None, resolve_model=None):
+        from rewards.loading import load
+        from rewards.scoring import Reward
+
+        return Reward(self.name, load(self.fn, base_dir), self.kwargs)
+
+    def precheck(self, base_dir=None, resolve_model=None) -> None:
+        from rewards.loading import load
+
+        load(self.fn, base_dir)  # the user's plug-in, imported here as the reward actor will
 
 
 class ModelReward(_RewardBase):
@@ -112,6 +148,28 @@ class ModelReward(_RewardBase):
         self.name = self.name or self.model.rstrip("/").rpartition("/")[2] or "reward_model"
         return self
 
+    def build(self, base_dir=None, resolve_model=None):
+        from rewards.loading import model_dir
+        from rewards.model import ModelReward
+        from rewards.scoring import Reward
+
+        fn = ModelReward(
+            str(model_dir(self.model_dump(), base_dir, resolve_model)),
+            heads=self.heads,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            template=self.template,
+            device=self.device,
+            dtype=self.dtype,
+            threads=self.threads,
+        )
+        return Reward(self.name, fn, self.kwargs)
+
+    def precheck(self, base_dir=None, resolve_model=None) -> None:
+        from rewards.loading import model_dir
+
+        model_dir(self.model_dump(), base_dir, resolve_model)
+
 
 class HttpReward(_RewardBase):
     """type: http: a reward server (POST <url>/score; rewards/http.py)."""
@@ -134,6 +192,21 @@ class HttpReward(_RewardBase):
         self.timeout = self.timeout or 30.0
         self.name = self.name or "http"
         return self
+
+    def build(self, base_dir=None, resolve_model=None):
+        from rewards.http import HttpReward as Client
+        from rewards.scoring import Reward
+
+        client = Client(
+            self.url, self.name, self.token_env, self.timeout, self.retries, self.backoff, self.batch_size
+        )
+        return Reward(self.name, client, self.kwargs)
+
+    def actor_env(self) -> dict[str, str]:
+        # the driver's token goes with the actor (it may run on another node, or in a cluster started
+        # before the variable was set)
+        token = os.environ.get(self.token_env) if self.token_env else None
+        return {self.token_env: token} if token else {}
 
 
 REWARD_TYPES = {"function": FunctionReward, "model": ModelReward, "http": HttpReward}
@@ -173,3 +246,8 @@ RewardEntry = Annotated[
 def reward_entry(**values) -> FunctionReward | ModelReward | HttpReward:
     """A validated reward entry (``type`` from the key given)."""
     return TypeAdapter(RewardEntry).validate_python(values)
+
+
+def entry_of(entry) -> FunctionReward | ModelReward | HttpReward:
+    """A validated entry from an entry or the dict of one."""
+    return entry if isinstance(entry, tuple(REWARD_TYPES.values())) else reward_entry(**entry)

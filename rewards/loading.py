@@ -132,30 +132,6 @@ def build(entry, base_dir: str | Path | None = None, resolve_model=None):
     validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
     (a local HF sequence-classification model, ``rewards.model``; ``resolve_model`` turns a
     ``builtin:NAME`` into a folder) or ``http`` (a reward server, ``rewards.http``)."""
-    from rewards.config import REWARD_TYPES, reward_entry
-    from rewards.scoring import Reward
+    from rewards.config import entry_of
 
-    e = entry if isinstance(entry, tuple(REWARD_TYPES.values())) else reward_entry(**entry)
-    if e.type == "function":
-        return Reward(e.name, load(e.fn, base_dir), e.kwargs)
-    if e.type == "model":
-        from rewards.model import ModelReward
-
-        fn = ModelReward(
-            str(model_dir(e.model_dump(), base_dir, resolve_model)),
-            heads=e.heads,
-            batch_size=e.batch_size,
-            max_length=e.max_length,
-            template=e.template,
-            device=e.device,
-            dtype=e.dtype,
-            threads=e.threads,
-        )
-        return Reward(e.name, fn, e.kwargs)
-    from rewards.http import HttpReward
-
-    return Reward(
-        e.name,
-        HttpReward(e.url, e.name, e.token_env, e.timeout, e.retries, e.backoff, e.batch_size),
-        e.kwargs,
-    )
+    return entry_of(entry).build(base_dir, resolve_model)

@@ -1,5 +1,5 @@
 """AdaptThink (Zhang et al., 2025, arXiv 2505.13417; code THU-KEG/AdaptThink): teach the policy when
-to skip thinking (ALGORITHMS.md section 3).
+to skip thinking.
 
 Pieces, each where it runs:
 - rollouts: ``RolloutEngine.generate_forced`` forces ``round(G * nothink_ratio)`` samples of each group

@@ -1,5 +1,5 @@
 """APO (Hong et al., 2025, arXiv 2506.21655; code Indolent-Kawhi/View-R1): asymmetric policy
-optimisation inside GRPO (ALGORITHMS.md section 4).
+optimisation inside GRPO.
 
 - DADS (positive samples): a per-sample weight on the KL loss, ``1 - exp(-e * p)`` for a sample
   with positive advantage in a group of accuracy ``p`` strictly between 0 and 1, else 1. Rare

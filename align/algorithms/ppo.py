@@ -1,5 +1,5 @@
 """PPO with a learned critic (Schulman et al. 2017; the RLHF form of Ouyang et al. 2022, as
-OpenRLHF, verl and TRL's former PPOTrainer run it; ALGORITHMS.md, PPO).
+OpenRLHF, verl and TRL's former PPOTrainer run it).
 
 The GRPO family's step (sample, score, log-probs, shape, update) with three differences:
 - values: after the log-prob pass, while the rewards run, the critic scores every prefix;

@@ -47,7 +47,7 @@ class MismatchSection(Section):
 
 
 class APOSection(Section):
-    """APO (Hong et al., 2025; ALGORITHMS.md section 4): asymmetric treatment of positive and negative samples."""
+    """APO (Hong et al., 2025): asymmetric treatment of positive and negative samples."""
 
     dads: bool = Field(
         False,
@@ -71,7 +71,7 @@ class APOSection(Section):
 
 
 class AdaptThinkSection(Section):
-    """AdaptThink (Zhang et al., 2025; ALGORITHMS.md section 3): learn when to skip thinking."""
+    """AdaptThink (Zhang et al., 2025): learn when to skip thinking."""
 
     delta: float = Field(
         0.05, description="NoThinking bonus: advantage = R - R_ref(x) + delta * 1[NoThinking] (paper: 0-0.1)."
@@ -94,8 +94,9 @@ class AdaptThinkSection(Section):
     )
     think_token: Optional[str] = Field(
         None,
-        description="A token that opens Thinking (authors: 'Alright'), forced with proposal probability 0.5. null: "
-        "sample the first token from the policy with the end-of-thinking token banned (exact proposal probability).",
+        description="A token that opens Thinking (authors: 'Alright'), forced with proposal probability 1 - nothink_ratio. null: "
+        "sample the first token from the policy with the end-of-thinking token banned (proposal probability "
+        "(1 - nothink_ratio) times the renormalised policy, exact).",
     )
     ref_samples: int = Field(
         16, ge=1, description="K: Thinking samples per prompt from the reference (adapter off) for R_ref(x)."
@@ -275,7 +276,7 @@ class AdaptThinkAlgorithm(GRPOFamilyAlgorithm):
 
 
 class PPOSection(Section):
-    """PPO's critic and advantage estimation (Schulman et al. 2017; ALGORITHMS.md, PPO)."""
+    """PPO's critic and advantage estimation (Schulman et al. 2017)."""
 
     gamma: float = Field(1.0, ge=0, le=1, description="Discount per token in GAE (OpenRLHF, TRL: 1.0).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE's lambda (OpenRLHF, TRL: 0.95).")

@@ -31,7 +31,7 @@ class RewardModelSection(Section):
 
 
 class OFSSection(Section):
-    """OFS-DPO (Qi et al., 2024; ALGORITHMS.md section 5): two LoRA modules at different speeds chasing each other.
+    """OFS-DPO (Qi et al., 2024): two LoRA modules at different speeds chasing each other.
 
     No author code is public; this is our reading of the paper (see ``align.algorithms.ofs``)."""
 
@@ -90,7 +90,7 @@ class COFSSection(Section):
 
 
 class PreferenceSection(Section):
-    """DPO family settings (ALGORITHMS.md sections 0 and 5)."""
+    """DPO family settings."""
 
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
         "sigmoid", description="dpo: sigmoid (DPO), ipo, hinge (SLiC)."

@@ -1,4 +1,4 @@
-"""Group-relative advantage estimators of the GRPO family (ALGORITHMS.md section 0).
+"""Group-relative advantage estimators of the GRPO family.
 
 All take ``rewards`` of shape ``(n_groups * group_size,)`` laid out group by group (the G samples
 of one prompt are contiguous) and return advantages of the same shape. A group whose rewards are

@@ -1,4 +1,4 @@
-"""Clipped policy-gradient surrogate and per-token KL estimators (ALGORITHMS.md section 0)."""
+"""Clipped policy-gradient surrogate and per-token KL estimators."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Preference losses: DPO (sigmoid, IPO, hinge), SimPO (ALGORITHMS.md section 0), Bradley-Terry and
+"""Preference losses: DPO (sigmoid, IPO, hinge), SimPO, Bradley-Terry and
 OFS-DPO's fast-slow term; ``PAIR_LOSSES`` names them for the learner.
 
 Inputs are per-example sequence log-probabilities, shape ``(b,)``; outputs per-example losses

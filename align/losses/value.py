@@ -1,5 +1,5 @@
 """PPO with a learned critic: token-level rewards, generalised advantage estimation and the clipped
-value loss (ALGORITHMS.md, PPO; Schulman et al. 2016 and 2017, the RLHF form of Ouyang et al. 2022).
+value loss (Schulman et al. 2016 and 2017, the RLHF form of Ouyang et al. 2022).
 
 Layout as everywhere in ``align.losses``: per-token tensors ``(b, t)`` aligned with the shifted
 targets, ``mask`` 1 on completion tokens (one contiguous run per row). A row's value column ``j`` is

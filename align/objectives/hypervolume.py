@@ -1,4 +1,4 @@
-"""Hypervolume-guided dynamic reward weighting (Lu et al., 2025, arXiv 2509.11452; ALGORITHMS.md 1a).
+"""Hypervolume-guided dynamic reward weighting (Lu et al., 2025, arXiv 2509.11452).
 
 Two variants (``objective.hypervolume.variant``):
 

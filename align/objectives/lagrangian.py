@@ -1,4 +1,4 @@
-"""Constrained RLHF with learned Lagrange multipliers (Moskovitz et al., ICLR 2024; ALGORITHMS.md 2).
+"""Constrained RLHF with learned Lagrange multipliers (Moskovitz et al., ICLR 2024).
 
 One task objective is maximised while each constrained reward is held at (``equal``), above
 (``at_least``) or below (``at_most``) its threshold theta_i. No critic: each objective gets its own

@@ -1,4 +1,4 @@
-"""Lagrange multipliers for constrained RLHF (Moskovitz et al., ICLR 2024; ALGORITHMS.md section 2).
+"""Lagrange multipliers for constrained RLHF (Moskovitz et al., ICLR 2024).
 
 Following the authors' code (rl4lms ``constrained_ppo.py``): raw multipliers ``lambda`` are squashed
 by ``tanh`` (equality constraints), ``sigmoid`` (inequality) or not at all; each update minimises

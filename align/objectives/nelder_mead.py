@@ -1,6 +1,6 @@
 """Nelder-Mead with ask/tell control, for searching constraint thresholds within one run.
 
-The authors' NM-PPO (rl4lms ``NelderMeadTrainer``, ALGORITHMS.md section 2) evaluates f(theta) by
+The authors' NM-PPO (rl4lms ``NelderMeadTrainer``) evaluates f(theta) by
 continuing to train the same policy, so the optimiser must hand out one point at a time and wait:
 ``ask()`` returns the next point to evaluate (None when finished), ``tell(f)`` reports its value.
 scipy's ``minimize(method="Nelder-Mead")`` only calls f itself, so it cannot drive a training loop;

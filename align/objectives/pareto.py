@@ -1,6 +1,6 @@
 """Hypervolume and its contribution, for hypervolume-guided weighting and sweeps.
 
-Lu et al. (2025, arXiv 2509.11452), ALGORITHMS.md section 1a: the authors' "vanilla" trainer keeps
+Lu et al. (2025, arXiv 2509.11452), the authors' "vanilla" trainer keeps
 a buffer of validation points, measures the hypervolume contribution (HVC) of each new point
 against the initial point as reference, and scales the next step's reward by the meta reward
 ``0.5 + 1.5 * tanh(HVC)``. The hypervolume itself is moocore's (exact, any dimension).

@@ -1,4 +1,4 @@
-"""Gradient-based weight optimisation on the simplex (ALGORITHMS.md section 1b).
+"""Gradient-based weight optimisation on the simplex.
 
 Lu et al. (2025): one backward pass per objective gives gradients ``g_k`` (over a subset of the
 parameters, for LoRA the adapter); the influence of objective k is ``I_k = <g_k, sum_j g_j>``

@@ -82,11 +82,9 @@ class SharedActors:
         lspec = dataclasses.replace(first.lspec, slot_seeds=seeds)
         rspec = dataclasses.replace(first.rspec, max_loras=len(trainers)) if first.rspec is not None else None
         # started by the first trainer, as it starts its own (Ray, the start-up clock, plug-ins checked)
-        learners, self.rollouts, self.rewards = first._start_actors(
-            lspec, rspec, rewards=first.algorithm.uses_rewards
-        )
-        self.owns_ray = first._owns_ray
-        self.learners = SharedLearners(learners)
+        actors = first._start_actors(lspec, rspec, rewards=first.algorithm.uses_rewards)
+        self.rollouts, self.rewards, self.owns_ray = actors.rollouts, actors.rewards, actors.owns_ray
+        self.learners = SharedLearners(actors.learners)
 
     def views(self, trainer):
         """(learners, rollouts, rewards) as ``trainer`` sees them."""

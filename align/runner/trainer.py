@@ -1,17 +1,15 @@
-"""The runner: Ray and the actor groups (vLLM rollout workers, DeepSpeed learner ranks, reward
-actors), run state, signals, recovery from lost actors, checkpoints and ``--resume``, the
-evaluation cadence, metrics and plots. What a step does belongs to the algorithm
-(``align.algorithms``, looked up by ``algorithm.name``): the loop calls ``algorithm.step(ctx, step)``
-and syncs the adapter it serves.
+"""The runner's loop: prepare (data, specs), start the actors (``align.runner.actors``), then per
+step the algorithm's step, the adapter sync, the evaluation cadence, a checkpoint
+(``align.runner.checkpoints``) and the metrics row; a stop signal (``align.runner.signals``) or a lost
+learner rank (recovery from the last checkpoint) is handled between steps. What a step does belongs
+to the algorithm (``align.algorithms``, looked up by ``algorithm.name``): the loop calls
+``algorithm.step(ctx, step)`` and syncs the adapter it serves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -32,9 +30,13 @@ from align.reporting.metrics import (
 )
 from align.reporting.trackers import Trackers
 from align.runner import interrupts
-from align.runner.cluster import ClusterLost, ClusterWatch, start_ray
+from align.runner.actors import Actors, start_actors
+from align.runner.checkpoints import RunCheckpoints
+from align.runner.cluster import ClusterLost, ClusterWatch
 from align.runner.interrupts import StopRequested
-from align.store.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from align.runner.pool import ActorPool
+from align.runner.signals import StopSignals
+from align.store.checkpoint import list_checkpoints
 from align.workers.groups import LearnerLost
 
 log = logging.getLogger("align.train")
@@ -68,26 +70,40 @@ class Trainer:
         shared=None,
     ):
         self.cfg, self.config_dir, self.address, self.resume = config, config_dir, address, resume
-        # actors shared with other trials of one job (``align.runner.jobs``): this run takes views of them
-        # and neither starts nor stops them
+        # actors shared with other trials of one job (``align.runner.jobs``): this run takes views of
+        # them and neither starts nor stops them
         self.shared = shared
         self.tag = ""  # a job's trials prefix their progress lines with their names
-        # a job's trials take turns (``align.runner.jobs.Turns``): held for a step (with its evaluation and
-        # checkpoint) and for the start (first sync, eval before)
+        # a job's trials take turns (``align.runner.jobs.Turns``): held for a step (with its evaluation
+        # and checkpoint) and for the start (first sync, eval before)
         self.turn = contextlib.nullcontext()
         self._prepared = False
         self.run_dir = Path(config.trainer.output_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.checkpoints = RunCheckpoints(self.run_dir, config)
+        self.ckpt_dir = self.checkpoints.dir
+        self.signals = StopSignals(config.trainer.stop_timeout, self.checkpoints.state_line)
         self.algorithm: Algorithm = algorithm_class(config.algorithm.name)(config)
         self.ctx = RunContext(cfg=config, config_dir=config_dir, run_dir=self.run_dir)
-        self._stop_signal: int | None = None
-        self._last_ckpt: Path | None = None  # the newest checkpoint this run wrote or resumed from
+        self.actors: Actors | None = None
         self._learner_restarts = 0
 
     # the actor groups (tests and tools reach them here)
     learners = property(lambda self: self.ctx.learners)
     rollouts = property(lambda self: self.ctx.rollouts)
     rewards = property(lambda self: self.ctx.rewards)
+
+    @property
+    def _stop_signal(self) -> int | None:
+        """The signal that asked the run to stop (a test may set it as a signal would)."""
+        return self.signals.signum
+
+    @_stop_signal.setter
+    def _stop_signal(self, signum: int | None) -> None:
+        self.signals.signum = signum
+
+    @property
+    def _owns_ray(self) -> bool:
+        return self.actors is not None and self.actors.owns_ray
 
     # ------------------------------------------------------------------ set-up
     def prepare(self) -> None:
@@ -96,16 +112,17 @@ class Trainer:
         actors' specs. A job of several trials prepares each before it starts their shared actors."""
         if self._prepared:
             return
-        if self.resume:
-            self._preloaded = self._latest_checkpoint() or {}
+        preloaded = self.checkpoints.preload() if self.resume else None
         self.clock = StartupClock(log)
-        self._setup_local()
+        self._setup_local(preloaded)
         self._prepared = True
 
-    def _setup_local(self) -> None:
+    def _setup_local(self, preloaded: dict | None) -> None:
         from transformers import AutoTokenizer
 
         from align.models.builtin import resolve_model_path
+        from align.workers.learner.spec import LearnerSpec
+        from align.workers.rollout import RolloutSpec
 
         cfg, ctx, alg = self.cfg, self.ctx, self.algorithm
         ctx.clock = self.clock
@@ -118,22 +135,29 @@ class Trainer:
         ctx.context_length = check_context(cfg, self.model_path)
         alg.load_data(ctx)  # read and checked before any actor starts
         ctx.sampler = PromptSampler(len(ctx.train_rows), cfg.trainer.seed)
-        self._check_resumed_adapter()
-        save_resolved(cfg, self.run_dir)
-        from align.workers.learner.spec import LearnerSpec
-        from align.workers.rollout import RolloutSpec
+        if preloaded:  # the checkpoint --resume continues from must hold an adapter of this base model
+            from align.models.adapters import check_adapter
 
+            where = f"--resume {preloaded['path']}"
+            check_adapter(preloaded["adapter"], self.model_path, where, cfg.model.trust_remote_code)
+        for key, why in cfg.derived.items():
+            log.info("config: %s = %s", key, why)
+        save_resolved(cfg, self.run_dir)
         self.rspec = alg.rollout_spec(ctx, RolloutSpec.from_config(cfg, self.model_path))
         self.lspec = alg.learner_spec(ctx, LearnerSpec.from_config(cfg, self.model_path))
 
     def _setup_actors(self) -> None:
         cfg, ctx, alg = self.cfg, self.ctx, self.algorithm
+        if self.shared is None and ActorPool.current is not None and not self.address:
+            self.shared = ActorPool.current.lease(self)  # kept actors of this process, if they fit
         if self.shared is not None:
-            self._owns_ray = False
             ctx.learners, ctx.rollouts, ctx.rewards = self.shared.views(self)
         else:
-            ctx.learners, ctx.rollouts, ctx.rewards = self._start_actors(
-                self.lspec, self.rspec, rewards=alg.uses_rewards
+            self.actors = self._start_actors(self.lspec, self.rspec, rewards=alg.uses_rewards)
+            ctx.learners, ctx.rollouts, ctx.rewards = (
+                self.actors.learners,
+                self.actors.rollouts,
+                self.actors.rewards,
             )
         alg.setup(ctx)
         if cfg.rollout.max_staleness and ctx.rollouts is not None:
@@ -150,85 +174,9 @@ class Trainer:
                     cfg.learner.threads,
                 )
 
-    def _start_actors(self, lspec: dict, rspec: dict | None, rewards: bool = True):
-        """Ray, then the learner ranks, rollout workers (``rspec`` None: none) and reward actors
-        (``rewards``), each start-up phase timed; learners and rollout engines load at the same time
-        (each waits on its own model load). Returns (learners, rollouts, rewards)."""
-        from align.workers.groups import LearnerGroup, RolloutGroup
-        from align.workers.reward import RewardPool
-
-        cfg, clock = self.cfg, self.clock
-        clock.record("config and data", time.time() - clock.t0)
-        with clock.phase("ray"):
-            gpu = self._init_ray(cfg.rollout.num_workers if rspec is not None else 0)
-        t0 = time.time()
-        learners = LearnerGroup(
-            lspec, cfg.learner.num_ranks, cfg.learner.num_cpus, gpu, cfg.trainer.seed, wait=False
-        )
-        rollouts = (
-            RolloutGroup(
-                rspec,
-                cfg.rollout.num_workers,
-                cfg.rollout.num_cpus,
-                gpu,
-                cfg.trainer.actor_restarts,
-                wait=False,
-            )
-            if rspec is not None
-            else None
-        )
-        pool = None
-        if rewards:
-            with clock.phase("reward actors", f"{len(cfg.rewards)}"):
-                pool = RewardPool(
-                    [r.model_dump() for r in cfg.rewards], self.config_dir, cfg.trainer.actor_restarts
-                )
-        learners.ready()
-        clock.record("learners", time.time() - t0, f"{cfg.learner.num_ranks} DeepSpeed rank(s)")
-        if rollouts is not None:
-            rollouts.ready()
-            clock.record(
-                "rollout workers",
-                time.time() - t0,
-                f"{cfg.rollout.num_workers} vLLM engine(s), lora_mode="
-                f"{rollouts.lora_mode}, started with the learners; the engine's own load {rollouts.start_seconds:.1f}s",
-            )
-        return learners, rollouts, pool
-
-    def _init_ray(self, rollout_workers: int | None = None) -> int:
-        """Start (or join) Ray and check the run's actors fit (``align.runner.cluster.start_ray``); returns
-        GPUs per actor (0 or 1). What can be checked without Ray is checked first: function rewards
-        import, reward-model folders exist."""
-        from align.models.builtin import resolve_model_path
-        from rewards.loading import load, model_dir
-
-        for entry in self.cfg.rewards:
-            if entry.type == "model":
-                model_dir(entry.model_dump(), self.config_dir, resolve_model_path)
-            elif entry.type == "function":  # the user's plug-in, imported here as the reward actor will
-                load(entry.fn, self.config_dir)
-        gpu, self._owns_ray = start_ray(self.cfg, self.address, rollout_workers)
-        return gpu
-
-    def _release_actors(self) -> None:
-        actors = [
-            *getattr(self.rewards, "actors", []),
-            *getattr(self.learners, "ranks", []),
-            *getattr(self.rollouts, "workers", []),
-        ]
-        for actor in actors:
-            if actor is not None:
-                ray.kill(actor)
-
-    def _check_resumed_adapter(self) -> None:
-        """The checkpoint ``--resume`` continues from must hold an adapter of this base model."""
-        ckpt = getattr(self, "_preloaded", None)
-        if ckpt:
-            from align.models.adapters import check_adapter
-
-            check_adapter(
-                ckpt["adapter"], self.model_path, f"--resume {ckpt['path']}", self.cfg.model.trust_remote_code
-            )
+    def _start_actors(self, lspec, rspec, rewards: bool = True) -> Actors:
+        """This run's actors (``align.runner.actors.start_actors``; a sweep job starts its shared ones here)."""
+        return start_actors(self.cfg, lspec, rspec, rewards, self.clock, self.config_dir, self.address)
 
     # ------------------------------------------------------------------ a step
     def _step(self, step: int) -> dict:
@@ -263,36 +211,32 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         return self.algorithm.evaluate(self.ctx)
 
-    # ------------------------------------------------------------------ signals and faults
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None:  # a second signal: stop now
-            interrupts.post(KeyboardInterrupt())
-            return
-        self._stop_signal = signum
-        timeout = self.cfg.trainer.stop_timeout
-        signal.alarm(max(1, math.ceil(timeout)))  # past trainer.stop_timeout: _on_alarm stops at once
-        log.warning(
-            "received %s: finishing this step, writing a checkpoint, then stopping (within %gs)",
-            signal.Signals(signum).name,
-            timeout,
-        )
+    def _after_step(self, step: int, m: dict) -> tuple[bool, dict | None]:
+        """The step's evaluation (the last step, every ``eval_every``, or when the objective asks),
+        the objective's and faults' metrics, and its checkpoint (the last step, every ``save_every``,
+        or a stop requested). Returns (whether it checkpointed, the evaluation of the last step)."""
+        cfg, ctx = self.cfg, self.ctx
+        last = step + 1 == cfg.trainer.max_steps
+        periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
+        wanted = ctx.objective.wants_eval(step + 1) if ctx.objective is not None else False
+        after = None
+        if ctx.eval_rows and (last or periodic or wanted):
+            result = self._evaluate()
+            m.update({f"eval/{k}": v for k, v in result.items()})
+            # only the evaluations it asked for move the objective (a run extended later continues exactly)
+            if wanted:
+                m.update(ctx.objective.observe_eval(step + 1, result))
+            after = result if last else None
+        if ctx.objective is not None:
+            m.update(ctx.objective.state_metrics())
+        m.update(self._fault_metrics())
+        every = cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0
+        saved = bool(last or every or self._stop_signal)
+        if saved:  # before the metrics row: a row is never logged for a step a restart would redo
+            self._save(step + 1)
+        return saved, after
 
-    def _on_alarm(self, signum, frame) -> None:
-        interrupts.post(
-            StopRequested(
-                f"stopped by {signal.Signals(self._stop_signal).name}: the step did not finish within "
-                f"trainer.stop_timeout={self.cfg.trainer.stop_timeout:g}s, so no checkpoint was written; "
-                f"{self._state_line()}"
-            )
-        )
-
-    def _state_line(self) -> str:
-        return (
-            f"the last checkpoint is {self._last_ckpt}"
-            if self._last_ckpt
-            else "no checkpoint of this run was written yet"
-        )
-
+    # ------------------------------------------------------------------ faults and checkpoints
     def _fault_metrics(self) -> dict[str, int]:
         """Actors lost and recovered so far in this run (only when there were some)."""
         counts = {
@@ -305,23 +249,19 @@ class Trainer:
     def _recover_learners(self, exc: LearnerLost) -> int:
         """A learner rank died: restart the group, restore the last checkpoint of this run; returns its step."""
         self._learner_restarts += 1
-        limit = self.cfg.trainer.learner_restarts
+        limit, last = self.cfg.trainer.learner_restarts, self.checkpoints.last
         if self._learner_restarts > limit:
             raise RuntimeError(
                 f"{exc}; the learner group was already restarted {limit} time(s) "
-                f"(trainer.learner_restarts={limit}); the last checkpoint is {self._last_ckpt}"
+                f"(trainer.learner_restarts={limit}); the last checkpoint is {last}"
             ) from exc
-        if self._last_ckpt is None:
+        if last is None:
             raise RuntimeError(
                 f"{exc}; no checkpoint of this run to restart the learners from yet "
                 f"(trainer.save_every={self.cfg.trainer.save_every})"
             ) from exc
         log.warning(
-            "%s; restarting the learner group (%d/%d) from %s",
-            exc,
-            self._learner_restarts,
-            limit,
-            self._last_ckpt,
+            "%s; restarting the learner group (%d/%d) from %s", exc, self._learner_restarts, limit, last
         )
         self.learners.restart()
         self.ctx.objective = None  # rebuilt from the checkpoint's state at the next scores
@@ -331,167 +271,80 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, self.trackers, resume_step=step)
         return step
 
-    # ------------------------------------------------------------------ checkpoints
-    def _checkpoint(self, step: int) -> Path:
-        ctx = self.ctx
-        tensors, adapter_cfg = self.algorithm.served_adapter(ctx)
-        objective_state = (
-            ctx.objective.state_dict() if ctx.objective is not None else (ctx.objective_state or {})
-        )
-        state = {
-            "version": step,
-            "data_position": ctx.sampler.position,
-            "seed": self.cfg.trainer.seed,
-            "learner_ranks": self.cfg.learner.num_ranks,
-            "objective": objective_state,
-            **self.algorithm.state_dict(),
-        }
-        extra = self.algorithm.extra_adapters(ctx)
-        if ctx.queue is not None:  # asynchronous: the batches in flight and the versions they sample from
-            state["in_flight"] = ctx.queue.state()
-            extra = {**extra, **ctx.queue.saved_adapters()}
-        return save_checkpoint(
-            self.ckpt_dir,
-            step,
-            tensors,
-            adapter_cfg,
-            self.learners.optimizer_states(),
-            state,
-            keep=self.cfg.trainer.keep_checkpoints,
-            extra_adapters=extra,
-        )
-
     def _save(self, step: int) -> None:
-        self._last_ckpt = self._checkpoint(step)
-
-    def _latest_checkpoint(self) -> dict | None:
-        """The checkpoint to continue from (verified): the newest this run wrote, else (``--resume``) the
-        newest complete one in the run directory, or None (then the run starts at 0)."""
-        preloaded, self._preloaded = getattr(self, "_preloaded", None), None
-        if preloaded is not None:
-            return preloaded or None
-        if self._last_ckpt is None:
-            found = list_checkpoints(self.ckpt_dir)
-            if not found:
-                log.warning("--resume: no checkpoint in %s; starting from step 0", self.ckpt_dir)
-                return None
-            self._last_ckpt = found[-1]
-        return load_checkpoint(self._last_ckpt)
+        self.checkpoints.save(step, self.ctx, self.algorithm)
 
     def _restore(self) -> int:
-        ckpt = self._latest_checkpoint()
-        if ckpt is None:
+        """The latest checkpoint's state back in the method, the learners and the data; its adapter
+        served again. Returns its step (0 without one)."""
+        restored = self.checkpoints.restore(self.ctx, self.algorithm)
+        if restored is None:
             return 0
-        st = ckpt["state"]
-        self.algorithm.load_state_dict(st)
-        self.algorithm.restore(self.ctx, ckpt)  # may switch the data (a domain), hence the sampler, first
-        self.ctx.objective_state = st.get("objective", {})
-        self.ctx.sampler.position = st["data_position"]
-        step = st["step"]
-        if self.ctx.queue is not None:  # the batches in flight at the checkpoint, sampled again
-            self.ctx.queue.restore(st.get("in_flight", []), ckpt["extra_adapters"])
-        elif st.get("in_flight"):  # an asynchronous run's checkpoint resumed in lockstep: draw them again
-            self.ctx.sampler.position = st["in_flight"][0]["position"]
-            log.info(
-                "the checkpoint had %d batch(es) in flight (rollout.max_staleness > 0); lockstep draws their "
-                "prompts again from position %d",
-                len(st["in_flight"]),
-                self.ctx.sampler.position,
-            )
+        step, ckpt = restored
         self._sync(step)
         log.info("resumed from %s (step %d)", ckpt["path"], step)
         return step
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
+    def _start(self) -> tuple[int, dict | None]:
+        """Everything up to the first step: data, trackers, actors, signals, the restore or first sync,
+        the evaluation before training. Returns (the first step, that evaluation)."""
         cfg, ctx = self.cfg, self.ctx
-        old_handlers: dict = {}
+        if self.shared is None:  # (a job's trials share the process: one stop request for all)
+            interrupts.clear()
+        self.prepare()
+        self.trackers = Trackers(cfg, self.run_dir, resume=self.resume)
+        self._setup_actors()
+        if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
+            self._watch = ClusterWatch(self.address, self.checkpoints.state_line).__enter__()
+        # After ray.init, which installs its own SIGTERM handler in the driver: from here on a signal
+        # finishes the step, writes a checkpoint and stops (a second one stops at once).
+        self.signals.install()
+        before = None
+        with self.turn:
+            with self.clock.phase("restore" if self.resume else "first adapter sync"):
+                start = self._restore() if self.resume else 0
+                if start == 0:
+                    self._sync(0)
+            self.metrics = MetricsLog(self.run_dir, self.trackers, resume_step=start if self.resume else None)
+            if start == 0 and ctx.eval_rows:
+                with self.clock.phase("eval before", f"{len(ctx.eval_rows)} prompts"):
+                    before = self._evaluate()
+                ctx.before_eval = before  # handed to the objective once it exists (first scored batch)
+                self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
+        startup = self.clock.metrics()
+        self.metrics.log_startup(startup)
+        log.info("start-up: %.1fs in all", startup["startup/total"])
+        return start, before
+
+    def run(self) -> dict:
+        cfg = self.cfg
         status = "FAILED"  # how the trackers' runs end, unless the run finishes or is stopped
         try:
-            if self.shared is None:  # (a job's trials share the process: one stop request for all)
-                interrupts.clear()
-            self.prepare()
-            self.trackers = Trackers(cfg, self.run_dir, resume=self.resume)
-            self._setup_actors()
-            if self.address and self._owns_ray:  # a joined cluster that goes away: ClusterLost, not a hang
-                self._watch = ClusterWatch(self.address, self._state_line).__enter__()
-            # After ray.init, which installs its own SIGTERM handler in the driver: from here on a
-            # signal finishes the step, writes a checkpoint and stops (a second one stops at once).
-            if threading.current_thread() is threading.main_thread():  # (a sweep trial runs in a thread)
-                old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-                old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
-            with self.turn:
-                with self.clock.phase("restore" if self.resume else "first adapter sync"):
-                    start = self._restore() if self.resume else 0
-                    if start == 0:
-                        self._sync(0)
-                self.metrics = MetricsLog(
-                    self.run_dir, self.trackers, resume_step=start if self.resume else None
-                )
-                before = None
-                if start == 0 and ctx.eval_rows:
-                    with self.clock.phase("eval before", f"{len(ctx.eval_rows)} prompts"):
-                        before = self._evaluate()
-                    ctx.before_eval = before  # handed to the objective once it exists (first scored batch)
-                    self.metrics.log(0, {f"eval/{k}": v for k, v in before.items()})
-            startup = self.clock.metrics()
-            self.metrics.log_startup(startup)
-            log.info("start-up: %.1fs in all", startup["startup/total"])
-            t_loop, done, after = time.time(), 0, {}
-            step = start
+            step, before = self._start()
+            t_loop, done, after = time.time(), 0, None
             while step < cfg.trainer.max_steps:
                 try:
                     with self.turn:
                         interrupts.check()
                         m = self._step(step)
                         done += 1
-                        last = step + 1 == cfg.trainer.max_steps
-                        periodic = cfg.trainer.eval_every and (step + 1) % cfg.trainer.eval_every == 0
-                        wanted = ctx.objective.wants_eval(step + 1) if ctx.objective is not None else False
-                        if ctx.eval_rows and (last or periodic or wanted):
-                            result = self._evaluate()
-                            m.update({f"eval/{k}": v for k, v in result.items()})
-                            # only the evaluations it asked for move the objective (a run extended later
-                            # continues exactly)
-                            if wanted:
-                                m.update(ctx.objective.observe_eval(step + 1, result))
-                            after = result if last else after
-                        if ctx.objective is not None:
-                            m.update(ctx.objective.state_metrics())
-                        m.update(self._fault_metrics())
-                        saved = bool(
-                            last
-                            or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0)
-                            or self._stop_signal
-                        )
-                        if (
-                            saved
-                        ):  # before the metrics row: a row is never logged for a step a restart would redo
-                            self._save(step + 1)
+                        saved, last_eval = self._after_step(step, m)
+                        after = last_eval or after
                 except LearnerLost as exc:
                     step = self._recover_learners(exc)
                     continue
                 self.metrics.log(step + 1, m)
-                eta = (time.time() - t_loop) / done * (cfg.trainer.max_steps - step - 1)
-                if (step + 1) % cfg.trainer.log_every == 0:
-                    log.info(
-                        "%sstep %d/%d | %s | %.1fs/step | ETA %s",
-                        self.tag,
-                        step + 1,
-                        cfg.trainer.max_steps,
-                        self.algorithm.progress(m),
-                        m.get("timing/step", 0.0),
-                        _hms(eta),
-                    )
-                if self._stop_signal and not last:
+                self._log_progress(step, m, (time.time() - t_loop) / done)
+                if self._stop_signal and step + 1 < cfg.trainer.max_steps:
                     if not saved:  # the signal came while the row was being logged
                         self._save(step + 1)
                     raise StopRequested(
-                        f"stopped by {signal.Signals(self._stop_signal).name} after step {step + 1}; "
+                        f"stopped by {self.signals.name} after step {step + 1}; "
                         f"checkpoint written to {self.ckpt_dir}; continue with --resume"
                     )
                 step += 1
-            summary = self._finish(before, after)
+            summary = self._finish(before, after or {})
             status = "FINISHED"
             return summary
         except (StopRequested, KeyboardInterrupt):
@@ -501,24 +354,42 @@ class Trainer:
             self._cluster_lost = True
             raise
         finally:
-            if getattr(self, "_watch", None) is not None:
-                self._watch.__exit__()
-            if old_handlers:
-                signal.alarm(0)
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            if getattr(self, "metrics", None):
-                self.metrics.close()
-            if getattr(self, "trackers", None):
-                self.trackers.finish(status)
-            if getattr(self, "_cluster_lost", False):
-                pass  # nothing to shut down: talking to a dead cluster would only wait
-            elif self.shared is not None:  # the job stops the actors; the learners forget this trial
-                self.shared.release(self)
-            elif ray.is_initialized() and getattr(self, "_owns_ray", True):
-                ray.shutdown()
-            elif ray.is_initialized():  # a trial in a shared cluster: free its actors
-                self._release_actors()
+            self._teardown(status)
+
+    def _log_progress(self, step: int, m: dict, seconds_per_step: float) -> None:
+        cfg = self.cfg
+        if (step + 1) % cfg.trainer.log_every == 0:
+            log.info(
+                "%sstep %d/%d | %s | %.1fs/step | ETA %s",
+                self.tag,
+                step + 1,
+                cfg.trainer.max_steps,
+                self.algorithm.progress(m),
+                m.get("timing/step", 0.0),
+                _hms(seconds_per_step * (cfg.trainer.max_steps - step - 1)),
+            )
+
+    def _teardown(self, status: str) -> None:
+        """Signals back, the metrics and trackers closed (the trackers' run ends as ``status``), the
+        actors stopped: Ray shut down if this run started it, else its actors killed (a job's trials
+        leave theirs to the job, which makes the learners forget the trial)."""
+        if getattr(self, "_watch", None) is not None:
+            self._watch.__exit__()
+        self.signals.uninstall()
+        if getattr(self, "metrics", None):
+            self.metrics.close()
+        if getattr(self, "trackers", None):
+            self.trackers.finish(status)
+        if getattr(self, "_cluster_lost", False):
+            return  # nothing to shut down: talking to a dead cluster would only wait
+        if self.shared is not None:
+            self.shared.release(self)
+        elif self.actors is None or not ray.is_initialized():
+            return  # no actor started (a failed start shut down the Ray it started)
+        elif self.actors.owns_ray:
+            ray.shutdown()
+        else:  # a run in a cluster it did not start: free its actors
+            self.actors.release()
 
     def _finish(self, before: dict | None, after: dict) -> dict:
         """Plots, the ranks' agreement, the algorithm's own end (exports), the summary."""

@@ -35,7 +35,8 @@ import numpy as np
 import ray
 
 from align.runner import interrupts
-from rewards import RewardError, RewardScores, RewardValues, build, evaluate_reward
+from rewards import RewardError, RewardScores, RewardValues, evaluate_reward
+from rewards.config import entry_of
 from rewards.scoring import RewardContractError, apply_failure_policy, combine
 
 log = logging.getLogger("align.rewards")
@@ -47,12 +48,14 @@ class RewardActor:
     def __init__(self, entry: dict, base_dir: str | None = None):
         from align.models.builtin import resolve_model_path
 
-        self.entry = entry
-        self.reward = build(entry, base_dir, resolve_model_path)
+        self.entry = entry_of(entry)
+        self.reward = self.entry.build(base_dir, resolve_model_path)
 
     def ready(self) -> dict:
-        """The process id, and for a server its /info (checks the URL and the token before the run starts)."""
-        return {"pid": os.getpid(), **(self.reward.fn.info() if self.entry.get("type") == "http" else {})}
+        """The process id, and what the scorer tells of itself (a server's /info: checks the URL and
+        the token before the run starts)."""
+        info = getattr(self.reward.fn, "info", None)
+        return {"pid": os.getpid(), **(info() if callable(info) else {})}
 
     def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
         return evaluate_reward(
@@ -60,7 +63,7 @@ class RewardActor:
             prompts,
             completions,
             columns,
-            per_sample=self.entry.get("type", "function") == "function",
+            per_sample=self.entry.per_sample,
         )
 
 
@@ -102,11 +105,9 @@ class RewardPool:
 
     def _start(self, e: dict):
         options = {"num_cpus": 0, "num_gpus": e.get("num_gpus", 0) or 0, "max_restarts": 0}
-        token_env = e.get("token_env")
-        if e["type"] == "http" and token_env and os.environ.get(token_env):
-            # the driver's token goes with the actor (it may run on another node, or in a cluster
-            # started before the variable was set)
-            options["runtime_env"] = {"env_vars": {token_env: os.environ[token_env]}}
+        env = entry_of(e).actor_env()
+        if env:
+            options["runtime_env"] = {"env_vars": env}
         return ray.remote(RewardActor).options(**options).remote(e, self.base_dir)
 
     # ------------------------------------------------------------------ scoring

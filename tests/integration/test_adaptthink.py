@@ -12,6 +12,7 @@ import torch
 from align.config.loading import load_config
 from align.models.builtin import ensure_builtin
 from align.runner.trainer import Trainer
+from tests.integration.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "adaptthink_tiny.yaml"
@@ -21,14 +22,14 @@ PROMPTS = ["2+5-3+4=<think>", "1+1=<think>"]
 @pytest.fixture
 def engine():
     """A rollout worker as the trainer runs it: a Ray actor (its process, and its KV cache, go at the
-    end; an in-process engine would keep its memory and starve the next engine of this pytest run).
-    Function-scoped: the Ray session must be gone before the next test's trainer starts its own."""
+    end; an in-process engine would keep its memory and starve the next engine of this pytest run)."""
     import ray
 
     from align.workers.rollout import RolloutEngine
 
     path = str(ensure_builtin("tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray()
+    actor = None
     try:
         actor = (
             ray.remote(RolloutEngine)
@@ -45,7 +46,7 @@ def engine():
         )
         yield actor, path
     finally:
-        ray.shutdown()
+        kill(actor)
 
 
 def test_forced_split_counts_first_tokens_and_proposal_logprobs(engine):

@@ -4,13 +4,13 @@ loss aggregation (no hidden accumulation or data-parallel scaling)."""
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from align.losses import AGG_MODES
 from align.models.builtin import ensure_builtin
 from align.rollout.batch import pack
 from align.workers.groups import LearnerGroup
+from tests.integration.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,13 @@ def policy_cfg(agg: str) -> dict:
 
 
 def tiny_learners(micro_batch_sizes: dict[str, tuple], critic: dict | None = None):
-    """A Ray cluster of 2 CPUs, the tiny model's tokenizer and learner groups (name -> (ranks,
-    micro_batch_size[, critic model path])) with the same LoRA initialisation; with ``critic`` (its
-    lr) every group holds PPO's critic (on its own base where a path is given); shut Ray down when done."""
+    """The tiny model's tokenizer and learner groups (name -> (ranks, micro_batch_size[, critic model
+    path])) with the same LoRA initialisation, in the package's Ray cluster; with ``critic`` (its lr)
+    every group holds PPO's critic (on its own base where a path is given); ``kill`` them when done."""
     from transformers import AutoTokenizer
 
     path = str(ensure_builtin("tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray()
     spec = dict(
         model_path=path,
         device="cpu",
@@ -83,7 +83,7 @@ def groups():
             }
         )
     yield g["one"], g["two"], pack(samples, tok.pad_token_id), g["separate"]
-    ray.shutdown()
+    kill(*g.values())
 
 
 def test_one_rank_equals_two_ranks_for_every_aggregation(groups):

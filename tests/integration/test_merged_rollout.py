@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from align.models.builtin import ensure_builtin
+from tests.integration.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["2+5-3+4=<think>", "1+1=<think>", "9-4+2=<think>"]
@@ -51,7 +52,8 @@ def engine():
     from align.workers.rollout import RolloutEngine, cpu_preload_env
 
     path = str(ensure_builtin("tiny"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray()
+    actor = None
     try:
         actor = (
             ray.remote(RolloutEngine)
@@ -70,7 +72,7 @@ def engine():
         )
         yield actor, path
     finally:
-        ray.shutdown()
+        kill(actor)
 
 
 def _sample(actor, use_adapter: bool, version: int | None):

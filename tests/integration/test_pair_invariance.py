@@ -4,9 +4,9 @@ micro-batches with gradient accumulation (the same accumulation loop as the poli
 
 import numpy as np
 import pytest
-import ray
 
 from align.algorithms.dpo import pack_pairs
+from tests.integration.cluster import kill
 from tests.integration.test_learner_invariance import tiny_learners
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def groups():
             }
         )
     yield (one, two, acc), pack_pairs(pairs, tok.pad_token_id)
-    ray.shutdown()
+    kill(one, two, acc)
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo"])

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 import yaml
 
@@ -15,6 +14,7 @@ from align.config import reward_entry
 from align.workers.reward import RewardPool
 from rewards import RewardError
 from rewards.process import RewardServer
+from tests.integration.cluster import Tracked, ensure_ray
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +30,10 @@ def entries(*raw) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    """The package's cluster; every reward pool the module makes is killed at its end."""
+    ensure_ray()
+    with Tracked(RewardPool):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from align.config.loading import load_config
 from align.models.builtin import resolve_model_path
 from align.runner.trainer import Trainer
 
-pytestmark = pytest.mark.integration
+# the real model's runs start everything from nothing (their start-up is part of what they show)
+pytestmark = [pytest.mark.integration, pytest.mark.own_actors]
 ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = [
     "What is 17 + 25? Reply with just the number.",

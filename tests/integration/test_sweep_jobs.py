@@ -12,7 +12,8 @@ from align.reporting.metrics import VOLATILE
 from align.runner.jobs import TrialRun, run_trials, share_key
 from align.runner.trainer import Trainer
 
-pytestmark = pytest.mark.integration
+# the solo runs start their own actors: the job is compared with runs as a user starts them
+pytestmark = [pytest.mark.integration, pytest.mark.own_actors]
 ROOT = Path(__file__).resolve().parents[2]
 MULTI = ROOT / "configs" / "multi_objective_tiny.yaml"
 SMALL = ["data.eval_size=24", "data.prompts_per_step=8", "trainer.save_every=0", "trainer.eval_every=1"]

@@ -12,8 +12,8 @@ import torch
 
 from align.algorithms.dpo import best_worst_pairs
 from align.algorithms.ofs import Chase
-from align.models.lora import combine_lora, delta_w, truncate_lora
 from align.losses.preference import fast_slow_losses
+from align.models.lora import combine_lora, delta_w, truncate_lora
 
 
 def _logps(seed: int, n: int = 3) -> torch.Tensor:

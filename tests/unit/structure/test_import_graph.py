@@ -1,9 +1,11 @@
-"""The package's import graph: no cycle inside ``align`` (lazy imports inside functions count too),
-and the library never imports the command-line package ``launch``."""
+"""The package's structure: no import cycle inside ``align`` (lazy imports inside functions count too),
+the library never imports the command-line package ``launch``, the reward API imports nothing of
+``align``, nothing outside ``tests`` imports from it, and the rooms stay small."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -88,3 +90,53 @@ def test_align_never_imports_launch():
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level module names a file imports (anywhere in it, lazy imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_rewards_import_nothing_of_align():
+    """The reward API stands alone: what it needs of a run's config or models comes in as arguments."""
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.split(".")[0] in ("align", "launch"))
+        for p in (ROOT / "rewards").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_nothing_outside_tests_imports_tests():
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
+    files = [ROOT / f for f in tracked if not f.startswith("tests/")] or [
+        p for p in ROOT.rglob("*.py") if "tests" not in p.relative_to(ROOT).parts and ".venv" not in p.parts
+    ]
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in _imports(p) if m.split(".")[0] == "tests")
+        for p in files
+        if p.exists()
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_rooms_hold_one_thing():
+    """No module of the library over 600 lines and no class over 400: a sign that each room holds one
+    thing (what outgrows it is split by what it holds), not a limit to game."""
+    big_modules, big_classes = {}, {}
+    for p in (ROOT / "align").rglob("*.py"):
+        text = p.read_text()
+        name = str(p.relative_to(ROOT))
+        if text.count("\n") > 600:
+            big_modules[name] = text.count("\n")
+        for node in ast.walk(ast.parse(text, name)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 400:
+                big_classes[f"{name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert big_modules == {} and big_classes == {}

@@ -1,0 +1,53 @@
+"""The integration tests' Ray cluster (one per test package, ``conftest.py``) and freeing what a test
+started in it."""
+
+from __future__ import annotations
+
+# Logical CPUs of the shared cluster: actor sets kept between tests (``align.runner.pool``) hold their
+# reservations while idle, and a test that starts actors of its own must still be placed; the cores
+# are the machine's either way.
+LOGICAL_CPUS = 64
+
+
+def ensure_ray() -> None:
+    """The package's cluster (started here when a test runs alone)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=LOGICAL_CPUS, include_dashboard=False, log_to_driver=False)
+
+
+def kill(*things) -> None:
+    """Kill actors, or the actors of groups (learner ranks, rollout workers, reward actors), a test
+    started: their processes, and the memory they hold, go now."""
+    import ray
+
+    for t in things:
+        if t is None:
+            continue
+        actors = [*getattr(t, "ranks", []), *getattr(t, "workers", []), *getattr(t, "actors", [])]
+        for a in actors or [t]:
+            if a is not None:
+                ray.kill(a)
+
+
+class Tracked:
+    """``with Tracked(RewardPool) as made: ...``: every instance of ``cls`` made inside is killed at
+    the end (tests that make many without keeping them)."""
+
+    def __init__(self, cls):
+        self.cls, self.made = cls, []
+
+    def __enter__(self) -> list:
+        original, made = self.cls.__init__, self.made
+
+        def init(obj, *args, **kwargs):
+            made.append(obj)
+            original(obj, *args, **kwargs)
+
+        self._original, self.cls.__init__ = original, init
+        return made
+
+    def __exit__(self, *exc) -> None:
+        self.cls.__init__ = self._original
+        kill(*self.made)
