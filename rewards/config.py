@@ -30,6 +30,7 @@ class _RewardBase(_Entry):
     """What every reward type has: its name and weight, and the failure policy."""
 
     per_sample: ClassVar[bool] = False  # called once per sample (a function), not once per batch
+    reports_info: ClassVar[bool] = False  # its scorer's info() is checked when the actor starts
 
     def build(
         self, base_dir: str | Path | None = None, resolve_model: Callable[[str], str] | None = None
@@ -192,6 +193,8 @@ class HttpReward(_RewardBase):
         self.timeout = self.timeout or 30.0
         self.name = self.name or "http"
         return self
+
+    reports_info: ClassVar[bool] = True  # the server's /info: the URL and the token work
 
     def build(self, base_dir=None, resolve_model=None):
         from rewards.http import HttpReward as Client

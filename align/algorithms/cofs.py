@@ -84,7 +84,7 @@ class DomainSchedule(Algorithm):
         spec = self.method.rollout_spec(ctx, spec)
         spec.lora_rank = self.cfg.model.lora.r * len(self.pref.domains)  # combinations add ranks up
         if not self.pref.online:
-            longest = max(self.method.longest_pair(ctx, rows) for rows in self.train)
+            longest = self.method.longest_pair(ctx, [r for rows in self.train for r in rows])
             spec.max_model_len = max(spec.max_model_len, longest + 8)
         return spec
 

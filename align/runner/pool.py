@@ -38,7 +38,7 @@ class _Counted:
 
 
 class _Kept:
-    """One kept set of actors."""
+    """One kept set of learner ranks and rollout workers."""
 
     def __init__(self, key: str, actors):
         from align.workers.shared import SharedLearners
@@ -54,11 +54,25 @@ class _Kept:
             self.actors.release()
 
 
+class _KeptRewards:
+    """One kept reward pool. Reward actors are kept apart from the engines: runs that differ only in
+    their rewards share the engines, and reward actors start in seconds."""
+
+    def __init__(self, key: str, pool):
+        self.key, self.pool = key, pool
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            self.pool.release()
+
+
 class PoolLease:
     """The kept actors one run uses (``Trainer.shared``): views for it, released when it ends."""
 
-    def __init__(self, kept: _Kept, index: int):
-        self.kept, self.index = kept, index
+    def __init__(self, kept: _Kept, rewards, index: int):
+        self.kept, self.rewards, self.index = kept, rewards, index
         self.slot = f"run-{index}"
 
     def views(self, trainer):
@@ -67,7 +81,7 @@ class PoolLease:
         cfg, actors = trainer.cfg, self.kept.actors
         learners = self.kept.learners.view(self.slot, cfg.trainer.seed, cfg.learner.lr)
         rollouts = _Counted(RolloutSlot(actors.rollouts, self.index)) if actors.rollouts is not None else None
-        rewards = _Counted(actors.rewards) if actors.rewards is not None else None
+        rewards = _Counted(self.rewards) if self.rewards is not None else None
         return learners, rollouts, rewards
 
     def release(self, trainer) -> None:
@@ -78,16 +92,18 @@ class PoolLease:
 
 
 class ActorPool:
-    """Kept actor sets (at most ``capacity``, the least recently used stopped first), each started for
-    the seeds in ``seeds``."""
+    """Kept engine sets (at most ``capacity``) and reward pools (at most ``reward_capacity``), the
+    least recently used stopped first; the learners are started for the seeds in ``seeds``."""
 
     current: ClassVar["ActorPool | None"] = None
 
-    def __init__(self, seeds: tuple[int, ...] = (0, 1, 2), capacity: int = 1):
+    def __init__(self, seeds: tuple[int, ...] = (0, 1, 2), capacity: int = 1, reward_capacity: int = 3):
         self.seeds, self.capacity = tuple(sorted(set(seeds))), max(1, capacity)
+        self.reward_capacity = max(1, reward_capacity)
         self._kept: list[_Kept] = []
+        self._rewards: list[_KeptRewards] = []
         self._leases = 0
-        self.started = 0  # actor sets started (the rest of the runs took kept ones)
+        self.started = 0  # engine sets started (the other runs took kept ones)
 
     @contextlib.contextmanager
     def active(self):
@@ -100,8 +116,8 @@ class ActorPool:
 
     @staticmethod
     def key(trainer) -> str:
-        """What the run's actors are: equal keys, interchangeable actors."""
-        cfg, alg = trainer.cfg, trainer.algorithm
+        """What the run's learner ranks and rollout workers are: equal keys, interchangeable actors."""
+        cfg = trainer.cfg
         learner = {
             k: v for k, v in dataclasses.asdict(trainer.lspec).items() if k not in ("lr", "slot_seeds")
         }
@@ -110,42 +126,71 @@ class ActorPool:
             rollout = {
                 k: v for k, v in dataclasses.asdict(trainer.rspec).items() if k not in ("seed", "max_loras")
             }
-        rewards = [{k: v for k, v in r.model_dump().items() if k != "weight"} for r in cfg.rewards]
         return json.dumps(
             {
                 "learner": learner,
                 "ranks": (cfg.learner.num_ranks, cfg.learner.num_cpus),
                 "rollout": rollout,
                 "workers": (cfg.rollout.num_workers, cfg.rollout.num_cpus),
-                "rewards": rewards if alg.uses_rewards else None,
                 "actor_restarts": cfg.trainer.actor_restarts,
-                "config_dir": trainer.config_dir,  # reward plug-ins are found relative to it
             },
             sort_keys=True,
             default=str,
         )
 
+    @staticmethod
+    def reward_key(trainer) -> str:
+        """What the run's reward actors are (weights aside: the objective applies them on the driver;
+        plug-ins are found relative to the config's folder)."""
+        rewards = [{k: v for k, v in r.model_dump().items() if k != "weight"} for r in trainer.cfg.rewards]
+        return json.dumps([rewards, trainer.config_dir, trainer.cfg.trainer.actor_restarts], default=str)
+
     def lease(self, trainer) -> PoolLease | None:
         """Kept actors for ``trainer`` (started now if none fit), or None: it starts its own."""
         if not trainer.algorithm.shares_learners() or trainer.cfg.trainer.seed not in self.seeds:
             return None
-        key = self.key(trainer)
-        kept = next((k for k in self._kept if k.key == key), None)
-        if kept is None:
-            while len(self._kept) >= self.capacity:
-                self._kept.pop(0).close()
-            lspec = dataclasses.replace(trainer.lspec, slot_seeds=list(self.seeds))
-            actors = trainer._start_actors(lspec, trainer.rspec, rewards=trainer.algorithm.uses_rewards)
-            kept = _Kept(key, actors)
-            self.started += 1
-        else:
-            self._kept.remove(kept)
-        self._kept.append(kept)  # most recently used last
+        kept = self._take(self._kept, self.key(trainer), self.capacity, lambda key: self._start(key, trainer))
         kept.runs += 1
+        rewards = None
+        if trainer.algorithm.uses_rewards:
+            key = self.reward_key(trainer)
+            rewards = self._take(
+                self._rewards, key, self.reward_capacity, lambda k: self._reward_pool(k, trainer)
+            )
         self._leases += 1
-        return PoolLease(kept, self._leases)
+        return PoolLease(kept, rewards.pool if rewards is not None else None, self._leases)
+
+    @staticmethod
+    def _take(kept: list, key: str, capacity: int, start):
+        """The kept entry of ``key`` (started with ``start(key)`` when there is none, the least recently
+        used stopped first), now the most recently used."""
+        entry = next((k for k in kept if k.key == key), None)
+        if entry is None:
+            while len(kept) >= capacity:
+                kept.pop(0).close()
+            entry = start(key)
+        else:
+            kept.remove(entry)
+        kept.append(entry)
+        return entry
+
+    def _start(self, key: str, trainer) -> _Kept:
+        lspec = dataclasses.replace(trainer.lspec, slot_seeds=list(self.seeds))
+        self.started += 1
+        return _Kept(key, trainer._start_actors(lspec, trainer.rspec, rewards=False))
+
+    def _reward_pool(self, key: str, trainer) -> _KeptRewards:
+        from align.workers.reward import RewardPool
+
+        cfg = trainer.cfg
+        with trainer.clock.phase("reward actors", f"{len(cfg.rewards)}"):
+            pool = RewardPool(
+                [r.model_dump() for r in cfg.rewards], trainer.config_dir, cfg.trainer.actor_restarts
+            )
+        return _KeptRewards(key, pool)
 
     def close(self) -> None:
         """Stop every kept actor."""
-        while self._kept:
-            self._kept.pop().close()
+        for kept in (self._kept, self._rewards):
+            while kept:
+                kept.pop().close()

@@ -54,8 +54,7 @@ class RewardActor:
     def ready(self) -> dict:
         """The process id, and what the scorer tells of itself (a server's /info: checks the URL and
         the token before the run starts)."""
-        info = getattr(self.reward.fn, "info", None)
-        return {"pid": os.getpid(), **(info() if callable(info) else {})}
+        return {"pid": os.getpid(), **(self.reward.fn.info() if self.entry.reports_info else {})}
 
     def score(self, prompts: list, completions: list, columns: dict) -> RewardValues:
         return evaluate_reward(

@@ -67,13 +67,13 @@ def refresh_masters(optimizer) -> None:
 
 
 def optimizer_state(optimizer, prefix: str = "") -> dict[str, np.ndarray]:
-    from align.runner.checkpoint import flatten_state
+    from align.store.checkpoint import flatten_state
 
     return flatten_state(optimizer.state_dict(), prefix)
 
 
 def load_optimizer_state(optimizer, flat: dict[str, np.ndarray], zero_stage: int, world_size: int) -> None:
-    from align.runner.checkpoint import unflatten_state
+    from align.store.checkpoint import unflatten_state
 
     state = unflatten_state(optimizer.state_dict(), flat)
     if zero_stage > 0:

@@ -252,6 +252,8 @@ class PairLoss(PairKind):
 
         model = learner.model
         spec = PAIR_LOSSES[cfg.loss]
+        if spec.scores:
+            raise ValueError(f"pair loss {cfg.loss!r} reads a model's scores: use the reward_model loss kind")
         counts = part["completion_mask"].sum(dim=1).clamp(min=1)
 
         def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

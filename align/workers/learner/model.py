@@ -75,11 +75,22 @@ class PolicyModel:
             for name in spec.lora_modules[1:]:  # e.g. OFS-DPO's second module: identical at the start
                 torch.manual_seed(seed)
                 model.add_adapter(name, peft_config)
-            if len(spec.lora_modules) > 1:  # peft leaves an added module frozen
-                for n, p in model.named_parameters():
-                    if "lora_" in n:
-                        p.requires_grad_(True)
-        return cls(model, peft_config, spec, device)
+        policy = cls(model, peft_config, spec, device)
+        policy.train_modules()
+        return policy
+
+    def train_modules(self) -> None:
+        """Every one of the spec's LoRA modules trainable (peft leaves an added module frozen, and
+        adding another module freezes all but the active one)."""
+        names = self.spec.lora_modules
+        if self.full or len(names) < 2:
+            return
+        for n, p in self.module.named_parameters():
+            if "lora_" in n and any(f".{m}." in n for m in names):
+                p.requires_grad_(True)
+        empty = [m for m in names if not self.module_params(m)]
+        if empty:
+            raise RuntimeError(f"LoRA module(s) {empty} have no trainable parameters")
 
     def module_params(self, name: str) -> list[torch.nn.Parameter]:
         """Trainable parameters of LoRA module ``name``."""

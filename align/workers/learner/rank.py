@@ -18,6 +18,7 @@ import os
 import numpy as np
 import torch
 
+from align.rollout.batch import select
 from align.workers.learner import engine as eng
 from align.workers.learner.critic import Critic
 from align.workers.learner.kinds import KINDS, PolicyLossConfig, loss_config
@@ -75,6 +76,7 @@ class Learner:
         self.components = {name: c for name, c in made.items() if c is not None}
         # LoRA modules the components added to the policy's base: the policy's engine leaves them out
         self.foreign = tuple(m for c in self.components.values() for m in c.modules)
+        self.model.train_modules()  # (a component adding a module may have frozen another, as peft does)
         groups = spec.lora_modules if len(spec.lora_modules) > 1 and not self.model.full else None
         trainable = (
             [{"params": self.model.module_params(m), "lr": spec.lr} for m in groups]
@@ -162,11 +164,11 @@ class Learner:
         )
 
     # ----------------------------------------------------------------- no-gradient passes
-    def _parts(self, batch: dict, order=None):
+    def _parts(self, batch: dict):
+        """Micro-batches of ``batch`` in row order, each as wide as the batch."""
         mbs, n = self.spec.micro_batch_size, batch["input_ids"].shape[0]
         for start in range(0, n, mbs):
-            idx = order[start : start + mbs] if order is not None else slice(start, start + mbs)
-            yield idx, {k: v[idx] for k, v in batch.items()}
+            yield {k: v[start : start + mbs] for k, v in batch.items()}
 
     def compute_logprobs(
         self,
@@ -183,7 +185,7 @@ class Learner:
         olds, refs = [], []
         name = self.spec.lora_modules[0]
         with self.model.adapter_weights(adapter if policy else None, name):  # (the reference has no adapter)
-            for _, part in self._parts(batch):
+            for part in self._parts(batch):
                 if policy:
                     olds.append(self.model.logps(part, temperature, grad=False).cpu())
                 if reference:
@@ -199,7 +201,7 @@ class Learner:
     def compute_values(self, batch: dict) -> torch.Tensor:
         """The critic's values ``(b, L - 1)`` of a batch, no gradient."""
         self.critic.engine.eval()
-        parts = [self.critic.values(part, grad=False).cpu() for _, part in self._parts(batch)]
+        parts = [self.critic.values(part, grad=False).cpu() for part in self._parts(batch)]
         return torch.cat(parts) if parts else _no_rows(batch)
 
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
@@ -208,9 +210,13 @@ class Learner:
         self.engine.eval()
         n = batch["input_ids"].shape[0]
         out = {w: torch.zeros(n) for w in which}
-        # rows of similar length share a micro-batch (less padding); results go back in row order
+        # rows of similar length share a micro-batch, trimmed to its longest row (less padding);
+        # results go back in row order
         order = torch.argsort(batch["attention_mask"].sum(dim=1), stable=True)
-        for idx, part in self._parts(batch, order):
+        mbs = self.spec.micro_batch_size
+        for start in range(0, n, mbs):
+            idx = order[start : start + mbs]
+            part = select(batch, idx)
             for w in which:
                 if w == "score":
                     value = self.model.scores(part, False)
@@ -270,7 +276,10 @@ class Learner:
         if optimizer is None:
             return
         prefixes = {c.optimizer_prefix + ".": c for c in self.components.values() if c.optimizer_prefix}
-        own = {k: v for k, v in optimizer.items() if not k.startswith(tuple(prefixes))}
+        known = tuple(f"{cls.optimizer_prefix}." for cls in COMPONENTS.values() if cls.optimizer_prefix)
+        own = {
+            k: v for k, v in optimizer.items() if not k.startswith(known)
+        }  # a component's: not the policy's
         eng.load_optimizer_state(self.optimizer, own, self.spec.zero_stage, self.world_size)
         for prefix, c in prefixes.items():
             c.load_optimizer(
