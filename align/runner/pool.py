@@ -2,14 +2,20 @@
 run in the block take the kept actors when they are the ones it would start, instead of starting its
 own (a notebook or a script running several configs one after another; the test suite).
 
-A run takes them as a trial of a sweep job takes its job's actors (``align.workers.shared``): a
-learner slot of its own (its seed's LoRA initialisation, a fresh optimizer state, its RNG), adapter
-versions numbered apart on the rollout engines, the reward actors as they are. So its samples,
-losses and updates are those of a run on actors of its own (``tests/integration/test_sweep_jobs.py``
-shows it for a job). What must agree is what ``align.runner.jobs.share_key`` says a job's trials
-share: the model and LoRA, the learner and rollout engines, the reward definitions; a run whose
-method keeps more learner state than one LoRA module (PPO, OFS-DPO, a reward model), or whose seed
-the kept learners were not started for, starts its own actors as usual.
+A run takes them in one of two ways, so that its samples, losses and updates are those of a run on
+actors of its own:
+
+- as a trial of a sweep job takes its job's actors (``align.workers.shared``): a learner slot of its
+  own (its seed's LoRA initialisation, a fresh optimizer state, its RNG), for a method whose learner
+  state is one LoRA module and a seed among the pool's ``seeds``;
+- one run after another (any method: PPO's critic, OFS-DPO's two modules, a reward model): the
+  learners are put back to their first state before the run (``Learner.reset``), for a run of the
+  seed and learning rate they were started with.
+
+Either way the run gets adapter versions numbered apart on the rollout engines and the reward actors
+as they are. What must agree is what ``align.runner.jobs.share_key`` says a job's trials share: the
+model and LoRA, the learner and rollout engines, the reward definitions; a run that fits no kept set
+starts one (the least recently used set is stopped first).
 """
 
 from __future__ import annotations
@@ -38,14 +44,15 @@ class _Counted:
 
 
 class _Kept:
-    """One kept set of learner ranks and rollout workers."""
+    """One kept set of learner ranks and rollout workers (shared by slots, or reset between runs)."""
 
-    def __init__(self, key: str, actors):
+    def __init__(self, key: str, actors, slots: bool):
         from align.workers.shared import SharedLearners
 
-        self.key, self.actors = key, actors
-        self.learners = SharedLearners(actors.learners)
+        self.key, self.actors, self.slots = key, actors, slots
+        self.learners = SharedLearners(actors.learners) if slots else None
         self.runs = 0
+        self.busy = False  # a run without slots uses it (the next one resets it first)
 
     def close(self) -> None:
         import ray
@@ -79,12 +86,18 @@ class PoolLease:
         from align.workers.shared import RolloutSlot
 
         cfg, actors = trainer.cfg, self.kept.actors
-        learners = self.kept.learners.view(self.slot, cfg.trainer.seed, cfg.learner.lr)
+        if self.kept.slots:
+            learners = self.kept.learners.view(self.slot, cfg.trainer.seed, cfg.learner.lr)
+        else:
+            learners = actors.learners
         rollouts = _Counted(RolloutSlot(actors.rollouts, self.index)) if actors.rollouts is not None else None
         rewards = _Counted(self.rewards) if self.rewards is not None else None
         return learners, rollouts, rewards
 
     def release(self, trainer) -> None:
+        self.kept.busy = False
+        if not self.kept.slots:
+            return
         try:
             self.kept.learners.drop(self.slot)
         except Exception as exc:  # a lost rank: nothing to forget
@@ -93,7 +106,7 @@ class PoolLease:
 
 class ActorPool:
     """Kept engine sets (at most ``capacity``) and reward pools (at most ``reward_capacity``), the
-    least recently used stopped first; the learners are started for the seeds in ``seeds``."""
+    least recently used stopped first; learners shared by slots are started for the seeds in ``seeds``."""
 
     current: ClassVar["ActorPool | None"] = None
 
@@ -114,13 +127,16 @@ class ActorPool:
         finally:
             ActorPool.current = before
 
-    @staticmethod
-    def key(trainer) -> str:
+    def slots_fit(self, trainer) -> bool:
+        """Whether the run can take a learner slot (else it takes the learners one run after another)."""
+        return trainer.algorithm.shares_learners() and trainer.cfg.trainer.seed in self.seeds
+
+    def key(self, trainer) -> str:
         """What the run's learner ranks and rollout workers are: equal keys, interchangeable actors."""
-        cfg = trainer.cfg
-        learner = {
-            k: v for k, v in dataclasses.asdict(trainer.lspec).items() if k not in ("lr", "slot_seeds")
-        }
+        cfg, slots = trainer.cfg, self.slots_fit(trainer)
+        # a slot has its own learning rate and seed; a reset rank has the ones it was started with
+        own = ("lr", "slot_seeds") if slots else ("slot_seeds",)
+        learner = {k: v for k, v in dataclasses.asdict(trainer.lspec).items() if k not in own}
         rollout = None
         if trainer.rspec is not None:
             rollout = {
@@ -133,6 +149,8 @@ class ActorPool:
                 "rollout": rollout,
                 "workers": (cfg.rollout.num_workers, cfg.rollout.num_cpus),
                 "actor_restarts": cfg.trainer.actor_restarts,
+                "slots": slots,
+                "seed": None if slots else cfg.trainer.seed,
             },
             sort_keys=True,
             default=str,
@@ -146,10 +164,16 @@ class ActorPool:
         return json.dumps([rewards, trainer.config_dir, trainer.cfg.trainer.actor_restarts], default=str)
 
     def lease(self, trainer) -> PoolLease | None:
-        """Kept actors for ``trainer`` (started now if none fit), or None: it starts its own."""
-        if not trainer.algorithm.shares_learners() or trainer.cfg.trainer.seed not in self.seeds:
+        """Kept actors for ``trainer`` (started now if none fit), or None while another run holds the
+        ones it would take (it starts its own)."""
+        key = self.key(trainer)
+        if any(k.key == key and k.busy for k in self._kept):
             return None
-        kept = self._take(self._kept, self.key(trainer), self.capacity, lambda key: self._start(key, trainer))
+        kept = self._take(self._kept, key, self.capacity, lambda k: self._start(k, trainer))
+        if not kept.slots:
+            if kept.runs:
+                kept.actors.learners.reset()
+            kept.busy = True
         kept.runs += 1
         rewards = None
         if trainer.algorithm.uses_rewards:
@@ -175,9 +199,13 @@ class ActorPool:
         return entry
 
     def _start(self, key: str, trainer) -> _Kept:
-        lspec = dataclasses.replace(trainer.lspec, slot_seeds=list(self.seeds))
+        slots = self.slots_fit(trainer)
+        if slots:
+            lspec = dataclasses.replace(trainer.lspec, slot_seeds=list(self.seeds))
+        else:
+            lspec = dataclasses.replace(trainer.lspec, keep_fresh=True)
         self.started += 1
-        return _Kept(key, trainer._start_actors(lspec, trainer.rspec, rewards=False))
+        return _Kept(key, trainer._start_actors(lspec, trainer.rspec, rewards=False), slots)
 
     def _reward_pool(self, key: str, trainer) -> _KeptRewards:
         from align.workers.reward import RewardPool

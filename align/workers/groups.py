@@ -402,6 +402,10 @@ class LearnerGroup:
         """Every rank's learning rate per LoRA module (``Learner.set_lrs``)."""
         self._gather([r.set_lrs.remote(lrs) for r in self.ranks])
 
+    def reset(self) -> None:
+        """Every rank back to its first state (``Learner.reset``)."""
+        self._gather([r.reset.remote() for r in self.ranks])
+
     def use_slot(self, slot: str, seed: int, lr: float) -> None:
         """Every rank makes trial ``slot``'s state the live one (``Learner.use_slot``)."""
         self._gather([r.use_slot.remote(slot, seed, lr) for r in self.ranks])

@@ -42,14 +42,20 @@ from rewards.scoring import RewardContractError, apply_failure_policy, combine
 log = logging.getLogger("align.rewards")
 
 
+def _resolve_builtin(name: str) -> str:
+    """A ``builtin:NAME`` reward model's folder (imported only for one: a function reward's actor
+    starts without torch)."""
+    from align.models.builtin import resolve_model_path
+
+    return resolve_model_path(name)
+
+
 class RewardActor:
     """One reward (function, model or server client), loaded once in its own process."""
 
     def __init__(self, entry: dict, base_dir: str | None = None):
-        from align.models.builtin import resolve_model_path
-
         self.entry = entry_of(entry)
-        self.reward = self.entry.build(base_dir, resolve_model_path)
+        self.reward = self.entry.build(base_dir, _resolve_builtin)
 
     def ready(self) -> dict:
         """The process id, and what the scorer tells of itself (a server's /info: checks the URL and

@@ -21,6 +21,7 @@ import torch
 from align.rollout.batch import select
 from align.workers.learner import engine as eng
 from align.workers.learner.critic import Critic
+from align.workers.learner.fresh import FreshState
 from align.workers.learner.kinds import KINDS, PolicyLossConfig, loss_config
 from align.workers.learner.loop import accumulate, objective_gram
 from align.workers.learner.model import PolicyModel
@@ -33,7 +34,7 @@ from align.workers.learner.spec import LearnerSpec
 # saves and loads (``adapter_state`` / ``load_adapter``) and, when it has its own engine, its
 # ``optimizer_prefix`` (``optimizer_state`` / ``load_optimizer``); a loss kind whose ``target`` is
 # its name trains its ``engine`` over its ``params``.
-COMPONENTS = {"slots": SlotStore, "critic": Critic}
+COMPONENTS = {"slots": SlotStore, "critic": Critic, "fresh": FreshState}
 
 
 def _device(name: str) -> str:
@@ -231,6 +232,12 @@ class Learner:
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         return [group["lr"] for group in self.optimizer.param_groups]
+
+    def reset(self) -> None:
+        """Back to the rank's first state (``FreshState``): a later run starts as on a fresh rank."""
+        if "fresh" not in self.components:
+            raise ValueError("this learner keeps no first state (its spec has no keep_fresh)")
+        self.components["fresh"].reset(self)
 
     def use_slot(self, slot: str, seed: int, lr: float) -> str | None:
         """Make trial ``slot``'s state the live one (``SlotStore.use``)."""

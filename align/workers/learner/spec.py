@@ -46,6 +46,9 @@ class LearnerSpec(Spec):
     # trials sharing this learner (``align sweep`` with trials_per_job > 1): their seeds, whose LoRA
     # initialisations are made at start-up exactly as a learner of that seed makes its own
     slot_seeds: list[int] = field(default_factory=list)
+    # keep the first state, so that ``Learner.reset`` can put the rank back to it (runs one after another
+    # on one set of actors, ``align.runner.pool``)
+    keep_fresh: bool = False
     master_addr: str = "127.0.0.1"
 
     def __post_init__(self):
