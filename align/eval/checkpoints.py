@@ -87,7 +87,9 @@ def run_eval(
 
     from align.data.loading import load_eval_rows
     from align.models.builtin import resolve_model_path
+    from align.runner.actors import Actors
     from align.runner.cluster import check_address, start_ray
+    from align.runner.pool import ActorPool
     from align.workers.groups import RolloutGroup
     from align.workers.reward import RewardPool
     from align.workers.rollout import RolloutSpec
@@ -111,20 +113,32 @@ def run_eval(
         check_address(address)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = load_eval_rows(cfg.data.eval, tokenizer, config_dir)[: cfg.data.eval_size]
-    start_ray(cfg, address, rollout_workers=1, learner_ranks=0)
+    spec = RolloutSpec.from_config(cfg, model_path)
+    spec.lora_rank = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])  # COFS: larger
+    _, owns_ray = start_ray(cfg, address, rollout_workers=1, learner_ranks=0)
+    started = None
     try:
-        rewards = RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
-        spec = RolloutSpec.from_config(
-            cfg, model_path
-        )  # a COFS combination has a larger rank than model.lora.r
-        spec.lora_rank = max([cfg.model.lora.r] + [int(a[1].get("r", 0)) for a in adapters])
-        rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus, max_restarts=cfg.trainer.actor_restarts)
+        # kept actors of this process (``align.runner.pool``) when an engine of this spec is kept
+        kept = (
+            ActorPool.current.eval_views(cfg, spec, config_dir) if ActorPool.current and not address else None
+        )
+        if kept is not None:
+            rollouts, rewards = kept
+        else:
+            rewards = RewardPool(
+                [r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts
+            )
+            rollouts = RolloutGroup(spec, 1, cfg.rollout.num_cpus, max_restarts=cfg.trainer.actor_restarts)
+            started = Actors(None, rollouts, rewards, owns_ray)
         results = {"base": evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=False)}
         for version, (label, adapter) in enumerate(zip(labels, adapters), start=1):
             rollouts.load_adapter(version, ray.put(adapter[0]), adapter[1])
             results[label] = evaluate(rollouts, rewards, rows, tokenizer, cfg, use_adapter=True)
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
+        elif started is not None and ray.is_initialized():  # a cluster it did not start: free what it used
+            started.release()
     how = (
         f"{cfg.data.eval_samples} samples at T={cfg.data.eval_temperature:g}"
         if cfg.data.eval_temperature > 0

@@ -157,11 +157,41 @@ class ActorPool:
         )
 
     @staticmethod
-    def reward_key(trainer) -> str:
-        """What the run's reward actors are (weights aside: the objective applies them on the driver;
+    def reward_key(cfg, config_dir: str | None) -> str:
+        """What a run's reward actors are (weights aside: the objective applies them on the driver;
         plug-ins are found relative to the config's folder)."""
-        rewards = [{k: v for k, v in r.model_dump().items() if k != "weight"} for r in trainer.cfg.rewards]
-        return json.dumps([rewards, trainer.config_dir, trainer.cfg.trainer.actor_restarts], default=str)
+        rewards = [{k: v for k, v in r.model_dump().items() if k != "weight"} for r in cfg.rewards]
+        return json.dumps([rewards, config_dir, cfg.trainer.actor_restarts], default=str)
+
+    def eval_views(self, cfg, rspec, config_dir: str | None):
+        """Rollout workers and rewards for an evaluation (``align.eval.checkpoints.run_eval``) from a
+        kept set whose engines are the ones it would start (one worker of ``rspec``), with adapter
+        versions numbered apart; None when no kept set fits."""
+        from align.workers.shared import RolloutSlot
+
+        want = {k: v for k, v in dataclasses.asdict(rspec).items() if k not in ("seed", "max_loras")}
+        want = json.loads(json.dumps(want, default=str))
+        for kept in reversed(self._kept):
+            rollouts = kept.actors.rollouts
+            if rollouts is None or kept.busy or len(rollouts.workers) != 1:
+                continue
+            if json.loads(kept.key)["rollout"] == want:
+                key = self.reward_key(cfg, config_dir)
+                rewards = self._take(
+                    self._rewards,
+                    key,
+                    self.reward_capacity,
+                    lambda k: _KeptRewards(k, self._new_rewards(cfg, config_dir)),
+                )
+                self._leases += 1
+                return RolloutSlot(rollouts, self._leases), rewards.pool
+        return None
+
+    @staticmethod
+    def _new_rewards(cfg, config_dir: str | None):
+        from align.workers.reward import RewardPool
+
+        return RewardPool([r.model_dump() for r in cfg.rewards], config_dir, cfg.trainer.actor_restarts)
 
     def lease(self, trainer) -> PoolLease | None:
         """Kept actors for ``trainer`` (started now if none fit), or None while another run holds the
@@ -177,7 +207,7 @@ class ActorPool:
         kept.runs += 1
         rewards = None
         if trainer.algorithm.uses_rewards:
-            key = self.reward_key(trainer)
+            key = self.reward_key(trainer.cfg, trainer.config_dir)
             rewards = self._take(
                 self._rewards, key, self.reward_capacity, lambda k: self._reward_pool(k, trainer)
             )
@@ -208,14 +238,8 @@ class ActorPool:
         return _Kept(key, trainer._start_actors(lspec, trainer.rspec, rewards=False), slots)
 
     def _reward_pool(self, key: str, trainer) -> _KeptRewards:
-        from align.workers.reward import RewardPool
-
-        cfg = trainer.cfg
-        with trainer.clock.phase("reward actors", f"{len(cfg.rewards)}"):
-            pool = RewardPool(
-                [r.model_dump() for r in cfg.rewards], trainer.config_dir, cfg.trainer.actor_restarts
-            )
-        return _KeptRewards(key, pool)
+        with trainer.clock.phase("reward actors", f"{len(trainer.cfg.rewards)}"):
+            return _KeptRewards(key, self._new_rewards(trainer.cfg, trainer.config_dir))
 
     def close(self) -> None:
         """Stop every kept actor."""

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.cluster import ensure_ray
+from tests.cluster import kept_actors
 
 
 @pytest.fixture(scope="package", autouse=True)
 def actor_pool():
-    import ray
-
-    from align.runner.pool import ActorPool
-
-    ensure_ray()
-    pool = ActorPool(seeds=(0, 1, 2), capacity=2)
-    try:
-        with pool.active():
-            yield pool
-    finally:
-        pool.close()
-        ray.shutdown()
+    with kept_actors() as pool:
+        yield pool
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import torch
 from align.config.loading import load_config
 from align.models.builtin import ensure_builtin
 from align.runner.trainer import Trainer
-from tests.integration.cluster import ensure_ray, kill
+from tests.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "adaptthink_tiny.yaml"

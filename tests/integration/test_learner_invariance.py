@@ -10,7 +10,7 @@ from align.losses import AGG_MODES
 from align.models.builtin import ensure_builtin
 from align.rollout.batch import pack
 from align.workers.groups import LearnerGroup
-from tests.integration.cluster import ensure_ray, kill
+from tests.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 

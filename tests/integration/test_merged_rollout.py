@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from align.models.builtin import ensure_builtin
-from tests.integration.cluster import ensure_ray, kill
+from tests.cluster import ensure_ray, kill
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["2+5-3+4=<think>", "1+1=<think>", "9-4+2=<think>"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from align.algorithms.dpo import pack_pairs
-from tests.integration.cluster import kill
+from tests.cluster import kill
 from tests.integration.test_learner_invariance import tiny_learners
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from align.config import reward_entry
 from align.workers.reward import RewardPool
 from rewards import RewardError
 from rewards.process import RewardServer
-from tests.integration.cluster import Tracked, ensure_ray
+from tests.cluster import Tracked, ensure_ray
 
 pytestmark = pytest.mark.integration
 

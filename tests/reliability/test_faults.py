@@ -21,6 +21,7 @@ import pytest
 from align.config.loading import load_config
 from align.runner.trainer import Trainer
 from align.store.checkpoint import CheckpointError, list_checkpoints, verify
+from tests.cluster import kept_actors
 from tests.reliability.report import max_abs_diff, record
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,15 @@ def _corrupted(run) -> int:
         except CheckpointError:
             bad += 1
     return bad
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kept_actors():
+    """The module's in-process runs share one Ray cluster and take kept actors (a learner slot each:
+    its numbers are those of a run on actors of its own), so each pays for its faults, not for a start;
+    the runs of the command line start everything from nothing."""
+    with kept_actors():
+        yield
 
 
 @pytest.fixture(scope="module")

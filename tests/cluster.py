@@ -1,7 +1,9 @@
-"""The integration tests' Ray cluster (one per test package, ``conftest.py``) and freeing what a test
-started in it."""
+"""A Ray cluster shared by many tests (the integration package's, ``tests/integration/conftest.py``;
+the fault tests' module), the actors they keep between runs, and freeing what a test started in it."""
 
 from __future__ import annotations
+
+import contextlib
 
 # Logical CPUs of the shared cluster: actor sets kept between tests (``align.runner.pool``) hold their
 # reservations while idle, and a test that starts actors of its own must still be placed; the cores
@@ -51,3 +53,21 @@ class Tracked:
     def __exit__(self, *exc) -> None:
         self.cls.__init__ = self._original
         kill(*self.made)
+
+
+@contextlib.contextmanager
+def kept_actors():
+    """The shared cluster, and an ``ActorPool`` active inside: in-process runs take kept actors where
+    they fit (a learner slot, or the learners reset between runs); stopped at the end."""
+    import ray
+
+    from align.runner.pool import ActorPool
+
+    ensure_ray()
+    pool = ActorPool(seeds=(0, 1, 2), capacity=2)
+    try:
+        with pool.active():
+            yield pool
+    finally:
+        pool.close()
+        ray.shutdown()
