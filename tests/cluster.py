@@ -9,6 +9,7 @@ import contextlib
 # reservations while idle, and a test that starts actors of its own must still be placed; the cores
 # are the machine's either way.
 LOGICAL_CPUS = 64
+POOL_CAPACITY = 3  # engine sets kept at once (the tiny model's: about 1.5 GiB each)
 
 
 def ensure_ray() -> None:
@@ -55,19 +56,56 @@ class Tracked:
         kill(*self.made)
 
 
-@contextlib.contextmanager
-def kept_actors():
-    """The shared cluster, and an ``ActorPool`` active inside: in-process runs take kept actors where
-    they fit (a learner slot, or the learners reset between runs); stopped at the end."""
-    import ray
+# The integration modules' order (``tests/conftest.py`` sorts by it): runs that take the same kept
+# actors one after another, the modules that start their own last.
+ORDER = (
+    "test_builtin_model",
+    "test_cli",
+    "test_algorithms",
+    "test_train_grpo",
+    "test_async",
+    "test_multi_objective",
+    "test_ppo",
+    "test_preference",
+    "test_custom_rewards",
+    "test_adaptthink",
+    "test_merged_rollout",
+    "test_learner_invariance",
+    "test_pair_invariance",
+    "test_reward_pool",
+    "test_vllm_serves_builtin",
+    "test_sweep_jobs",
+    "test_smollm2",
+)
 
+_OPEN: dict = {}  # kept-actor sessions not yet stopped, by owner
+
+
+@contextlib.contextmanager
+def kept_actors(owner: str):
+    """The shared cluster, and an ``ActorPool`` active inside: in-process runs take kept actors where
+    they fit (a learner slot, or the learners reset between runs); stopped at the end (or by
+    ``stop_kept_actors``, whichever comes first)."""
     from align.runner.pool import ActorPool
 
     ensure_ray()
-    pool = ActorPool(seeds=(0, 1, 2), capacity=2)
+    pool = ActorPool(seeds=(0, 1, 2), capacity=POOL_CAPACITY)
+    _OPEN[owner] = pool
     try:
         with pool.active():
             yield pool
     finally:
-        pool.close()
+        stop_kept_actors(owner)
+
+
+def stop_kept_actors(owner: str) -> None:
+    """Stop ``owner``'s kept-actor session, if open, and the shared cluster (a test that must find no
+    Ray, such as the bad-input tests, runs after this)."""
+    import ray
+
+    pool = _OPEN.pop(owner, None)
+    if pool is None:
+        return
+    pool.close()
+    if ray.is_initialized():
         ray.shutdown()

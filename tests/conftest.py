@@ -3,6 +3,11 @@ import os
 # Nothing is ever downloaded: the built-in models and data are made locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The rollout engines' KV cache on CPU: 2 GiB (vLLM's size otherwise: rollout.gpu_memory_utilization of
+# the machine's RAM, 3.6 GiB here). The test models need megabytes (the real one's runs, a few hundred),
+# so every sequence still runs at once and the samples are the same; the actors kept between runs
+# (tests/integration/conftest.py) hold less memory, and with the size given vLLM skips its warm-up pass.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def pytest_runtest_logreport(report):
@@ -18,11 +23,34 @@ TIERS = ("unit", "integration", "reliability")
 
 def pytest_collection_modifyitems(config, items):
     """Every test carries its tier as a marker, from its folder (tests/<tier>/...): ``make test-unit``,
-    ``test-integration``, ``test-reliability`` select them; ``slow`` is set by the test itself."""
+    ``test-integration``, ``test-reliability`` select them; ``slow`` is set by the test itself. The
+    tiers run in ``TIERS`` order (the seconds-long unit tests first), the integration modules in
+    ``tests.cluster.ORDER``."""
     import pytest
+
+    from tests.cluster import ORDER
+
+    def rank(item):
+        parts = item.nodeid.replace("\\", "/").split("/")
+        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
+        module = item.path.stem
+        return (
+            TIERS.index(tier) if tier in TIERS else len(TIERS),
+            ORDER.index(module) if module in ORDER else len(ORDER),
+        )
 
     for item in items:
         parts = item.nodeid.replace("\\", "/").split("/")
         tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+    items.sort(key=rank)  # stable: the order inside a module stays
+
+
+def pytest_runtest_setup(item):
+    """The integration package's shared cluster (``tests/integration/conftest.py``, session-scoped: a
+    folder without ``__init__.py`` has no package scope) is stopped before any test outside it."""
+    if "/integration/" not in str(item.path).replace("\\", "/"):
+        from tests.cluster import stop_kept_actors
+
+        stop_kept_actors("integration")

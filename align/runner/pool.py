@@ -117,6 +117,7 @@ class ActorPool:
         self._rewards: list[_KeptRewards] = []
         self._leases = 0
         self.started = 0  # engine sets started (the other runs took kept ones)
+        self.closed = False  # after close: runs start their own actors
 
     @contextlib.contextmanager
     def active(self):
@@ -197,7 +198,7 @@ class ActorPool:
         """Kept actors for ``trainer`` (started now if none fit), or None while another run holds the
         ones it would take (it starts its own)."""
         key = self.key(trainer)
-        if any(k.key == key and k.busy for k in self._kept):
+        if self.closed or any(k.key == key and k.busy for k in self._kept):
             return None
         kept = self._take(self._kept, key, self.capacity, lambda k: self._start(k, trainer))
         if not kept.slots:
@@ -241,8 +242,13 @@ class ActorPool:
         with trainer.clock.phase("reward actors", f"{len(trainer.cfg.rewards)}"):
             return _KeptRewards(key, self._new_rewards(trainer.cfg, trainer.config_dir))
 
-    def close(self) -> None:
-        """Stop every kept actor."""
+    def release(self) -> None:
+        """Stop every kept actor (their memory goes); later runs start and keep new ones."""
         for kept in (self._kept, self._rewards):
             while kept:
                 kept.pop().close()
+
+    def close(self) -> None:
+        """Stop every kept actor; later runs start their own."""
+        self.closed = True
+        self.release()

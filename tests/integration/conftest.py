@@ -15,20 +15,22 @@ import pytest
 from tests.cluster import kept_actors
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def actor_pool():
-    with kept_actors() as pool:
+    with kept_actors("integration") as pool:
         yield pool
 
 
 @pytest.fixture(autouse=True)
 def _own_actors(request, actor_pool):
-    """``@pytest.mark.own_actors``: the test's runs start their own actors."""
+    """``@pytest.mark.own_actors``: the test's runs start their own actors (the kept ones are stopped
+    first: their memory goes to the test's own)."""
     from align.runner.pool import ActorPool
 
     if request.node.get_closest_marker("own_actors") is None:
         yield
         return
+    actor_pool.release()
     before, ActorPool.current = ActorPool.current, None
     try:
         yield

@@ -63,7 +63,7 @@ def _kept_actors():
     """The module's in-process runs share one Ray cluster and take kept actors (a learner slot each:
     its numbers are those of a run on actors of its own), so each pays for its faults, not for a start;
     the runs of the command line start everything from nothing."""
-    with kept_actors():
+    with kept_actors("faults"):
         yield
 
 
