@@ -119,6 +119,7 @@ def _loadable(run: Path) -> list[int]:
     return steps
 
 
+@pytest.mark.own_actors  # a run of the command line, from nothing: the kept actors are stopped first
 def test_grpo_with_a_remote_reward_survives_faults_under_skip(tmp_path):
     server = RewardServer("correctness", token="s3cret")
     rewards = [

@@ -75,6 +75,40 @@ def _rows(out):
 SLOW = {"hv_meta-dr_grpo", "lagrangian-reinforce_pp"}
 
 
+def test_resume_is_exact_with_objective_state(tmp_path):
+    """Lagrange multipliers, their momentum and the Nelder-Mead search all cross the checkpoint."""
+    common = [
+        *SMALL,
+        "trainer.save_every=2",
+        "objective.lagrangian.threshold_search.true_score=efficiency",
+        "objective.lagrangian.threshold_search.steps_per_eval=2",
+        "objective.lagrangian.threshold_search.check_every=1",
+        "objective.lagrangian.threshold_search.max_evals=4",
+    ]
+
+    # the resumed run also reports to MLflow and W&B (offline): both continue across the resume
+    trackers = ["trainer.report_to=[tensorboard,mlflow,wandb]", "trainer.tracking.wandb_mode=offline"]
+
+    def train(out, steps, resume=False, extra=()):
+        cfg = load_config(
+            CONSTRAINED, [f"trainer.output_dir={out}", f"trainer.max_steps={steps}", *common, *extra]
+        )
+        Trainer(cfg, str(CONSTRAINED.parent), resume=resume).run()
+
+    train(tmp_path / "a", 4)
+    train(tmp_path / "b", 2, extra=trackers)
+    first_part = json.loads((tmp_path / "b" / "trackers.json").read_text())
+    train(tmp_path / "b", 4, resume=True, extra=trackers)
+    assert_trackers_hold(tmp_path / "b", _rows(tmp_path / "b"), first_part)
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        keys = {k for k in ra if not k.startswith(VOLATILE)}
+        assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
+    assert any("objective/nm/f" in r for r in a)  # the search told values within the run
+    assert len({r["objective/threshold/brevity"] for r in a[1:]}) > 1  # and moved the threshold
+
+
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
 def test_objective_trains(case, tmp_path):
     config, overrides = CASES[case]
@@ -121,40 +155,8 @@ def test_objective_trains(case, tmp_path):
         assert (s2 - s1) * steps[1]["objective/violation/brevity"] < 0
 
 
-def test_resume_is_exact_with_objective_state(tmp_path):
-    """Lagrange multipliers, their momentum and the Nelder-Mead search all cross the checkpoint."""
-    common = [
-        *SMALL,
-        "trainer.save_every=2",
-        "objective.lagrangian.threshold_search.true_score=efficiency",
-        "objective.lagrangian.threshold_search.steps_per_eval=2",
-        "objective.lagrangian.threshold_search.check_every=1",
-        "objective.lagrangian.threshold_search.max_evals=4",
-    ]
-
-    # the resumed run also reports to MLflow and W&B (offline): both continue across the resume
-    trackers = ["trainer.report_to=[tensorboard,mlflow,wandb]", "trainer.tracking.wandb_mode=offline"]
-
-    def train(out, steps, resume=False, extra=()):
-        cfg = load_config(
-            CONSTRAINED, [f"trainer.output_dir={out}", f"trainer.max_steps={steps}", *common, *extra]
-        )
-        Trainer(cfg, str(CONSTRAINED.parent), resume=resume).run()
-
-    train(tmp_path / "a", 4)
-    train(tmp_path / "b", 2, extra=trackers)
-    first_part = json.loads((tmp_path / "b" / "trackers.json").read_text())
-    train(tmp_path / "b", 4, resume=True, extra=trackers)
-    assert_trackers_hold(tmp_path / "b", _rows(tmp_path / "b"), first_part)
-    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        keys = {k for k in ra if not k.startswith(VOLATILE)}
-        assert {k: ra[k] for k in keys} == {k: rb[k] for k in keys}, ra["step"]
-    assert any("objective/nm/f" in r for r in a)  # the search told values within the run
-    assert len({r["objective/threshold/brevity"] for r in a[1:]}) > 1  # and moved the threshold
-
-
+# the sweep runs in processes of its own (align sweep on Ray Tune): the kept actors are stopped first
+@pytest.mark.own_actors
 def test_quick_sweep_runs_on_tune_and_resumes(tmp_path):
     """Two trials as one job on Ray Tune; the front over steps; a second run restores, trains nothing."""
     out = tmp_path / "sweep"
