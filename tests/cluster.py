@@ -71,7 +71,6 @@ ORDER = (
     "test_adaptthink",
     "test_merged_rollout",
     "test_learner_invariance",
-    "test_pair_invariance",
     "test_reward_pool",
     "test_vllm_serves_builtin",
     "test_sweep_jobs",

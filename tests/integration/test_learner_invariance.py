@@ -1,11 +1,13 @@
 """Invariant: one optimizer step on a batch is the same whether the batch sits on one learner rank
 in one micro-batch or is split over two DeepSpeed ranks and several micro-batches, for every
-loss aggregation (no hidden accumulation or data-parallel scaling)."""
+loss aggregation (no hidden accumulation or data-parallel scaling), and for the pair losses (DPO
+family, reward models) on the same groups, put back to their first state."""
 
 import numpy as np
 import pytest
 import torch
 
+from align.algorithms.dpo import pack_pairs
 from align.losses import AGG_MODES
 from align.models.builtin import ensure_builtin
 from align.rollout.batch import pack
@@ -45,6 +47,7 @@ def tiny_learners(micro_batch_sizes: dict[str, tuple], critic: dict | None = Non
         zero_stage=2,
         lr=1e-3,
         grad_clip=0.0,
+        keep_fresh=True,  # (the pair tests put the groups back to their first state)
     )
     cpus = 2.0 / sum(ranks for ranks, *_ in micro_batch_sizes.values())
     groups = {
@@ -177,3 +180,63 @@ def test_ppo_critic_is_rank_invariant_and_separate_from_the_policy(groups):
         batch["input_ids"].shape[1] - 1,
     )
     torch.testing.assert_close(two.compute_values(row), after[1][:1], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def pair_groups(groups):
+    """The module's groups put back to their first state (``Learner.reset``), as pair learners: one
+    (8 pairs in one micro-batch of 16 sequences), two (4 pairs per rank, one pair per micro-batch of 3
+    sequences), acc (8 pairs, 4 micro-batches of 2 pairs: 5 sequences per micro-batch hold 2 pairs).
+    The critic each holds does not change the policy's step (test_ppo_critic_is_rank_invariant...)."""
+    from transformers import AutoTokenizer
+
+    one, two, _, acc = groups
+    for g in (one, two, acc):
+        g.reset()
+    tok = AutoTokenizer.from_pretrained(str(ensure_builtin("tiny")))
+    rng = np.random.default_rng(1)
+    pairs = []
+    for _ in range(8):  # prompts and responses of different lengths: padding and counts differ per pair
+        q = "+".join(str(rng.integers(10)) for _ in range(rng.integers(1, 4))) + "=<think>"
+        good = "1+2=3," * int(rng.integers(0, 3)) + f"</think>{rng.integers(10)}<eos>"
+        bad = "9+9=1," * int(rng.integers(0, 2)) + f"</think>{rng.integers(10)}<eos>"
+        p = tok(q)["input_ids"]
+        pairs.append(
+            {
+                "prompt_ids": p,
+                "chosen_ids": tok(good, add_special_tokens=False)["input_ids"],
+                "rejected_ids": tok(bad, add_special_tokens=False)["input_ids"],
+            }
+        )
+    return (one, two, acc), pack_pairs(pairs, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "simpo"])
+def test_pair_step_is_the_same_on_one_rank_two_ranks_and_accumulated(pair_groups, loss):
+    """The pair losses (DPO family, reward models) run the same accumulation loop as the policy losses:
+    one optimizer step on a batch of pairs is the same on one rank in one micro-batch, on two ranks,
+    and on one rank in several micro-batches."""
+    (one, two, acc), batch = pair_groups
+    cfg = {
+        "kind": "pair",
+        "loss": loss,
+        "beta": 2.0 if loss == "simpo" else 0.1,
+        "gamma": 0.5,
+        "label_smoothing": 0.0,
+        "fast": 0,
+        "fast_slow": None,
+    }
+    stats = [g.train_step(dict(batch), cfg) for g in (one, two, acc)]
+    for s in stats[1:]:
+        assert s["pairs"] == 8.0
+        assert s["loss"] == pytest.approx(stats[0]["loss"], rel=1e-6, abs=1e-6), (
+            loss
+        )  # float32 sums of 8 pairs
+        assert s["accuracy"] == stats[0]["accuracy"]
+        assert s["grad_norm"] == pytest.approx(stats[0]["grad_norm"], rel=1e-5), loss
+    adapters = [g.adapter()[0] for g in (one, two, acc)]
+    for a in adapters[1:]:
+        worst = max(float(np.abs(a[k] - adapters[0][k]).max()) for k in a)
+        assert worst < 1e-5, (loss, worst)
+    ranks = two.all_adapters()
+    assert all(np.array_equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
