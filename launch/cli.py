@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--init", action="store_true", help="tiny / small: the random initialisation, not the warm-start."
     )
+    build.add_argument(
+        "--from-recipe",
+        action="store_true",
+        help="tiny: train the warm-start from its recipe (minutes) instead of loading the weights that ship "
+        "with the package; its own cache folder (<name>-<key>-recipe). Same as ALIGN_BUILD_FROM_RECIPE=1.",
+    )
     report = msub.add_parser(
         "report",
         help="Accuracy by level of a model (HF generate, greedy): the arithmetic task by "
@@ -275,6 +281,8 @@ def _cmd_model(args) -> int:
                 )
             print(resolve_model_path(f"builtin:{args.name}"))
         else:
+            if args.from_recipe:
+                os.environ["ALIGN_BUILD_FROM_RECIPE"] = "1"
             print(ensure_builtin(args.name, warm=not args.init))
         return 0
     if args.model_command == "report":

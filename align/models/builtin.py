@@ -6,6 +6,11 @@ chat model converted from a registry wheel (``align.models.pretrained``). Each i
 (``$ALIGN_CACHE`` or ``~/.cache/align``) under a key that hashes everything it depends on, and from
 then on is an ordinary model directory: ``AutoModelForCausalLM.from_pretrained(path)`` and vLLM
 load it like a hub model. Nothing is downloaded.
+
+The tiny warm-start's weights also ship with the package (``align/models/prebuilt/``, 1.8 MB, named by
+the recipe's key): building ``builtin:tiny`` copies them instead of training for minutes, and
+``align model build tiny --from-recipe`` (or ``ALIGN_BUILD_FROM_RECIPE=1``) trains them again; a test
+of the slow tier checks that the recipe gives the shipped tensors bit for bit on two threads.
 """
 
 from __future__ import annotations
@@ -124,14 +129,40 @@ def resolve_model_path(path: str) -> str:
     return str(ensure_builtin(*parsed))
 
 
+PREBUILT = Path(__file__).parent / "prebuilt"
+
+
+def shipped_weights(size: str) -> Path | None:
+    """The shipped warm-start weights of a size, if the package carries them for today's recipe."""
+    path = PREBUILT / f"{size}-{_key(size, WARM_STARTS[size])}.safetensors"
+    return path if path.exists() else None
+
+
+def from_recipe() -> bool:
+    """``ALIGN_BUILD_FROM_RECIPE=1``: train warm-starts from their recipe even where weights ship."""
+    return os.environ.get("ALIGN_BUILD_FROM_RECIPE", "") not in ("", "0")
+
+
 def ensure_builtin(size: str, warm: bool = True) -> Path:
     """Build (once, under a file lock so concurrent actors wait) and return a built-in model dir."""
     recipe = WARM_STARTS[size] if warm else None
-    target = cache_dir() / f"{size}{'' if warm else '-init'}-{_key(size, recipe)}"
+    shipped = shipped_weights(size) if recipe and not from_recipe() else None
+    # a warm-start trained here from its recipe (where weights ship) gets a folder of its own
+    trained = "-recipe" if recipe and shipped is None and shipped_weights(size) else ""
+    target = cache_dir() / f"{size}{'' if warm else '-init'}-{_key(size, recipe)}{trained}"
 
     def build(tmp: Path) -> None:
         model = init_model(size, seed=recipe.seed if recipe else 0)
-        report = warm_start(model, recipe) if recipe else {}
+        if shipped is not None:
+            from safetensors.torch import load_file
+
+            missing, unexpected = model.load_state_dict(load_file(shipped), strict=False)
+            if unexpected or set(missing) - {"lm_head.weight"}:  # the head is tied to the embedding
+                raise ValueError(f"{shipped}: missing {missing}, unexpected {unexpected}")
+            model.tie_weights()
+            report = {"weights": f"shipped ({shipped.name}; rebuild: align model build {size} --from-recipe)"}
+        else:
+            report = warm_start(model, recipe) if recipe else {}
         model.save_pretrained(tmp, safe_serialization=True)
         build_tokenizer().save_pretrained(tmp)
         (tmp / "align_build.json").write_text(

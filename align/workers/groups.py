@@ -330,12 +330,15 @@ class LearnerGroup:
         )
         return {key: self._rows(batch, shares, [o[key] for o in outs]) for key in outs[0]}
 
-    def compute_values(self, batch: dict) -> torch.Tensor:
-        """PPO's critic values ``(b, L - 1)`` over the ranks (``Learner.compute_values``)."""
+    def per_token(self, component: str, method: str, batch: dict) -> torch.Tensor:
+        """A component's per-token pass ``(b, L - 1)`` over the ranks (``Learner.per_token``)."""
         shares = self._shares(batch)
-        return self._rows(
-            batch, shares, self._gather([r.compute_values.remote(s) for r, (_, s) in zip(self.ranks, shares)])
-        )
+        refs = [r.per_token.remote(component, method, s) for r, (_, s) in zip(self.ranks, shares)]
+        return self._rows(batch, shares, self._gather(refs))
+
+    def compute_values(self, batch: dict) -> torch.Tensor:
+        """PPO's critic values ``(b, L - 1)`` (the critic component's ``values``)."""
+        return self.per_token("critic", "values", batch)
 
     @staticmethod
     def _rows(batch: dict, shares: list, parts: list[torch.Tensor]) -> torch.Tensor:

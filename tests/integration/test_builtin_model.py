@@ -1,20 +1,29 @@
 """The built-in tiny model: builds reproducibly, loads like a hub model, and the warm-start gives a
 policy whose reward is non-zero but imperfect, where thinking helps on hard levels."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.data.tasks import arithmetic_dataset
 from align.eval.generation import accuracy_by_level
-from align.models.builtin import ensure_builtin, init_model, parse_builtin, resolve_model_path
+from align.models.builtin import (
+    ensure_builtin,
+    init_model,
+    parse_builtin,
+    resolve_model_path,
+    shipped_weights,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    path = ensure_builtin("tiny")  # built once per machine (about 2 minutes on 2 cores), then cached
+    path = ensure_builtin("tiny")  # the shipped warm-start, copied into the cache once per machine
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), path
 
 
@@ -33,6 +42,31 @@ def test_builtin_names_resolve_to_cached_dirs(tiny):
     assert parse_builtin("builtin:small-init") == ("small", False)
     with pytest.raises(ValueError, match="unknown built-in model 'builtin:huge'"):
         parse_builtin("builtin:huge")
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_the_cached_warm_start_is_the_shipped_one(tiny):
+    assert _same_tensors(Path(tiny[2]) / "model.safetensors", shipped_weights("tiny"))
+
+
+@pytest.mark.slow
+def test_the_recipe_gives_the_shipped_warm_start(tmp_path, monkeypatch):
+    """Trained again from its recipe on two threads (about 4 minutes), the warm-start is the shipped one,
+    bit for bit, in a cache folder of its own."""
+    monkeypatch.setenv("ALIGN_CACHE", str(tmp_path))
+    monkeypatch.setenv("ALIGN_BUILD_FROM_RECIPE", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path = ensure_builtin("tiny")
+    finally:
+        torch.set_num_threads(threads)
+    assert path.name.endswith("-recipe") and "final_loss" in (path / "align_build.json").read_text()
+    assert _same_tensors(path / "model.safetensors", shipped_weights("tiny"))
 
 
 def test_warm_start_accuracy_by_level(tiny):

@@ -176,7 +176,7 @@ class ValueLoss(RowKind):
         """PPO's clipped value loss of one micro-batch, normalised by the global token count."""
         from align.losses import value_loss
 
-        values = learner.critic.values(part, grad=True)
+        values = learner.components[self.target].values(part, grad=True)
         dev = values.device
         mask = part["completion_mask"].to(dev)
         loss, st = value_loss(

@@ -94,10 +94,6 @@ class Learner:
         torch.manual_seed(seed)  # the RNG (LoRA dropout) starts where a slot of this seed starts
 
     @property
-    def critic(self) -> Critic | None:
-        return self.components.get("critic")
-
-    @property
     def slots(self) -> SlotStore | None:
         return self.components.get("slots")
 
@@ -199,10 +195,12 @@ class Learner:
             out["ref_logps"] = torch.cat(refs) if refs else _no_rows(batch)
         return out
 
-    def compute_values(self, batch: dict) -> torch.Tensor:
-        """The critic's values ``(b, L - 1)`` of a batch, no gradient."""
-        self.critic.engine.eval()
-        parts = [self.critic.values(part, grad=False).cpu() for part in self._parts(batch)]
+    def per_token(self, component: str, method: str, batch: dict) -> torch.Tensor:
+        """Component ``component``'s ``method(part, grad=False)`` over the batch's micro-batches
+        (e.g. the critic's values), ``(b, L - 1)``, no gradient."""
+        c = self.components[component]
+        c.engine.eval()
+        parts = [getattr(c, method)(part, grad=False).cpu() for part in self._parts(batch)]
         return torch.cat(parts) if parts else _no_rows(batch)
 
     def sequence_logps(self, batch: dict, which: list[str]) -> dict[str, torch.Tensor]:
