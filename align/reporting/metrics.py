@@ -117,6 +117,18 @@ OBJECTIVE_PANELS = (
 )
 
 
+def _plot_steps(ax, rows: list[dict], key: str, label: str, dots_below: int) -> None:
+    """One metric over the steps of a log (rows where it is a number), dotted when the points are few."""
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    ax.plot(
+        [x for x, _ in pts],
+        [y for _, y in pts],
+        marker="o" if len(pts) < dots_below else None,
+        ms=3,
+        label=label,
+    )
+
+
 def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANELS) -> Path | None:
     """Curves against step as a PNG, one panel per group of metrics that the run logged (default:
     train rewards, eval objectives (overall), lengths; ``OBJECTIVE_PANELS``: the objective's state)."""
@@ -134,14 +146,7 @@ def plot_curves(metrics_path: str | Path, out_png: str | Path, panels_spec=PANEL
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, ks) in zip(axes[0], panels):
         for key in ks:
-            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker="o" if len(pts) < 30 else None,
-                ms=3,
-                label=key,
-            )
+            _plot_steps(ax, rows, key, key, dots_below=30)
         ax.set_xlabel("step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -303,14 +308,7 @@ def compare_runs(runs: list[str], out_png: str | Path, labels: list[str] | None 
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
     for ax, m in zip(axes.flat, metrics):
         for label, rows in logs.items():
-            pts = [(r["step"], r[m]) for r in rows if isinstance(r.get(m), (int, float))]
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker="o" if len(pts) < 15 else None,
-                ms=3,
-                label=label,
-            )
+            _plot_steps(ax, rows, m, label, dots_below=15)
         ax.set_title(m)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

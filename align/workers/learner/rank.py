@@ -43,6 +43,16 @@ def _device(name: str) -> str:
     return name
 
 
+def _skip_shm_comm_op() -> None:
+    """DeepSpeed's CPU backend builds a C++ shared-memory all-reduce on its first start (about a minute
+    of compiling on a fresh machine, then a load and a probe of every op in each rank) that only its
+    inference all-reduce (tensor-parallel inference) calls; training reduces through gloo. Its
+    compatibility table, read only there, marks the op unavailable, so it is neither built nor loaded."""
+    import deepspeed.ops
+
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+
+
 def _no_rows(batch: dict) -> torch.Tensor:
     """A per-token result ``(0, L - 1)`` for a share of no rows."""
     return torch.zeros(0, max(batch["input_ids"].shape[1] - 1, 0))
@@ -62,6 +72,7 @@ class Learner:
             # Rollout and learning phases do not overlap, so each rank may use its share of all cores.
             torch.set_num_threads(max(1, int(spec.threads or (os.cpu_count() or 1) // world_size)))
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            _skip_shm_comm_op()
         os.environ.update(
             RANK=str(rank),
             LOCAL_RANK="0" if self.device == "cpu" else str(rank),
