@@ -17,8 +17,8 @@ EXTRAS ?= cpu,dev
 
 export HF_HUB_OFFLINE := 1
 # Bytecode is written as modules are first imported (into .venv and the checkout's __pycache__, both
-# ignored by git) even where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines do): every Ray
-# actor imports vLLM, torch and DeepSpeed again, and without it compiles all of them each time.
+# ignored by git) even where the environment sets PYTHONDONTWRITEBYTECODE (this project's machines
+# do): every Ray actor imports vLLM, torch and DeepSpeed again, and without it compiles them each time.
 # Compiling only what is imported takes seconds; uv's --compile-bytecode compiles the whole
 # environment (27,078 files, 65 s here).
 export PYTHONDONTWRITEBYTECODE :=
