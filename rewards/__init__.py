@@ -22,7 +22,8 @@ from rewards.builtin import (
     shows_work,
     think_format,
 )
-from rewards.loading import RewardLoadError, build, load
+from rewards.config import build
+from rewards.loading import RewardLoadError, load
 from rewards.scoring import (
     NAN_POLICIES,
     Reward,

@@ -254,3 +254,11 @@ def reward_entry(**values) -> FunctionReward | ModelReward | HttpReward:
 def entry_of(entry) -> FunctionReward | ModelReward | HttpReward:
     """A validated entry from an entry or the dict of one."""
     return entry if isinstance(entry, tuple(REWARD_TYPES.values())) else reward_entry(**entry)
+
+
+def build(entry, base_dir: str | Path | None = None, resolve_model=None):
+    """A ``Reward`` from a config entry (``rewards.config.RewardEntry``, or the dict of one: it is
+    validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
+    (a local HF sequence-classification model, ``rewards.model``; ``resolve_model`` turns a
+    ``builtin:NAME`` into a folder) or ``http`` (a reward server, ``rewards.http``)."""
+    return entry_of(entry).build(base_dir, resolve_model)

@@ -125,13 +125,3 @@ def model_dir(entry: dict, base_dir: str | Path | None = None, resolve_model=Non
             f"config.json in {path.resolve()}); train one with algorithm.name: reward_model"
         )
     return path
-
-
-def build(entry, base_dir: str | Path | None = None, resolve_model=None):
-    """A ``Reward`` from a config entry (``rewards.config.RewardEntry``, or the dict of one: it is
-    validated, so every default comes from the schema) of any type: ``function`` (``fn``), ``model``
-    (a local HF sequence-classification model, ``rewards.model``; ``resolve_model`` turns a
-    ``builtin:NAME`` into a folder) or ``http`` (a reward server, ``rewards.http``)."""
-    from rewards.config import entry_of
-
-    return entry_of(entry).build(base_dir, resolve_model)
