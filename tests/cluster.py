@@ -9,7 +9,7 @@ import contextlib
 # reservations while idle, and a test that starts actors of its own must still be placed; the cores
 # are the machine's either way.
 LOGICAL_CPUS = 64
-POOL_CAPACITY = 2  # engine sets kept at once (the tiny model's: about 4 GiB each, 9% of a core idle)
+POOL_CAPACITY = 2  # engine sets kept at once (the tiny model's: about 3 GiB each, 12% of a core idle)
 
 
 def ensure_ray() -> None:

@@ -21,6 +21,12 @@ def pytest_runtest_logreport(report):
 TIERS = ("unit", "integration", "reliability")
 
 
+def _tier(item) -> str | None:
+    """The folder under tests/ a test sits in (its tier), or None."""
+    parts = item.nodeid.replace("\\", "/").split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else None
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test carries its tier as a marker, from its folder (tests/<tier>/...): ``make test-unit``,
     ``test-integration``, ``test-reliability`` select them; ``slow`` is set by the test itself. The
@@ -31,26 +37,22 @@ def pytest_collection_modifyitems(config, items):
     from tests.cluster import ORDER
 
     def rank(item):
-        parts = item.nodeid.replace("\\", "/").split("/")
-        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
-        module = item.path.stem
+        tier, module = _tier(item), item.path.stem
         return (
             TIERS.index(tier) if tier in TIERS else len(TIERS),
             ORDER.index(module) if module in ORDER else len(ORDER),
         )
 
     for item in items:
-        parts = item.nodeid.replace("\\", "/").split("/")
-        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else None
-        if tier in TIERS:
-            item.add_marker(getattr(pytest.mark, tier))
+        if _tier(item) in TIERS:
+            item.add_marker(getattr(pytest.mark, _tier(item)))
     items.sort(key=rank)  # stable: the order inside a module stays
 
 
 def pytest_runtest_setup(item):
     """The integration package's shared cluster (``tests/integration/conftest.py``, session-scoped: a
     folder without ``__init__.py`` has no package scope) is stopped before any test outside it."""
-    if "/integration/" not in str(item.path).replace("\\", "/"):
+    if _tier(item) != "integration":
         from tests.cluster import stop_kept_actors
 
         stop_kept_actors("integration")

@@ -1,1 +1,1 @@
-"""eval"""
+"""Evaluation: the loop through the rollout workers, checkpoints (``align eval``), HF ``generate`` per level."""

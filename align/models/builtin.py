@@ -146,9 +146,10 @@ def from_recipe() -> bool:
 def ensure_builtin(size: str, warm: bool = True) -> Path:
     """Build (once, under a file lock so concurrent actors wait) and return a built-in model dir."""
     recipe = WARM_STARTS[size] if warm else None
-    shipped = shipped_weights(size) if recipe and not from_recipe() else None
+    ships = shipped_weights(size) if recipe else None
+    shipped = None if from_recipe() else ships
     # a warm-start trained here from its recipe (where weights ship) gets a folder of its own
-    trained = "-recipe" if recipe and shipped is None and shipped_weights(size) else ""
+    trained = "-recipe" if ships and shipped is None else ""
     target = cache_dir() / f"{size}{'' if warm else '-init'}-{_key(size, recipe)}{trained}"
 
     def build(tmp: Path) -> None:

@@ -1,1 +1,1 @@
-"""reporting"""
+"""What a run reports: metrics (JSONL, plots, startup) and the experiment trackers."""

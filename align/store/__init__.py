@@ -1,1 +1,1 @@
-"""store"""
+"""Writing to disk safely: checkpoints and built folders, atomically."""

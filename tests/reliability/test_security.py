@@ -147,7 +147,7 @@ def test_ray_never_starts_its_dashboard():
 
 
 def test_plugin_code_is_loaded_only_from_the_config():
-    """``rewards.loading.load`` / ``build`` (which import user code) are called only where a config's
+    """``rewards.loading.load`` / ``rewards.build`` (which import user code) are called only where a config's
     reward entry (or serve-reward's TARGET) is turned into a reward: never from a dataset row or a
     checkpoint file (checkpoints are safetensors + JSON state without code references). The reward
     entry classes (``rewards/config.py``: ``build`` and ``precheck``) are where an entry becomes a
